@@ -1,0 +1,203 @@
+//! Delivery: read the envelope header of each bus message, decide the recipients, and
+//! push the producer's bytes to their queues (one allocation shared by all of them).
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use jam_shared::bus::BusMessage;
+use jam_shared::protocol::envelope::{splice_ref, Envelope};
+use tokio::sync::mpsc;
+
+use super::table::Table;
+
+/// Route bus messages until the bus closes.
+pub async fn run(table: Arc<Table>, mut rx: mpsc::Receiver<BusMessage>) {
+    while let Some(msg) = rx.recv().await {
+        deliver(&table, &msg);
+    }
+    tracing::info!("bus subscription closed; dispatcher stopped");
+}
+
+pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
+    let (env, frames) = match Envelope::decode(&msg.payload) {
+        Ok(x) => x,
+        Err(e) => {
+            metrics::counter!("jam_bus_malformed_total").increment(1);
+            tracing::warn!(channel = %msg.channel, error = %e, "malformed bus message");
+            return;
+        }
+    };
+    let frames: Vec<Utf8Bytes> = match frames.into_iter().map(Utf8Bytes::try_from).collect() {
+        Ok(f) => f,
+        Err(_) => {
+            metrics::counter!("jam_bus_malformed_total").increment(1);
+            return;
+        }
+    };
+    if env.ts > 0 {
+        let lat = (jam_shared::clock::now_us() - env.ts).max(0) as f64 / 1e6;
+        metrics::histogram!("jam_delivery_latency_seconds").record(lat);
+    }
+    let channel: &str = &msg.channel;
+    let mut empty = Vec::new();
+    {
+        let mut s = table.state.lock().unwrap();
+        let st = &mut *s;
+        if let (Some(join), Some(ch)) = (env.join_conn.as_deref(), st.channels.get_mut(channel)) {
+            if let Some(id) = ch.pending.take(join) {
+                ch.members.insert(id);
+            }
+        }
+        if let Some(room) = env.drop_pending.as_deref() {
+            if let (Some(conn), Some(ch)) = (env.conn.as_deref(), st.channels.get_mut(room)) {
+                ch.pending.remove(conn);
+                if !ch.members.contains(conn) {
+                    if let Some(e) = st.conns.get_mut(conn) {
+                        e.channels.remove(room);
+                    }
+                }
+                if ch.members.is_empty() && ch.pending.is_empty() {
+                    empty.push(room.to_string());
+                }
+            }
+        }
+        if let Some(ch) = st.channels.get(channel) {
+            let send = |conn: &str| {
+                let Some(entry) = st.conns.get(conn) else {
+                    return;
+                };
+                let h = &entry.handle;
+                for (i, f) in frames.iter().enumerate() {
+                    let bytes = match (&env.r#ref, env.ref_conn.as_deref()) {
+                        (Some(r), Some(rc)) if i == 0 && rc == conn => {
+                            Utf8Bytes::try_from(splice_ref(f.as_bytes(), r))
+                                .unwrap_or_else(|_| f.clone())
+                        }
+                        _ => f.clone(),
+                    };
+                    count_out(&bytes);
+                    if !h.push(bytes) {
+                        break;
+                    }
+                }
+            };
+            match env.conn.as_deref() {
+                Some(conn) if ch.members.contains(conn) => send(conn),
+                Some(_) => {}
+                None => {
+                    for m in &ch.members {
+                        let skip = env.except_user.as_deref().is_some_and(|u| {
+                            st.conns.get(m).is_some_and(|e| &*e.handle.user_id == u)
+                        });
+                        if !skip {
+                            send(m);
+                        }
+                    }
+                }
+            }
+        }
+        // Leaves apply after delivery: the leaver sees its own user_left / session_ended.
+        let mut leaving: Vec<Arc<str>> = Vec::new();
+        if let Some(ch) = st.channels.get(channel) {
+            if env.close_room {
+                leaving.extend(ch.members.iter().cloned());
+            }
+            if let Some(c) = env.leave_conn.as_deref() {
+                if let Some(id) = ch.members.get(c) {
+                    leaving.push(id.clone());
+                }
+            }
+            if let Some(u) = env.leave_user.as_deref() {
+                leaving.extend(
+                    ch.members
+                        .iter()
+                        .filter(|m| st.conns.get(*m).is_some_and(|e| &*e.handle.user_id == u))
+                        .cloned(),
+                );
+            }
+        }
+        if !leaving.is_empty() {
+            if let Some(ch) = st.channels.get_mut(channel) {
+                for id in &leaving {
+                    ch.members.remove(id);
+                }
+                if ch.members.is_empty() && ch.pending.is_empty() {
+                    empty.push(channel.to_string());
+                }
+            }
+            for id in &leaving {
+                if let Some(e) = st.conns.get_mut(id) {
+                    e.channels.remove(channel);
+                }
+            }
+        }
+    }
+    table.release(empty);
+}
+
+fn count_out(frame: &Utf8Bytes) {
+    metrics::counter!("jam_frames_out_total", "type" => frame_type(frame.as_bytes())).increment(1);
+    metrics::counter!("jam_bytes_out_total").increment(frame.len() as u64);
+}
+
+/// The event type of a frame the worker serialized, without parsing it: producers write
+/// `"type"` first (a spliced `ref` comes before it).
+pub fn frame_type(frame: &[u8]) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "new_message",
+        "user_joined",
+        "user_left",
+        "user_online",
+        "user_offline",
+        "session_update",
+        "session_created",
+        "session_ended",
+        "message_history",
+        "sessions_list",
+        "left_session",
+        "error",
+        "user_typing",
+        "active_users",
+        "sync_command",
+        "sync_status",
+        "playback_state",
+        "track_added",
+        "track_removed",
+        "direct_message",
+    ];
+    let needle = b"\"type\":\"";
+    let Some(pos) = frame
+        .windows(needle.len())
+        .take(64)
+        .position(|w| w == needle)
+    else {
+        return "other";
+    };
+    let rest = &frame[pos + needle.len()..];
+    let end = rest.iter().position(|b| *b == b'"').unwrap_or(0);
+    let ty = &rest[..end];
+    KNOWN
+        .iter()
+        .find(|k| k.as_bytes() == ty)
+        .copied()
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_frame_type() {
+        assert_eq!(
+            frame_type(br#"{"type":"new_message","x":1}"#),
+            "new_message"
+        );
+        assert_eq!(
+            frame_type(br#"{"ref":"a","type":"user_left"}"#),
+            "user_left"
+        );
+        assert_eq!(frame_type(br#"{"type":"weird"}"#), "other");
+        assert_eq!(frame_type(b"{}"), "other");
+    }
+}

@@ -1,0 +1,115 @@
+//! jam-gateway: terminates WebSockets, authenticates, validates frames, forwards
+//! commands to the worker over the bus and fans the worker's events out to local sockets.
+
+pub mod fanout;
+pub mod http;
+pub mod state;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use jam_shared::auth::JwtVerifier;
+use jam_shared::bus::{Bus, BusError};
+use jam_shared::config::Config;
+use jam_shared::keys;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn app(st: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(ws::handler))
+        .route("/health", get(http::health))
+        .route("/ready", get(http::ready))
+        .route("/metrics", get(http::metrics))
+        .with_state(st)
+}
+
+/// Serve until `shutdown`, then drain: not ready, every client told 1012 (service
+/// restart) so it reconnects elsewhere, wait up to the grace for connections to end.
+pub async fn run(
+    cfg: Config,
+    jwt_secret: String,
+    listener: TcpListener,
+    bus: Arc<dyn Bus>,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let (sub, rx) = bus.subscription(65_536).await?;
+    let table = fanout::Table::new(sub);
+    let dispatcher = tokio::spawn(fanout::dispatch::run(table.clone(), rx));
+    let st = AppState {
+        cfg: Arc::new(cfg),
+        jwt: JwtVerifier::new(&jwt_secret),
+        bus: bus.clone(),
+        table: table.clone(),
+        draining: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        conn_limit: Arc::new(Semaphore::new(0)),
+    };
+    st.conn_limit.add_permits(st.cfg.max_connections);
+    let heartbeat = tokio::spawn(heartbeat(st.clone(), shutdown.clone()));
+
+    let server_stop = CancellationToken::new();
+    let stop = server_stop.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, app(st.clone()))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future(),
+    );
+
+    shutdown.cancelled().await;
+    let grace = st.cfg.drain_grace;
+    tracing::info!(
+        connections = st.table.connections().len(),
+        grace_secs = grace.as_secs_f64(),
+        "draining"
+    );
+    st.draining.cancel();
+    for c in st.table.connections() {
+        c.close(ws::connection::CLOSE_SERVICE_RESTART);
+    }
+    st.tracker.close();
+    if tokio::time::timeout(grace, st.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain grace elapsed with connections still open");
+    }
+    server_stop.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+    heartbeat.abort();
+    dispatcher.abort();
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+use std::future::IntoFuture;
+
+/// Tell the workers this gateway is alive; silence means its connections are gone.
+async fn heartbeat(st: AppState, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(st.cfg.heartbeat);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                let id = bytes::Bytes::from(st.gateway_id().to_string());
+                if let Err(e) = st.bus.publish(keys::GATEWAY_HEARTBEAT_CHANNEL, id).await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+        }
+    }
+}

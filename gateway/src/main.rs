@@ -1,0 +1,76 @@
+//! The gateway binary: `serve` (default) joins the Redis bus; `gentoken` mints a token.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use jam_shared::auth::{claims_for, JwtVerifier};
+use jam_shared::bus::redis::RedisBus;
+use jam_shared::config::Config;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "jam-gateway", version, about = "jam gateway: WebSockets, auth, REST, fan-out", after_help = Config::help())]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve WebSocket and HTTP clients (the default).
+    Serve,
+    /// Print a token signed with the configured secret.
+    Gentoken {
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: i64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = Config::from_env()?;
+    jam_shared::telemetry::init(cfg.log_json, &cfg.log_filter);
+    match cli.cmd.unwrap_or(Cmd::Serve) {
+        Cmd::Gentoken {
+            sub,
+            name,
+            tenant,
+            ttl,
+        } => {
+            let secret = cfg.jwt_secret_or_dev();
+            let name = name.unwrap_or_else(|| sub.clone());
+            println!(
+                "{}",
+                JwtVerifier::new(&secret).sign(&claims_for(&sub, &name, tenant.as_deref(), ttl))
+            );
+            Ok(())
+        }
+        Cmd::Serve => {
+            let secret = cfg.jwt_secret_required()?;
+            let redis = cfg
+                .redis_url
+                .clone()
+                .context("JAM_REDIS_URL is required for jam-gateway")?;
+            let bus = Arc::new(
+                RedisBus::connect(&redis)
+                    .await
+                    .context("connecting to redis")?,
+            );
+            let listener = tokio::net::TcpListener::bind(&cfg.listen_addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, instance = %cfg.instance_id, "jam-gateway listening");
+            let shutdown = CancellationToken::new();
+            tokio::spawn(jam_shared::telemetry::on_signal(shutdown.clone()));
+            jam_gateway::run(cfg, secret, listener, bus, shutdown).await?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! What every handler shares: config, token verifier, bus, routing table, drain state.
+
+use std::sync::Arc;
+
+use jam_shared::auth::{Identity, JwtVerifier};
+use jam_shared::bus::{Bus, BusError};
+use jam_shared::config::Config;
+use jam_shared::keys;
+use jam_shared::protocol::{Action, Command};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::fanout::Table;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub jwt: JwtVerifier,
+    pub bus: Arc<dyn Bus>,
+    pub table: Arc<Table>,
+    /// Cancelled on SIGTERM: not ready, no new connections.
+    pub draining: CancellationToken,
+    /// Every connection task, so a drain can wait for them.
+    pub tracker: TaskTracker,
+    pub conn_limit: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn gateway_id(&self) -> &str {
+        &self.cfg.instance_id
+    }
+
+    /// Put a command on its partition's stream.
+    pub async fn send_command(
+        &self,
+        who: &Identity,
+        conn: &str,
+        r#ref: Option<serde_json::Value>,
+        action: Action,
+    ) -> Result<(), BusError> {
+        let cmd = Command {
+            id: jam_shared::ids::unique(),
+            tenant: who.tenant.clone(),
+            user_id: who.user_id.clone(),
+            user_name: who.user_name.clone(),
+            conn: conn.to_string(),
+            gateway: self.gateway_id().to_string(),
+            r#ref,
+            received_at: jam_shared::clock::now_ms(),
+            action,
+        };
+        let partition = keys::partition_of(&cmd.partition_key(), self.cfg.partitions);
+        let payload = serde_json::to_vec(&cmd).expect("command serializes");
+        self.bus
+            .xadd(&keys::command_stream(partition), payload.into())
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,248 @@
+//! One client frame: parse, validate, answer locally (ping, time_sync) or turn into a
+//! command for the worker. Nothing here changes state on bad input.
+
+use argon2::password_hash::PasswordHasher;
+use jam_shared::auth::Identity;
+use jam_shared::keys;
+use jam_shared::protocol::event::{error_with_ref, frame};
+use jam_shared::protocol::Action;
+use jam_shared::ErrorCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::state::AppState;
+
+/// A frame's failure: its code, message and the `ref` to answer with.
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub r#ref: Option<Value>,
+}
+
+impl FrameError {
+    pub fn new(code: ErrorCode, message: impl Into<String>, r#ref: Option<Value>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            r#ref,
+        }
+    }
+
+    pub fn to_frame(&self) -> bytes::Bytes {
+        error_with_ref(self.code, &self.message, self.r#ref.as_ref())
+    }
+}
+
+/// What the connection should do with a frame that went well.
+pub enum Outcome {
+    /// Answer directly with these bytes.
+    Reply(bytes::Bytes),
+    /// Sent to the worker; its answer comes over the bus.
+    Forwarded,
+}
+
+/// Parse a frame into its `ref`, its type and the action, without side effects.
+pub fn parse(text: &str) -> Result<(Option<Value>, String, Value), FrameError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| {
+        FrameError::new(ErrorCode::BadRequest, format!("malformed JSON: {e}"), None)
+    })?;
+    let r#ref = v.get("ref").cloned();
+    if !v.is_object() {
+        return Err(FrameError::new(
+            ErrorCode::BadRequest,
+            "a frame must be a JSON object",
+            r#ref,
+        ));
+    }
+    let ty = match v.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        _ => {
+            return Err(FrameError::new(
+                ErrorCode::BadRequest,
+                "missing field `type`",
+                r#ref,
+            ))
+        }
+    };
+    Ok((r#ref, ty, v))
+}
+
+pub fn to_action(ty: &str, v: Value, r#ref: &Option<Value>) -> Result<Action, FrameError> {
+    let action = Action::deserialize(v).map_err(|e| {
+        let msg = e.to_string();
+        let msg = if msg.starts_with("unknown variant") {
+            format!("unknown type `{ty}`")
+        } else {
+            msg
+        };
+        FrameError::new(ErrorCode::BadRequest, msg, r#ref.clone())
+    })?;
+    if !action.is_client_action() {
+        return Err(FrameError::new(
+            ErrorCode::BadRequest,
+            format!("unknown type `{ty}`"),
+            r#ref.clone(),
+        ));
+    }
+    action
+        .validate()
+        .map_err(|(code, msg)| FrameError::new(code, msg, r#ref.clone()))?;
+    Ok(action)
+}
+
+pub async fn handle(
+    st: &AppState,
+    who: &Identity,
+    conn: &str,
+    text: &str,
+) -> Result<Outcome, FrameError> {
+    if text.len() > st.cfg.max_frame_bytes {
+        return Err(FrameError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "frame too large ({} bytes, limit {})",
+                text.len(),
+                st.cfg.max_frame_bytes
+            ),
+            None,
+        ));
+    }
+    let (r#ref, ty, v) = parse(text)?;
+    metrics::counter!("jam_frames_in_total", "type" => known_type(&ty)).increment(1);
+    match ty.as_str() {
+        "ping" => {
+            return Ok(Outcome::Reply(with_ref(
+                frame("pong", &json!({"serverTime": jam_shared::clock::now_ms()})),
+                &r#ref,
+            )))
+        }
+        "time_sync" => {
+            let client_time = v.get("clientTime").cloned().unwrap_or(Value::Null);
+            let f = frame(
+                "time_sync",
+                &json!({"clientTime": client_time, "serverTime": jam_shared::clock::now_ms()}),
+            );
+            return Ok(Outcome::Reply(with_ref(f, &r#ref)));
+        }
+        "authenticate" => {
+            return Err(FrameError::new(
+                ErrorCode::BadRequest,
+                "already authenticated",
+                r#ref,
+            ))
+        }
+        _ => {}
+    }
+    let action = to_action(&ty, v, &r#ref)?;
+    let action = prepare(st, action)
+        .await
+        .map_err(|(c, m)| FrameError::new(c, m, r#ref.clone()))?;
+    if let Action::CreateSession {
+        session_id: Some(id),
+        ..
+    }
+    | Action::JoinSession { session_id: id, .. } = &action
+    {
+        // Subscribed before the worker answers, so no event after the snapshot is missed.
+        st.table
+            .add_pending(conn, &keys::room_channel(&who.tenant, id))
+            .await
+            .map_err(|_| {
+                FrameError::new(ErrorCode::Unavailable, "bus unavailable", r#ref.clone())
+            })?;
+    }
+    st.send_command(who, conn, r#ref.clone(), action)
+        .await
+        .map_err(|_| {
+            FrameError::new(ErrorCode::Unavailable, "bus unavailable, try again", r#ref)
+        })?;
+    Ok(Outcome::Forwarded)
+}
+
+/// Gateway-side preparation: a new session gets its id here, and a password is hashed
+/// here, so the plain text never reaches the bus.
+pub async fn prepare(st: &AppState, mut action: Action) -> Result<Action, (ErrorCode, String)> {
+    if let Action::CreateSession {
+        password,
+        password_hash,
+        session_id,
+        ..
+    } = &mut action
+    {
+        *session_id = Some(jam_shared::ids::session_code(st.cfg.session_id_len));
+        if let Some(pw) = password.take().filter(|p| !p.is_empty()) {
+            let hash = tokio::task::spawn_blocking(move || {
+                argon2::Argon2::default()
+                    .hash_password(pw.as_bytes())
+                    .map(|h| h.to_string())
+            })
+            .await
+            .map_err(|_| (ErrorCode::Internal, "hashing failed".to_string()))?
+            .map_err(|_| (ErrorCode::Internal, "hashing failed".to_string()))?;
+            *password_hash = Some(hash);
+        }
+    }
+    Ok(action)
+}
+
+fn with_ref(f: bytes::Bytes, r#ref: &Option<Value>) -> bytes::Bytes {
+    match r#ref {
+        Some(r) => jam_shared::protocol::envelope::splice_ref(&f, r),
+        None => f,
+    }
+}
+
+/// Bounded label values: a client cannot mint metric series with made-up types.
+fn known_type(ty: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "create_session",
+        "join_session",
+        "leave_session",
+        "get_sessions",
+        "end_session",
+        "send_message",
+        "ping",
+        "time_sync",
+        "authenticate",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == ty)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_keep_ref() {
+        assert!(parse("{not json").is_err());
+        let e = parse(r#"{"ref":5}"#).err().unwrap();
+        assert_eq!(e.r#ref, Some(json!(5)));
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(parse("[1,2]").is_err());
+    }
+
+    #[test]
+    fn unknown_and_internal_types_are_rejected() {
+        let (r, ty, v) = parse(r#"{"type":"fly","ref":"x"}"#).ok().unwrap();
+        let e = to_action(&ty, v, &r).err().unwrap();
+        assert_eq!(e.message, "unknown type `fly`");
+        let (r, ty, v) = parse(r#"{"type":"disconnect","sessionId":"ABCDEF"}"#)
+            .ok()
+            .unwrap();
+        assert!(to_action(&ty, v, &r).is_err());
+    }
+
+    #[test]
+    fn missing_fields_are_bad_requests() {
+        let (r, ty, v) = parse(r#"{"type":"send_message","sessionId":"ABCDEF"}"#)
+            .ok()
+            .unwrap();
+        let e = to_action(&ty, v, &r).err().unwrap();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("message"), "{}", e.message);
+    }
+}

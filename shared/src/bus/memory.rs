@@ -1,0 +1,191 @@
+//! The in-memory bus: real pub/sub and streams inside one process (standalone mode).
+//! Streams keep unacknowledged entries only until read: in one process a crash loses
+//! the consumer and the entries together, so there is nothing to redeliver to.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+
+use super::{Bus, BusError, BusMessage, StreamEntry, Subscription};
+
+/// Entries a stream holds before XADD is refused (the Redis bus trims at the same size).
+pub const STREAM_CAP: usize = 100_000;
+
+#[derive(Default)]
+struct State {
+    subs: HashMap<u64, (mpsc::Sender<BusMessage>, HashSet<String>)>,
+    next_sub: u64,
+    streams: HashMap<String, VecDeque<(u64, Bytes)>>,
+    next_id: u64,
+}
+
+#[derive(Clone, Default)]
+pub struct MemoryBus {
+    state: Arc<Mutex<State>>,
+    notify: Arc<Notify>,
+}
+
+impl MemoryBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+struct MemorySubscription {
+    id: u64,
+    state: Arc<Mutex<State>>,
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn subscribe(&self, channel: &str) -> Result<(), BusError> {
+        let mut s = self.state.lock().unwrap();
+        let entry = s.subs.get_mut(&self.id).ok_or(BusError::Closed)?;
+        entry.1.insert(channel.to_string());
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BusError> {
+        let mut s = self.state.lock().unwrap();
+        if let Some(entry) = s.subs.get_mut(&self.id) {
+            entry.1.remove(channel);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MemorySubscription {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.subs.remove(&self.id);
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BusError> {
+        let s = self.state.lock().unwrap();
+        let channel: Arc<str> = Arc::from(channel);
+        for (tx, chans) in s.subs.values() {
+            if chans.contains(&*channel) {
+                // At-most-once, like Redis pub/sub: a subscriber that cannot keep up loses messages.
+                if tx
+                    .try_send(BusMessage {
+                        channel: channel.clone(),
+                        payload: payload.clone(),
+                    })
+                    .is_err()
+                {
+                    metrics::counter!("jam_bus_dropped_total").increment(1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscription(
+        &self,
+        capacity: usize,
+    ) -> Result<(Arc<dyn Subscription>, mpsc::Receiver<BusMessage>), BusError> {
+        let (tx, rx) = mpsc::channel(capacity);
+        let mut s = self.state.lock().unwrap();
+        s.next_sub += 1;
+        let id = s.next_sub;
+        s.subs.insert(id, (tx, HashSet::new()));
+        Ok((
+            Arc::new(MemorySubscription {
+                id,
+                state: self.state.clone(),
+            }),
+            rx,
+        ))
+    }
+
+    async fn xadd(&self, stream: &str, payload: Bytes) -> Result<String, BusError> {
+        let id = {
+            let mut s = self.state.lock().unwrap();
+            s.next_id += 1;
+            let id = s.next_id;
+            let q = s.streams.entry(stream.to_string()).or_default();
+            if q.len() >= STREAM_CAP {
+                return Err(BusError::Redis("stream full".into()));
+            }
+            q.push_back((id, payload));
+            id
+        };
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+        Ok(format!("{id}-0"))
+    }
+
+    async fn ensure_group(&self, _streams: &[String], _group: &str) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn read_group(
+        &self,
+        streams: &[String],
+        _group: &str,
+        _consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<StreamEntry>, BusError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(block_ms);
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut s = self.state.lock().unwrap();
+                // Oldest first across streams, as one consumer reading all partitions would.
+                let mut out = Vec::new();
+                while out.len() < count {
+                    let oldest = streams
+                        .iter()
+                        .filter_map(|st| {
+                            s.streams
+                                .get(st)
+                                .and_then(|q| q.front())
+                                .map(|(id, _)| (*id, st))
+                        })
+                        .min_by_key(|(id, _)| *id);
+                    let Some((_, st)) = oldest else { break };
+                    let (id, payload) = s.streams.get_mut(st).unwrap().pop_front().unwrap();
+                    out.push(StreamEntry {
+                        stream: st.clone(),
+                        id: format!("{id}-0"),
+                        payload,
+                    });
+                }
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn claim_stale(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: u64,
+        _: usize,
+    ) -> Result<Vec<StreamEntry>, BusError> {
+        Ok(Vec::new())
+    }
+
+    async fn ack(&self, _group: &str, _entries: &[(String, String)]) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,305 @@
+//! The Redis bus (fred): PUBLISH/SUBSCRIBE for events, Streams with a consumer group for
+//! commands. One command client (auto-pipelined), one client for blocking reads, and one
+//! subscriber client per subscription set, which re-subscribes by itself after a reconnect.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::streams::XCap;
+use tokio::sync::mpsc;
+
+use super::{Bus, BusError, BusMessage, StreamEntry, Subscription};
+
+/// Approximate bound of every command stream (XADD MAXLEN ~). Entries are deleted as they
+/// are acknowledged, so this only bites when no worker consumes at all.
+pub const STREAM_MAXLEN: i64 = 100_000;
+
+fn err(e: fred::error::Error) -> BusError {
+    metrics::counter!("jam_redis_errors_total").increment(1);
+    BusError::Redis(e.to_string())
+}
+
+#[derive(Clone)]
+pub struct RedisBus {
+    builder: Builder,
+    client: Client,
+    blocking: Client,
+}
+
+impl RedisBus {
+    pub async fn connect(url: &str) -> Result<Self, BusError> {
+        let config = Config::from_url(url).map_err(err)?;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(5);
+                c.internal_command_timeout = Duration::from_secs(5);
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = Duration::from_secs(5);
+                p.broadcast_channel_capacity = 65_536;
+            })
+            // Reconnect forever, backing off from 100 ms to 5 s.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+        let client = builder.build().map_err(err)?;
+        let blocking = builder.build().map_err(err)?;
+        for c in [&client, &blocking] {
+            c.init().await.map_err(err)?;
+            let mut reconnects = c.reconnect_rx();
+            tokio::spawn(async move {
+                while reconnects.recv().await.is_ok() {
+                    metrics::counter!("jam_redis_reconnects_total").increment(1);
+                    tracing::warn!("redis reconnected");
+                }
+            });
+        }
+        Ok(Self {
+            builder,
+            client,
+            blocking,
+        })
+    }
+}
+
+struct RedisSubscription {
+    client: SubscriberClient,
+}
+
+#[async_trait]
+impl Subscription for RedisSubscription {
+    async fn subscribe(&self, channel: &str) -> Result<(), BusError> {
+        self.client.subscribe(channel).await.map_err(err)
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BusError> {
+        self.client.unsubscribe(channel).await.map_err(err)
+    }
+}
+
+impl Drop for RedisSubscription {
+    fn drop(&mut self) {
+        let c = self.client.clone();
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(async move {
+                let _ = c.quit().await;
+            });
+        }
+    }
+}
+
+fn parse_entries(stream: &str, entries: Vec<(String, HashMap<String, Bytes>)>) -> Vec<StreamEntry> {
+    entries
+        .into_iter()
+        .filter_map(|(id, mut fields)| {
+            fields.remove("c").map(|payload| StreamEntry {
+                stream: stream.to_string(),
+                id,
+                payload,
+            })
+        })
+        .collect()
+}
+
+/// XAUTOCLAIM's reply: [next, [[id, [field, value, ...]], ...], deleted...].
+fn parse_autoclaim(stream: &str, v: Value) -> Vec<StreamEntry> {
+    let Value::Array(parts) = v else {
+        return Vec::new();
+    };
+    let Some(Value::Array(entries)) = parts.into_iter().nth(1) else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let Value::Array(mut pair) = e else {
+                return None;
+            };
+            if pair.len() != 2 {
+                return None;
+            }
+            let fields = pair.pop()?;
+            let id = pair.pop()?.as_string()?;
+            let Value::Array(fields) = fields else {
+                return None;
+            };
+            let mut it = fields.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                if k.as_str().as_deref() == Some("c") {
+                    return Some(StreamEntry {
+                        stream: stream.to_string(),
+                        id,
+                        payload: v.into_bytes()?,
+                    });
+                }
+            }
+            None
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BusError> {
+        self.client
+            .publish::<(), _, _>(channel, payload)
+            .await
+            .map_err(err)
+    }
+
+    async fn publish_many(&self, msgs: Vec<(String, Bytes)>) -> Result<(), BusError> {
+        // Concurrent commands on one fred client go out pipelined.
+        let futs = msgs.into_iter().map(|(c, p)| {
+            let client = self.client.clone();
+            async move { client.publish::<(), _, _>(c, p).await }
+        });
+        for r in futures::future::join_all(futs).await {
+            r.map_err(err)?;
+        }
+        Ok(())
+    }
+
+    async fn subscription(
+        &self,
+        capacity: usize,
+    ) -> Result<(Arc<dyn Subscription>, mpsc::Receiver<BusMessage>), BusError> {
+        let client = self.builder.build_subscriber_client().map_err(err)?;
+        client.init().await.map_err(err)?;
+        client.manage_subscriptions();
+        let mut rx = client.message_rx();
+        let (tx, out) = mpsc::channel(capacity);
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(m) => {
+                        let channel: Arc<str> = Arc::from(&*m.channel);
+                        let Some(payload) = m.value.into_bytes() else {
+                            continue;
+                        };
+                        if tx.send(BusMessage { channel, payload }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        metrics::counter!("jam_bus_dropped_total").increment(n);
+                        tracing::warn!(lost = n, "subscriber lagged behind redis");
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok((Arc::new(RedisSubscription { client }), out))
+    }
+
+    async fn xadd(&self, stream: &str, payload: Bytes) -> Result<String, BusError> {
+        let cap = XCap::try_from(("MAXLEN", "~", STREAM_MAXLEN)).map_err(err)?;
+        self.client
+            .xadd::<String, _, _, _, _>(stream, false, cap, "*", vec![("c", payload)])
+            .await
+            .map_err(err)
+    }
+
+    async fn ensure_group(&self, streams: &[String], group: &str) -> Result<(), BusError> {
+        for s in streams {
+            // "0": commands queued before the first worker started are not skipped.
+            match self
+                .client
+                .xgroup_create::<(), _, _, _>(s.as_str(), group, "0", true)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.details().contains("BUSYGROUP") => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_group(
+        &self,
+        streams: &[String],
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<StreamEntry>, BusError> {
+        let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
+        let resp: HashMap<String, Vec<(String, HashMap<String, Bytes>)>> = self
+            .blocking
+            .xreadgroup_map(
+                group,
+                consumer,
+                Some(count as u64),
+                Some(block_ms),
+                false,
+                streams.to_vec(),
+                ids,
+            )
+            .await
+            .map_err(err)?;
+        let mut out: Vec<StreamEntry> = resp
+            .into_iter()
+            .flat_map(|(s, e)| parse_entries(&s, e))
+            .collect();
+        // Oldest first across partitions (ids are time-based).
+        out.sort_by_key(|e| id_key(&e.id));
+        Ok(out)
+    }
+
+    async fn claim_stale(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle_ms: u64,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, BusError> {
+        let v: Value = self
+            .client
+            .xautoclaim(
+                stream,
+                group,
+                consumer,
+                min_idle_ms,
+                "0-0",
+                Some(count as u64),
+                false,
+            )
+            .await
+            .map_err(err)?;
+        Ok(parse_autoclaim(stream, v))
+    }
+
+    async fn ack(&self, group: &str, entries: &[(String, String)]) -> Result<(), BusError> {
+        let mut by_stream: HashMap<&str, Vec<String>> = HashMap::new();
+        for (s, id) in entries {
+            by_stream.entry(s.as_str()).or_default().push(id.clone());
+        }
+        for (s, ids) in by_stream {
+            self.client
+                .xack::<i64, _, _, _>(s, group, ids.clone())
+                .await
+                .map_err(err)?;
+            // Deleting acknowledged entries keeps streams short and drops join passwords.
+            self.client.xdel::<i64, _, _>(s, ids).await.map_err(err)?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        tokio::time::timeout(Duration::from_secs(2), self.client.ping::<String>(None))
+            .await
+            .map_err(|_| BusError::Redis("ping timed out".into()))?
+            .map(|_| ())
+            .map_err(err)
+    }
+}
+
+fn id_key(id: &str) -> (u64, u64) {
+    let mut it = id.split('-').map(|p| p.parse::<u64>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}

@@ -1,0 +1,359 @@
+//! Configuration from `JAM_*` environment variables. Parsing is a function of a map so
+//! tests feed it one; [`VARS`] documents every variable and its default (`--help`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+/// (name, default, meaning): the single source for parsing defaults and `--help`.
+pub const VARS: &[(&str, &str, &str)] = &[
+    (
+        "JAM_LISTEN_ADDR",
+        "127.0.0.1:8080",
+        "gateway HTTP/WebSocket address",
+    ),
+    (
+        "JAM_WORKER_LISTEN_ADDR",
+        "127.0.0.1:9090",
+        "worker health and metrics address",
+    ),
+    (
+        "JAM_REDIS_URL",
+        "",
+        "Redis URL; empty = in-memory bus (standalone only)",
+    ),
+    (
+        "JAM_DATABASE_URL",
+        "",
+        "PostgreSQL URL; empty = in-memory store (standalone only)",
+    ),
+    (
+        "JAM_JWT_SECRET",
+        "",
+        "HS256 secret for client tokens (required outside standalone)",
+    ),
+    (
+        "JAM_API_KEY",
+        "",
+        "key for POST /api/publish; empty disables server-side publish",
+    ),
+    (
+        "JAM_PARTITIONS",
+        "16",
+        "number of command-stream partitions",
+    ),
+    (
+        "JAM_INSTANCE_ID",
+        "<host>-<pid>-<random>",
+        "this process's name on the bus",
+    ),
+    (
+        "JAM_SESSION_ID_LENGTH",
+        "6",
+        "length of generated session codes",
+    ),
+    ("JAM_HISTORY_LIMIT", "50", "messages sent to a joiner"),
+    (
+        "JAM_MAX_FRAME_BYTES",
+        "65536",
+        "largest accepted client frame",
+    ),
+    (
+        "JAM_OUTBOUND_QUEUE",
+        "1024",
+        "frames queued per connection before it is dropped as too slow",
+    ),
+    (
+        "JAM_MAX_CONNECTIONS",
+        "100000",
+        "connections one gateway accepts at once",
+    ),
+    (
+        "JAM_AUTH_TIMEOUT_SECS",
+        "10",
+        "time a connection has to send its authenticate frame",
+    ),
+    (
+        "JAM_DRAIN_GRACE_SECS",
+        "20",
+        "time SIGTERM gives connections to close",
+    ),
+    (
+        "JAM_REPLY_TIMEOUT_MS",
+        "5000",
+        "time a REST call waits for the worker's answer",
+    ),
+    ("JAM_HEARTBEAT_MS", "2000", "gateway heartbeat period"),
+    (
+        "JAM_GATEWAY_DEAD_AFTER_MS",
+        "10000",
+        "silence after which a gateway's connections are gone",
+    ),
+    (
+        "JAM_SESSION_TIMEOUT_HOURS",
+        "4",
+        "session lifetime (fractions allowed)",
+    ),
+    (
+        "JAM_HOST_GRACE_SECS",
+        "30",
+        "time a disconnected host has to come back",
+    ),
+    ("JAM_SYNC_INTERVAL_SECS", "120", "periodic sync check"),
+    (
+        "JAM_SEEK_THRESHOLD_MS",
+        "1000",
+        "drift above which a participant is seeked",
+    ),
+    ("JAM_LOG_FORMAT", "plain", "plain or json"),
+    ("JAM_LOG", "info", "tracing filter (RUST_LOG syntax)"),
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub listen_addr: String,
+    pub worker_listen_addr: String,
+    pub redis_url: Option<String>,
+    pub database_url: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub api_key: Option<String>,
+    pub partitions: u32,
+    pub instance_id: String,
+    pub session_id_len: usize,
+    pub history_limit: usize,
+    pub max_frame_bytes: usize,
+    pub outbound_queue: usize,
+    pub max_connections: usize,
+    pub auth_timeout: Duration,
+    pub drain_grace: Duration,
+    pub reply_timeout: Duration,
+    pub heartbeat: Duration,
+    pub gateway_dead_after: Duration,
+    pub session_timeout: Duration,
+    pub host_grace: Duration,
+    pub sync_interval: Duration,
+    pub seek_threshold_ms: f64,
+    pub log_json: bool,
+    pub log_filter: String,
+}
+
+// Secrets never reach logs, even through `{:?}`.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("worker_listen_addr", &self.worker_listen_addr)
+            .field("redis", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("database", &self.database_url.as_ref().map(|_| "<set>"))
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("partitions", &self.partitions)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The development secret standalone mode falls back to. Never valid elsewhere.
+pub const DEV_JWT_SECRET: &str = "jam-dev-secret-do-not-use-in-production";
+
+struct Src<'a>(&'a HashMap<String, String>);
+
+impl Src<'_> {
+    fn raw(&self, var: &'static str) -> Option<&str> {
+        self.0.get(var).map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+    fn default(var: &'static str) -> &'static str {
+        VARS.iter().find(|v| v.0 == var).map(|v| v.1).unwrap_or("")
+    }
+    fn string(&self, var: &'static str) -> String {
+        self.raw(var).unwrap_or(Self::default(var)).to_string()
+    }
+    fn opt(&self, var: &'static str) -> Option<String> {
+        self.raw(var).map(str::to_string)
+    }
+    fn num<T: std::str::FromStr>(&self, var: &'static str) -> Result<T, ConfigError> {
+        let s = self.raw(var).unwrap_or(Self::default(var));
+        s.parse().map_err(|_| ConfigError {
+            var,
+            reason: format!("not a number: {s:?}"),
+        })
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_map(&std::env::vars().collect())
+    }
+
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let s = Src(map);
+        let partitions: u32 = s.num("JAM_PARTITIONS")?;
+        if partitions == 0 || partitions > 4096 {
+            return Err(ConfigError {
+                var: "JAM_PARTITIONS",
+                reason: "must be 1..=4096".into(),
+            });
+        }
+        let session_id_len: usize = s.num("JAM_SESSION_ID_LENGTH")?;
+        if !(4..=16).contains(&session_id_len) {
+            return Err(ConfigError {
+                var: "JAM_SESSION_ID_LENGTH",
+                reason: "must be 4..=16".into(),
+            });
+        }
+        let log_format = s.string("JAM_LOG_FORMAT");
+        if log_format != "plain" && log_format != "json" {
+            return Err(ConfigError {
+                var: "JAM_LOG_FORMAT",
+                reason: "plain or json".into(),
+            });
+        }
+        let hours: f64 = s.num("JAM_SESSION_TIMEOUT_HOURS")?;
+        if hours <= 0.0 || !hours.is_finite() {
+            return Err(ConfigError {
+                var: "JAM_SESSION_TIMEOUT_HOURS",
+                reason: "must be positive".into(),
+            });
+        }
+        let secs = |v: &'static str| s.num::<f64>(v).map(Duration::from_secs_f64);
+        let ms = |v: &'static str| s.num::<u64>(v).map(Duration::from_millis);
+        Ok(Config {
+            listen_addr: s.string("JAM_LISTEN_ADDR"),
+            worker_listen_addr: s.string("JAM_WORKER_LISTEN_ADDR"),
+            redis_url: s.opt("JAM_REDIS_URL"),
+            database_url: s.opt("JAM_DATABASE_URL"),
+            jwt_secret: s.opt("JAM_JWT_SECRET"),
+            api_key: s.opt("JAM_API_KEY"),
+            partitions,
+            instance_id: s.opt("JAM_INSTANCE_ID").unwrap_or_else(default_instance_id),
+            session_id_len,
+            history_limit: s.num("JAM_HISTORY_LIMIT")?,
+            max_frame_bytes: s.num("JAM_MAX_FRAME_BYTES")?,
+            outbound_queue: s.num::<usize>("JAM_OUTBOUND_QUEUE")?.max(8),
+            max_connections: s.num("JAM_MAX_CONNECTIONS")?,
+            auth_timeout: secs("JAM_AUTH_TIMEOUT_SECS")?,
+            drain_grace: secs("JAM_DRAIN_GRACE_SECS")?,
+            reply_timeout: ms("JAM_REPLY_TIMEOUT_MS")?,
+            heartbeat: ms("JAM_HEARTBEAT_MS")?,
+            gateway_dead_after: ms("JAM_GATEWAY_DEAD_AFTER_MS")?,
+            session_timeout: Duration::from_secs_f64(hours * 3600.0),
+            host_grace: secs("JAM_HOST_GRACE_SECS")?,
+            sync_interval: secs("JAM_SYNC_INTERVAL_SECS")?,
+            seek_threshold_ms: s.num("JAM_SEEK_THRESHOLD_MS")?,
+            log_json: log_format == "json",
+            log_filter: s.string("JAM_LOG"),
+        })
+    }
+
+    /// The JWT secret, or the development one in standalone mode (with a loud warning).
+    pub fn jwt_secret_or_dev(&self) -> String {
+        match &self.jwt_secret {
+            Some(s) => s.clone(),
+            None => {
+                tracing::warn!(
+                    "JAM_JWT_SECRET is not set: using the DEVELOPMENT secret. Anyone can mint tokens. \
+                     Never expose this instance."
+                );
+                DEV_JWT_SECRET.to_string()
+            }
+        }
+    }
+
+    /// The secret for multi-process mode, which refuses to run without one.
+    pub fn jwt_secret_required(&self) -> Result<String, ConfigError> {
+        self.jwt_secret.clone().ok_or(ConfigError {
+            var: "JAM_JWT_SECRET",
+            reason: "required when running as separate gateway/worker processes".into(),
+        })
+    }
+
+    /// The `--help` text listing every variable and its default.
+    pub fn help() -> String {
+        let mut out = String::from("Environment variables:\n");
+        for (name, default, what) in VARS {
+            out.push_str(&format!(
+                "  {name:<28} {what} (default: {})\n",
+                if default.is_empty() { "unset" } else { default }
+            ));
+        }
+        out
+    }
+}
+
+fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "jam".into());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &crate::ids::unique()[..6]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_map(&map(&[])).unwrap();
+        assert_eq!(c.partitions, 16);
+        assert_eq!(c.listen_addr, "127.0.0.1:8080");
+        assert!(c.redis_url.is_none());
+        assert_eq!(c.session_timeout, Duration::from_secs(4 * 3600));
+        assert_eq!(c.drain_grace, Duration::from_secs(20));
+        assert!(c.jwt_secret_required().is_err());
+    }
+
+    #[test]
+    fn overrides_and_errors() {
+        let c = Config::from_map(&map(&[
+            ("JAM_PARTITIONS", "4"),
+            ("JAM_JWT_SECRET", "x"),
+            ("JAM_INSTANCE_ID", "gw-a"),
+        ]))
+        .unwrap();
+        assert_eq!(c.partitions, 4);
+        assert_eq!(c.instance_id, "gw-a");
+        assert_eq!(c.jwt_secret_required().unwrap(), "x");
+        let e = Config::from_map(&map(&[("JAM_PARTITIONS", "lots")])).unwrap_err();
+        assert_eq!(e.var, "JAM_PARTITIONS");
+        assert!(Config::from_map(&map(&[("JAM_PARTITIONS", "0")])).is_err());
+        assert!(Config::from_map(&map(&[("JAM_LOG_FORMAT", "xml")])).is_err());
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = Config::from_map(&map(&[
+            ("JAM_JWT_SECRET", "topsecret"),
+            ("JAM_API_KEY", "k3y"),
+        ]))
+        .unwrap();
+        let s = format!("{c:?}");
+        assert!(!s.contains("topsecret") && !s.contains("k3y"));
+    }
+
+    #[test]
+    fn help_lists_every_var() {
+        let h = Config::help();
+        for (name, _, _) in VARS {
+            assert!(h.contains(name));
+        }
+    }
+}

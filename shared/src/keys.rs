@@ -1,0 +1,57 @@
+//! Names of every Redis channel and stream, in one place so tenants stay apart:
+//! each name carries the tenant, so two tenants never share a channel.
+
+/// The tenant of tokens without a `tenant` claim.
+pub const DEFAULT_TENANT: &str = "_";
+
+/// The channel a room's events travel on.
+pub fn room_channel(tenant: &str, session_id: &str) -> String {
+    format!("jam:{{{tenant}}}:room:{session_id}")
+}
+
+/// The channel every connection of one user listens on.
+pub fn user_channel(tenant: &str, user_id: &str) -> String {
+    format!("jam:{{{tenant}}}:user:{user_id}")
+}
+
+/// Gateways announce themselves here; the worker notices the ones that go quiet.
+pub const GATEWAY_HEARTBEAT_CHANNEL: &str = "jam:gateways";
+
+/// The command stream of one partition.
+pub fn command_stream(partition: u32) -> String {
+    format!("jam:cmd:{partition}")
+}
+
+/// The consumer group the workers read commands with.
+pub const WORKER_GROUP: &str = "jam-workers";
+
+/// The partition a key (a session id, or a user for user-scoped commands) belongs to.
+/// FNV-1a: stable across processes and releases, unlike std's hasher.
+pub fn partition_of(key: &str, partitions: u32) -> u32 {
+    let mut h: u32 = 0x811c9dc5;
+    for b in key.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    h % partitions.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_tenant() {
+        assert_ne!(room_channel("a", "X"), room_channel("b", "X"));
+        assert_ne!(user_channel("a", "u"), user_channel("b", "u"));
+    }
+
+    #[test]
+    fn partition_is_stable_and_in_range() {
+        assert_eq!(partition_of("ABC123", 16), partition_of("ABC123", 16));
+        for k in ["a", "b", "ABCDEF", ""] {
+            assert!(partition_of(k, 16) < 16);
+        }
+        assert_eq!(partition_of("x", 0), 0);
+    }
+}

@@ -1,0 +1,210 @@
+//! What a client (or a gateway on its behalf) asks the worker to do. The same enum
+//! parses client frames and travels inside [`super::Command`] on the bus.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+pub const MAX_MESSAGE_CHARS: usize = 2000;
+pub const MAX_NAME_CHARS: usize = 100;
+pub const MAX_DESCRIPTION_CHARS: usize = 500;
+pub const MAX_PASSWORD_CHARS: usize = 128;
+pub const MAX_PARTICIPANTS_LIMIT: u32 = 10_000;
+pub const DEFAULT_MAX_PARTICIPANTS: u32 = 50;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Action {
+    #[serde(rename_all = "camelCase")]
+    CreateSession {
+        name: String,
+        #[serde(default)]
+        description: Option<String>,
+        #[serde(default)]
+        is_private: Option<bool>,
+        /// Plain text from the client; the gateway hashes it and clears it before the bus.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        #[serde(default)]
+        max_participants: Option<u32>,
+        /// Set by the gateway, never by the client.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_hash: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
+    },
+    #[serde(rename_all = "camelCase")]
+    JoinSession {
+        session_id: String,
+        #[serde(default)]
+        password: Option<String>,
+    },
+    #[serde(rename_all = "camelCase")]
+    LeaveSession {
+        session_id: String,
+    },
+    GetSessions {},
+    #[serde(rename_all = "camelCase")]
+    EndSession {
+        session_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    SendMessage {
+        session_id: String,
+        message: String,
+    },
+    /// Internal: one connection of a member went away (sent by its gateway, per session).
+    #[serde(rename_all = "camelCase")]
+    Disconnect {
+        session_id: String,
+    },
+}
+
+impl Action {
+    /// Internal actions are refused when they come from a client frame.
+    pub fn is_client_action(&self) -> bool {
+        !matches!(self, Action::Disconnect { .. })
+    }
+
+    /// The session this action is about, which decides its partition.
+    pub fn session_id(&self) -> Option<&str> {
+        match self {
+            Action::CreateSession { session_id, .. } => session_id.as_deref(),
+            Action::JoinSession { session_id, .. }
+            | Action::LeaveSession { session_id }
+            | Action::EndSession { session_id }
+            | Action::SendMessage { session_id, .. }
+            | Action::Disconnect { session_id } => Some(session_id),
+            Action::GetSessions {} => None,
+        }
+    }
+
+    /// Field checks that need no state: done by the gateway before anything reaches the bus.
+    pub fn validate(&self) -> Result<(), (ErrorCode, String)> {
+        let bad = |m: &str| Err((ErrorCode::BadRequest, m.to_string()));
+        if let Some(id) = self.session_id() {
+            if !crate::ids::is_valid_session_id(id) {
+                return Err((ErrorCode::SessionNotFound, "Session not found".into()));
+            }
+        }
+        match self {
+            Action::CreateSession {
+                name,
+                description,
+                password,
+                max_participants,
+                ..
+            } => {
+                if name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS {
+                    return bad("name must be 1 to 100 characters");
+                }
+                if description
+                    .as_ref()
+                    .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_CHARS)
+                {
+                    return bad("description must be at most 500 characters");
+                }
+                if password
+                    .as_ref()
+                    .is_some_and(|p| p.chars().count() > MAX_PASSWORD_CHARS)
+                {
+                    return bad("password must be at most 128 characters");
+                }
+                if max_participants.is_some_and(|m| m == 0 || m > MAX_PARTICIPANTS_LIMIT) {
+                    return bad("maxParticipants must be 1 to 10000");
+                }
+                Ok(())
+            }
+            Action::SendMessage { message, .. } => {
+                if message.trim().is_empty() {
+                    return bad("message must not be empty");
+                }
+                if message.chars().count() > MAX_MESSAGE_CHARS {
+                    return bad("message must be at most 2000 characters");
+                }
+                Ok(())
+            }
+            Action::JoinSession { password, .. } => {
+                if password
+                    .as_ref()
+                    .is_some_and(|p| p.chars().count() > MAX_PASSWORD_CHARS)
+                {
+                    return bad("password must be at most 128 characters");
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Result<Action, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn parses_client_frames() {
+        let a = parse(json!({"type":"join_session","sessionId":"ABC234","password":"pw","ref":1}))
+            .unwrap();
+        assert_eq!(
+            a,
+            Action::JoinSession {
+                session_id: "ABC234".into(),
+                password: Some("pw".into())
+            }
+        );
+        assert!(matches!(
+            parse(json!({"type":"get_sessions"})).unwrap(),
+            Action::GetSessions {}
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_and_missing() {
+        assert!(parse(json!({"type":"nope"})).is_err());
+        assert!(parse(json!({"type":"send_message","sessionId":"A"})).is_err());
+        assert!(parse(json!({"sessionId":"A"})).is_err());
+    }
+
+    #[test]
+    fn validation() {
+        let msg = |m: &str| Action::SendMessage {
+            session_id: "ABCDEF".into(),
+            message: m.into(),
+        };
+        assert!(msg("hi").validate().is_ok());
+        assert_eq!(msg("  ").validate().unwrap_err().0, ErrorCode::BadRequest);
+        assert!(msg(&"x".repeat(2000)).validate().is_ok());
+        assert!(msg(&"x".repeat(2001)).validate().is_err());
+        let join = Action::JoinSession {
+            session_id: "bad:id".into(),
+            password: None,
+        };
+        assert_eq!(join.validate().unwrap_err().0, ErrorCode::SessionNotFound);
+        let create = |m| Action::CreateSession {
+            name: "n".into(),
+            description: None,
+            is_private: None,
+            password: None,
+            max_participants: m,
+            password_hash: None,
+            session_id: None,
+        };
+        assert!(create(Some(0)).validate().is_err());
+        assert!(create(Some(10)).validate().is_ok());
+    }
+
+    #[test]
+    fn internal_actions_are_not_client_actions() {
+        assert!(!Action::Disconnect {
+            session_id: "A".into()
+        }
+        .is_client_action());
+        assert!(Action::GetSessions {}.is_client_action());
+    }
+}

@@ -1,0 +1,230 @@
+//! Session state as the worker keeps and persists it, and the public views clients see.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Host,
+    Participant,
+}
+
+/// One live connection of a participant, and the gateway that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnRef {
+    pub conn: String,
+    pub gateway: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParticipantRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub joined_at: i64,
+    pub connections: Vec<ConnRef>,
+    /// When the host's last connection went away (host grace).
+    #[serde(default)]
+    pub offline_since: Option<i64>,
+}
+
+impl ParticipantRecord {
+    pub fn is_online(&self) -> bool {
+        !self.connections.is_empty()
+    }
+
+    pub fn view(&self) -> ParticipantView {
+        ParticipantView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            role: self.role,
+            joined_at: self.joined_at,
+            is_online: self.is_online(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    Active,
+    Ended,
+}
+
+/// Everything the worker knows about a session; persisted as one row.
+/// Holds the password hash and connection ids, so it is never sent to clients: see [`SessionView`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub tenant: String,
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub host_id: String,
+    pub is_private: bool,
+    pub password_hash: Option<String>,
+    pub max_participants: u32,
+    pub participants: Vec<ParticipantRecord>,
+    pub status: SessionStatus,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// The last sequence number handed to a room event.
+    pub last_seq: i64,
+}
+
+impl SessionRecord {
+    pub fn participant(&self, user_id: &str) -> Option<&ParticipantRecord> {
+        self.participants.iter().find(|p| p.id == user_id)
+    }
+
+    pub fn participant_mut(&mut self, user_id: &str) -> Option<&mut ParticipantRecord> {
+        self.participants.iter_mut().find(|p| p.id == user_id)
+    }
+
+    pub fn is_member(&self, user_id: &str) -> bool {
+        self.participant(user_id).is_some()
+    }
+
+    pub fn next_seq(&mut self) -> i64 {
+        self.last_seq += 1;
+        self.last_seq
+    }
+
+    pub fn view(&self) -> SessionView {
+        SessionView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            host_id: self.host_id.clone(),
+            is_private: self.is_private,
+            max_participants: self.max_participants,
+            participants: self
+                .participants
+                .iter()
+                .map(ParticipantRecord::view)
+                .collect(),
+            participant_count: self.participants.len(),
+            status: self.status,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            seq: self.last_seq,
+        }
+    }
+
+    /// The listing entry: no participant list, only its size.
+    pub fn summary(&self) -> SessionSummary {
+        SessionSummary {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            host_id: self.host_id.clone(),
+            is_private: self.is_private,
+            max_participants: self.max_participants,
+            participant_count: self.participants.len(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantView {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub joined_at: i64,
+    pub is_online: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub host_id: String,
+    pub is_private: bool,
+    pub max_participants: u32,
+    pub participants: Vec<ParticipantView>,
+    pub participant_count: usize,
+    pub status: SessionStatus,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub seq: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSummary {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub host_id: String,
+    pub is_private: bool,
+    pub max_participants: u32,
+    pub participant_count: usize,
+    pub created_at: i64,
+}
+
+/// A committed chat message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatMessage {
+    pub id: String,
+    #[serde(skip)]
+    pub tenant: String,
+    pub session_id: String,
+    pub user_id: String,
+    pub user_name: String,
+    pub message: String,
+    pub created_at: i64,
+    pub seq: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> SessionRecord {
+        SessionRecord {
+            tenant: "_".into(),
+            id: "ABCDEF".into(),
+            name: "n".into(),
+            description: String::new(),
+            host_id: "alice".into(),
+            is_private: true,
+            password_hash: Some("$argon2id$secret".into()),
+            max_participants: 10,
+            participants: vec![ParticipantRecord {
+                id: "alice".into(),
+                name: "Alice".into(),
+                role: Role::Host,
+                joined_at: 1,
+                connections: vec![ConnRef {
+                    conn: "c1".into(),
+                    gateway: "g".into(),
+                }],
+                offline_since: None,
+            }],
+            status: SessionStatus::Active,
+            created_at: 1,
+            expires_at: 2,
+            last_seq: 0,
+        }
+    }
+
+    #[test]
+    fn view_never_carries_password_or_connections() {
+        let json = serde_json::to_string(&record().view()).unwrap();
+        assert!(!json.contains("argon2") && !json.contains("password") && !json.contains("c1"));
+        assert!(json.contains("\"hostId\":\"alice\"") && json.contains("\"isOnline\":true"));
+        let json = serde_json::to_string(&record().summary()).unwrap();
+        assert!(!json.contains("argon2") && !json.contains("participants\""));
+    }
+
+    #[test]
+    fn seq_increases() {
+        let mut r = record();
+        assert_eq!(r.next_seq(), 1);
+        assert_eq!(r.next_seq(), 2);
+    }
+}

@@ -1,0 +1,257 @@
+//! The PostgreSQL store (deadpool-postgres). Migrations run at connect under an
+//! advisory lock, so several workers starting together apply them once.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use super::{Batch, Store, StoreError};
+use crate::protocol::model::{ChatMessage, SessionRecord};
+
+/// Applied in order, each once; never edit one that has shipped, add the next.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE jam_sessions (
+    tenant      text        NOT NULL,
+    id          text        NOT NULL,
+    state       jsonb       NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant, id)
+);
+CREATE TABLE jam_messages (
+    tenant      text   NOT NULL,
+    session_id  text   NOT NULL,
+    seq         bigint NOT NULL,
+    id          text   NOT NULL,
+    user_id     text   NOT NULL,
+    user_name   text   NOT NULL,
+    message     text   NOT NULL,
+    created_at  bigint NOT NULL,
+    PRIMARY KEY (tenant, session_id, seq)
+);
+CREATE TABLE jam_commands (
+    id          text        PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+"#];
+
+fn db(e: tokio_postgres::Error) -> StoreError {
+    metrics::counter!("jam_pg_errors_total").increment(1);
+    StoreError::Db(e.to_string())
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, max_size: usize) -> Result<Self, StoreError> {
+        let mut cfg = tokio_postgres::Config::from_str(url).map_err(db)?;
+        cfg.connect_timeout(Duration::from_secs(5));
+        let mgr = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        let t = Instant::now();
+        let c = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()));
+        metrics::histogram!("jam_pg_pool_wait_seconds").record(t.elapsed().as_secs_f64());
+        c
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock(7362831)", &[])
+            .await
+            .map_err(db)?;
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS jam_migrations (version int PRIMARY KEY)",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+        let row = tx
+            .query_one("SELECT coalesce(max(version), 0) FROM jam_migrations", &[])
+            .await
+            .map_err(db)?;
+        let applied: i32 = row.get(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+            tx.batch_execute(sql).await.map_err(db)?;
+            tx.execute(
+                "INSERT INTO jam_migrations (version) VALUES ($1)",
+                &[&(i as i32 + 1)],
+            )
+            .await
+            .map_err(db)?;
+            tracing::info!(version = i + 1, "applied migration");
+        }
+        tx.commit().await.map_err(db)
+    }
+}
+
+fn observe(op: &'static str, t: Instant) {
+    metrics::histogram!("jam_pg_query_duration_seconds", "op" => op)
+        .record(t.elapsed().as_secs_f64());
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let t = Instant::now();
+        let c = self.conn().await?;
+        let rows = c
+            .query("SELECT state FROM jam_sessions", &[])
+            .await
+            .map_err(db)?;
+        observe("load_sessions", t);
+        rows.into_iter()
+            .map(|r| {
+                let v: serde_json::Value = r.get(0);
+                serde_json::from_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        for r in &batch.upserts {
+            let state = serde_json::to_value(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO jam_sessions (tenant, id, state) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant, id) DO UPDATE SET state = excluded.state, updated_at = now()",
+                &[&r.tenant, &r.id, &state],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !batch.messages.is_empty() {
+            let m = &batch.messages;
+            let col = |f: fn(&ChatMessage) -> String| m.iter().map(f).collect::<Vec<String>>();
+            let tenants = col(|x| x.tenant.clone());
+            let sessions = col(|x| x.session_id.clone());
+            let ids = col(|x| x.id.clone());
+            let users = col(|x| x.user_id.clone());
+            let names = col(|x| x.user_name.clone());
+            let texts = col(|x| x.message.clone());
+            let seqs: Vec<i64> = m.iter().map(|x| x.seq).collect();
+            let created: Vec<i64> = m.iter().map(|x| x.created_at).collect();
+            tx.execute(
+                "INSERT INTO jam_messages (tenant, session_id, seq, id, user_id, user_name, message, created_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])",
+                &[&tenants, &sessions, &seqs, &ids, &users, &names, &texts, &created],
+            )
+            .await
+            .map_err(db)?;
+        }
+        for (tenant, id) in &batch.deletes {
+            tx.execute(
+                "DELETE FROM jam_sessions WHERE tenant = $1 AND id = $2",
+                &[tenant, id],
+            )
+            .await
+            .map_err(db)?;
+            tx.execute(
+                "DELETE FROM jam_messages WHERE tenant = $1 AND session_id = $2",
+                &[tenant, id],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !batch.command_ids.is_empty() {
+            tx.execute(
+                "INSERT INTO jam_commands (id) SELECT * FROM UNNEST($1::text[]) ON CONFLICT DO NOTHING",
+                &[&batch.command_ids],
+            )
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        observe("commit", t);
+        Ok(())
+    }
+
+    async fn seen_commands(&self, ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let t = Instant::now();
+        let c = self.conn().await?;
+        let rows = c
+            .query("SELECT id FROM jam_commands WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(db)?;
+        observe("seen_commands", t);
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn history(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let t = Instant::now();
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT id, session_id, user_id, user_name, message, created_at, seq FROM jam_messages
+                 WHERE tenant = $1 AND session_id = $2 AND seq < $3 ORDER BY seq DESC LIMIT $4",
+                &[&tenant, &session_id, &before.unwrap_or(i64::MAX), &(limit as i64)],
+            )
+            .await
+            .map_err(db)?;
+        observe("history", t);
+        let mut out: Vec<ChatMessage> = rows
+            .into_iter()
+            .map(|r| ChatMessage {
+                id: r.get(0),
+                tenant: tenant.to_string(),
+                session_id: r.get(1),
+                user_id: r.get(2),
+                user_name: r.get(3),
+                message: r.get(4),
+                created_at: r.get(5),
+                seq: r.get(6),
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let c = self.conn().await?;
+        c.simple_query("SELECT 1").await.map_err(db)?;
+        Ok(())
+    }
+}

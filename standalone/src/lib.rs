@@ -1,0 +1,44 @@
+//! Standalone jam: the gateway and the worker engine in one process, over the in-memory
+//! bus and store (or Redis/PostgreSQL when configured). Still no direct calls between
+//! them: the gateway only talks to the bus.
+
+use std::sync::Arc;
+
+use jam_shared::bus::memory::MemoryBus;
+use jam_shared::bus::redis::RedisBus;
+use jam_shared::bus::Bus;
+use jam_shared::config::Config;
+use jam_shared::store::memory::MemoryStore;
+use jam_shared::store::postgres::PgStore;
+use jam_shared::store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Run gateway + engine until `shutdown`. Uses Redis / PostgreSQL when their URLs are set.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let bus: Arc<dyn Bus> = match &cfg.redis_url {
+        Some(url) => Arc::new(RedisBus::connect(url).await?),
+        None => Arc::new(MemoryBus::new()),
+    };
+    let store: Arc<dyn Store> = match &cfg.database_url {
+        Some(url) => Arc::new(PgStore::connect(url, 8).await?),
+        None => Arc::new(MemoryStore::new()),
+    };
+    let secret = cfg.jwt_secret_or_dev();
+    let engine_stop = CancellationToken::new();
+    let engine = {
+        let (cfg, bus, store, stop) =
+            (cfg.clone(), bus.clone(), store.clone(), engine_stop.clone());
+        tokio::spawn(async move { jam_worker::run_engine(&cfg, bus, store, stop).await })
+    };
+    let gateway = jam_gateway::run(cfg, secret, listener, bus, shutdown).await;
+    // The engine outlives the gateway's drain, so the last disconnects are applied.
+    engine_stop.cancel();
+    engine.await??;
+    gateway?;
+    Ok(())
+}

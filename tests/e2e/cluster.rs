@@ -1,0 +1,119 @@
+//! Two gateways and a worker as separate processes over a private Redis and a fresh
+//! PostgreSQL database: the protocol scenarios, then durability across a worker SIGKILL.
+
+use std::time::Duration;
+
+use jam_tests::scenario::{create, join, say};
+use jam_tests::services::{PrivateRedis, TestDb};
+use jam_tests::{procs, scenario, token, Client};
+use serde_json::json;
+
+#[tokio::test]
+async fn cluster_protocol_scenarios() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let _worker = procs::worker(&redis.url(), &db.url, &[]).await;
+    let a = procs::gateway(&redis.url(), "gw-a", &[]).await;
+    let b = procs::gateway(&redis.url(), "gw-b", &[]).await;
+    scenario::sessions_and_chat(&a.ws_url(), &b.ws_url()).await;
+    scenario::bad_input(&b.ws_url()).await;
+    scenario::tenants(&a.ws_url(), &b.ws_url()).await;
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_a_worker_sigkill() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let mut worker = procs::worker(&redis.url(), &db.url, &[]).await;
+    let a = procs::gateway(&redis.url(), "gw-a", &[]).await;
+    let b = procs::gateway(&redis.url(), "gw-b", &[]).await;
+
+    let mut alice = Client::connect(&a.ws_url(), &token("alice", "Alice", None)).await;
+    let mut bob = Client::connect(&b.ws_url(), &token("bob", "Bob", None)).await;
+    let sid = create(
+        &mut alice,
+        json!({"name": "durable", "isPrivate": true, "password": "pw"}),
+    )
+    .await;
+    assert_eq!(
+        join(&mut bob, &sid, Some("wrong")).await["code"],
+        "INVALID_PASSWORD"
+    );
+    assert_eq!(
+        join(&mut bob, &sid, Some("pw")).await["type"],
+        "session_update"
+    );
+    bob.recv_type("message_history").await;
+
+    let mut acked = Vec::new();
+    let mut last_seq = 0;
+    for i in 0..5 {
+        let (who, other) = if i % 2 == 0 {
+            (&mut alice, &mut bob)
+        } else {
+            (&mut bob, &mut alice)
+        };
+        let text = format!("message {i}");
+        let m = say(who, &sid, &text).await;
+        let seq = m["seq"].as_i64().unwrap();
+        assert!(seq > last_seq, "seq increases: {seq} after {last_seq}");
+        last_seq = seq;
+        let t = text.clone();
+        let seen = other
+            .recv_where("the other's message", move |v| {
+                v["type"] == "new_message" && v["message"] == t.as_str()
+            })
+            .await;
+        assert_eq!(seen["seq"], seq);
+        acked.push(text);
+    }
+
+    worker.signal("KILL");
+    assert!(worker.wait_exit(Duration::from_secs(5)).await);
+    // A message sent while no worker runs waits on the stream and is applied after restart.
+    alice.send(json!({"type": "send_message", "sessionId": sid, "message": "while down", "ref": "down"})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.restart().await;
+    let m = alice
+        .recv_where("ack of the queued message", |v| v["ref"] == "down")
+        .await;
+    assert_eq!(m["type"], "new_message", "{m}");
+    assert!(
+        m["seq"].as_i64().unwrap() > last_seq,
+        "seq never reused after restart"
+    );
+    acked.push("while down".into());
+
+    let mut carol = Client::connect(&a.ws_url(), &token("carol", "Carol", None)).await;
+    let joined = join(&mut carol, &sid, Some("pw")).await;
+    assert_eq!(joined["type"], "session_update", "{joined}");
+    let names: Vec<&str> = joined["session"]["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob", "carol"]);
+    let hist = carol.recv_type("message_history").await;
+    let texts: Vec<&str> = hist["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, acked.iter().map(String::as_str).collect::<Vec<_>>());
+    let seqs: Vec<i64> = hist["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // And the others still get the room's events after the restart.
+    let uj = alice
+        .recv_where("carol's join", |v| {
+            v["type"] == "user_joined" && v["userId"] == "carol"
+        })
+        .await;
+    assert_eq!(uj["count"], 3);
+}

@@ -1,0 +1,154 @@
+//! A WebSocket test client that speaks jam's JSON frames.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub user: String,
+    next_ref: u64,
+    /// Frames read while waiting for something else.
+    backlog: Vec<Value>,
+    pub close_code: Option<u16>,
+}
+
+impl Client {
+    /// Connect with `?token=` and read the `authenticated` frame.
+    pub async fn connect(url: &str, token: &str) -> Self {
+        let mut c = Self::raw(&format!("{url}?token={token}")).await;
+        let auth = c.recv().await;
+        assert_eq!(auth["type"], "authenticated", "{auth}");
+        c.user = auth["userId"].as_str().unwrap().to_string();
+        c
+    }
+
+    pub async fn raw(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        Self {
+            ws,
+            user: String::new(),
+            next_ref: 0,
+            backlog: Vec::new(),
+            close_code: None,
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, t: String) {
+        self.ws.send(Message::Text(t.into())).await.unwrap();
+    }
+
+    /// The next frame (backlog first). Panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Value {
+        if !self.backlog.is_empty() {
+            return self.backlog.remove(0);
+        }
+        self.recv_wire(WAIT).await.expect("a frame within the wait")
+    }
+
+    async fn recv_wire(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(wait, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) => return None,
+                Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    self.close_code = f.map(|f| u16::from(f.code));
+                    return None;
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// The first frame matching `pred`, keeping the others for later.
+    pub async fn recv_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(v) = self.recv_wire(left).await else {
+                panic!(
+                    "{}: no {what} within {WAIT:?}; backlog: {:?}",
+                    self.user, self.backlog
+                )
+            };
+            if pred(&v) {
+                return v;
+            }
+            self.backlog.push(v);
+        }
+    }
+
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        let t = ty.to_string();
+        self.recv_where(ty, move |v| v["type"] == t.as_str()).await
+    }
+
+    /// Send with a fresh `ref`; return the reply carrying that ref (result or error).
+    pub async fn request(&mut self, mut v: Value) -> Value {
+        self.next_ref += 1;
+        let r = format!("{}-{}", self.user, self.next_ref);
+        v["ref"] = json!(r);
+        self.send(v).await;
+        self.recv_where(&format!("reply to {r}"), move |f| f["ref"] == r.as_str())
+            .await
+    }
+
+    /// Whether no frame of type `ty` arrives within `wait`.
+    pub async fn none_of_type(&mut self, ty: &str, wait: Duration) -> bool {
+        if self.backlog.iter().any(|v| v["type"] == ty) {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            match self.recv_wire(left).await {
+                None => return true,
+                Some(v) if v["type"] == ty => {
+                    self.backlog.push(v);
+                    return false;
+                }
+                Some(v) => self.backlog.push(v),
+            }
+        }
+    }
+
+    /// Read until the server closes; returns the close code.
+    pub async fn closed(&mut self, wait: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_wire(left).await {
+                Some(v) => self.backlog.push(v),
+                None => return self.close_code,
+            }
+        }
+        None
+    }
+
+    pub fn clear(&mut self) {
+        self.backlog.clear();
+    }
+}

@@ -1,0 +1,279 @@
+//! Protocol scenarios that run unchanged against the standalone binary and against a
+//! cluster of separate gateways and workers.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::{token, Client};
+
+/// Create a session as `c`; returns its id.
+pub async fn create(c: &mut Client, body: Value) -> String {
+    let mut frame = json!({"type": "create_session"});
+    for (k, v) in body.as_object().unwrap() {
+        frame[k] = v.clone();
+    }
+    let r = c.request(frame).await;
+    assert_eq!(r["type"], "session_created", "{r}");
+    r["session"]["id"].as_str().unwrap().to_string()
+}
+
+pub async fn join(c: &mut Client, sid: &str, password: Option<&str>) -> Value {
+    let mut f = json!({"type": "join_session", "sessionId": sid});
+    if let Some(p) = password {
+        f["password"] = json!(p);
+    }
+    c.request(f).await
+}
+
+pub async fn say(c: &mut Client, sid: &str, text: &str) -> Value {
+    let r = c
+        .request(json!({"type": "send_message", "sessionId": sid, "message": text}))
+        .await;
+    assert_eq!(r["type"], "new_message", "{r}");
+    r
+}
+
+/// Sessions, joins, private passwords, chat with seq, leave, end: a walk through the
+/// whole session protocol with clients spread over `url_a` and `url_b`.
+pub async fn sessions_and_chat(url_a: &str, url_b: &str) {
+    let mut alice = Client::connect(url_a, &token("alice", "Alice", None)).await;
+    let mut bob = Client::connect(url_b, &token("bob", "Bob", None)).await;
+
+    let sid = create(&mut alice, json!({"name": "Friday mix", "isPrivate": true, "password": "s3cret", "maxParticipants": 3})).await;
+    assert_eq!(sid.len(), 6);
+
+    let wrong = join(&mut bob, &sid, Some("nope")).await;
+    assert_eq!(wrong["type"], "error");
+    assert_eq!(wrong["code"], "INVALID_PASSWORD");
+    let missing = join(&mut bob, "ZZZZZZ", None).await;
+    assert_eq!(missing["code"], "SESSION_NOT_FOUND");
+    // Not a member yet: chat is refused.
+    let r = bob
+        .request(json!({"type":"send_message","sessionId": sid, "message":"hi"}))
+        .await;
+    assert_eq!(r["code"], "NOT_IN_SESSION");
+
+    let joined = join(&mut bob, &sid, Some("s3cret")).await;
+    assert_eq!(joined["type"], "session_update", "{joined}");
+    let session = &joined["session"];
+    assert_eq!(session["participants"].as_array().unwrap().len(), 2);
+    assert_eq!(session["hostId"], "alice");
+    let text = joined.to_string();
+    assert!(
+        !text.contains("s3cret")
+            && !text.contains("argon2")
+            && !text.to_lowercase().contains("password\""),
+        "{text}"
+    );
+    let hist = bob.recv_type("message_history").await;
+    assert_eq!(hist["messages"], json!([]));
+    let uj = alice.recv_type("user_joined").await;
+    assert_eq!(uj["userId"], "bob");
+    assert_eq!(uj["count"], 2);
+    // The joiner gets no full-list broadcast echo, the host no snapshot.
+    assert!(
+        alice
+            .none_of_type("session_update", Duration::from_millis(300))
+            .await
+    );
+
+    // Joining twice is harmless.
+    let again = join(&mut bob, &sid, Some("s3cret")).await;
+    assert_eq!(again["type"], "session_update");
+    assert_eq!(
+        again["session"]["participants"].as_array().unwrap().len(),
+        2
+    );
+    bob.recv_type("message_history").await;
+
+    let m1 = say(&mut alice, &sid, "hello bob").await;
+    let seen = bob
+        .recv_where("alice's message", |v| {
+            v["type"] == "new_message" && v["userId"] == "alice"
+        })
+        .await;
+    assert_eq!(seen["message"], "hello bob");
+    assert!(
+        seen.get("ref").is_none(),
+        "only the sender's copy carries the ref"
+    );
+    let m2 = say(&mut bob, &sid, "hi alice").await;
+    let seen = alice
+        .recv_where("bob's message", |v| {
+            v["type"] == "new_message" && v["userId"] == "bob"
+        })
+        .await;
+    assert_eq!(seen["seq"], m2["seq"]);
+    assert!(m2["seq"].as_i64().unwrap() > m1["seq"].as_i64().unwrap());
+    assert_eq!(m2["userName"], "Bob");
+
+    // Validation.
+    let r = alice
+        .request(json!({"type":"send_message","sessionId": sid, "message": ""}))
+        .await;
+    assert_eq!(r["code"], "BAD_REQUEST");
+    let r = alice
+        .request(json!({"type":"send_message","sessionId": sid, "message": "x".repeat(2001)}))
+        .await;
+    assert_eq!(r["code"], "BAD_REQUEST");
+
+    // Only the host ends a session.
+    let r = bob
+        .request(json!({"type":"end_session","sessionId": sid}))
+        .await;
+    assert_eq!(r["code"], "FORBIDDEN");
+
+    // Full.
+    let mut carol = Client::connect(url_a, &token("carol", "Carol", None)).await;
+    let mut dave = Client::connect(url_b, &token("dave", "Dave", None)).await;
+    assert_eq!(
+        join(&mut carol, &sid, Some("s3cret")).await["type"],
+        "session_update"
+    );
+    assert_eq!(
+        join(&mut dave, &sid, Some("s3cret")).await["code"],
+        "SESSION_FULL"
+    );
+
+    // Private sessions are not listed; public ones are.
+    let pub_sid = create(&mut dave, json!({"name": "Open room"})).await;
+    let list = alice.request(json!({"type": "get_sessions"})).await;
+    assert_eq!(list["type"], "sessions_list");
+    let ids: Vec<&str> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&pub_sid.as_str()) && !ids.contains(&sid.as_str()),
+        "{list}"
+    );
+
+    // Leave: the others get a delta.
+    let r = carol
+        .request(json!({"type": "leave_session", "sessionId": sid}))
+        .await;
+    assert_eq!(r["type"], "left_session");
+    let ul = alice
+        .recv_where("carol left", |v| {
+            v["type"] == "user_left" && v["userId"] == "carol"
+        })
+        .await;
+    assert_eq!(ul["count"], 2);
+    let r = carol
+        .request(json!({"type":"send_message","sessionId": sid, "message":"still here?"}))
+        .await;
+    assert_eq!(r["code"], "NOT_IN_SESSION");
+
+    // End: everyone hears it.
+    let r = alice
+        .request(json!({"type": "end_session", "sessionId": sid}))
+        .await;
+    assert_eq!(r["type"], "session_ended");
+    assert_eq!(r["reason"], "host_ended");
+    let e = bob.recv_type("session_ended").await;
+    assert_eq!(e["sessionId"], sid.as_str());
+    assert_eq!(
+        join(&mut bob, &sid, Some("s3cret")).await["code"],
+        "SESSION_NOT_FOUND"
+    );
+
+    // The last one out deletes the session.
+    let r = dave
+        .request(json!({"type": "leave_session", "sessionId": pub_sid}))
+        .await;
+    assert_eq!(r["type"], "left_session");
+    assert_eq!(
+        join(&mut alice, &pub_sid, None).await["code"],
+        "SESSION_NOT_FOUND"
+    );
+}
+
+/// Bad input gets its error, and the connection keeps working.
+pub async fn bad_input(url: &str) {
+    let mut c = Client::connect(url, &token("mallory", "Mallory", None)).await;
+    c.send_text("{not json".into()).await;
+    let e = c.recv_type("error").await;
+    assert_eq!(e["code"], "BAD_REQUEST");
+    alive(&mut c).await;
+
+    let e = c.request(json!({"type": "launch_missiles"})).await;
+    assert_eq!(e["code"], "BAD_REQUEST");
+    assert!(e["message"].as_str().unwrap().contains("unknown type"));
+    alive(&mut c).await;
+
+    let e = c
+        .request(json!({"type": "send_message", "sessionId": "ABCDEF"}))
+        .await;
+    assert_eq!(e["code"], "BAD_REQUEST");
+    let e = c.request(json!({"sessionId": "ABCDEF"})).await;
+    assert_eq!(e["code"], "BAD_REQUEST");
+    let e = c
+        .request(json!({"type": "disconnect", "sessionId": "ABCDEF"}))
+        .await;
+    assert_eq!(
+        e["code"], "BAD_REQUEST",
+        "internal actions are not for clients"
+    );
+    alive(&mut c).await;
+
+    let big =
+        json!({"type": "send_message", "sessionId": "ABCDEF", "message": "x".repeat(1 << 20)})
+            .to_string();
+    c.send_text(big).await;
+    let e = c.recv_type("error").await;
+    assert_eq!(e["code"], "BAD_REQUEST");
+    assert!(e["message"].as_str().unwrap().contains("too large"));
+    alive(&mut c).await;
+
+    // Tokens: expired, wrong key, garbage, none within the deadline.
+    let jwt = jam_shared::auth::JwtVerifier::new(crate::SECRET);
+    let expired = jwt.sign(&jam_shared::auth::claims_for("x", "X", None, -3600));
+    let foreign = jam_shared::auth::JwtVerifier::new("another-key")
+        .sign(&jam_shared::auth::claims_for("x", "X", None, 3600));
+    for bad in [expired.as_str(), foreign.as_str(), "garbage"] {
+        let mut c = Client::raw(&format!("{url}?token={bad}")).await;
+        let e = c.recv().await;
+        assert_eq!(e["type"], "error");
+        assert_eq!(e["code"], "UNAUTHORIZED");
+        assert_eq!(c.closed(Duration::from_secs(5)).await, Some(1008));
+    }
+    // First-frame authentication.
+    let mut c = Client::raw(url).await;
+    c.send(json!({"type": "authenticate", "token": token("frank", "Frank", None)}))
+        .await;
+    let a = c.recv().await;
+    assert_eq!(a["type"], "authenticated");
+    assert_eq!(a["userId"], "frank");
+    let mut c = Client::raw(url).await;
+    c.send(json!({"type": "authenticate", "token": expired}))
+        .await;
+    assert_eq!(c.recv().await["code"], "UNAUTHORIZED");
+    assert_eq!(c.closed(Duration::from_secs(5)).await, Some(1008));
+}
+
+/// Tenants never see each other's sessions.
+pub async fn tenants(url_a: &str, url_b: &str) {
+    let mut a = Client::connect(url_a, &token("ann", "Ann", Some("acme"))).await;
+    let mut b = Client::connect(url_b, &token("ben", "Ben", Some("globex"))).await;
+    let sid = create(&mut a, json!({"name": "acme only"})).await;
+    let list = b.request(json!({"type": "get_sessions"})).await;
+    assert!(!list.to_string().contains(&sid), "{list}");
+    let list = a.request(json!({"type": "get_sessions"})).await;
+    assert!(list.to_string().contains(&sid), "{list}");
+    assert_eq!(join(&mut b, &sid, None).await["code"], "SESSION_NOT_FOUND");
+    // Same user id in another tenant is another user.
+    let mut a2 = Client::connect(url_b, &token("ann", "Other Ann", Some("globex"))).await;
+    assert_eq!(join(&mut a2, &sid, None).await["code"], "SESSION_NOT_FOUND");
+    let r = a2
+        .request(json!({"type":"send_message","sessionId": sid, "message":"hi"}))
+        .await;
+    assert_eq!(r["code"], "SESSION_NOT_FOUND");
+}
+
+async fn alive(c: &mut Client) {
+    let r = c.request(json!({"type": "ping"})).await;
+    assert_eq!(r["type"], "pong", "{r}");
+}

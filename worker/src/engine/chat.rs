@@ -1,0 +1,46 @@
+//! Chat: a message becomes durable in the batch commit, and only then is it published
+//! (the sender's copy, with its `ref`, is the acknowledgement).
+
+use jam_shared::clock::now_ms;
+use jam_shared::protocol::event::frame;
+use jam_shared::protocol::model::ChatMessage;
+use jam_shared::protocol::{Command, Envelope};
+use jam_shared::ErrorCode;
+
+use super::{Effects, Engine};
+
+impl Engine {
+    pub(super) fn send_message(&mut self, cmd: &Command, sid: &str, text: &str, fx: &mut Effects) {
+        let key = (cmd.tenant.clone(), sid.to_string());
+        let Some(rec) = self.sessions.get_mut(&key) else {
+            return fx.error(cmd, ErrorCode::SessionNotFound, "Session not found");
+        };
+        if !rec.is_member(&cmd.user_id) {
+            return fx.error(cmd, ErrorCode::NotInSession, "Not in session");
+        }
+        let msg = ChatMessage {
+            id: cmd.id.clone(),
+            tenant: cmd.tenant.clone(),
+            session_id: sid.to_string(),
+            user_id: cmd.user_id.clone(),
+            user_name: cmd.user_name.clone(),
+            message: text.to_string(),
+            created_at: now_ms(),
+            seq: rec.next_seq(),
+        };
+        let out = frame("new_message", &msg);
+        let recent = self.recent.entry(key.clone()).or_default();
+        recent.push_back(msg.clone());
+        while recent.len() > self.cfg.history_limit {
+            recent.pop_front();
+        }
+        fx.messages.push(msg);
+        fx.touch(&key);
+        let env = Envelope {
+            ref_conn: Some(cmd.conn.clone()),
+            r#ref: cmd.r#ref.clone(),
+            ..Default::default()
+        };
+        fx.room(&key, env, vec![out]);
+    }
+}

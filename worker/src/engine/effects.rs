@@ -1,0 +1,84 @@
+//! What applying commands produces: frames to publish after the commit, and the
+//! sessions and messages the commit must write.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use jam_shared::keys;
+use jam_shared::protocol::event;
+use jam_shared::protocol::model::ChatMessage;
+use jam_shared::protocol::{Command, Envelope};
+use jam_shared::ErrorCode;
+
+pub type SessionKey = (String, String);
+
+#[derive(Default)]
+pub struct Effects {
+    pub publishes: Vec<(String, Bytes)>,
+    /// Sessions to write: `true` = deleted.
+    pub dirty: HashMap<SessionKey, bool>,
+    pub messages: Vec<ChatMessage>,
+    pub command_ids: Vec<String>,
+}
+
+impl Effects {
+    pub fn touch(&mut self, key: &SessionKey) {
+        self.dirty.insert(key.clone(), false);
+    }
+
+    pub fn delete(&mut self, key: &SessionKey) {
+        self.dirty.insert(key.clone(), true);
+    }
+
+    /// Frames for one connection of the command's sender, the first carrying its `ref`.
+    pub fn reply(&mut self, cmd: &Command, frames: Vec<Bytes>) {
+        let env = Envelope {
+            conn: Some(cmd.conn.clone()),
+            ref_conn: Some(cmd.conn.clone()),
+            r#ref: cmd.r#ref.clone(),
+            ts: jam_shared::clock::now_us(),
+            ..Default::default()
+        };
+        self.publishes.push((
+            keys::user_channel(&cmd.tenant, &cmd.user_id),
+            env.encode(&frames),
+        ));
+    }
+
+    pub fn error(&mut self, cmd: &Command, code: ErrorCode, message: &str) {
+        metrics::counter!("jam_command_errors_total", "code" => code.as_str()).increment(1);
+        let mut env = Envelope {
+            conn: Some(cmd.conn.clone()),
+            ref_conn: Some(cmd.conn.clone()),
+            r#ref: cmd.r#ref.clone(),
+            ts: jam_shared::clock::now_us(),
+            ..Default::default()
+        };
+        // A failed join leaves the gateway holding a pending membership: release it.
+        if let Some(sid) = cmd.action.session_id() {
+            env.drop_pending = Some(keys::room_channel(&cmd.tenant, sid));
+        }
+        self.publishes.push((
+            keys::user_channel(&cmd.tenant, &cmd.user_id),
+            env.encode(&[event::error(code, message)]),
+        ));
+    }
+
+    pub fn room(&mut self, key: &SessionKey, env: Envelope, frames: Vec<Bytes>) {
+        let env = Envelope {
+            ts: jam_shared::clock::now_us(),
+            ..env
+        };
+        self.publishes
+            .push((keys::room_channel(&key.0, &key.1), env.encode(&frames)));
+    }
+
+    pub fn user(&mut self, tenant: &str, user_id: &str, env: Envelope, frames: Vec<Bytes>) {
+        let env = Envelope {
+            ts: jam_shared::clock::now_us(),
+            ..env
+        };
+        self.publishes
+            .push((keys::user_channel(tenant, user_id), env.encode(&frames)));
+    }
+}

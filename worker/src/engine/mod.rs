@@ -1,0 +1,141 @@
+//! The session engine: the single writer of every session it owns. Commands are applied
+//! one at a time in stream order; each produces [`Effects`] that the consumer commits,
+//! then publishes, then acknowledges.
+
+mod chat;
+pub mod effects;
+mod sessions;
+mod timers;
+pub mod timers_api {
+    pub use super::timers::GatewayLiveness;
+}
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use jam_shared::protocol::model::{ChatMessage, SessionRecord};
+use jam_shared::protocol::{Action, Command};
+use jam_shared::store::{Batch, Store, StoreError};
+
+pub use effects::{Effects, SessionKey};
+
+/// Knobs the engine needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub history_limit: usize,
+    pub session_timeout: Duration,
+    pub host_grace: Duration,
+    pub gateway_dead_after: Duration,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    sessions: HashMap<SessionKey, SessionRecord>,
+    /// The last `history_limit` messages per session: a joiner's history without a query.
+    recent: HashMap<SessionKey, VecDeque<ChatMessage>>,
+    /// Command ids applied since start (the store has the rest).
+    applied: HashSet<String>,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Self {
+        Self {
+            cfg,
+            sessions: HashMap::new(),
+            recent: HashMap::new(),
+            applied: HashSet::new(),
+        }
+    }
+
+    /// Load every active session and its recent messages (start or takeover).
+    pub async fn load(&mut self, store: &dyn Store) -> Result<(), StoreError> {
+        for rec in store.load_sessions().await? {
+            let key = (rec.tenant.clone(), rec.id.clone());
+            let msgs = store
+                .history(&rec.tenant, &rec.id, None, self.cfg.history_limit)
+                .await?;
+            self.recent.insert(key.clone(), msgs.into());
+            self.sessions.insert(key, rec);
+        }
+        metrics::gauge!("jam_sessions_active").set(self.sessions.len() as f64);
+        tracing::info!(sessions = self.sessions.len(), "engine loaded");
+        Ok(())
+    }
+
+    pub fn session(&self, tenant: &str, id: &str) -> Option<&SessionRecord> {
+        self.sessions.get(&(tenant.to_string(), id.to_string()))
+    }
+
+    pub fn already_applied(&self, id: &str) -> bool {
+        self.applied.contains(id)
+    }
+
+    /// Apply one command. Never fails: bad commands become error replies.
+    pub async fn apply(&mut self, cmd: &Command, fx: &mut Effects) {
+        let kind = action_name(&cmd.action);
+        metrics::counter!("jam_commands_total", "type" => kind).increment(1);
+        match &cmd.action {
+            Action::CreateSession { .. } => self.create_session(cmd, fx),
+            Action::JoinSession {
+                session_id,
+                password,
+            } => {
+                self.join_session(cmd, session_id, password.as_deref(), fx)
+                    .await
+            }
+            Action::LeaveSession { session_id } => self.leave_session(cmd, session_id, fx),
+            Action::GetSessions {} => self.get_sessions(cmd, fx),
+            Action::EndSession { session_id } => self.end_session(cmd, session_id, fx),
+            Action::SendMessage {
+                session_id,
+                message,
+            } => self.send_message(cmd, session_id, message, fx),
+            Action::Disconnect { session_id } => {
+                let key = (cmd.tenant.clone(), session_id.clone());
+                self.drop_connection(&key, &cmd.user_id, &cmd.conn, fx);
+            }
+        }
+        self.applied.insert(cmd.id.clone());
+        fx.command_ids.push(cmd.id.clone());
+    }
+
+    /// Turn the effects' dirty set into the batch to commit.
+    pub fn batch(&self, fx: &mut Effects) -> Batch {
+        let mut batch = Batch {
+            messages: std::mem::take(&mut fx.messages),
+            command_ids: std::mem::take(&mut fx.command_ids),
+            ..Default::default()
+        };
+        for (key, deleted) in fx.dirty.drain() {
+            match (deleted, self.sessions.get(&key)) {
+                (false, Some(rec)) => batch.upserts.push(rec.clone()),
+                _ => batch.deletes.push(key),
+            }
+        }
+        // Messages of a session deleted in this batch go with it.
+        let deleted: HashSet<&SessionKey> = batch.deletes.iter().collect();
+        batch
+            .messages
+            .retain(|m| !deleted.contains(&(m.tenant.clone(), m.session_id.clone())));
+        metrics::gauge!("jam_sessions_active").set(self.sessions.len() as f64);
+        batch
+    }
+
+    fn remove_session(&mut self, key: &SessionKey, fx: &mut Effects) {
+        self.sessions.remove(key);
+        self.recent.remove(key);
+        fx.delete(key);
+    }
+}
+
+pub fn action_name(a: &Action) -> &'static str {
+    match a {
+        Action::CreateSession { .. } => "create_session",
+        Action::JoinSession { .. } => "join_session",
+        Action::LeaveSession { .. } => "leave_session",
+        Action::GetSessions {} => "get_sessions",
+        Action::EndSession { .. } => "end_session",
+        Action::SendMessage { .. } => "send_message",
+        Action::Disconnect { .. } => "disconnect",
+    }
+}

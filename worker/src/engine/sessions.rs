@@ -1,0 +1,342 @@
+//! Session lifecycle: create, join, leave, list, end, and a member's connection going away.
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::PasswordVerifier;
+use jam_shared::clock::now_ms;
+use jam_shared::protocol::event::frame;
+use jam_shared::protocol::model::{ConnRef, ParticipantRecord, Role, SessionRecord, SessionStatus};
+use jam_shared::protocol::{Action, Command, Envelope};
+use jam_shared::ErrorCode;
+use serde_json::json;
+
+use super::{Effects, Engine, SessionKey};
+use jam_shared::protocol::action::DEFAULT_MAX_PARTICIPANTS;
+
+impl Engine {
+    pub(super) fn create_session(&mut self, cmd: &Command, fx: &mut Effects) {
+        let Action::CreateSession {
+            name,
+            description,
+            is_private,
+            max_participants,
+            password_hash,
+            session_id,
+            ..
+        } = &cmd.action
+        else {
+            return;
+        };
+        let Some(id) = session_id.clone() else {
+            return fx.error(cmd, ErrorCode::BadRequest, "sessionId missing");
+        };
+        let key = (cmd.tenant.clone(), id.clone());
+        if self.sessions.contains_key(&key) {
+            return fx.error(
+                cmd,
+                ErrorCode::SessionExists,
+                "Session id already in use, try again",
+            );
+        }
+        let now = now_ms();
+        let rec = SessionRecord {
+            tenant: cmd.tenant.clone(),
+            id: id.clone(),
+            name: name.trim().to_string(),
+            description: description.clone().unwrap_or_default(),
+            host_id: cmd.user_id.clone(),
+            is_private: is_private.unwrap_or(false) || password_hash.is_some(),
+            password_hash: password_hash.clone(),
+            max_participants: max_participants.unwrap_or(DEFAULT_MAX_PARTICIPANTS),
+            participants: vec![ParticipantRecord {
+                id: cmd.user_id.clone(),
+                name: cmd.user_name.clone(),
+                role: Role::Host,
+                joined_at: now,
+                connections: vec![conn_ref(cmd)],
+                offline_since: None,
+            }],
+            status: SessionStatus::Active,
+            created_at: now,
+            expires_at: now + self.cfg.session_timeout.as_millis() as i64,
+            last_seq: 0,
+        };
+        let created = frame("session_created", &json!({ "session": rec.view() }));
+        self.sessions.insert(key.clone(), rec);
+        self.recent.insert(key.clone(), Default::default());
+        fx.touch(&key);
+        fx.room(&key, to_conn_joining(cmd), vec![created]);
+        tracing::info!(session = %id, host = %cmd.user_id, "session created");
+    }
+
+    pub(super) async fn join_session(
+        &mut self,
+        cmd: &Command,
+        sid: &str,
+        password: Option<&str>,
+        fx: &mut Effects,
+    ) {
+        let key = (cmd.tenant.clone(), sid.to_string());
+        let Some(rec) = self.sessions.get(&key) else {
+            return fx.error(cmd, ErrorCode::SessionNotFound, "Session not found");
+        };
+        let already = rec.is_member(&cmd.user_id);
+        if !already {
+            if let Some(hash) = rec.password_hash.clone() {
+                let given = password.unwrap_or_default().to_string();
+                // argon2 is deliberately slow: keep it off the async threads.
+                let ok = tokio::task::spawn_blocking(move || {
+                    PasswordHash::new(&hash)
+                        .map(|h| {
+                            argon2::Argon2::default()
+                                .verify_password(given.as_bytes(), &h)
+                                .is_ok()
+                        })
+                        .unwrap_or(false)
+                })
+                .await
+                .unwrap_or(false);
+                if !ok {
+                    return fx.error(cmd, ErrorCode::InvalidPassword, "Invalid password");
+                }
+            }
+            if rec.participants.len() >= rec.max_participants as usize {
+                return fx.error(cmd, ErrorCode::SessionFull, "Session is full");
+            }
+        }
+        let rec = self.sessions.get_mut(&key).expect("checked above");
+        let mut deltas = Vec::new();
+        if already {
+            let p = rec.participant_mut(&cmd.user_id).expect("member");
+            let was_offline = !p.is_online();
+            if !p.connections.iter().any(|c| c.conn == cmd.conn) {
+                p.connections.push(conn_ref(cmd));
+            }
+            p.offline_since = None;
+            if was_offline {
+                deltas.push(frame(
+                    "user_online",
+                    &json!({"sessionId": sid, "userId": cmd.user_id}),
+                ));
+            }
+        } else {
+            let p = ParticipantRecord {
+                id: cmd.user_id.clone(),
+                name: cmd.user_name.clone(),
+                role: Role::Participant,
+                joined_at: now_ms(),
+                connections: vec![conn_ref(cmd)],
+                offline_since: None,
+            };
+            let view = p.view();
+            rec.participants.push(p);
+            let seq = rec.next_seq();
+            deltas.push(frame(
+                "user_joined",
+                &json!({
+                    "sessionId": sid, "userId": cmd.user_id, "userName": cmd.user_name,
+                    "participant": view, "count": rec.participants.len(), "seq": seq,
+                }),
+            ));
+        }
+        if !deltas.is_empty() {
+            fx.room(&key, Envelope::default(), deltas);
+        }
+        let snapshot = frame("session_update", &json!({ "session": rec.view() }));
+        let history: Vec<_> = self
+            .recent
+            .get(&key)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default();
+        // A full window may have older messages behind it (load_history pages them).
+        let has_more = history.len() >= self.cfg.history_limit;
+        let history = frame(
+            "message_history",
+            &json!({"sessionId": sid, "messages": history, "hasMore": has_more}),
+        );
+        fx.touch(&key);
+        fx.room(&key, to_conn_joining(cmd), vec![snapshot, history]);
+    }
+
+    pub(super) fn leave_session(&mut self, cmd: &Command, sid: &str, fx: &mut Effects) {
+        let key = (cmd.tenant.clone(), sid.to_string());
+        let Some(rec) = self.sessions.get(&key) else {
+            return fx.error(cmd, ErrorCode::SessionNotFound, "Session not found");
+        };
+        if !rec.is_member(&cmd.user_id) {
+            return fx.error(cmd, ErrorCode::NotInSession, "Not in session");
+        }
+        fx.reply(cmd, vec![frame("left_session", &json!({"sessionId": sid}))]);
+        self.remove_participant(&key, &cmd.user_id, fx);
+    }
+
+    pub(super) fn get_sessions(&mut self, cmd: &Command, fx: &mut Effects) {
+        let mut list: Vec<_> = self
+            .sessions
+            .values()
+            .filter(|s| {
+                s.tenant == cmd.tenant && !s.is_private && s.status == SessionStatus::Active
+            })
+            .map(SessionRecord::summary)
+            .collect();
+        list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        fx.reply(
+            cmd,
+            vec![frame("sessions_list", &json!({ "sessions": list }))],
+        );
+    }
+
+    pub(super) fn end_session(&mut self, cmd: &Command, sid: &str, fx: &mut Effects) {
+        let key = (cmd.tenant.clone(), sid.to_string());
+        let Some(rec) = self.sessions.get(&key) else {
+            return fx.error(cmd, ErrorCode::SessionNotFound, "Session not found");
+        };
+        if rec.host_id != cmd.user_id {
+            return fx.error(
+                cmd,
+                ErrorCode::Forbidden,
+                "Only the host can end the session",
+            );
+        }
+        self.end(&key, "host_ended", Some(cmd), fx);
+    }
+
+    /// End a session for `reason`: everyone is told, then it is gone.
+    pub(super) fn end(
+        &mut self,
+        key: &SessionKey,
+        reason: &str,
+        by: Option<&Command>,
+        fx: &mut Effects,
+    ) {
+        let ended = frame(
+            "session_ended",
+            &json!({"sessionId": key.1, "reason": reason}),
+        );
+        let env = Envelope {
+            close_room: true,
+            ref_conn: by.map(|c| c.conn.clone()),
+            r#ref: by.and_then(|c| c.r#ref.clone()),
+            ..Default::default()
+        };
+        fx.room(key, env, vec![ended]);
+        self.remove_session(key, fx);
+        metrics::counter!("jam_sessions_ended_total", "reason" => reason.to_string()).increment(1);
+        tracing::info!(session = %key.1, reason, "session ended");
+    }
+
+    /// A participant is gone for good: tell the others, hand the host role on, and
+    /// delete the session when nobody is left.
+    pub(super) fn remove_participant(&mut self, key: &SessionKey, user_id: &str, fx: &mut Effects) {
+        let Some(rec) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(idx) = rec.participants.iter().position(|p| p.id == user_id) else {
+            return;
+        };
+        let gone = rec.participants.remove(idx);
+        if rec.participants.is_empty() {
+            let env = Envelope {
+                leave_user: Some(user_id.to_string()),
+                close_room: true,
+                ..Default::default()
+            };
+            fx.room(key, env, vec![]);
+            self.remove_session(key, fx);
+            return;
+        }
+        let seq = rec.next_seq();
+        let mut frames = vec![frame(
+            "user_left",
+            &json!({"sessionId": key.1, "userId": gone.id, "userName": gone.name, "count": rec.participants.len(), "seq": seq}),
+        )];
+        if rec.host_id == user_id {
+            // The longest-present online participant becomes host; else the longest-present.
+            let next = rec
+                .participants
+                .iter()
+                .filter(|p| p.is_online())
+                .min_by_key(|p| p.joined_at)
+                .or_else(|| rec.participants.iter().min_by_key(|p| p.joined_at))
+                .map(|p| p.id.clone())
+                .expect("not empty");
+            rec.host_id = next.clone();
+            for p in rec.participants.iter_mut() {
+                p.role = if p.id == next {
+                    Role::Host
+                } else {
+                    Role::Participant
+                };
+            }
+            rec.next_seq();
+            frames.push(frame("session_update", &json!({ "session": rec.view() })));
+        }
+        let env = Envelope {
+            leave_user: Some(user_id.to_string()),
+            ..Default::default()
+        };
+        fx.room(key, env, frames);
+        fx.touch(key);
+    }
+
+    /// One connection of `user_id` in this session went away. The last one going makes a
+    /// participant leave; a host goes offline and has the grace period to come back.
+    pub(crate) fn drop_connection(
+        &mut self,
+        key: &SessionKey,
+        user_id: &str,
+        conn: &str,
+        fx: &mut Effects,
+    ) {
+        let Some(rec) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let is_host = rec.host_id == user_id;
+        let Some(p) = rec.participant_mut(user_id) else {
+            return;
+        };
+        let before = p.connections.len();
+        p.connections.retain(|c| c.conn != conn);
+        if p.connections.len() == before || !p.connections.is_empty() {
+            if p.connections.len() != before {
+                fx.touch(key);
+            }
+            return;
+        }
+        if is_host {
+            p.offline_since = Some(now_ms());
+            let env = Envelope {
+                leave_conn: Some(conn.to_string()),
+                ..Default::default()
+            };
+            fx.room(
+                key,
+                env,
+                vec![frame(
+                    "user_offline",
+                    &json!({"sessionId": key.1, "userId": user_id}),
+                )],
+            );
+            fx.touch(key);
+        } else {
+            self.remove_participant(key, user_id, fx);
+        }
+    }
+}
+
+fn conn_ref(cmd: &Command) -> ConnRef {
+    ConnRef {
+        conn: cmd.conn.clone(),
+        gateway: cmd.gateway.clone(),
+    }
+}
+
+/// Room envelope for frames meant only for the sender, who becomes a member first.
+fn to_conn_joining(cmd: &Command) -> Envelope {
+    Envelope {
+        conn: Some(cmd.conn.clone()),
+        join_conn: Some(cmd.conn.clone()),
+        ref_conn: Some(cmd.conn.clone()),
+        r#ref: cmd.r#ref.clone(),
+        ..Default::default()
+    }
+}
