@@ -35,6 +35,25 @@ pub fn app(st: AppState) -> Router {
         .route("/health", get(http::health))
         .route("/ready", get(http::ready))
         .route("/metrics", get(http::metrics))
+        .route("/api/version", get(http::api::version))
+        .route(
+            "/api/sessions",
+            get(http::api::list_sessions).post(http::api::create_session),
+        )
+        .route(
+            "/api/sessions/{id}",
+            axum::routing::delete(http::api::end_session),
+        )
+        .route(
+            "/api/sessions/{id}/join",
+            axum::routing::post(http::api::join_session),
+        )
+        .route(
+            "/api/sessions/{id}/messages",
+            get(http::api::session_messages),
+        )
+        .route("/api/messages/direct", get(http::api::direct_messages))
+        .route("/api/publish", axum::routing::post(http::publish::publish))
         .with_state(st)
 }
 

@@ -31,13 +31,34 @@ impl AppState {
         &self.cfg.instance_id
     }
 
-    /// Put a command on its partition's stream.
+    /// Put a socket's command on its partition's stream.
     pub async fn send_command(
         &self,
         who: &Identity,
         conn: &str,
         r#ref: Option<serde_json::Value>,
         action: Action,
+    ) -> Result<(), BusError> {
+        self.enqueue(who, conn, r#ref, action, false).await
+    }
+
+    /// Put a REST call's command on its partition's stream.
+    pub async fn send_rest_command(
+        &self,
+        who: &Identity,
+        conn: &str,
+        action: Action,
+    ) -> Result<(), BusError> {
+        self.enqueue(who, conn, None, action, true).await
+    }
+
+    async fn enqueue(
+        &self,
+        who: &Identity,
+        conn: &str,
+        r#ref: Option<serde_json::Value>,
+        action: Action,
+        ephemeral: bool,
     ) -> Result<(), BusError> {
         let cmd = Command {
             id: jam_shared::ids::unique(),
@@ -48,6 +69,7 @@ impl AppState {
             gateway: self.gateway_id().to_string(),
             r#ref,
             received_at: jam_shared::clock::now_ms(),
+            ephemeral,
             action,
         };
         let partition = keys::partition_of(&cmd.partition_key(), self.cfg.partitions);

@@ -32,6 +32,8 @@ pub struct Consumer {
     streams: Vec<String>,
     consumer: String,
     liveness: GatewayLiveness,
+    /// Bounds concurrent store reads; when all are busy the engine waits.
+    queries: Arc<tokio::sync::Semaphore>,
 }
 
 impl Consumer {
@@ -43,6 +45,7 @@ impl Consumer {
             streams: (0..cfg.partitions).map(keys::command_stream).collect(),
             consumer: cfg.instance_id.clone(),
             liveness: GatewayLiveness::new(cfg.gateway_dead_after),
+            queries: Arc::new(tokio::sync::Semaphore::new(32)),
         }
     }
 
@@ -199,6 +202,19 @@ impl Consumer {
             } else {
                 metrics::counter!("jam_events_published_total").increment(n as u64);
             }
+        }
+        for q in fx.queries.drain(..) {
+            let permit = self
+                .queries
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed");
+            let (store, bus) = (self.store.clone(), self.bus.clone());
+            tokio::spawn(async move {
+                crate::queries::answer(store, bus, q).await;
+                drop(permit);
+            });
         }
         if !acks.is_empty() {
             if let Err(e) = self.bus.ack(WORKER_GROUP, acks).await {

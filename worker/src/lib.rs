@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod engine;
 pub mod http;
+pub mod queries;
 
 use std::sync::Arc;
 

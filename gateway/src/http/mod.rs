@@ -1,4 +1,8 @@
-//! HTTP routes besides the WebSocket: health, readiness, metrics.
+//! HTTP routes besides the WebSocket: health, readiness, metrics, the REST API.
+
+pub mod api;
+pub mod publish;
+pub mod rest;
 
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -11,6 +11,8 @@ pub const MAX_DESCRIPTION_CHARS: usize = 500;
 pub const MAX_PASSWORD_CHARS: usize = 128;
 pub const MAX_PARTICIPANTS_LIMIT: u32 = 10_000;
 pub const DEFAULT_MAX_PARTICIPANTS: u32 = 50;
+pub const MAX_HISTORY_PAGE: u32 = 100;
+pub const DEFAULT_HISTORY_PAGE: u32 = 50;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -53,6 +55,37 @@ pub enum Action {
         session_id: String,
         message: String,
     },
+    #[serde(rename_all = "camelCase")]
+    GetActiveUsers {
+        session_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    Typing {
+        session_id: String,
+        is_typing: bool,
+    },
+    #[serde(rename_all = "camelCase")]
+    LoadHistory {
+        session_id: String,
+        #[serde(default)]
+        before: Option<i64>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    #[serde(rename_all = "camelCase")]
+    DirectMessage {
+        receiver_id: String,
+        content: String,
+    },
+    /// The direct-message conversation with one user (REST `GET /api/messages/direct`).
+    #[serde(rename_all = "camelCase")]
+    LoadDirect {
+        with: String,
+        #[serde(default)]
+        before: Option<i64>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
     /// Internal: one connection of a member went away (sent by its gateway, per session).
     #[serde(rename_all = "camelCase")]
     Disconnect {
@@ -74,8 +107,13 @@ impl Action {
             | Action::LeaveSession { session_id }
             | Action::EndSession { session_id }
             | Action::SendMessage { session_id, .. }
+            | Action::GetActiveUsers { session_id }
+            | Action::Typing { session_id, .. }
+            | Action::LoadHistory { session_id, .. }
             | Action::Disconnect { session_id } => Some(session_id),
-            Action::GetSessions {} => None,
+            Action::GetSessions {} | Action::DirectMessage { .. } | Action::LoadDirect { .. } => {
+                None
+            }
         }
     }
 
@@ -121,6 +159,24 @@ impl Action {
                 }
                 if message.chars().count() > MAX_MESSAGE_CHARS {
                     return bad("message must be at most 2000 characters");
+                }
+                Ok(())
+            }
+            Action::DirectMessage {
+                receiver_id,
+                content,
+            } => {
+                if receiver_id.is_empty() || receiver_id.len() > 128 {
+                    return bad("receiverId must be 1 to 128 characters");
+                }
+                if content.trim().is_empty() || content.chars().count() > MAX_MESSAGE_CHARS {
+                    return bad("content must be 1 to 2000 characters");
+                }
+                Ok(())
+            }
+            Action::LoadHistory { limit, .. } | Action::LoadDirect { limit, .. } => {
+                if limit.is_some_and(|l| l == 0 || l > MAX_HISTORY_PAGE) {
+                    return bad("limit must be 1 to 100");
                 }
                 Ok(())
             }

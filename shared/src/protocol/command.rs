@@ -20,6 +20,10 @@ pub struct Command {
     pub r#ref: Option<serde_json::Value>,
     /// Server clock (ms) when the gateway received the frame.
     pub received_at: i64,
+    /// A REST call, not a socket: replies go to `conn` on the user channel and the
+    /// caller never counts as a live connection of the session.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
     pub action: Action,
 }
 

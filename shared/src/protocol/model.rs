@@ -180,6 +180,20 @@ pub struct ChatMessage {
     pub seq: i64,
 }
 
+/// A committed direct message between two users of one tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectMessage {
+    pub id: String,
+    #[serde(skip)]
+    pub tenant: String,
+    pub sender_id: String,
+    pub sender_name: String,
+    pub receiver_id: String,
+    pub content: String,
+    pub created_at: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{Batch, Store, StoreError};
-use crate::protocol::model::{ChatMessage, SessionRecord};
+use crate::protocol::model::{ChatMessage, DirectMessage, SessionRecord};
 
 type Key = (String, String);
 
@@ -15,6 +15,7 @@ struct State {
     sessions: HashMap<Key, SessionRecord>,
     messages: HashMap<Key, BTreeMap<i64, ChatMessage>>,
     commands: HashSet<String>,
+    direct: Vec<DirectMessage>,
 }
 
 #[derive(Clone, Default)]
@@ -62,6 +63,7 @@ impl Store for MemoryStore {
             s.sessions.remove(key);
             s.messages.remove(key);
         }
+        s.direct.extend(batch.direct.iter().cloned());
         s.commands.extend(batch.command_ids.iter().cloned());
         Ok(())
     }
@@ -95,6 +97,31 @@ impl Store for MemoryStore {
             .rev()
             .take(limit)
             .map(|(_, m)| m.clone())
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn direct_history(
+        &self,
+        tenant: &str,
+        a: &str,
+        b: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DirectMessage>, StoreError> {
+        let s = self.state.lock().unwrap();
+        let upper = before.unwrap_or(i64::MAX);
+        let mut out: Vec<DirectMessage> = s
+            .direct
+            .iter()
+            .rev()
+            .filter(|m| m.tenant == tenant && m.created_at < upper)
+            .filter(|m| {
+                (m.sender_id == a && m.receiver_id == b) || (m.sender_id == b && m.receiver_id == a)
+            })
+            .take(limit)
+            .cloned()
             .collect();
         out.reverse();
         Ok(out)

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 
-use crate::protocol::model::{ChatMessage, SessionRecord};
+use crate::protocol::model::{ChatMessage, DirectMessage, SessionRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,6 +28,7 @@ pub struct Batch {
     /// (tenant, session id)
     pub deletes: Vec<(String, String)>,
     pub messages: Vec<ChatMessage>,
+    pub direct: Vec<DirectMessage>,
     pub command_ids: Vec<String>,
 }
 
@@ -59,6 +60,17 @@ pub trait Store: Send + Sync + 'static {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError>;
+
+    /// Direct messages between `a` and `b` created before `before` (ms; all when `None`),
+    /// newest `limit`, oldest first.
+    async fn direct_history(
+        &self,
+        tenant: &str,
+        a: &str,
+        b: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DirectMessage>, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -10,10 +10,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{Batch, Store, StoreError};
-use crate::protocol::model::{ChatMessage, SessionRecord};
+use crate::protocol::model::{ChatMessage, DirectMessage, SessionRecord};
 
 /// Applied in order, each once; never edit one that has shipped, add the next.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jam_sessions (
     tenant      text        NOT NULL,
     id          text        NOT NULL,
@@ -36,7 +37,22 @@ CREATE TABLE jam_commands (
     id          text        PRIMARY KEY,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-"#];
+"#,
+    r#"
+CREATE TABLE jam_direct_messages (
+    tenant       text   NOT NULL,
+    id           text   NOT NULL,
+    sender_id    text   NOT NULL,
+    sender_name  text   NOT NULL,
+    receiver_id  text   NOT NULL,
+    content      text   NOT NULL,
+    created_at   bigint NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+-- One index serves both directions: the pair is stored as given and queried with OR.
+CREATE INDEX jam_direct_messages_pair ON jam_direct_messages (tenant, sender_id, receiver_id, created_at);
+"#,
+];
 
 fn db(e: tokio_postgres::Error) -> StoreError {
     metrics::counter!("jam_pg_errors_total").increment(1);
@@ -187,6 +203,15 @@ impl Store for PgStore {
             .await
             .map_err(db)?;
         }
+        for d in &batch.direct {
+            tx.execute(
+                "INSERT INTO jam_direct_messages (tenant, id, sender_id, sender_name, receiver_id, content, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[&d.tenant, &d.id, &d.sender_id, &d.sender_name, &d.receiver_id, &d.content, &d.created_at],
+            )
+            .await
+            .map_err(db)?;
+        }
         if !batch.command_ids.is_empty() {
             tx.execute(
                 "INSERT INTO jam_commands (id) SELECT * FROM UNNEST($1::text[]) ON CONFLICT DO NOTHING",
@@ -243,6 +268,43 @@ impl Store for PgStore {
                 message: r.get(4),
                 created_at: r.get(5),
                 seq: r.get(6),
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn direct_history(
+        &self,
+        tenant: &str,
+        a: &str,
+        b: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DirectMessage>, StoreError> {
+        let t = Instant::now();
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT id, sender_id, sender_name, receiver_id, content, created_at FROM jam_direct_messages
+                 WHERE tenant = $1 AND ((sender_id = $2 AND receiver_id = $3) OR (sender_id = $3 AND receiver_id = $2))
+                   AND created_at < $4
+                 ORDER BY created_at DESC, id DESC LIMIT $5",
+                &[&tenant, &a, &b, &before.unwrap_or(i64::MAX), &(limit as i64)],
+            )
+            .await
+            .map_err(db)?;
+        observe("direct_history", t);
+        let mut out: Vec<DirectMessage> = rows
+            .into_iter()
+            .map(|r| DirectMessage {
+                id: r.get(0),
+                tenant: tenant.to_string(),
+                sender_id: r.get(1),
+                sender_name: r.get(2),
+                receiver_id: r.get(3),
+                content: r.get(4),
+                created_at: r.get(5),
             })
             .collect();
         out.reverse();

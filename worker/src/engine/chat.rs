@@ -7,7 +7,7 @@ use jam_shared::protocol::model::ChatMessage;
 use jam_shared::protocol::{Command, Envelope};
 use jam_shared::ErrorCode;
 
-use super::{Effects, Engine};
+use super::{page, Effects, Engine, Query};
 
 impl Engine {
     pub(super) fn send_message(&mut self, cmd: &Command, sid: &str, text: &str, fx: &mut Effects) {
@@ -42,5 +42,24 @@ impl Engine {
             ..Default::default()
         };
         fx.room(&key, env, vec![out]);
+    }
+
+    pub(super) fn load_history(
+        &mut self,
+        cmd: &Command,
+        sid: &str,
+        before: Option<i64>,
+        limit: Option<u32>,
+        fx: &mut Effects,
+    ) {
+        if self.member_session(cmd, sid, fx).is_none() {
+            return;
+        }
+        fx.queries.push(Query::History {
+            cmd: cmd.clone(),
+            session_id: sid.to_string(),
+            before,
+            limit: page(limit),
+        });
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use jam_shared::keys;
 use jam_shared::protocol::event;
-use jam_shared::protocol::model::ChatMessage;
+use jam_shared::protocol::model::{ChatMessage, DirectMessage};
 use jam_shared::protocol::{Command, Envelope};
 use jam_shared::ErrorCode;
 
@@ -18,7 +18,42 @@ pub struct Effects {
     /// Sessions to write: `true` = deleted.
     pub dirty: HashMap<SessionKey, bool>,
     pub messages: Vec<ChatMessage>,
+    pub direct: Vec<DirectMessage>,
     pub command_ids: Vec<String>,
+    /// Reads answered after the commit, off the engine's thread.
+    pub queries: Vec<Query>,
+}
+
+/// A read the engine allowed (membership checked) and the consumer runs against the store.
+#[derive(Debug, Clone)]
+pub enum Query {
+    History {
+        cmd: Command,
+        session_id: String,
+        before: Option<i64>,
+        limit: usize,
+    },
+    Direct {
+        cmd: Command,
+        with: String,
+        before: Option<i64>,
+        limit: usize,
+    },
+}
+
+/// The envelope and channel for frames to the one connection that sent `cmd`.
+pub fn reply_to(cmd: &Command, frames: &[Bytes]) -> (String, Bytes) {
+    let env = Envelope {
+        conn: Some(cmd.conn.clone()),
+        ref_conn: Some(cmd.conn.clone()),
+        r#ref: cmd.r#ref.clone(),
+        ts: jam_shared::clock::now_us(),
+        ..Default::default()
+    };
+    (
+        keys::user_channel(&cmd.tenant, &cmd.user_id),
+        env.encode(frames),
+    )
 }
 
 impl Effects {

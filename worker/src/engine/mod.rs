@@ -3,7 +3,9 @@
 //! then publishes, then acknowledges.
 
 mod chat;
+mod direct;
 pub mod effects;
+mod presence;
 mod sessions;
 mod timers;
 pub mod timers_api {
@@ -17,7 +19,7 @@ use jam_shared::protocol::model::{ChatMessage, SessionRecord};
 use jam_shared::protocol::{Action, Command};
 use jam_shared::store::{Batch, Store, StoreError};
 
-pub use effects::{Effects, SessionKey};
+pub use effects::{Effects, Query, SessionKey};
 
 /// Knobs the engine needs from the configuration.
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub struct Engine {
     recent: HashMap<SessionKey, VecDeque<ChatMessage>>,
     /// Command ids applied since start (the store has the rest).
     applied: HashSet<String>,
+    /// Who is typing where, until when (ms). Ephemeral: never stored.
+    typing: HashMap<(SessionKey, String), i64>,
 }
 
 impl Engine {
@@ -44,6 +48,7 @@ impl Engine {
             sessions: HashMap::new(),
             recent: HashMap::new(),
             applied: HashSet::new(),
+            typing: HashMap::new(),
         }
     }
 
@@ -90,6 +95,30 @@ impl Engine {
                 session_id,
                 message,
             } => self.send_message(cmd, session_id, message, fx),
+            Action::GetActiveUsers { session_id } => self.get_active_users(cmd, session_id, fx),
+            Action::Typing {
+                session_id,
+                is_typing,
+            } => self.typing(cmd, session_id, *is_typing, fx),
+            Action::LoadHistory {
+                session_id,
+                before,
+                limit,
+            } => self.load_history(cmd, session_id, *before, *limit, fx),
+            Action::DirectMessage {
+                receiver_id,
+                content,
+            } => self.direct_message(cmd, receiver_id, content, fx),
+            Action::LoadDirect {
+                with,
+                before,
+                limit,
+            } => fx.queries.push(Query::Direct {
+                cmd: cmd.clone(),
+                with: with.clone(),
+                before: *before,
+                limit: page(*limit),
+            }),
             Action::Disconnect { session_id } => {
                 let key = (cmd.tenant.clone(), session_id.clone());
                 self.drop_connection(&key, &cmd.user_id, &cmd.conn, fx);
@@ -103,6 +132,7 @@ impl Engine {
     pub fn batch(&self, fx: &mut Effects) -> Batch {
         let mut batch = Batch {
             messages: std::mem::take(&mut fx.messages),
+            direct: std::mem::take(&mut fx.direct),
             command_ids: std::mem::take(&mut fx.command_ids),
             ..Default::default()
         };
@@ -136,6 +166,18 @@ pub fn action_name(a: &Action) -> &'static str {
         Action::GetSessions {} => "get_sessions",
         Action::EndSession { .. } => "end_session",
         Action::SendMessage { .. } => "send_message",
+        Action::GetActiveUsers { .. } => "get_active_users",
+        Action::Typing { .. } => "typing",
+        Action::LoadHistory { .. } => "load_history",
+        Action::DirectMessage { .. } => "direct_message",
+        Action::LoadDirect { .. } => "load_direct",
         Action::Disconnect { .. } => "disconnect",
     }
+}
+
+/// A page size from a client's `limit` (validated ≤ 100 at the gateway).
+pub fn page(limit: Option<u32>) -> usize {
+    limit
+        .unwrap_or(jam_shared::protocol::action::DEFAULT_HISTORY_PAGE)
+        .min(jam_shared::protocol::action::MAX_HISTORY_PAGE) as usize
 }

@@ -9,6 +9,7 @@ use jam_shared::protocol::{Action, Command, Envelope};
 use jam_shared::ErrorCode;
 use serde_json::json;
 
+use super::presence::{active_users, online_count};
 use super::{Effects, Engine, SessionKey};
 use jam_shared::protocol::action::DEFAULT_MAX_PARTICIPANTS;
 
@@ -52,7 +53,7 @@ impl Engine {
                 name: cmd.user_name.clone(),
                 role: Role::Host,
                 joined_at: now,
-                connections: vec![conn_ref(cmd)],
+                connections: conn_refs(cmd),
                 offline_since: None,
             }],
             status: SessionStatus::Active,
@@ -64,7 +65,7 @@ impl Engine {
         self.sessions.insert(key.clone(), rec);
         self.recent.insert(key.clone(), Default::default());
         fx.touch(&key);
-        fx.room(&key, to_conn_joining(cmd), vec![created]);
+        answer_joiner(cmd, &key, vec![created], fx);
         tracing::info!(session = %id, host = %cmd.user_id, "session created");
     }
 
@@ -108,11 +109,13 @@ impl Engine {
         if already {
             let p = rec.participant_mut(&cmd.user_id).expect("member");
             let was_offline = !p.is_online();
-            if !p.connections.iter().any(|c| c.conn == cmd.conn) {
+            if !cmd.ephemeral && !p.connections.iter().any(|c| c.conn == cmd.conn) {
                 p.connections.push(conn_ref(cmd));
             }
-            p.offline_since = None;
-            if was_offline {
+            if !cmd.ephemeral {
+                p.offline_since = None;
+            }
+            if was_offline && p.is_online() {
                 deltas.push(frame(
                     "user_online",
                     &json!({"sessionId": sid, "userId": cmd.user_id}),
@@ -124,7 +127,7 @@ impl Engine {
                 name: cmd.user_name.clone(),
                 role: Role::Participant,
                 joined_at: now_ms(),
-                connections: vec![conn_ref(cmd)],
+                connections: conn_refs(cmd),
                 offline_since: None,
             };
             let view = p.view();
@@ -134,7 +137,7 @@ impl Engine {
                 "user_joined",
                 &json!({
                     "sessionId": sid, "userId": cmd.user_id, "userName": cmd.user_name,
-                    "participant": view, "count": rec.participants.len(), "seq": seq,
+                    "participant": view, "count": online_count(rec), "seq": seq,
                 }),
             ));
         }
@@ -153,8 +156,9 @@ impl Engine {
             "message_history",
             &json!({"sessionId": sid, "messages": history, "hasMore": has_more}),
         );
+        let active = frame("active_users", &active_users(rec));
         fx.touch(&key);
-        fx.room(&key, to_conn_joining(cmd), vec![snapshot, history]);
+        answer_joiner(cmd, &key, vec![snapshot, history, active], fx);
     }
 
     pub(super) fn leave_session(&mut self, cmd: &Command, sid: &str, fx: &mut Effects) {
@@ -218,7 +222,10 @@ impl Engine {
             r#ref: by.and_then(|c| c.r#ref.clone()),
             ..Default::default()
         };
-        fx.room(key, env, vec![ended]);
+        fx.room(key, env, vec![ended.clone()]);
+        if let Some(cmd) = by.filter(|c| c.ephemeral) {
+            fx.reply(cmd, vec![ended]);
+        }
         self.remove_session(key, fx);
         metrics::counter!("jam_sessions_ended_total", "reason" => reason.to_string()).increment(1);
         tracing::info!(session = %key.1, reason, "session ended");
@@ -247,7 +254,7 @@ impl Engine {
         let seq = rec.next_seq();
         let mut frames = vec![frame(
             "user_left",
-            &json!({"sessionId": key.1, "userId": gone.id, "userName": gone.name, "count": rec.participants.len(), "seq": seq}),
+            &json!({"sessionId": key.1, "userId": gone.id, "userName": gone.name, "count": online_count(rec), "seq": seq}),
         )];
         if rec.host_id == user_id {
             // The longest-present online participant becomes host; else the longest-present.
@@ -296,10 +303,17 @@ impl Engine {
         };
         let before = p.connections.len();
         p.connections.retain(|c| c.conn != conn);
-        if p.connections.len() == before || !p.connections.is_empty() {
-            if p.connections.len() != before {
-                fx.touch(key);
-            }
+        if p.connections.len() == before {
+            return;
+        }
+        if !p.connections.is_empty() {
+            // Still online through another connection: only this socket leaves the room.
+            let env = Envelope {
+                leave_conn: Some(conn.to_string()),
+                ..Default::default()
+            };
+            fx.room(key, env, vec![]);
+            fx.touch(key);
             return;
         }
         if is_host {
@@ -320,6 +334,25 @@ impl Engine {
         } else {
             self.remove_participant(key, user_id, fx);
         }
+    }
+}
+
+/// A REST caller is not a connection of the session.
+fn conn_refs(cmd: &Command) -> Vec<ConnRef> {
+    if cmd.ephemeral {
+        Vec::new()
+    } else {
+        vec![conn_ref(cmd)]
+    }
+}
+
+/// The joiner's snapshot: through the room channel for a socket (which becomes a member
+/// on the way), straight to the caller for REST.
+fn answer_joiner(cmd: &Command, key: &SessionKey, frames: Vec<bytes::Bytes>, fx: &mut Effects) {
+    if cmd.ephemeral {
+        fx.reply(cmd, frames);
+    } else {
+        fx.room(key, to_conn_joining(cmd), frames);
     }
 }
 

@@ -1,0 +1,115 @@
+//! REST plumbing: JSON errors with the shared codes, the Bearer-JWT caller extractor, and
+//! `rpc`, which sends a command like a socket would and waits for the worker's answer.
+
+use std::sync::atomic::AtomicU16;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use jam_shared::auth::Identity;
+use jam_shared::keys;
+use jam_shared::protocol::Action;
+use jam_shared::ErrorCode;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::ConnHandle;
+use crate::state::AppState;
+use crate::ws::frames;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        metrics::counter!("jam_errors_total", "code" => self.code.as_str()).increment(1);
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            Json(json!({"error": self.message, "code": self.code})),
+        )
+            .into_response()
+    }
+}
+
+/// The authenticated caller of a REST route (`Authorization: Bearer <jwt>`).
+pub struct Caller(pub Identity);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let token = crate::ws::auth::bearer(&parts.headers)
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
+        st.jwt
+            .verify(&token)
+            .map(Caller)
+            .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))
+    }
+}
+
+/// Send `action` as `who` and return the worker's first answer (an error becomes `Err`).
+pub async fn rpc(st: &AppState, who: &Identity, action: Action) -> Result<Value, ApiError> {
+    action.validate().map_err(|(c, m)| ApiError::new(c, m))?;
+    let action = frames::prepare(st, action)
+        .await
+        .map_err(|(c, m)| ApiError::new(c, m))?;
+    let conn = format!("rest-{}", jam_shared::ids::unique());
+    let (tx, mut rx) = mpsc::channel(8);
+    let handle = ConnHandle {
+        id: Arc::from(conn.as_str()),
+        user_id: Arc::from(who.user_id.as_str()),
+        tx,
+        kill: CancellationToken::new(),
+        close_code: Arc::new(AtomicU16::new(0)),
+    };
+    let unavailable = |_| ApiError::new(ErrorCode::Unavailable, "bus unavailable, try again");
+    st.table
+        .register(handle, keys::user_channel(&who.tenant, &who.user_id))
+        .await
+        .map_err(unavailable)?;
+    let result = async {
+        st.send_rest_command(who, &conn, action)
+            .await
+            .map_err(unavailable)?;
+        let frame = tokio::time::timeout(st.cfg.reply_timeout, rx.recv())
+            .await
+            .map_err(|_| {
+                ApiError::new(ErrorCode::Unavailable, "the worker did not answer in time")
+            })?
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "reply channel closed"))?;
+        let mut v: Value = serde_json::from_str(&frame)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        if v["type"] == "error" {
+            let code = serde_json::from_value(v["code"].clone()).unwrap_or(ErrorCode::Internal);
+            return Err(ApiError::new(
+                code,
+                v["message"].as_str().unwrap_or("error"),
+            ));
+        }
+        if let Some(o) = v.as_object_mut() {
+            o.remove("ref");
+        }
+        Ok(v)
+    }
+    .await;
+    st.table.unregister(&conn);
+    result
+}

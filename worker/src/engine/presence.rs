@@ -1,0 +1,120 @@
+//! Presence inside a session: who is online (has a connection in the room), how many
+//! connections each has, and who is typing. Snapshots go to one asker; changes go out as
+//! deltas, so nobody receives the whole list on every change.
+
+use jam_shared::protocol::event::frame;
+use jam_shared::protocol::model::SessionRecord;
+use jam_shared::protocol::{Command, Envelope};
+use jam_shared::ErrorCode;
+use serde_json::{json, Value};
+
+use super::{Effects, Engine, SessionKey};
+
+/// A typing indicator not renewed within this clears itself.
+pub const TYPING_TTL_MS: i64 = 5_000;
+
+/// Participants with at least one connection in the room.
+pub fn online_count(rec: &SessionRecord) -> usize {
+    rec.participants.iter().filter(|p| p.is_online()).count()
+}
+
+pub fn active_users(rec: &SessionRecord) -> Value {
+    let users: Vec<Value> = rec
+        .participants
+        .iter()
+        .filter(|p| p.is_online())
+        .map(|p| json!({"userId": p.id, "userName": p.name, "connections": p.connections.len()}))
+        .collect();
+    json!({"sessionId": rec.id, "activeUsers": users, "count": users.len()})
+}
+
+impl Engine {
+    pub(super) fn get_active_users(&mut self, cmd: &Command, sid: &str, fx: &mut Effects) {
+        let Some(rec) = self.member_session(cmd, sid, fx) else {
+            return;
+        };
+        let f = frame("active_users", &active_users(rec));
+        fx.reply(cmd, vec![f]);
+    }
+
+    pub(super) fn typing(&mut self, cmd: &Command, sid: &str, is_typing: bool, fx: &mut Effects) {
+        if self.member_session(cmd, sid, fx).is_none() {
+            return;
+        }
+        let key = (cmd.tenant.clone(), sid.to_string());
+        let slot = (key.clone(), cmd.user_id.clone());
+        let was = self.typing.contains_key(&slot);
+        if is_typing {
+            self.typing
+                .insert(slot, jam_shared::clock::now_ms() + TYPING_TTL_MS);
+            // Renewals inside the window are not re-broadcast.
+            if was {
+                return;
+            }
+        } else if self.typing.remove(&slot).is_none() {
+            return;
+        }
+        typing_frame(&key, &cmd.user_id, &cmd.user_name, is_typing, fx);
+    }
+
+    /// Clear typing indicators that were not renewed (called from the tick).
+    pub(super) fn expire_typing(&mut self, now: i64, fx: &mut Effects) {
+        let due: Vec<(SessionKey, String)> = self
+            .typing
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for slot in due {
+            self.stop_typing(&slot.0, &slot.1, fx);
+        }
+    }
+
+    /// The user stopped typing (expiry, leaving, last connection gone).
+    pub(super) fn stop_typing(&mut self, key: &SessionKey, user_id: &str, fx: &mut Effects) {
+        if self
+            .typing
+            .remove(&(key.clone(), user_id.to_string()))
+            .is_none()
+        {
+            return;
+        }
+        let name = self
+            .sessions
+            .get(key)
+            .and_then(|r| r.participant(user_id))
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| user_id.to_string());
+        typing_frame(key, user_id, &name, false, fx);
+    }
+
+    /// The session if it exists and the sender is a member; else the error is sent.
+    pub(super) fn member_session(
+        &self,
+        cmd: &Command,
+        sid: &str,
+        fx: &mut Effects,
+    ) -> Option<&SessionRecord> {
+        let Some(rec) = self.sessions.get(&(cmd.tenant.clone(), sid.to_string())) else {
+            fx.error(cmd, ErrorCode::SessionNotFound, "Session not found");
+            return None;
+        };
+        if !rec.is_member(&cmd.user_id) {
+            fx.error(cmd, ErrorCode::NotInSession, "Not in session");
+            return None;
+        }
+        Some(rec)
+    }
+}
+
+fn typing_frame(key: &SessionKey, user_id: &str, name: &str, is_typing: bool, fx: &mut Effects) {
+    let f = frame(
+        "user_typing",
+        &json!({"sessionId": key.1, "userId": user_id, "userName": name, "isTyping": is_typing}),
+    );
+    let env = Envelope {
+        except_user: Some(user_id.to_string()),
+        ..Default::default()
+    };
+    fx.room(key, env, vec![f]);
+}
