@@ -79,10 +79,20 @@ impl Client {
 
     /// The first frame matching `pred`, keeping the others for later.
     pub async fn recv_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.recv_where_within(what, WAIT, pred).await
+    }
+
+    /// [`recv_where`](Self::recv_where) with its own deadline.
+    pub async fn recv_where_within(
+        &mut self,
+        what: &str,
+        wait: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         if let Some(i) = self.backlog.iter().position(&pred) {
             return self.backlog.remove(i);
         }
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(v) = self.recv_wire(left).await else {

@@ -116,9 +116,10 @@ impl Engine {
                 p.offline_since = None;
             }
             if was_offline && p.is_online() {
+                let count = online_count(rec);
                 deltas.push(frame(
                     "user_online",
-                    &json!({"sessionId": sid, "userId": cmd.user_id}),
+                    &json!({"sessionId": sid, "userId": cmd.user_id, "count": count}),
                 ));
             }
         } else {
@@ -234,6 +235,7 @@ impl Engine {
     /// A participant is gone for good: tell the others, hand the host role on, and
     /// delete the session when nobody is left.
     pub(super) fn remove_participant(&mut self, key: &SessionKey, user_id: &str, fx: &mut Effects) {
+        self.stop_typing(key, user_id, fx);
         let Some(rec) = self.sessions.get_mut(key) else {
             return;
         };
@@ -318,20 +320,21 @@ impl Engine {
         }
         if is_host {
             p.offline_since = Some(now_ms());
-            let env = Envelope {
-                leave_conn: Some(conn.to_string()),
-                ..Default::default()
-            };
-            fx.room(
-                key,
-                env,
-                vec![frame(
-                    "user_offline",
-                    &json!({"sessionId": key.1, "userId": user_id}),
-                )],
-            );
-            fx.touch(key);
-        } else {
+        }
+        let count = online_count(rec);
+        let env = Envelope {
+            leave_conn: Some(conn.to_string()),
+            ..Default::default()
+        };
+        let offline = frame(
+            "user_offline",
+            &json!({"sessionId": key.1, "userId": user_id, "count": count}),
+        );
+        fx.room(key, env, vec![offline]);
+        fx.touch(key);
+        self.stop_typing(key, user_id, fx);
+        // A host keeps its place for the grace period; anyone else has left.
+        if !is_host {
             self.remove_participant(key, user_id, fx);
         }
     }
