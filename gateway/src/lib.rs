@@ -52,6 +52,12 @@ pub fn app(st: AppState) -> Router {
             "/api/sessions/{id}/messages",
             get(http::api::session_messages),
         )
+        .route(
+            "/api/sessions/{id}/offset",
+            axum::routing::patch(http::api::set_offset),
+        )
+        .route("/api/sessions/{id}/state", get(http::api::session_state))
+        .route("/api/openapi.json", get(http::api::openapi))
         .route("/api/messages/direct", get(http::api::direct_messages))
         .route("/api/publish", axum::routing::post(http::publish::publish))
         .with_state(st)

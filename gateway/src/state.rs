@@ -37,9 +37,10 @@ impl AppState {
         who: &Identity,
         conn: &str,
         r#ref: Option<serde_json::Value>,
+        rtt_ms: Option<f64>,
         action: Action,
     ) -> Result<(), BusError> {
-        self.enqueue(who, conn, r#ref, action, false).await
+        self.enqueue(who, conn, r#ref, rtt_ms, action, false).await
     }
 
     /// Put a REST call's command on its partition's stream.
@@ -49,7 +50,7 @@ impl AppState {
         conn: &str,
         action: Action,
     ) -> Result<(), BusError> {
-        self.enqueue(who, conn, None, action, true).await
+        self.enqueue(who, conn, None, None, action, true).await
     }
 
     async fn enqueue(
@@ -57,6 +58,7 @@ impl AppState {
         who: &Identity,
         conn: &str,
         r#ref: Option<serde_json::Value>,
+        rtt_ms: Option<f64>,
         action: Action,
         ephemeral: bool,
     ) -> Result<(), BusError> {
@@ -70,6 +72,7 @@ impl AppState {
             r#ref,
             received_at: jam_shared::clock::now_ms(),
             ephemeral,
+            rtt_ms,
             action,
         };
         let partition = keys::partition_of(&cmd.partition_key(), self.cfg.partitions);

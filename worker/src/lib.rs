@@ -5,6 +5,7 @@ pub mod consumer;
 pub mod engine;
 pub mod http;
 pub mod queries;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -32,6 +33,11 @@ impl EngineConfig {
             session_timeout: cfg.session_timeout,
             host_grace: cfg.host_grace,
             gateway_dead_after: cfg.gateway_dead_after,
+            sync_interval: cfg.sync_interval,
+            sync: crate::sync::SyncParams {
+                seek_threshold_ms: cfg.seek_threshold_ms,
+                ..Default::default()
+            },
         }
     }
 }

@@ -61,7 +61,14 @@ pub async fn create_session(
         session_id: None,
     };
     let v = rpc(&st, &who, action).await?;
-    Ok((StatusCode::CREATED, Json(json!({"session": v["session"]}))))
+    let s = &v["session"];
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "sessionId": s["id"], "role": "host", "createdAt": s["createdAt"], "expiresAt": s["expiresAt"],
+            "session": s,
+        })),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -83,10 +90,25 @@ pub async fn join_session(
         Action::JoinSession {
             session_id: id,
             password,
+            capabilities: None,
         },
     )
     .await?;
-    Ok(Json(json!({"session": v["session"]})))
+    let s = &v["session"];
+    let host_name = s["participants"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["id"] == s["hostId"]))
+        .map(|p| p["name"].clone());
+    let me = s["participants"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["id"] == who.user_id.as_str()));
+    Ok(Json(json!({
+        "sessionId": s["id"],
+        "role": if s["hostId"] == who.user_id.as_str() { "host" } else { "client" },
+        "hostName": host_name,
+        "joinedAt": me.map(|p| p["joinedAt"].clone()),
+        "session": s,
+    })))
 }
 
 pub async fn end_session(
@@ -155,4 +177,94 @@ pub async fn direct_messages(
     Ok(Json(
         json!({"with": v["with"], "messages": v["messages"], "hasMore": v["hasMore"]}),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetBody {
+    offset_ms: f64,
+}
+
+pub async fn set_offset(
+    State(st): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    b: Body<OffsetBody>,
+) -> Result<Json<Value>, ApiError> {
+    let b = body(b)?;
+    let v = rpc(
+        &st,
+        &who,
+        Action::SetOffset {
+            session_id: id,
+            offset_ms: b.offset_ms,
+        },
+    )
+    .await?;
+    Ok(Json(
+        json!({"sessionId": v["sessionId"], "offsetMs": v["offsetMs"], "updatedAt": v["updatedAt"]}),
+    ))
+}
+
+pub async fn session_state(
+    State(st): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut v = rpc(&st, &who, Action::GetState { session_id: id }).await?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("type");
+    }
+    Ok(Json(v))
+}
+
+/// The OpenAPI document, kept beside the handlers; a test checks every route is in it.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI;
+
+    /// Every route the router serves is documented, with its method, and vice versa.
+    #[test]
+    fn openapi_matches_the_router() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let src = include_str!("../lib.rs");
+        let mut served = Vec::new();
+        for chunk in src.split(".route(").skip(1) {
+            let path = chunk.split('"').nth(1).unwrap();
+            let body = chunk.split(".with_state").next().unwrap();
+            for m in ["get", "post", "patch", "delete", "put"] {
+                if body.contains(&format!("{m}(")) {
+                    served.push((path.to_string(), m.to_string()));
+                }
+            }
+        }
+        let served: Vec<_> = served.into_iter().filter(|(p, _)| p != "/ws").collect();
+        assert!(served.len() >= 14, "{served:?}");
+        for (p, m) in &served {
+            assert!(
+                doc["paths"][p][m].is_object(),
+                "{m} {p} is served but not in openapi.json"
+            );
+        }
+        let documented: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_object().unwrap().len())
+            .sum();
+        assert_eq!(
+            documented,
+            served.len(),
+            "openapi.json documents routes the router does not serve"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! One WebSocket connection: authenticate, register in the routing table, then a reader
 //! (frames in) and a writer (bounded queue out, pings for RTT) until either side ends.
 
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,9 @@ use crate::state::AppState;
 
 const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_SERVICE_RESTART: u16 = 1012;
-const PING_EVERY: Duration = Duration::from_secs(15);
+/// Pings measure the round trip the sync engine uses; the best of the recent ones counts.
+const PING_EVERY: Duration = Duration::from_secs(10);
+const RTT_SAMPLES: usize = 8;
 /// A connection silent (no frame, no pong) for this long is dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,12 +124,12 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
     )));
 
     let (mut sink, mut stream) = socket.split();
-    let rtt_ms = Arc::new(AtomicU32::new(0));
+    let mut rtts: std::collections::VecDeque<u32> =
+        std::collections::VecDeque::with_capacity(RTT_SAMPLES);
     let kill = handle.kill.clone();
     let code = handle.close_code.clone();
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_EVERY);
-        ping.tick().await;
         loop {
             tokio::select! {
                 biased;
@@ -192,7 +194,8 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
                     )));
                     continue;
                 }
-                match frames::handle(&st, &who, &conn_id, &t).await {
+                let best_rtt = rtts.iter().min().map(|r| *r as f64);
+                match frames::handle(&st, &who, &conn_id, best_rtt, &t).await {
                     Ok(Outcome::Reply(b)) => {
                         handle.push(text_bytes(b));
                     }
@@ -215,7 +218,10 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
                 if let Ok(b) = <[u8; 8]>::try_from(&p[..]) {
                     let sent = i64::from_be_bytes(b);
                     let rtt = ((jam_shared::clock::now_us() - sent).max(0) / 1000) as u32;
-                    rtt_ms.store(rtt, Ordering::Relaxed);
+                    if rtts.len() == RTT_SAMPLES {
+                        rtts.pop_front();
+                    }
+                    rtts.push_back(rtt);
                     metrics::histogram!("jam_ws_rtt_seconds").record(rtt as f64 / 1000.0);
                 }
             }
@@ -236,7 +242,7 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
             let action = Action::Disconnect {
                 session_id: sid.to_string(),
             };
-            if let Err(e) = st.send_command(&who, &conn_id, None, action).await {
+            if let Err(e) = st.send_command(&who, &conn_id, None, None, action).await {
                 tracing::warn!(error = %e, session = sid, "could not report the disconnect");
             }
         }

@@ -94,6 +94,7 @@ pub async fn handle(
     st: &AppState,
     who: &Identity,
     conn: &str,
+    rtt_ms: Option<f64>,
     text: &str,
 ) -> Result<Outcome, FrameError> {
     if text.len() > st.cfg.max_frame_bytes {
@@ -151,7 +152,7 @@ pub async fn handle(
                 FrameError::new(ErrorCode::Unavailable, "bus unavailable", r#ref.clone())
             })?;
     }
-    st.send_command(who, conn, r#ref.clone(), action)
+    st.send_command(who, conn, r#ref.clone(), rtt_ms, action)
         .await
         .map_err(|_| {
             FrameError::new(ErrorCode::Unavailable, "bus unavailable, try again", r#ref)
@@ -204,6 +205,20 @@ fn known_type(ty: &str) -> &'static str {
         "ping",
         "time_sync",
         "authenticate",
+        "get_active_users",
+        "typing",
+        "load_history",
+        "direct_message",
+        "load_direct",
+        "playback_state",
+        "playback_report",
+        "track_change",
+        "request_sync",
+        "sync_request",
+        "set_offset",
+        "add_track",
+        "remove_track",
+        "get_state",
     ];
     KNOWN
         .iter()

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::sync::{Capabilities, TrackInput};
 use crate::ErrorCode;
 
 pub const MAX_MESSAGE_CHARS: usize = 2000;
@@ -13,6 +14,43 @@ pub const MAX_PARTICIPANTS_LIMIT: u32 = 10_000;
 pub const DEFAULT_MAX_PARTICIPANTS: u32 = 50;
 pub const MAX_HISTORY_PAGE: u32 = 100;
 pub const DEFAULT_HISTORY_PAGE: u32 = 50;
+pub const MAX_OFFSET_MS: f64 = 3_600_000.0;
+/// Positions beyond ten days are not a track.
+pub const MAX_POSITION_MS: f64 = 864_000_000.0;
+
+type Checked = Result<(), (ErrorCode, String)>;
+
+fn valid_uri(u: &str) -> Checked {
+    if u.trim().is_empty() || u.len() > 256 {
+        return Err((
+            ErrorCode::BadRequest,
+            "trackUri must be 1 to 256 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn valid_position(p: f64) -> Checked {
+    if !p.is_finite() || p.abs() > MAX_POSITION_MS {
+        return Err((
+            ErrorCode::BadRequest,
+            "position must be a number of milliseconds".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn valid_track(t: &TrackInput) -> Checked {
+    valid_uri(&t.uri)?;
+    let long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.chars().count() > 200);
+    if long(&t.name) || long(&t.artist) {
+        return Err((
+            ErrorCode::BadRequest,
+            "track name and artist must be at most 200 characters".into(),
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -40,6 +78,8 @@ pub enum Action {
         session_id: String,
         #[serde(default)]
         password: Option<String>,
+        #[serde(default)]
+        capabilities: Option<Capabilities>,
     },
     #[serde(rename_all = "camelCase")]
     LeaveSession {
@@ -86,6 +126,60 @@ pub enum Action {
         #[serde(default)]
         limit: Option<u32>,
     },
+    /// Host only: where the host's player is.
+    #[serde(rename_all = "camelCase")]
+    PlaybackState {
+        session_id: String,
+        track_uri: String,
+        position: f64,
+        is_playing: bool,
+        /// The client's own clock: kept for compatibility, never trusted.
+        #[serde(default)]
+        timestamp: Option<f64>,
+    },
+    /// A participant's own position.
+    #[serde(rename_all = "camelCase")]
+    PlaybackReport {
+        session_id: String,
+        track_uri: String,
+        position: f64,
+        is_playing: bool,
+    },
+    /// Host only: play another track (from the queue when its uri is queued).
+    #[serde(rename_all = "camelCase")]
+    TrackChange {
+        session_id: String,
+        #[serde(default)]
+        track_uri: Option<String>,
+        #[serde(default)]
+        track: Option<TrackInput>,
+        #[serde(default)]
+        position: Option<f64>,
+    },
+    #[serde(rename_all = "camelCase", alias = "sync_request")]
+    RequestSync {
+        session_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    SetOffset {
+        session_id: String,
+        offset_ms: f64,
+    },
+    #[serde(rename_all = "camelCase")]
+    AddTrack {
+        session_id: String,
+        track: TrackInput,
+    },
+    #[serde(rename_all = "camelCase")]
+    RemoveTrack {
+        session_id: String,
+        track_id: String,
+    },
+    /// The sync view of a session (REST `GET /api/sessions/{id}/state`).
+    #[serde(rename_all = "camelCase")]
+    GetState {
+        session_id: String,
+    },
     /// Internal: one connection of a member went away (sent by its gateway, per session).
     #[serde(rename_all = "camelCase")]
     Disconnect {
@@ -110,6 +204,14 @@ impl Action {
             | Action::GetActiveUsers { session_id }
             | Action::Typing { session_id, .. }
             | Action::LoadHistory { session_id, .. }
+            | Action::PlaybackState { session_id, .. }
+            | Action::PlaybackReport { session_id, .. }
+            | Action::TrackChange { session_id, .. }
+            | Action::RequestSync { session_id }
+            | Action::SetOffset { session_id, .. }
+            | Action::AddTrack { session_id, .. }
+            | Action::RemoveTrack { session_id, .. }
+            | Action::GetState { session_id }
             | Action::Disconnect { session_id } => Some(session_id),
             Action::GetSessions {} | Action::DirectMessage { .. } | Action::LoadDirect { .. } => {
                 None
@@ -174,6 +276,48 @@ impl Action {
                 }
                 Ok(())
             }
+            Action::PlaybackState {
+                track_uri,
+                position,
+                ..
+            }
+            | Action::PlaybackReport {
+                track_uri,
+                position,
+                ..
+            } => {
+                valid_uri(track_uri)?;
+                valid_position(*position)
+            }
+            Action::TrackChange {
+                track_uri,
+                track,
+                position,
+                ..
+            } => {
+                match (track_uri, track) {
+                    (Some(u), _) => valid_uri(u)?,
+                    (None, Some(t)) => valid_track(t)?,
+                    (None, None) => return bad("trackUri or track is required"),
+                }
+                if let Some(t) = track {
+                    valid_track(t)?;
+                }
+                position.map(valid_position).unwrap_or(Ok(()))
+            }
+            Action::SetOffset { offset_ms, .. } => {
+                if !offset_ms.is_finite() || offset_ms.abs() > MAX_OFFSET_MS {
+                    return bad("offsetMs must be within ±3600000");
+                }
+                Ok(())
+            }
+            Action::AddTrack { track, .. } => valid_track(track),
+            Action::RemoveTrack { track_id, .. } => {
+                if track_id.is_empty() || track_id.len() > 64 {
+                    return bad("trackId must be 1 to 64 characters");
+                }
+                Ok(())
+            }
             Action::LoadHistory { limit, .. } | Action::LoadDirect { limit, .. } => {
                 if limit.is_some_and(|l| l == 0 || l > MAX_HISTORY_PAGE) {
                     return bad("limit must be 1 to 100");
@@ -211,9 +355,21 @@ mod tests {
             a,
             Action::JoinSession {
                 session_id: "ABC234".into(),
-                password: Some("pw".into())
+                password: Some("pw".into()),
+                capabilities: None,
             }
         );
+        let a = parse(json!({"type":"sync_request","sessionId":"ABC234"})).unwrap();
+        assert_eq!(
+            a,
+            Action::RequestSync {
+                session_id: "ABC234".into()
+            }
+        );
+        let a =
+            parse(json!({"type":"join_session","sessionId":"ABC234","capabilities":{"rate":true}}))
+                .unwrap();
+        assert!(matches!(a, Action::JoinSession { capabilities: Some(c), .. } if c.rate));
         assert!(matches!(
             parse(json!({"type":"get_sessions"})).unwrap(),
             Action::GetSessions {}
@@ -240,7 +396,24 @@ mod tests {
         let join = Action::JoinSession {
             session_id: "bad:id".into(),
             password: None,
+            capabilities: None,
         };
+        let pos = |p: f64| Action::PlaybackState {
+            session_id: "ABCDEF".into(),
+            track_uri: "spotify:track:1".into(),
+            position: p,
+            is_playing: true,
+            timestamp: None,
+        };
+        assert!(pos(1000.0).validate().is_ok());
+        assert!(pos(f64::NAN).validate().is_err());
+        assert!(pos(1e12).validate().is_err());
+        let off = |o: f64| Action::SetOffset {
+            session_id: "ABCDEF".into(),
+            offset_ms: o,
+        };
+        assert!(off(-150.0).validate().is_ok());
+        assert!(off(1e9).validate().is_err());
         assert_eq!(join.validate().unwrap_err().0, ErrorCode::SessionNotFound);
         let create = |m| Action::CreateSession {
             name: "n".into(),

@@ -24,6 +24,9 @@ pub struct Command {
     /// caller never counts as a live connection of the session.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ephemeral: bool,
+    /// Best recent round-trip time (ms) of the sending connection, for drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
     pub action: Action,
 }
 

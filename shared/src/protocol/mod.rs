@@ -6,6 +6,7 @@ pub mod command;
 pub mod envelope;
 pub mod event;
 pub mod model;
+pub mod sync;
 
 pub use action::Action;
 pub use command::Command;

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::sync::{CorrectionState, ParticipantPlayback, Playback, Track};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -26,9 +28,43 @@ pub struct ParticipantRecord {
     /// When the host's last connection went away (host grace).
     #[serde(default)]
     pub offline_since: Option<i64>,
+    /// Manual offset (ms) added to the host's position for this participant.
+    #[serde(default)]
+    pub offset_ms: f64,
+    /// Declared on join: the client can play at a commanded rate.
+    #[serde(default)]
+    pub can_rate: bool,
+    #[serde(default)]
+    pub playback: Option<ParticipantPlayback>,
+    #[serde(default)]
+    pub correction: CorrectionState,
+    #[serde(default)]
+    pub last_sync: Option<i64>,
 }
 
 impl ParticipantRecord {
+    pub fn new(
+        id: &str,
+        name: &str,
+        role: Role,
+        joined_at: i64,
+        connections: Vec<ConnRef>,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            name: name.to_string(),
+            role,
+            joined_at,
+            connections,
+            offline_since: None,
+            offset_ms: 0.0,
+            can_rate: false,
+            playback: None,
+            correction: CorrectionState::default(),
+            last_sync: None,
+        }
+    }
+
     pub fn is_online(&self) -> bool {
         !self.connections.is_empty()
     }
@@ -69,6 +105,15 @@ pub struct SessionRecord {
     pub expires_at: i64,
     /// The last sequence number handed to a room event.
     pub last_seq: i64,
+    #[serde(default)]
+    pub playback: Option<Playback>,
+    #[serde(default)]
+    pub current_track: Option<Track>,
+    #[serde(default)]
+    pub queue: Vec<Track>,
+    /// Last periodic sync check (ms); the next is due one interval later.
+    #[serde(default)]
+    pub last_check_at: i64,
 }
 
 impl SessionRecord {
@@ -107,6 +152,14 @@ impl SessionRecord {
             created_at: self.created_at,
             expires_at: self.expires_at,
             seq: self.last_seq,
+            current_track: self.current_track.clone(),
+            queue: self.queue.clone(),
+            playback: self.playback.as_ref().map(|p| PlaybackView {
+                track_uri: p.track_uri.clone(),
+                position: p.report.position,
+                is_playing: p.report.is_playing,
+                reported_at: p.report.received_at,
+            }),
         }
     }
 
@@ -150,6 +203,19 @@ pub struct SessionView {
     pub created_at: i64,
     pub expires_at: i64,
     pub seq: i64,
+    pub current_track: Option<Track>,
+    pub queue: Vec<Track>,
+    pub playback: Option<PlaybackView>,
+}
+
+/// The host's last report: `position` held at `reportedAt` (server clock, ms).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaybackView {
+    pub track_uri: String,
+    pub position: f64,
+    pub is_playing: bool,
+    pub reported_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,12 +283,21 @@ mod tests {
                     conn: "c1".into(),
                     gateway: "g".into(),
                 }],
+                offset_ms: 0.0,
+                can_rate: false,
+                playback: None,
+                correction: Default::default(),
+                last_sync: None,
                 offline_since: None,
             }],
             status: SessionStatus::Active,
             created_at: 1,
             expires_at: 2,
             last_seq: 0,
+            playback: None,
+            current_track: None,
+            queue: Vec::new(),
+            last_check_at: 0,
         }
     }
 

@@ -5,7 +5,9 @@
 mod chat;
 mod direct;
 pub mod effects;
+mod playback;
 mod presence;
+mod queue;
 mod sessions;
 mod timers;
 pub mod timers_api {
@@ -28,6 +30,8 @@ pub struct EngineConfig {
     pub session_timeout: Duration,
     pub host_grace: Duration,
     pub gateway_dead_after: Duration,
+    pub sync_interval: Duration,
+    pub sync: crate::sync::SyncParams,
 }
 
 pub struct Engine {
@@ -84,8 +88,10 @@ impl Engine {
             Action::JoinSession {
                 session_id,
                 password,
+                capabilities,
             } => {
-                self.join_session(cmd, session_id, password.as_deref(), fx)
+                let can_rate = capabilities.is_some_and(|c| c.rate);
+                self.join_session(cmd, session_id, password.as_deref(), can_rate, fx)
                     .await
             }
             Action::LeaveSession { session_id } => self.leave_session(cmd, session_id, fx),
@@ -119,6 +125,43 @@ impl Engine {
                 before: *before,
                 limit: page(*limit),
             }),
+            Action::PlaybackState {
+                session_id,
+                track_uri,
+                position,
+                is_playing,
+                ..
+            } => self.playback_state(cmd, session_id, track_uri, *position, *is_playing, fx),
+            Action::PlaybackReport {
+                session_id,
+                track_uri,
+                position,
+                is_playing,
+            } => self.playback_report(cmd, session_id, track_uri, *position, *is_playing, fx),
+            Action::TrackChange {
+                session_id,
+                track_uri,
+                track,
+                position,
+            } => self.track_change(
+                cmd,
+                session_id,
+                track_uri.as_deref(),
+                track.as_ref(),
+                *position,
+                fx,
+            ),
+            Action::RequestSync { session_id } => self.request_sync(cmd, session_id, fx),
+            Action::SetOffset {
+                session_id,
+                offset_ms,
+            } => self.set_offset(cmd, session_id, *offset_ms, fx),
+            Action::AddTrack { session_id, track } => self.add_track(cmd, session_id, track, fx),
+            Action::RemoveTrack {
+                session_id,
+                track_id,
+            } => self.remove_track(cmd, session_id, track_id, fx),
+            Action::GetState { session_id } => self.get_state(cmd, session_id, fx),
             Action::Disconnect { session_id } => {
                 let key = (cmd.tenant.clone(), session_id.clone());
                 self.drop_connection(&key, &cmd.user_id, &cmd.conn, fx);
@@ -171,6 +214,14 @@ pub fn action_name(a: &Action) -> &'static str {
         Action::LoadHistory { .. } => "load_history",
         Action::DirectMessage { .. } => "direct_message",
         Action::LoadDirect { .. } => "load_direct",
+        Action::PlaybackState { .. } => "playback_state",
+        Action::PlaybackReport { .. } => "playback_report",
+        Action::TrackChange { .. } => "track_change",
+        Action::RequestSync { .. } => "request_sync",
+        Action::SetOffset { .. } => "set_offset",
+        Action::AddTrack { .. } => "add_track",
+        Action::RemoveTrack { .. } => "remove_track",
+        Action::GetState { .. } => "get_state",
         Action::Disconnect { .. } => "disconnect",
     }
 }

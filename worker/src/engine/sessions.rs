@@ -48,18 +48,21 @@ impl Engine {
             is_private: is_private.unwrap_or(false) || password_hash.is_some(),
             password_hash: password_hash.clone(),
             max_participants: max_participants.unwrap_or(DEFAULT_MAX_PARTICIPANTS),
-            participants: vec![ParticipantRecord {
-                id: cmd.user_id.clone(),
-                name: cmd.user_name.clone(),
-                role: Role::Host,
-                joined_at: now,
-                connections: conn_refs(cmd),
-                offline_since: None,
-            }],
+            participants: vec![ParticipantRecord::new(
+                &cmd.user_id,
+                &cmd.user_name,
+                Role::Host,
+                now,
+                conn_refs(cmd),
+            )],
             status: SessionStatus::Active,
             created_at: now,
             expires_at: now + self.cfg.session_timeout.as_millis() as i64,
             last_seq: 0,
+            playback: None,
+            current_track: None,
+            queue: Vec::new(),
+            last_check_at: now,
         };
         let created = frame("session_created", &json!({ "session": rec.view() }));
         self.sessions.insert(key.clone(), rec);
@@ -74,6 +77,7 @@ impl Engine {
         cmd: &Command,
         sid: &str,
         password: Option<&str>,
+        can_rate: bool,
         fx: &mut Effects,
     ) {
         let key = (cmd.tenant.clone(), sid.to_string());
@@ -109,6 +113,9 @@ impl Engine {
         if already {
             let p = rec.participant_mut(&cmd.user_id).expect("member");
             let was_offline = !p.is_online();
+            if !cmd.ephemeral {
+                p.can_rate = can_rate;
+            }
             if !cmd.ephemeral && !p.connections.iter().any(|c| c.conn == cmd.conn) {
                 p.connections.push(conn_ref(cmd));
             }
@@ -123,14 +130,14 @@ impl Engine {
                 ));
             }
         } else {
-            let p = ParticipantRecord {
-                id: cmd.user_id.clone(),
-                name: cmd.user_name.clone(),
-                role: Role::Participant,
-                joined_at: now_ms(),
-                connections: conn_refs(cmd),
-                offline_since: None,
-            };
+            let mut p = ParticipantRecord::new(
+                &cmd.user_id,
+                &cmd.user_name,
+                Role::Participant,
+                now_ms(),
+                conn_refs(cmd),
+            );
+            p.can_rate = can_rate;
             let view = p.view();
             rec.participants.push(p);
             let seq = rec.next_seq();
@@ -158,8 +165,13 @@ impl Engine {
             &json!({"sessionId": sid, "messages": history, "hasMore": has_more}),
         );
         let active = frame("active_users", &active_users(rec));
+        let mut frames = vec![snapshot, history, active];
+        // A joiner starts where the host is (a join is a sync trigger).
+        if let Some(f) = self.joiner_sync_frame(&key, &cmd.user_id) {
+            frames.push(f);
+        }
         fx.touch(&key);
-        answer_joiner(cmd, &key, vec![snapshot, history, active], fx);
+        answer_joiner(cmd, &key, frames, fx);
     }
 
     pub(super) fn leave_session(&mut self, cmd: &Command, sid: &str, fx: &mut Effects) {
