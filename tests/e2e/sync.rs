@@ -1,0 +1,256 @@
+//! The sync engine end to end over real Redis and PostgreSQL: host authority, track
+//! changes, seeks, offsets over REST, the queue, and restart-safe timers.
+
+use std::time::{Duration, Instant};
+
+use jam_tests::scenario::{create, join};
+use jam_tests::services::{PrivateRedis, TestDb};
+use jam_tests::{procs, token, Client};
+use serde_json::{json, Value};
+
+fn sync_cmd(action: &'static str) -> impl Fn(&Value) -> bool {
+    move |v: &Value| v["type"] == "sync_command" && v["action"] == action
+}
+
+#[tokio::test]
+async fn host_changes_reach_everyone_and_drift_is_corrected() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let mut worker = procs::worker(&redis.url(), &db.url, &[]).await;
+    let a = procs::gateway(&redis.url(), "gw-a", &[]).await;
+    let b = procs::gateway(&redis.url(), "gw-b", &[]).await;
+    let mut alice = Client::connect(&a.ws_url(), &token("alice", "Alice", None)).await;
+    let mut bob = Client::connect(&b.ws_url(), &token("bob", "Bob", None)).await;
+    let mut carol = Client::connect(&a.ws_url(), &token("carol", "Carol", None)).await;
+    let sid = create(&mut alice, json!({"name": "sync"})).await;
+    join(&mut bob, &sid, None).await;
+    join(&mut carol, &sid, None).await;
+
+    // Only the host drives playback.
+    let r = bob.request(json!({"type": "playback_state", "sessionId": sid, "trackUri": "t:1", "position": 0, "isPlaying": true})).await;
+    assert_eq!(r["code"], "FORBIDDEN");
+    let r = bob
+        .request(json!({"type": "track_change", "sessionId": sid, "trackUri": "t:9"}))
+        .await;
+    assert_eq!(r["code"], "FORBIDDEN");
+    let r = alice.request(json!({"type": "playback_state", "sessionId": sid, "trackUri": "t:1", "position": "x", "isPlaying": true})).await;
+    assert_eq!(r["code"], "BAD_REQUEST");
+
+    // A track change reaches every participant as switch_track, not the host.
+    alice.send(json!({"type": "track_change", "sessionId": sid, "track": {"uri": "t:2", "name": "Two", "artist": "A", "durationMs": 200000}})).await;
+    for c in [&mut bob, &mut carol] {
+        let cmd = c.recv_where("switch_track", sync_cmd("switch_track")).await;
+        assert_eq!(cmd["trackUri"], "t:2");
+        assert!(cmd["position"].as_f64().unwrap() < 1000.0);
+        assert!(cmd["timestamp"].as_i64().unwrap() > 0);
+        assert_eq!(c.recv_type("track_change").await["track"]["name"], "Two");
+    }
+    assert!(
+        alice
+            .none_of_type("sync_command", Duration::from_millis(300))
+            .await
+    );
+
+    // The host seeks to 60 s: everyone is told.
+    alice.send(json!({"type": "playback_state", "sessionId": sid, "trackUri": "t:2", "position": 60000, "isPlaying": true})).await;
+    let t_host = Instant::now();
+    let seek = bob.recv_where("host seek", sync_cmd("seek")).await;
+    assert!(
+        (seek["position"].as_f64().unwrap() - 60000.0).abs() < 1000.0,
+        "{seek}"
+    );
+    carol.recv_where("host seek", sync_cmd("seek")).await;
+
+    // A participant 3 s behind gets a seek to where the host is.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let host_now = 60000.0 + t_host.elapsed().as_millis() as f64;
+    bob.send(json!({"type": "playback_report", "sessionId": sid, "trackUri": "t:2", "position": host_now - 3000.0, "isPlaying": true})).await;
+    let cmd = bob.recv_where("catch-up seek", sync_cmd("seek")).await;
+    let pos = cmd["position"].as_f64().unwrap();
+    assert!(
+        (pos - host_now).abs() < 500.0,
+        "seek to {pos}, host near {host_now}"
+    );
+    let status = bob.recv_type("sync_status").await;
+    assert!(status["drift"].as_f64().unwrap() < -2500.0, "{status}");
+    assert_eq!(status["quality"], "poor");
+
+    // A participant in sync gets only a status.
+    let host_now = 60000.0 + t_host.elapsed().as_millis() as f64;
+    carol.send(json!({"type": "playback_report", "sessionId": sid, "trackUri": "t:2", "position": host_now, "isPlaying": true})).await;
+    let status = carol.recv_type("sync_status").await;
+    assert!(status["drift"].as_f64().unwrap().abs() < 300.0, "{status}");
+    assert!(
+        carol
+            .none_of_type("sync_command", Duration::from_millis(300))
+            .await
+    );
+
+    // An offset set over REST changes the next command at once.
+    let http = reqwest::Client::new();
+    let r = http
+        .patch(a.http(&format!("/api/sessions/{sid}/offset")))
+        .header(
+            "authorization",
+            format!("Bearer {}", token("carol", "Carol", None)),
+        )
+        .json(&json!({"offsetMs": 5000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["offsetMs"], 5000.0);
+    let cmd = carol.recv_where("offset seek", sync_cmd("seek")).await;
+    let host_now = 60000.0 + t_host.elapsed().as_millis() as f64;
+    let pos = cmd["position"].as_f64().unwrap();
+    assert!(
+        (pos - (host_now + 5000.0)).abs() < 500.0,
+        "seek to {pos}, expected near {}",
+        host_now + 5000.0
+    );
+    // Over WebSocket too; a request_sync always answers with the target.
+    let r = carol
+        .request(json!({"type": "set_offset", "sessionId": sid, "offsetMs": 0}))
+        .await;
+    assert_eq!(r["type"], "offset_updated");
+    carol.clear();
+    carol
+        .send(json!({"type": "request_sync", "sessionId": sid}))
+        .await;
+    let cmd = carol.recv_where("requested sync", sync_cmd("seek")).await;
+    let host_now = 60000.0 + t_host.elapsed().as_millis() as f64;
+    assert!(
+        (cmd["position"].as_f64().unwrap() - host_now).abs() < 500.0,
+        "{cmd}"
+    );
+
+    // Pause goes to everyone.
+    alice.send(json!({"type": "playback_state", "sessionId": sid, "trackUri": "t:2", "position": 70000, "isPlaying": false})).await;
+    let p = bob.recv_where("pause", sync_cmd("pause")).await;
+    assert_eq!(p["isPlaying"], false);
+
+    // The queue: anyone adds, the adder or the host removes.
+    let added = bob.request(json!({"type": "add_track", "sessionId": sid, "track": {"uri": "t:3", "name": "Three"}})).await;
+    assert_eq!(added["type"], "track_added");
+    let track_id = added["track"]["id"].as_str().unwrap().to_string();
+    assert_eq!(alice.recv_type("track_added").await["track"]["uri"], "t:3");
+    let r = carol
+        .request(json!({"type": "remove_track", "sessionId": sid, "trackId": track_id}))
+        .await;
+    assert_eq!(r["code"], "FORBIDDEN");
+    bob.request(json!({"type": "add_track", "sessionId": sid, "track": {"uri": "t:4"}}))
+        .await;
+
+    // Queue, current track and offsets survive a worker restart.
+    worker.signal("KILL");
+    assert!(worker.wait_exit(Duration::from_secs(5)).await);
+    worker.restart().await;
+    let r = http
+        .get(b.http(&format!("/api/sessions/{sid}/state")))
+        .header(
+            "authorization",
+            format!("Bearer {}", token("carol", "Carol", None)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let state: Value = r.json().await.unwrap();
+    assert_eq!(state["host"]["userId"], "alice");
+    assert_eq!(state["currentTrack"]["uri"], "t:2");
+    assert_eq!(state["currentTrack"]["isPlaying"], false);
+    assert_eq!(state["currentTrack"]["position"], 70000.0);
+    let uris: Vec<&str> = state["queue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["uri"].as_str().unwrap())
+        .collect();
+    assert_eq!(uris, ["t:3", "t:4"]);
+    let r = alice
+        .request(json!({"type": "remove_track", "sessionId": sid, "trackId": track_id}))
+        .await;
+    assert_eq!(r["type"], "track_removed");
+    // A queued track played by the host leaves the queue.
+    alice
+        .send(json!({"type": "track_change", "sessionId": sid, "trackUri": "t:4"}))
+        .await;
+    let cmd = bob
+        .recv_where("switch to t:4", |v| {
+            v["type"] == "sync_command" && v["trackUri"] == "t:4"
+        })
+        .await;
+    assert_eq!(cmd["action"], "switch_track");
+    let joined = join(&mut bob, &sid, None).await;
+    assert_eq!(joined["session"]["queue"], json!([]));
+    assert_eq!(joined["session"]["currentTrack"]["uri"], "t:4");
+}
+
+#[tokio::test]
+async fn session_expiry_fires_across_a_worker_restart() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    // 3 seconds.
+    let cfg = [("JAM_SESSION_TIMEOUT_HOURS", "0.000833")];
+    let mut worker = procs::worker(&redis.url(), &db.url, &cfg).await;
+    let a = procs::gateway(&redis.url(), "gw-a", &[]).await;
+    let mut alice = Client::connect(&a.ws_url(), &token("alice", "Alice", None)).await;
+    let mut bob = Client::connect(&a.ws_url(), &token("bob", "Bob", None)).await;
+    let sid = create(&mut alice, json!({"name": "short"})).await;
+    let joined = join(&mut bob, &sid, None).await;
+    let expires = joined["session"]["expiresAt"].as_i64().unwrap();
+    let created = joined["session"]["createdAt"].as_i64().unwrap();
+    assert!((expires - created - 3000).abs() < 50, "{expires} {created}");
+    // The worker dies before the deadline and is back after it.
+    worker.signal("KILL");
+    assert!(worker.wait_exit(Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    worker.restart().await;
+    for c in [&mut alice, &mut bob] {
+        let e = c.recv_type("session_ended").await;
+        assert_eq!(e["reason"], "session_expired");
+        assert_eq!(e["sessionId"], sid.as_str());
+    }
+    assert_eq!(
+        join(&mut bob, &sid, None).await["code"],
+        "SESSION_NOT_FOUND"
+    );
+}
+
+#[tokio::test]
+async fn host_grace_keeps_a_returning_host_and_ends_for_a_vanished_one() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let _worker = procs::worker(&redis.url(), &db.url, &[("JAM_HOST_GRACE_SECS", "2")]).await;
+    let a = procs::gateway(&redis.url(), "gw-a", &[]).await;
+    let b = procs::gateway(&redis.url(), "gw-b", &[]).await;
+    let mut alice = Client::connect(&a.ws_url(), &token("alice", "Alice", None)).await;
+    let mut bob = Client::connect(&b.ws_url(), &token("bob", "Bob", None)).await;
+    let sid = create(&mut alice, json!({"name": "grace"})).await;
+    join(&mut bob, &sid, None).await;
+
+    // The host drops and comes back (through the other gateway) inside the grace.
+    drop(alice);
+    assert_eq!(bob.recv_type("user_offline").await["userId"], "alice");
+    let mut alice = Client::connect(&b.ws_url(), &token("alice", "Alice", None)).await;
+    let back = join(&mut alice, &sid, None).await;
+    assert_eq!(back["type"], "session_update");
+    assert_eq!(back["session"]["hostId"], "alice");
+    assert_eq!(bob.recv_type("user_online").await["userId"], "alice");
+    assert!(
+        bob.none_of_type("session_ended", Duration::from_secs(3))
+            .await,
+        "the returning host keeps the session"
+    );
+
+    // The host drops for good: the session ends after the grace.
+    drop(alice);
+    let t = Instant::now();
+    let e = bob.recv_type("session_ended").await;
+    assert_eq!(e["reason"], "host_disconnected");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+}
