@@ -113,6 +113,8 @@ pub async fn run(
     {
         tracing::warn!("drain grace elapsed with connections still open");
     }
+    // Load balancers polling /ready see "not ready" before the port goes away.
+    tokio::time::sleep(st.cfg.drain_linger).await;
     server_stop.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
     heartbeat.abort();

@@ -79,6 +79,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "time SIGTERM gives connections to close",
     ),
     (
+        "JAM_DRAIN_LINGER_MS",
+        "2000",
+        "after the drain, time the listener stays up answering not-ready",
+    ),
+    (
         "JAM_REPLY_TIMEOUT_MS",
         "5000",
         "time a REST call waits for the worker's answer",
@@ -133,6 +138,7 @@ pub struct Config {
     pub max_connections: usize,
     pub auth_timeout: Duration,
     pub drain_grace: Duration,
+    pub drain_linger: Duration,
     pub reply_timeout: Duration,
     pub heartbeat: Duration,
     pub gateway_dead_after: Duration,
@@ -243,6 +249,7 @@ impl Config {
             max_connections: s.num("JAM_MAX_CONNECTIONS")?,
             auth_timeout: secs("JAM_AUTH_TIMEOUT_SECS")?,
             drain_grace: secs("JAM_DRAIN_GRACE_SECS")?,
+            drain_linger: ms("JAM_DRAIN_LINGER_MS")?,
             reply_timeout: ms("JAM_REPLY_TIMEOUT_MS")?,
             heartbeat: ms("JAM_HEARTBEAT_MS")?,
             gateway_dead_after: ms("JAM_GATEWAY_DEAD_AFTER_MS")?,

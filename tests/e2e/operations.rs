@@ -1,0 +1,245 @@
+//! Running jam for real: metrics move by the right amounts, SIGTERM drains without losing
+//! anything acknowledged, readiness follows Redis.
+
+use std::time::{Duration, Instant};
+
+use jam_tests::metrics::{scrape, sum};
+use jam_tests::scenario::{create, join, say};
+use jam_tests::services::{PrivateRedis, TestDb};
+use jam_tests::{procs, token, Client};
+use serde_json::json;
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let worker = procs::worker(&redis.url(), &db.url, &[]).await;
+    let gw = procs::gateway(&redis.url(), "gw-m", &[]).await;
+    let g0 = scrape(&gw.http("/metrics")).await;
+    let w0 = scrape(&worker.http("/metrics")).await;
+
+    let mut alice = Client::connect(&gw.ws_url(), &token("alice", "Alice", None)).await;
+    let mut bob = Client::connect(&gw.ws_url(), &token("bob", "Bob", None)).await;
+    let sid = create(&mut alice, json!({"name": "metered"})).await;
+    join(&mut bob, &sid, None).await;
+    for i in 0..3 {
+        say(&mut alice, &sid, &format!("m{i}")).await;
+    }
+    for _ in 0..3 {
+        bob.recv_type("new_message").await;
+    }
+    alice.send_text("{broken".into()).await;
+    assert_eq!(alice.recv_type("error").await["code"], "BAD_REQUEST");
+
+    let g1 = scrape(&gw.http("/metrics")).await;
+    let w1 = scrape(&worker.http("/metrics")).await;
+    let d = |a: &str, b: &str, n: &str, l: &[(&str, &str)]| sum(b, n, l) - sum(a, n, l);
+    assert_eq!(d(&g0, &g1, "jam_connections_opened_total", &[]), 2.0);
+    assert_eq!(sum(&g1, "jam_connections_open", &[]), 2.0);
+    assert_eq!(
+        d(&g0, &g1, "jam_frames_in_total", &[("type", "send_message")]),
+        3.0
+    );
+    assert_eq!(
+        d(&g0, &g1, "jam_frames_in_total", &[("type", "join_session")]),
+        1.0
+    );
+    assert_eq!(
+        d(&g0, &g1, "jam_errors_total", &[("code", "BAD_REQUEST")]),
+        1.0
+    );
+    // 3 messages to 2 members.
+    assert_eq!(
+        d(&g0, &g1, "jam_frames_out_total", &[("type", "new_message")]),
+        6.0
+    );
+    assert!(d(&g0, &g1, "jam_bytes_out_total", &[]) > 0.0);
+    assert!(d(&g0, &g1, "jam_delivery_latency_seconds_count", &[]) >= 5.0);
+    // One room plus two user channels.
+    assert_eq!(sum(&g1, "jam_room_subscriptions", &[]), 3.0);
+    assert!(g1.contains("jam_delivery_latency_seconds_bucket"));
+
+    assert_eq!(
+        d(&w0, &w1, "jam_commands_total", &[("type", "send_message")]),
+        3.0
+    );
+    assert_eq!(
+        d(
+            &w0,
+            &w1,
+            "jam_commands_total",
+            &[("type", "create_session")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&w1, "jam_sessions_active", &[]), 1.0);
+    assert!(
+        d(
+            &w0,
+            &w1,
+            "jam_pg_query_duration_seconds_count",
+            &[("op", "commit")]
+        ) >= 3.0
+    );
+    assert!(d(&w0, &w1, "jam_command_lag_seconds_count", &[]) >= 5.0);
+    assert!(d(&w0, &w1, "jam_events_published_total", &[]) >= 5.0);
+
+    drop(alice);
+    drop(bob);
+    let t = Instant::now();
+    loop {
+        let g2 = scrape(&gw.http("/metrics")).await;
+        if sum(&g2, "jam_connections_open", &[]) == 0.0 {
+            assert_eq!(
+                d(
+                    &g0,
+                    &g2,
+                    "jam_connections_closed_total",
+                    &[("reason", "client")]
+                ),
+                2.0
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "connections gauge never fell"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_gateway_without_losing_acknowledged_messages() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let _worker = procs::worker(&redis.url(), &db.url, &[]).await;
+    let mut a = procs::gateway(&redis.url(), "gw-a", &[("JAM_DRAIN_GRACE_SECS", "5")]).await;
+    let b = procs::gateway(&redis.url(), "gw-b", &[]).await;
+    let mut alice = Client::connect(&a.ws_url(), &token("alice", "Alice", None)).await;
+    let mut bob = Client::connect(&b.ws_url(), &token("bob", "Bob", None)).await;
+    let sid = create(&mut alice, json!({"name": "drain"})).await;
+    join(&mut bob, &sid, None).await;
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let text = format!("before drain {i}");
+        say(&mut alice, &sid, &text).await;
+        acked.push(text);
+    }
+
+    // Watch /ready while the gateway drains.
+    let ready_url = a.http("/ready");
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            match reqwest::get(&ready_url).await {
+                Ok(r) => seen.push(Some(r.status().as_u16())),
+                Err(_) => {
+                    seen.push(None);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        seen
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.signal("TERM");
+    assert_eq!(
+        alice.closed(Duration::from_secs(5)).await,
+        Some(1012),
+        "service restart close code"
+    );
+    assert!(
+        a.wait_exit(Duration::from_secs(10)).await,
+        "the gateway exits within its grace"
+    );
+    let seen = watcher.await.unwrap();
+    let first_503 = seen
+        .iter()
+        .position(|s| *s == Some(503))
+        .expect("/ready turned 503");
+    assert!(seen[..first_503].iter().all(|s| *s == Some(200)));
+    assert_eq!(
+        seen.last(),
+        Some(&None),
+        "then the listener closed: {seen:?}"
+    );
+
+    // alice reconnects to the other gateway and finds every acknowledged message.
+    let mut alice = Client::connect(&b.ws_url(), &token("alice", "Alice", None)).await;
+    let back = join(&mut alice, &sid, None).await;
+    assert_eq!(back["type"], "session_update", "{back}");
+    let hist = alice.recv_type("message_history").await;
+    let texts: Vec<&str> = hist["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, acked.iter().map(String::as_str).collect::<Vec<_>>());
+    say(&mut alice, &sid, "after drain").await;
+    let m = bob
+        .recv_where("post-drain message", |v| {
+            v["type"] == "new_message" && v["message"] == "after drain"
+        })
+        .await;
+    assert_eq!(m["userId"], "alice");
+}
+
+async fn status(url: &str) -> Option<u16> {
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(4))
+        .build()
+        .unwrap();
+    c.get(url).send().await.ok().map(|r| r.status().as_u16())
+}
+
+async fn wait_status(url: &str, want: u16, within: Duration) {
+    let t = Instant::now();
+    loop {
+        let s = status(url).await;
+        if s == Some(want) {
+            return;
+        }
+        assert!(t.elapsed() < within, "{url} stayed {s:?}, wanted {want}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_redis_without_a_restart() {
+    let mut redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let worker = procs::worker(&redis.url(), &db.url, &[]).await;
+    let gw = procs::gateway(&redis.url(), "gw-r", &[]).await;
+    wait_status(&gw.http("/ready"), 200, Duration::from_secs(5)).await;
+    wait_status(&worker.http("/ready"), 200, Duration::from_secs(5)).await;
+
+    redis.stop();
+    wait_status(&gw.http("/ready"), 503, Duration::from_secs(15)).await;
+    wait_status(&worker.http("/ready"), 503, Duration::from_secs(15)).await;
+    assert_eq!(
+        status(&gw.http("/health")).await,
+        Some(200),
+        "alive while not ready"
+    );
+
+    redis.restart();
+    wait_status(&gw.http("/ready"), 200, Duration::from_secs(30)).await;
+    wait_status(&worker.http("/ready"), 200, Duration::from_secs(30)).await;
+    // And it works again end to end (streams, groups and subscriptions came back).
+    let t = Instant::now();
+    let mut alice = Client::connect(&gw.ws_url(), &token("alice", "Alice", None)).await;
+    loop {
+        let r = alice
+            .request(json!({"type": "create_session", "name": "after outage"}))
+            .await;
+        if r["type"] == "session_created" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{r}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
