@@ -228,9 +228,9 @@ impl Bus for RedisBus {
         block_ms: u64,
     ) -> Result<Vec<StreamEntry>, BusError> {
         let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
-        let resp: HashMap<String, Vec<(String, HashMap<String, Bytes>)>> = self
+        let raw: Value = self
             .blocking
-            .xreadgroup_map(
+            .xreadgroup(
                 group,
                 consumer,
                 Some(count as u64),
@@ -241,6 +241,12 @@ impl Bus for RedisBus {
             )
             .await
             .map_err(err)?;
+        // A block that times out answers nil, not an empty map.
+        if raw.is_null() {
+            return Ok(Vec::new());
+        }
+        let resp: HashMap<String, Vec<(String, HashMap<String, Bytes>)>> =
+            raw.into_xread_response().map_err(err)?;
         let mut out: Vec<StreamEntry> = resp
             .into_iter()
             .flat_map(|(s, e)| parse_entries(&s, e))

@@ -44,20 +44,26 @@ impl Store for MemoryStore {
 
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
+        // Check everything before changing anything: a batch commits whole or not at all.
+        for m in &batch.messages {
+            let key = (m.tenant.clone(), m.session_id.clone());
+            if s.messages
+                .get(&key)
+                .is_some_and(|msgs| msgs.contains_key(&m.seq))
+            {
+                return Err(StoreError::Db(format!(
+                    "duplicate seq {} in {}",
+                    m.seq, m.session_id
+                )));
+            }
+        }
         for r in &batch.upserts {
             s.sessions
                 .insert((r.tenant.clone(), r.id.clone()), r.clone());
         }
         for m in &batch.messages {
             let key = (m.tenant.clone(), m.session_id.clone());
-            let msgs = s.messages.entry(key).or_default();
-            if msgs.contains_key(&m.seq) {
-                return Err(StoreError::Db(format!(
-                    "duplicate seq {} in {}",
-                    m.seq, m.session_id
-                )));
-            }
-            msgs.insert(m.seq, m.clone());
+            s.messages.entry(key).or_default().insert(m.seq, m.clone());
         }
         for key in &batch.deletes {
             s.sessions.remove(key);
