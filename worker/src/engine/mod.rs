@@ -9,6 +9,8 @@ mod playback;
 mod presence;
 mod queue;
 mod sessions;
+#[cfg(test)]
+mod tests;
 mod timers;
 pub mod timers_api {
     pub use super::timers::GatewayLiveness;

@@ -1,0 +1,265 @@
+//! The engine as a pure state machine: commands in, effects out, no bus or store.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use jam_shared::protocol::{Action, Command, Envelope};
+use serde_json::Value;
+
+use super::{Effects, Engine, EngineConfig};
+
+fn engine() -> Engine {
+    Engine::new(EngineConfig {
+        history_limit: 50,
+        session_timeout: Duration::from_secs(3600),
+        host_grace: Duration::from_secs(30),
+        gateway_dead_after: Duration::from_secs(10),
+        sync_interval: Duration::from_secs(120),
+        sync: Default::default(),
+    })
+}
+
+fn cmd(user: &str, conn: &str, action: Action) -> Command {
+    Command {
+        id: jam_shared::ids::unique(),
+        tenant: "_".into(),
+        user_id: user.into(),
+        user_name: user.to_uppercase(),
+        conn: conn.into(),
+        gateway: "gw".into(),
+        r#ref: Some(Value::from(1)),
+        received_at: jam_shared::clock::now_ms(),
+        ephemeral: false,
+        rtt_ms: None,
+        action,
+    }
+}
+
+/// Every published (channel, envelope, frames).
+fn published(fx: &Effects) -> Vec<(String, Envelope, Vec<Value>)> {
+    fx.publishes
+        .iter()
+        .map(|(c, p): &(String, Bytes)| {
+            let (env, frames) = Envelope::decode(p).unwrap();
+            (
+                c.clone(),
+                env,
+                frames
+                    .iter()
+                    .map(|f| serde_json::from_slice(f).unwrap())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn frames_of(fx: &Effects, ty: &str) -> Vec<Value> {
+    published(fx)
+        .into_iter()
+        .flat_map(|(_, _, f)| f)
+        .filter(|f| f["type"] == ty)
+        .collect()
+}
+
+async fn session_with(e: &mut Engine, users: &[&str]) -> String {
+    let mut fx = Effects::default();
+    let create = Action::CreateSession {
+        name: "s".into(),
+        description: None,
+        is_private: None,
+        password: None,
+        max_participants: Some(3),
+        password_hash: None,
+        session_id: Some("ABCDEF".into()),
+    };
+    e.apply(&cmd(users[0], &format!("c-{}", users[0]), create), &mut fx)
+        .await;
+    for u in &users[1..] {
+        let join = Action::JoinSession {
+            session_id: "ABCDEF".into(),
+            password: None,
+            capabilities: None,
+        };
+        e.apply(&cmd(u, &format!("c-{u}"), join), &mut fx).await;
+    }
+    "ABCDEF".into()
+}
+
+#[tokio::test]
+async fn join_sends_a_delta_to_the_room_and_a_snapshot_to_the_joiner() {
+    let mut e = engine();
+    session_with(&mut e, &["alice"]).await;
+    let mut fx = Effects::default();
+    let join = Action::JoinSession {
+        session_id: "ABCDEF".into(),
+        password: None,
+        capabilities: None,
+    };
+    e.apply(&cmd("bob", "c-bob", join), &mut fx).await;
+    let p = published(&fx);
+    assert_eq!(p.len(), 2);
+    let (_, delta_env, delta) = &p[0];
+    assert_eq!(delta_env.conn, None, "the delta goes to the whole room");
+    assert_eq!(delta[0]["type"], "user_joined");
+    assert_eq!(delta[0]["count"], 2);
+    assert_eq!(delta[0]["seq"], 1);
+    let (_, snap_env, snap) = &p[1];
+    assert_eq!(snap_env.join_conn.as_deref(), Some("c-bob"));
+    assert_eq!(snap_env.conn.as_deref(), Some("c-bob"));
+    let types: Vec<&str> = snap.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["session_update", "message_history", "active_users"]);
+    assert!(fx
+        .dirty
+        .contains_key(&("_".to_string(), "ABCDEF".to_string())));
+}
+
+#[tokio::test]
+async fn full_sessions_and_strangers_are_refused() {
+    let mut e = engine();
+    session_with(&mut e, &["alice", "bob", "carol"]).await;
+    let mut fx = Effects::default();
+    let join = Action::JoinSession {
+        session_id: "ABCDEF".into(),
+        password: None,
+        capabilities: None,
+    };
+    e.apply(&cmd("dave", "c-dave", join), &mut fx).await;
+    assert_eq!(frames_of(&fx, "error")[0]["code"], "SESSION_FULL");
+    let mut fx = Effects::default();
+    let say = Action::SendMessage {
+        session_id: "ABCDEF".into(),
+        message: "hi".into(),
+    };
+    e.apply(&cmd("dave", "c-dave", say), &mut fx).await;
+    assert_eq!(frames_of(&fx, "error")[0]["code"], "NOT_IN_SESSION");
+    assert!(fx.messages.is_empty());
+}
+
+#[tokio::test]
+async fn messages_get_increasing_seq_and_are_written() {
+    let mut e = engine();
+    session_with(&mut e, &["alice", "bob"]).await;
+    let mut fx = Effects::default();
+    for i in 0..3 {
+        let say = Action::SendMessage {
+            session_id: "ABCDEF".into(),
+            message: format!("m{i}"),
+        };
+        e.apply(&cmd("bob", "c-bob", say), &mut fx).await;
+    }
+    let seqs: Vec<i64> = fx.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [2, 3, 4], "after the join's seq 1");
+    let (_, env, _) = &published(&fx)[0];
+    assert_eq!(env.ref_conn.as_deref(), Some("c-bob"));
+    let batch = e.batch(&mut fx);
+    assert_eq!(batch.messages.len(), 3);
+    assert_eq!(batch.upserts.len(), 1);
+    assert_eq!(batch.upserts[0].last_seq, 4);
+}
+
+#[tokio::test]
+async fn the_host_leaving_hands_over_and_the_last_out_deletes() {
+    let mut e = engine();
+    session_with(&mut e, &["alice", "bob"]).await;
+    let mut fx = Effects::default();
+    e.apply(
+        &cmd(
+            "alice",
+            "c-alice",
+            Action::LeaveSession {
+                session_id: "ABCDEF".into(),
+            },
+        ),
+        &mut fx,
+    )
+    .await;
+    assert_eq!(frames_of(&fx, "user_left")[0]["count"], 1);
+    assert_eq!(
+        frames_of(&fx, "session_update")[0]["session"]["hostId"],
+        "bob"
+    );
+    let mut fx = Effects::default();
+    e.apply(
+        &cmd(
+            "bob",
+            "c-bob",
+            Action::LeaveSession {
+                session_id: "ABCDEF".into(),
+            },
+        ),
+        &mut fx,
+    )
+    .await;
+    assert!(e.session("_", "ABCDEF").is_none());
+    let batch = e.batch(&mut fx);
+    assert_eq!(batch.deletes, [("_".to_string(), "ABCDEF".to_string())]);
+}
+
+#[tokio::test]
+async fn a_host_that_vanishes_ends_the_session_after_the_grace() {
+    let mut e = engine();
+    session_with(&mut e, &["alice", "bob"]).await;
+    let key = ("_".to_string(), "ABCDEF".to_string());
+    let mut fx = Effects::default();
+    e.drop_connection(&key, "alice", "c-alice", &mut fx);
+    assert_eq!(frames_of(&fx, "user_offline")[0]["userId"], "alice");
+    assert!(
+        frames_of(&fx, "user_left").is_empty(),
+        "the host keeps its place"
+    );
+    let now = jam_shared::clock::now_ms();
+    let mut fx = Effects::default();
+    e.tick(now + 29_000, &|_| true, &mut fx);
+    assert!(frames_of(&fx, "session_ended").is_empty());
+    e.tick(now + 31_000, &|_| true, &mut fx);
+    assert_eq!(
+        frames_of(&fx, "session_ended")[0]["reason"],
+        "host_disconnected"
+    );
+}
+
+#[tokio::test]
+async fn expiry_and_silent_gateways_fire_from_the_tick() {
+    let mut e = engine();
+    session_with(&mut e, &["alice", "bob"]).await;
+    let now = jam_shared::clock::now_ms();
+    let mut fx = Effects::default();
+    // bob's gateway went silent: bob goes offline then leaves.
+    e.tick(now, &|g| g != "gw", &mut fx);
+    let types: Vec<String> = published(&fx)
+        .iter()
+        .flat_map(|(_, _, f)| f.iter().map(|x| x["type"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(
+        types.contains(&"user_offline".to_string()) && types.contains(&"user_left".to_string()),
+        "{types:?}"
+    );
+    let mut fx = Effects::default();
+    e.tick(now + 3_601_000, &|_| true, &mut fx);
+    assert_eq!(
+        frames_of(&fx, "session_ended")[0]["reason"],
+        "session_expired"
+    );
+}
+
+#[tokio::test]
+async fn typing_expires_and_skips_the_typist() {
+    let mut e = engine();
+    session_with(&mut e, &["alice", "bob"]).await;
+    let mut fx = Effects::default();
+    let typing = |t| Action::Typing {
+        session_id: "ABCDEF".into(),
+        is_typing: t,
+    };
+    e.apply(&cmd("bob", "c-bob", typing(true)), &mut fx).await;
+    let (_, env, f) = &published(&fx)[0];
+    assert_eq!(env.except_user.as_deref(), Some("bob"));
+    assert_eq!(f[0]["isTyping"], true);
+    // A renewal is not re-broadcast.
+    let mut fx = Effects::default();
+    e.apply(&cmd("bob", "c-bob", typing(true)), &mut fx).await;
+    assert!(frames_of(&fx, "user_typing").is_empty());
+    let mut fx = Effects::default();
+    e.tick(jam_shared::clock::now_ms() + 6_000, &|_| true, &mut fx);
+    assert_eq!(frames_of(&fx, "user_typing")[0]["isTyping"], false);
+}
