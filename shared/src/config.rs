@@ -84,6 +84,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "after the drain, time the listener stays up answering not-ready",
     ),
     (
+        "JAM_RATE_LIMIT_PER_SEC",
+        "30",
+        "frames a connection may send per second, sustained (bursts of twice that)",
+    ),
+    (
         "JAM_REPLY_TIMEOUT_MS",
         "5000",
         "time a REST call waits for the worker's answer",
@@ -139,6 +144,7 @@ pub struct Config {
     pub auth_timeout: Duration,
     pub drain_grace: Duration,
     pub drain_linger: Duration,
+    pub rate_limit_per_sec: f64,
     pub reply_timeout: Duration,
     pub heartbeat: Duration,
     pub gateway_dead_after: Duration,
@@ -250,6 +256,7 @@ impl Config {
             auth_timeout: secs("JAM_AUTH_TIMEOUT_SECS")?,
             drain_grace: secs("JAM_DRAIN_GRACE_SECS")?,
             drain_linger: ms("JAM_DRAIN_LINGER_MS")?,
+            rate_limit_per_sec: s.num("JAM_RATE_LIMIT_PER_SEC")?,
             reply_timeout: ms("JAM_REPLY_TIMEOUT_MS")?,
             heartbeat: ms("JAM_HEARTBEAT_MS")?,
             gateway_dead_after: ms("JAM_GATEWAY_DEAD_AFTER_MS")?,

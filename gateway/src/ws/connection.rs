@@ -169,7 +169,8 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
         .await;
     });
 
-    let mut bucket = TokenBucket::new(30.0, 60.0);
+    let rate = st.cfg.rate_limit_per_sec;
+    let mut bucket = TokenBucket::new(rate, rate * 2.0);
     let mut reason = "client";
     loop {
         let next = tokio::select! {

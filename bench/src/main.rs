@@ -1,0 +1,170 @@
+//! jam-load: N listeners spread over one or more gateways join one session; one sender
+//! chats at a fixed rate; every listener timestamps every delivery. Reports deliveries per
+//! second, delivery latency percentiles (send → receive, same machine clock) and, given
+//! the server pids, deliveries per server CPU-second. Loopback only; bounded in count and
+//! time; stops by itself.
+//!
+//!   jam-load --url ws://127.0.0.1:8081/ws --url ws://127.0.0.1:8082/ws --clients 500 \
+//!            --messages 2000 --rate 200 --secret local-cluster-secret --pid 1234 --pid 1235
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+struct Args {
+    /// Gateway WebSocket URLs; listeners are spread round-robin. Loopback only.
+    #[arg(long, required = true)]
+    url: Vec<String>,
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    #[arg(long, default_value_t = 1000)]
+    messages: usize,
+    /// Messages per second from the sender.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    #[arg(long, env = "JAM_JWT_SECRET", default_value = jam_shared::config::DEV_JWT_SECRET)]
+    secret: String,
+    /// Server processes whose CPU time is measured (gateways, worker).
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+fn now_us() -> i64 {
+    jam_shared::clock::now_us()
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str, jwt: &jam_shared::auth::JwtVerifier, user: &str) -> anyhow::Result<Ws> {
+    let token = jwt.sign(&jam_shared::auth::claims_for(user, user, None, 3600));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}")).await?;
+    let first = ws.next().await.context("closed")??;
+    if !first.to_text()?.contains("authenticated") {
+        bail!("not authenticated: {first}");
+    }
+    Ok(ws)
+}
+
+async fn until(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next()).await?.context("closed")??;
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t)?;
+            if pred(&v) {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    for u in &a.url {
+        let host = u.trim_start_matches("ws://").split(['/', ':']).next().unwrap_or("");
+        if !(host.starts_with("127.") || host == "localhost") {
+            bail!("{u}: load is only ever sent to loopback");
+        }
+    }
+    let jwt = jam_shared::auth::JwtVerifier::new(&a.secret);
+    let mut host = connect(&a.url[0], &jwt, "load-host").await?;
+    host.send(Message::Text(json!({"type":"create_session","name":"load","maxParticipants": 10000,"ref":"c"}).to_string().into())).await?;
+    let created = until(&mut host, |v| v["ref"] == "c").await?;
+    let sid = created["session"]["id"].as_str().context("no session")?.to_string();
+
+    let received = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(a.clients * a.messages)));
+    let t_join = Instant::now();
+    let mut listeners = Vec::new();
+    for i in 0..a.clients {
+        let url = a.url[i % a.url.len()].clone();
+        let mut ws = connect(&url, &jwt, &format!("listener-{i}")).await?;
+        ws.send(Message::Text(json!({"type":"join_session","sessionId": sid,"ref":"j"}).to_string().into())).await?;
+        until(&mut ws, |v| v["ref"] == "j").await?;
+        let (received, latencies, expected) = (received.clone(), latencies.clone(), a.messages);
+        listeners.push(tokio::spawn(async move {
+            let mut got = 0;
+            let mut local = Vec::with_capacity(expected);
+            while got < expected {
+                let t = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => t,
+                    Ok(Some(Ok(_))) => continue,
+                    _ => break,
+                };
+                // Cheap check first: only chat frames count.
+                if !t.contains("\"new_message\"") {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                if let Some(sent) = v["message"].as_str().and_then(|m| m.parse::<i64>().ok()) {
+                    local.push((now_us() - sent) as f64 / 1000.0);
+                    got += 1;
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            latencies.lock().unwrap().extend(local);
+        }));
+    }
+    eprintln!("{} listeners joined in {:.1} s", a.clients, t_join.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let cpu0: f64 = a.pid.iter().map(|p| cpu_seconds(*p)).sum();
+    let t0 = Instant::now();
+    let every = Duration::from_secs_f64(1.0 / a.rate as f64);
+    let mut tick = tokio::time::interval(every);
+    let (mut sink, mut stream) = host.split();
+    // The host's own copies are drained so its queue never fills.
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    for _ in 0..a.messages {
+        tick.tick().await;
+        let frame = json!({"type":"send_message","sessionId": sid,"message": now_us().to_string()});
+        sink.send(Message::Text(frame.to_string().into())).await?;
+    }
+    let deadline = Duration::from_secs(a.timeout);
+    let all = tokio::time::timeout(deadline, futures_util::future::join_all(listeners)).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = a.pid.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0;
+    drain.abort();
+    if all.is_err() {
+        eprintln!("timed out waiting for listeners");
+    }
+    let n = received.load(Ordering::Relaxed);
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort_by(|x, y| x.total_cmp(y));
+    let pct = |q: f64| l.get(((l.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(f64::NAN);
+    println!(
+        "listeners {} over {} gateway(s), {} messages at {}/s: {} of {} deliveries in {:.1} s = {:.0} deliveries/s",
+        a.clients,
+        a.url.len(),
+        a.messages,
+        a.rate,
+        n,
+        a.clients * a.messages,
+        elapsed,
+        n as f64 / elapsed
+    );
+    println!("latency send→receive ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}", pct(0.5), pct(0.9), pct(0.99), pct(1.0));
+    if !a.pid.is_empty() {
+        println!("server CPU {:.2} s over {} process(es): {:.0} deliveries per CPU-second", cpu, a.pid.len(), n as f64 / cpu.max(1e-9));
+    }
+    Ok(())
+}
