@@ -45,14 +45,18 @@ fn now_us() -> i64 {
 
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(url: &str, jwt: &jam_shared::auth::JwtVerifier, user: &str) -> anyhow::Result<Ws> {
     let token = jwt.sign(&jam_shared::auth::claims_for(user, user, None, 3600));
@@ -66,7 +70,9 @@ async fn connect(url: &str, jwt: &jam_shared::auth::JwtVerifier, user: &str) -> 
 
 async fn until(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), ws.next()).await?.context("closed")??;
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await?
+            .context("closed")??;
         if let Message::Text(t) = m {
             let v: Value = serde_json::from_str(&t)?;
             if pred(&v) {
@@ -80,25 +86,44 @@ async fn until(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Val
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     for u in &a.url {
-        let host = u.trim_start_matches("ws://").split(['/', ':']).next().unwrap_or("");
+        let host = u
+            .trim_start_matches("ws://")
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("");
         if !(host.starts_with("127.") || host == "localhost") {
             bail!("{u}: load is only ever sent to loopback");
         }
     }
     let jwt = jam_shared::auth::JwtVerifier::new(&a.secret);
     let mut host = connect(&a.url[0], &jwt, "load-host").await?;
-    host.send(Message::Text(json!({"type":"create_session","name":"load","maxParticipants": 10000,"ref":"c"}).to_string().into())).await?;
+    host.send(Message::Text(
+        json!({"type":"create_session","name":"load","maxParticipants": 10000,"ref":"c"})
+            .to_string()
+            .into(),
+    ))
+    .await?;
     let created = until(&mut host, |v| v["ref"] == "c").await?;
-    let sid = created["session"]["id"].as_str().context("no session")?.to_string();
+    let sid = created["session"]["id"]
+        .as_str()
+        .context("no session")?
+        .to_string();
 
     let received = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(a.clients * a.messages)));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(
+        a.clients * a.messages,
+    )));
     let t_join = Instant::now();
     let mut listeners = Vec::new();
     for i in 0..a.clients {
         let url = a.url[i % a.url.len()].clone();
         let mut ws = connect(&url, &jwt, &format!("listener-{i}")).await?;
-        ws.send(Message::Text(json!({"type":"join_session","sessionId": sid,"ref":"j"}).to_string().into())).await?;
+        ws.send(Message::Text(
+            json!({"type":"join_session","sessionId": sid,"ref":"j"})
+                .to_string()
+                .into(),
+        ))
+        .await?;
         until(&mut ws, |v| v["ref"] == "j").await?;
         let (received, latencies, expected) = (received.clone(), latencies.clone(), a.messages);
         listeners.push(tokio::spawn(async move {
@@ -124,7 +149,11 @@ async fn main() -> anyhow::Result<()> {
             latencies.lock().unwrap().extend(local);
         }));
     }
-    eprintln!("{} listeners joined in {:.1} s", a.clients, t_join.elapsed().as_secs_f64());
+    eprintln!(
+        "{} listeners joined in {:.1} s",
+        a.clients,
+        t_join.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let cpu0: f64 = a.pid.iter().map(|p| cpu_seconds(*p)).sum();
@@ -150,7 +179,11 @@ async fn main() -> anyhow::Result<()> {
     let n = received.load(Ordering::Relaxed);
     let mut l = latencies.lock().unwrap().clone();
     l.sort_by(|x, y| x.total_cmp(y));
-    let pct = |q: f64| l.get(((l.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(f64::NAN);
+    let pct = |q: f64| {
+        l.get(((l.len().max(1) - 1) as f64 * q) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     println!(
         "listeners {} over {} gateway(s), {} messages at {}/s: {} of {} deliveries in {:.1} s = {:.0} deliveries/s",
         a.clients,
@@ -162,9 +195,20 @@ async fn main() -> anyhow::Result<()> {
         elapsed,
         n as f64 / elapsed
     );
-    println!("latency send→receive ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}", pct(0.5), pct(0.9), pct(0.99), pct(1.0));
+    println!(
+        "latency send→receive ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
     if !a.pid.is_empty() {
-        println!("server CPU {:.2} s over {} process(es): {:.0} deliveries per CPU-second", cpu, a.pid.len(), n as f64 / cpu.max(1e-9));
+        println!(
+            "server CPU {:.2} s over {} process(es): {:.0} deliveries per CPU-second",
+            cpu,
+            a.pid.len(),
+            n as f64 / cpu.max(1e-9)
+        );
     }
     Ok(())
 }

@@ -254,3 +254,109 @@ async fn host_grace_keeps_a_returning_host_and_ends_for_a_vanished_one() {
         "{waited:?}"
     );
 }
+
+#[tokio::test]
+async fn rest_changes_are_announced_like_websocket_ones() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let _worker = procs::worker(&redis.url(), &db.url, &[]).await;
+    let a = procs::gateway(&redis.url(), "gw-a", &[]).await;
+    let b = procs::gateway(&redis.url(), "gw-b", &[]).await;
+    let http = reqwest::Client::new();
+    let bearer = |u: &str| format!("Bearer {}", token(u, &u.to_uppercase(), None));
+
+    // Create over REST (201), then the host's socket joins.
+    let r = http
+        .post(a.http("/api/sessions"))
+        .header("authorization", bearer("alice"))
+        .json(&json!({"name": "rest"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(created["role"], "host");
+    let sid = created["sessionId"].as_str().unwrap().to_string();
+    assert!(created["expiresAt"].as_i64().unwrap() > created["createdAt"].as_i64().unwrap());
+    let mut alice = Client::connect(&b.ws_url(), &token("alice", "ALICE", None)).await;
+    assert_eq!(join(&mut alice, &sid, None).await["type"], "session_update");
+
+    // Listed over REST.
+    let r = http
+        .get(b.http("/api/sessions"))
+        .header("authorization", bearer("zed"))
+        .send()
+        .await
+        .unwrap();
+    let list: Value = r.json().await.unwrap();
+    assert!(list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["id"] == sid.as_str()));
+
+    // A REST join reaches the room as user_joined.
+    let r = http
+        .post(a.http(&format!("/api/sessions/{sid}/join")))
+        .header("authorization", bearer("bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let joined: Value = r.json().await.unwrap();
+    assert_eq!(
+        (joined["role"].as_str(), joined["hostName"].as_str()),
+        (Some("client"), Some("ALICE"))
+    );
+    let uj = alice.recv_type("user_joined").await;
+    assert_eq!(uj["userId"], "bob");
+    let r = http
+        .post(a.http("/api/sessions/NOPE77/join"))
+        .header("authorization", bearer("bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "SESSION_NOT_FOUND"
+    );
+
+    // DELETE: host only; the room hears session_ended.
+    let r = http
+        .delete(a.http(&format!("/api/sessions/{sid}")))
+        .header("authorization", bearer("bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .delete(a.http(&format!("/api/sessions/{sid}")))
+        .header("authorization", bearer("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let e = alice.recv_type("session_ended").await;
+    assert_eq!(e["reason"], "host_ended");
+    // Bad bodies and tokens.
+    let r = http
+        .post(a.http("/api/sessions"))
+        .header("authorization", bearer("alice"))
+        .json(&json!({"nam": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .post(a.http("/api/sessions"))
+        .header("authorization", "Bearer nope")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.get(a.http("/api/openapi.json")).send().await.unwrap();
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+}
