@@ -1,6 +1,7 @@
 //! jam-gateway: terminates WebSockets, authenticates, validates frames, forwards
 //! commands to the worker over the bus and fans the worker's events out to local sockets.
 
+pub mod cli;
 pub mod fanout;
 pub mod http;
 pub mod state;

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use jam_shared::auth::{claims_for, JwtVerifier};
 use jam_shared::bus::redis::RedisBus;
 use jam_shared::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -21,17 +20,7 @@ enum Cmd {
     /// Serve WebSocket and HTTP clients (the default).
     Serve,
     /// Print a token signed with the configured secret.
-    Gentoken {
-        #[arg(long)]
-        sub: String,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 86_400)]
-        ttl: i64,
-    },
+    Gentoken(jam_gateway::cli::GentokenArgs),
 }
 
 #[tokio::main]
@@ -40,18 +29,8 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::from_env()?;
     jam_shared::telemetry::init(cfg.log_json, &cfg.log_filter);
     match cli.cmd.unwrap_or(Cmd::Serve) {
-        Cmd::Gentoken {
-            sub,
-            name,
-            tenant,
-            ttl,
-        } => {
-            let secret = cfg.jwt_secret_or_dev();
-            let name = name.unwrap_or_else(|| sub.clone());
-            println!(
-                "{}",
-                JwtVerifier::new(&secret).sign(&claims_for(&sub, &name, tenant.as_deref(), ttl))
-            );
+        Cmd::Gentoken(args) => {
+            println!("{}", jam_gateway::cli::gentoken(&cfg, &args));
             Ok(())
         }
         Cmd::Serve => {

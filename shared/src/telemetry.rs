@@ -4,7 +4,10 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 pub fn init(json: bool, filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_target(false);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
     // try_init: tests may call this more than once in a process.
     let _ = if json {
         builder.json().flatten_event(true).try_init()

@@ -3,18 +3,15 @@
 
 use std::time::Duration;
 
+use jam_tests::cluster::Cluster;
 use jam_tests::scenario::{create, join, say};
-use jam_tests::services::{PrivateRedis, TestDb};
-use jam_tests::{procs, scenario, token, Client};
+use jam_tests::{scenario, token, Client};
 use serde_json::json;
 
 #[tokio::test]
 async fn cluster_protocol_scenarios() {
-    let redis = PrivateRedis::start();
-    let db = TestDb::create().await;
-    let _worker = procs::worker(&redis.url(), &db.url, &[]).await;
-    let a = procs::gateway(&redis.url(), "gw-a", &[]).await;
-    let b = procs::gateway(&redis.url(), "gw-b", &[]).await;
+    let c = Cluster::start(&[], &[]).await;
+    let (a, b) = (&c.a, &c.b);
     scenario::sessions_and_chat(&a.ws_url(), &b.ws_url()).await;
     scenario::bad_input(&b.ws_url()).await;
     scenario::tenants(&a.ws_url(), &b.ws_url()).await;
@@ -22,11 +19,8 @@ async fn cluster_protocol_scenarios() {
 
 #[tokio::test]
 async fn acknowledged_messages_survive_a_worker_sigkill() {
-    let redis = PrivateRedis::start();
-    let db = TestDb::create().await;
-    let mut worker = procs::worker(&redis.url(), &db.url, &[]).await;
-    let a = procs::gateway(&redis.url(), "gw-a", &[]).await;
-    let b = procs::gateway(&redis.url(), "gw-b", &[]).await;
+    let mut c = Cluster::start(&[], &[]).await;
+    let (a, b) = (&c.a, &c.b);
 
     let mut alice = Client::connect(&a.ws_url(), &token("alice", "Alice", None)).await;
     let mut bob = Client::connect(&b.ws_url(), &token("bob", "Bob", None)).await;
@@ -68,12 +62,12 @@ async fn acknowledged_messages_survive_a_worker_sigkill() {
         acked.push(text);
     }
 
-    worker.signal("KILL");
-    assert!(worker.wait_exit(Duration::from_secs(5)).await);
+    c.worker.signal("KILL");
+    assert!(c.worker.wait_exit(Duration::from_secs(5)).await);
     // A message sent while no worker runs waits on the stream and is applied after restart.
     alice.send(json!({"type": "send_message", "sessionId": sid, "message": "while down", "ref": "down"})).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    worker.restart().await;
+    c.worker.restart().await;
     let m = alice
         .recv_where("ack of the queued message", |v| v["ref"] == "down")
         .await;

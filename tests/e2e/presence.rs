@@ -3,40 +3,16 @@
 
 use std::time::Duration;
 
+use jam_tests::cluster::Cluster;
 use jam_tests::scenario::{create, join, say};
-use jam_tests::services::{PrivateRedis, TestDb};
-use jam_tests::{procs, token, Client};
+use jam_tests::{token, Client};
 use serde_json::{json, Value};
 
 const API_KEY: &str = "test-api-key";
 
-struct Cluster {
-    _redis: PrivateRedis,
-    _db: TestDb,
-    _worker: procs::Proc,
-    a: procs::Proc,
-    b: procs::Proc,
-}
-
 async fn cluster() -> Cluster {
-    let redis = PrivateRedis::start();
-    let db = TestDb::create().await;
-    let extra = [("JAM_API_KEY", API_KEY), ("JAM_HEARTBEAT_MS", "1000")];
-    let worker = procs::worker(
-        &redis.url(),
-        &db.url,
-        &[("JAM_GATEWAY_DEAD_AFTER_MS", "10000")],
-    )
-    .await;
-    let a = procs::gateway(&redis.url(), "gw-a", &extra).await;
-    let b = procs::gateway(&redis.url(), "gw-b", &extra).await;
-    Cluster {
-        _redis: redis,
-        _db: db,
-        _worker: worker,
-        a,
-        b,
-    }
+    let gateway_env = [("JAM_API_KEY", API_KEY), ("JAM_HEARTBEAT_MS", "1000")];
+    Cluster::start(&[("JAM_GATEWAY_DEAD_AFTER_MS", "10000")], &gateway_env).await
 }
 
 fn active(v: &Value) -> Vec<(String, u64)> {

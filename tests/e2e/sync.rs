@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use jam_tests::cluster::Cluster;
 use jam_tests::scenario::{create, join};
 use jam_tests::services::{PrivateRedis, TestDb};
 use jam_tests::{procs, token, Client};
@@ -14,11 +15,8 @@ fn sync_cmd(action: &'static str) -> impl Fn(&Value) -> bool {
 
 #[tokio::test]
 async fn host_changes_reach_everyone_and_drift_is_corrected() {
-    let redis = PrivateRedis::start();
-    let db = TestDb::create().await;
-    let mut worker = procs::worker(&redis.url(), &db.url, &[]).await;
-    let a = procs::gateway(&redis.url(), "gw-a", &[]).await;
-    let b = procs::gateway(&redis.url(), "gw-b", &[]).await;
+    let mut c = Cluster::start(&[], &[]).await;
+    let (a, b) = (&c.a, &c.b);
     let mut alice = Client::connect(&a.ws_url(), &token("alice", "Alice", None)).await;
     let mut bob = Client::connect(&b.ws_url(), &token("bob", "Bob", None)).await;
     let mut carol = Client::connect(&a.ws_url(), &token("carol", "Carol", None)).await;
@@ -142,9 +140,9 @@ async fn host_changes_reach_everyone_and_drift_is_corrected() {
         .await;
 
     // Queue, current track and offsets survive a worker restart.
-    worker.signal("KILL");
-    assert!(worker.wait_exit(Duration::from_secs(5)).await);
-    worker.restart().await;
+    c.worker.signal("KILL");
+    assert!(c.worker.wait_exit(Duration::from_secs(5)).await);
+    c.worker.restart().await;
     let r = http
         .get(b.http(&format!("/api/sessions/{sid}/state")))
         .header(
@@ -257,11 +255,8 @@ async fn host_grace_keeps_a_returning_host_and_ends_for_a_vanished_one() {
 
 #[tokio::test]
 async fn rest_changes_are_announced_like_websocket_ones() {
-    let redis = PrivateRedis::start();
-    let db = TestDb::create().await;
-    let _worker = procs::worker(&redis.url(), &db.url, &[]).await;
-    let a = procs::gateway(&redis.url(), "gw-a", &[]).await;
-    let b = procs::gateway(&redis.url(), "gw-b", &[]).await;
+    let c = Cluster::start(&[], &[]).await;
+    let (a, b) = (&c.a, &c.b);
     let http = reqwest::Client::new();
     let bearer = |u: &str| format!("Bearer {}", token(u, &u.to_uppercase(), None));
 

@@ -2,6 +2,7 @@
 //! test, a fresh PostgreSQL database per test, and a WebSocket client.
 
 pub mod client;
+pub mod cluster;
 pub mod metrics;
 pub mod procs;
 pub mod scenario;

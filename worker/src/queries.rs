@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use jam_shared::bus::Bus;
 use jam_shared::protocol::event::{error, frame};
-use jam_shared::store::Store;
+use jam_shared::store::{Store, StoreError};
 use jam_shared::ErrorCode;
 use serde_json::json;
 
@@ -13,6 +13,7 @@ use crate::engine::effects::reply_to;
 use crate::engine::Query;
 
 pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
+    // One extra row tells whether an older page exists.
     let (cmd, reply) = match q {
         Query::History {
             cmd,
@@ -20,26 +21,15 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             before,
             limit,
         } => {
-            // One extra row tells whether an older page exists.
             let r = store
                 .history(&cmd.tenant, &session_id, before, limit + 1)
                 .await;
-            let f = match r {
-                Ok(mut msgs) => {
-                    let has_more = msgs.len() > limit;
-                    if has_more {
-                        msgs.remove(0);
-                    }
-                    frame(
-                        "message_history",
-                        &json!({"sessionId": session_id, "messages": msgs, "hasMore": has_more}),
-                    )
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "history query failed");
-                    error(ErrorCode::Unavailable, "history unavailable, try again")
-                }
-            };
+            let f = page(r, limit, |msgs, more| {
+                frame(
+                    "message_history",
+                    &json!({"sessionId": session_id, "messages": msgs, "hasMore": more}),
+                )
+            });
             (cmd, f)
         }
         Query::Direct {
@@ -51,27 +41,38 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             let r = store
                 .direct_history(&cmd.tenant, &cmd.user_id, &with, before, limit + 1)
                 .await;
-            let f = match r {
-                Ok(mut msgs) => {
-                    let has_more = msgs.len() > limit;
-                    if has_more {
-                        msgs.remove(0);
-                    }
-                    frame(
-                        "direct_history",
-                        &json!({"with": with, "messages": msgs, "hasMore": has_more}),
-                    )
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "direct history query failed");
-                    error(ErrorCode::Unavailable, "history unavailable, try again")
-                }
-            };
+            let f = page(r, limit, |msgs, more| {
+                frame(
+                    "direct_history",
+                    &json!({"with": with, "messages": msgs, "hasMore": more}),
+                )
+            });
             (cmd, f)
         }
     };
     let (channel, payload) = reply_to(&cmd, &[reply]);
     if let Err(e) = bus.publish(&channel, payload).await {
         tracing::warn!(error = %e, "publishing a query answer failed");
+    }
+}
+
+/// A page of `limit` from a query that asked for `limit + 1` rows (oldest first).
+fn page<T>(
+    rows: Result<Vec<T>, StoreError>,
+    limit: usize,
+    build: impl FnOnce(Vec<T>, bool) -> bytes::Bytes,
+) -> bytes::Bytes {
+    match rows {
+        Ok(mut rows) => {
+            let has_more = rows.len() > limit;
+            if has_more {
+                rows.remove(0);
+            }
+            build(rows, has_more)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "history query failed");
+            error(ErrorCode::Unavailable, "history unavailable, try again")
+        }
     }
 }

@@ -22,6 +22,19 @@ fn one() -> f64 {
     1.0
 }
 
+impl Report {
+    /// A report as the gateway stamped it: receive time and the connection's best RTT.
+    pub fn stamped(cmd: &super::Command, position: f64, is_playing: bool, rate: f64) -> Self {
+        Self {
+            position,
+            is_playing,
+            received_at: cmd.received_at,
+            rtt_ms: cmd.rtt_ms.unwrap_or(0.0),
+            rate,
+        }
+    }
+}
+
 /// What the server remembers about correcting one participant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

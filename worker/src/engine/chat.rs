@@ -4,7 +4,7 @@
 use jam_shared::clock::now_ms;
 use jam_shared::protocol::event::frame;
 use jam_shared::protocol::model::ChatMessage;
-use jam_shared::protocol::{Command, Envelope};
+use jam_shared::protocol::Command;
 use jam_shared::ErrorCode;
 
 use super::{page, Effects, Engine, Query};
@@ -36,12 +36,7 @@ impl Engine {
         }
         fx.messages.push(msg);
         fx.touch(&key);
-        let env = Envelope {
-            ref_conn: Some(cmd.conn.clone()),
-            r#ref: cmd.r#ref.clone(),
-            ..Default::default()
-        };
-        fx.room(&key, env, vec![out]);
+        fx.room_acked(&key, cmd, vec![out]);
     }
 
     pub(super) fn load_history(

@@ -41,18 +41,22 @@ pub enum Query {
     },
 }
 
-/// The envelope and channel for frames to the one connection that sent `cmd`.
-pub fn reply_to(cmd: &Command, frames: &[Bytes]) -> (String, Bytes) {
-    let env = Envelope {
+/// The envelope for frames to the one connection that sent `cmd`, the first carrying its `ref`.
+fn to_sender(cmd: &Command) -> Envelope {
+    Envelope {
         conn: Some(cmd.conn.clone()),
         ref_conn: Some(cmd.conn.clone()),
         r#ref: cmd.r#ref.clone(),
         ts: jam_shared::clock::now_us(),
         ..Default::default()
-    };
+    }
+}
+
+/// The channel and payload for frames to the one connection that sent `cmd`.
+pub fn reply_to(cmd: &Command, frames: &[Bytes]) -> (String, Bytes) {
     (
         keys::user_channel(&cmd.tenant, &cmd.user_id),
-        env.encode(frames),
+        to_sender(cmd).encode(frames),
     )
 }
 
@@ -67,28 +71,12 @@ impl Effects {
 
     /// Frames for one connection of the command's sender, the first carrying its `ref`.
     pub fn reply(&mut self, cmd: &Command, frames: Vec<Bytes>) {
-        let env = Envelope {
-            conn: Some(cmd.conn.clone()),
-            ref_conn: Some(cmd.conn.clone()),
-            r#ref: cmd.r#ref.clone(),
-            ts: jam_shared::clock::now_us(),
-            ..Default::default()
-        };
-        self.publishes.push((
-            keys::user_channel(&cmd.tenant, &cmd.user_id),
-            env.encode(&frames),
-        ));
+        self.publishes.push(reply_to(cmd, &frames));
     }
 
     pub fn error(&mut self, cmd: &Command, code: ErrorCode, message: &str) {
         metrics::counter!("jam_command_errors_total", "code" => code.as_str()).increment(1);
-        let mut env = Envelope {
-            conn: Some(cmd.conn.clone()),
-            ref_conn: Some(cmd.conn.clone()),
-            r#ref: cmd.r#ref.clone(),
-            ts: jam_shared::clock::now_us(),
-            ..Default::default()
-        };
+        let mut env = to_sender(cmd);
         // A failed join leaves the gateway holding a pending membership: release it.
         if let Some(sid) = cmd.action.session_id() {
             env.drop_pending = Some(keys::room_channel(&cmd.tenant, sid));
@@ -97,6 +85,16 @@ impl Effects {
             keys::user_channel(&cmd.tenant, &cmd.user_id),
             env.encode(&[event::error(code, message)]),
         ));
+    }
+
+    /// A room event whose copy for the sender carries the command's `ref`.
+    pub fn room_acked(&mut self, key: &SessionKey, cmd: &Command, frames: Vec<Bytes>) {
+        let env = Envelope {
+            ref_conn: Some(cmd.conn.clone()),
+            r#ref: cmd.r#ref.clone(),
+            ..Default::default()
+        };
+        self.room(key, env, frames);
     }
 
     pub fn room(&mut self, key: &SessionKey, env: Envelope, frames: Vec<Bytes>) {

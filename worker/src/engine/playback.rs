@@ -50,13 +50,7 @@ impl Engine {
         let key = (cmd.tenant.clone(), sid.to_string());
         let threshold = self.cfg.sync.seek_threshold_ms;
         let rec = self.sessions.get_mut(&key).expect("checked");
-        let report = Report {
-            position,
-            is_playing: playing,
-            received_at: cmd.received_at,
-            rtt_ms: cmd.rtt_ms.unwrap_or(0.0),
-            rate: 1.0,
-        };
+        let report = Report::stamped(cmd, position, playing, 1.0);
         let prev = rec.playback.replace(Playback {
             track_uri: uri.to_string(),
             report,
@@ -148,13 +142,7 @@ impl Engine {
         let p = rec.participant_mut(&cmd.user_id).expect("member");
         p.playback = Some(ParticipantPlayback {
             track_uri: uri.to_string(),
-            report: Report {
-                position,
-                is_playing: playing,
-                received_at: cmd.received_at,
-                rtt_ms: cmd.rtt_ms.unwrap_or(0.0),
-                rate: p.correction.rate,
-            },
+            report: Report::stamped(cmd, position, playing, p.correction.rate),
             conn: cmd.conn.clone(),
         });
         fx.touch(&key);

@@ -3,7 +3,7 @@
 
 use jam_shared::protocol::event::frame;
 use jam_shared::protocol::sync::{Playback, Report, Track, TrackInput};
-use jam_shared::protocol::{Command, Envelope};
+use jam_shared::protocol::Command;
 use jam_shared::ErrorCode;
 use serde_json::json;
 
@@ -43,14 +43,9 @@ impl Engine {
         rec.queue.push(t.clone());
         let seq = rec.next_seq();
         fx.touch(&key);
-        let env = Envelope {
-            ref_conn: Some(cmd.conn.clone()),
-            r#ref: cmd.r#ref.clone(),
-            ..Default::default()
-        };
-        fx.room(
+        fx.room_acked(
             &key,
-            env,
+            cmd,
             vec![frame(
                 "track_added",
                 &json!({"sessionId": sid, "track": t, "seq": seq}),
@@ -92,14 +87,9 @@ impl Engine {
         rec.queue.remove(idx);
         let seq = rec.next_seq();
         fx.touch(&key);
-        let env = Envelope {
-            ref_conn: Some(cmd.conn.clone()),
-            r#ref: cmd.r#ref.clone(),
-            ..Default::default()
-        };
-        fx.room(
+        fx.room_acked(
             &key,
-            env,
+            cmd,
             vec![frame(
                 "track_removed",
                 &json!({"sessionId": sid, "trackId": track_id, "seq": seq}),
@@ -144,24 +134,13 @@ impl Engine {
         rec.current_track = Some(t.clone());
         rec.playback = Some(Playback {
             track_uri: uri,
-            report: Report {
-                position: position.unwrap_or(0.0),
-                is_playing: true,
-                received_at: cmd.received_at,
-                rtt_ms: cmd.rtt_ms.unwrap_or(0.0),
-                rate: 1.0,
-            },
+            report: Report::stamped(cmd, position.unwrap_or(0.0), true, 1.0),
         });
         let seq = rec.next_seq();
         fx.touch(&key);
-        let env = Envelope {
-            ref_conn: Some(cmd.conn.clone()),
-            r#ref: cmd.r#ref.clone(),
-            ..Default::default()
-        };
-        fx.room(
+        fx.room_acked(
             &key,
-            env,
+            cmd,
             vec![frame(
                 "track_change",
                 &json!({"sessionId": sid, "track": t, "seq": seq}),
