@@ -60,7 +60,12 @@ impl Engine {
 
     /// Load every active session and its recent messages (start or takeover).
     pub async fn load(&mut self, store: &dyn Store) -> Result<(), StoreError> {
-        for rec in store.load_sessions().await? {
+        for mut rec in store.load_sessions().await? {
+            // Participant reports are not persisted as they arrive; whatever the row holds
+            // is stale. The next report of each participant starts over.
+            for p in rec.participants.iter_mut() {
+                p.playback = None;
+            }
             let key = (rec.tenant.clone(), rec.id.clone());
             let msgs = store
                 .history(&rec.tenant, &rec.id, None, self.cfg.history_limit)

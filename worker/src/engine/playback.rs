@@ -145,7 +145,9 @@ impl Engine {
             report: Report::stamped(cmd, position, playing, p.correction.rate),
             conn: cmd.conn.clone(),
         });
-        fx.touch(&key);
+        // Not persisted: reports arrive every few seconds per participant, and writing the
+        // session row for each would cost O(participants) bytes per report. After a
+        // restart the next report rebuilds what this one held.
         self.check(&key, &cmd.user_id, false, fx);
     }
 
@@ -283,7 +285,6 @@ impl Engine {
             )),
             None => return false,
         }
-        fx.touch(key);
         self.send_to_participant(key, user, frames, fx);
         true
     }
