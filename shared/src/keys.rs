@@ -17,6 +17,10 @@ pub fn user_channel(tenant: &str, user_id: &str) -> String {
 /// Gateways announce themselves here; the worker notices the ones that go quiet.
 pub const GATEWAY_HEARTBEAT_CHANNEL: &str = "jam:gateways";
 
+/// Not a Redis channel: a subscription reports on it that its bus connection was lost and
+/// re-established, so messages may have been missed in between.
+pub const BUS_RESET: &str = "jam:bus-reset";
+
 /// The command stream of one partition.
 pub fn command_stream(partition: u32) -> String {
     format!("jam:cmd:{partition}")

@@ -217,6 +217,8 @@ async fn readiness_follows_redis_without_a_restart() {
     wait_status(&gw.http("/ready"), 200, Duration::from_secs(5)).await;
     wait_status(&worker.http("/ready"), 200, Duration::from_secs(5)).await;
 
+    // A client connected through the outage.
+    let mut early = Client::connect(&gw.ws_url(), &token("early", "Early", None)).await;
     redis.stop();
     wait_status(&gw.http("/ready"), 503, Duration::from_secs(15)).await;
     wait_status(&worker.http("/ready"), 503, Duration::from_secs(15)).await;
@@ -229,6 +231,8 @@ async fn readiness_follows_redis_without_a_restart() {
     redis.restart();
     wait_status(&gw.http("/ready"), 200, Duration::from_secs(30)).await;
     wait_status(&worker.http("/ready"), 200, Duration::from_secs(30)).await;
+    // It may have missed events: it is asked to reconnect, and gets fresh snapshots then.
+    assert_eq!(early.closed(Duration::from_secs(15)).await, Some(1012));
     // And it works again end to end (streams, groups and subscriptions came back).
     let t = Instant::now();
     let mut alice = Client::connect(&gw.ws_url(), &token("alice", "Alice", None)).await;

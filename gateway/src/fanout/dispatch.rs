@@ -13,6 +13,20 @@ use super::table::Table;
 /// Route bus messages until the bus closes.
 pub async fn run(table: Arc<Table>, mut rx: mpsc::Receiver<BusMessage>) {
     while let Some(msg) = rx.recv().await {
+        if &*msg.channel == jam_shared::keys::BUS_RESET {
+            // Events were lost while the bus was away, and the worker may have counted this
+            // gateway's sockets gone: every client reconnects and gets fresh snapshots.
+            let conns = table.connections();
+            tracing::warn!(
+                connections = conns.len(),
+                "bus connection was re-established; asking clients to reconnect"
+            );
+            metrics::counter!("jam_bus_resets_total").increment(1);
+            for c in conns {
+                c.close(crate::ws::connection::CLOSE_SERVICE_RESTART);
+            }
+            continue;
+        }
         deliver(&table, &msg);
     }
     tracing::info!("bus subscription closed; dispatcher stopped");

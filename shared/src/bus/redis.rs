@@ -172,6 +172,21 @@ impl Bus for RedisBus {
         client.manage_subscriptions();
         let mut rx = client.message_rx();
         let (tx, out) = mpsc::channel(capacity);
+        // Pub/sub is at-most-once: after a reconnect the receiver must assume it missed
+        // messages and resynchronise.
+        let mut reconnects = client.reconnect_rx();
+        let reset_tx = tx.clone();
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                let reset = BusMessage {
+                    channel: Arc::from(crate::keys::BUS_RESET),
+                    payload: Bytes::new(),
+                };
+                if reset_tx.send(reset).await.is_err() {
+                    return;
+                }
+            }
+        });
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
