@@ -37,6 +37,43 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Instead of chat: open this many idle authenticated connections to the first URL and
+    /// report the resident memory they cost the first `--pid` (a gateway).
+    #[arg(long)]
+    idle: Option<usize>,
+}
+
+/// Resident set size of a process, in KiB.
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+async fn idle(a: &Args, jwt: &jam_shared::auth::JwtVerifier, n: usize) -> anyhow::Result<()> {
+    let pid = *a.pid.first().context("--idle needs the gateway's --pid")?;
+    let before = rss_kib(pid);
+    let t = Instant::now();
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        conns.push(connect(&a.url[0], jwt, &format!("idle-{i}")).await?);
+    }
+    let opened = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(pid);
+    println!(
+        "{n} idle connections opened in {opened:.1} s; gateway RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per connection",
+        before / 1024.0,
+        after / 1024.0,
+        (after - before) / n as f64
+    );
+    drop(conns);
+    Ok(())
 }
 
 fn now_us() -> i64 {
@@ -96,6 +133,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let jwt = jam_shared::auth::JwtVerifier::new(&a.secret);
+    if let Some(n) = a.idle {
+        return idle(&a, &jwt, n).await;
+    }
     let mut host = connect(&a.url[0], &jwt, "load-host").await?;
     host.send(Message::Text(
         json!({"type":"create_session","name":"load","maxParticipants": 10000,"ref":"c"})

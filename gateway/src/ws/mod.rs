@@ -16,6 +16,7 @@ use crate::state::AppState;
 /// Frames above this size close the connection at the protocol level; frames between
 /// `JAM_MAX_FRAME_BYTES` and this get a BAD_REQUEST and the connection stays.
 const HARD_FRAME_LIMIT: usize = 4 << 20;
+const SOCKET_BUFFER: usize = 4 << 10;
 
 pub async fn handler(
     ws: WebSocketUpgrade,
@@ -32,7 +33,11 @@ pub async fn handler(
     };
     let token = auth::token_from_request(&q, &headers);
     let tracker = st.tracker.clone();
-    ws.max_message_size(HARD_FRAME_LIMIT)
+    // tungstenite's default 128 KiB read buffer per socket would make an idle connection
+    // cost ~140 KiB; buffers grow on demand for the rare large frame.
+    ws.read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
+        .max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
         .on_upgrade(move |socket| tracker.track_future(connection::run(socket, st, token, permit)))
 }
