@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .context("connecting to redis")?,
             );
-            let listener = tokio::net::TcpListener::bind(&cfg.listen_addr).await?;
+            let listener = jam_shared::telemetry::bind(&cfg.listen_addr).await?;
             tracing::info!(addr = %listener.local_addr()?, instance = %cfg.instance_id, "jam-gateway listening");
             let shutdown = CancellationToken::new();
             tokio::spawn(jam_shared::telemetry::on_signal(shutdown.clone()));

@@ -72,3 +72,15 @@ pub async fn on_signal(token: tokio_util::sync::CancellationToken) {
     tracing::info!("shutdown signal received");
     token.cancel();
 }
+
+/// Bind `addr`; when `JAM_ADDR_FILE` is set, write the bound address there, so a
+/// supervisor (the tests) can use port 0 without racing for a free port.
+pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    if let Ok(path) = std::env::var("JAM_ADDR_FILE") {
+        let tmp = format!("{path}.tmp");
+        std::fs::write(&tmp, listener.local_addr()?.to_string())?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(listener)
+}

@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.cmd.unwrap_or(Cmd::Serve) {
         Cmd::Gentoken(args) => println!("{}", jam_gateway::cli::gentoken(&cfg, &args)),
         Cmd::Serve => {
-            let listener = tokio::net::TcpListener::bind(&cfg.listen_addr).await?;
+            let listener = jam_shared::telemetry::bind(&cfg.listen_addr).await?;
             tracing::info!(addr = %listener.local_addr()?, "jam standalone listening (ws://{}/ws)", listener.local_addr()?);
             let shutdown = CancellationToken::new();
             tokio::spawn(jam_shared::telemetry::on_signal(shutdown.clone()));

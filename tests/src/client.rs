@@ -30,8 +30,9 @@ impl Client {
     }
 
     pub async fn raw(url: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
             .await
+            .expect("websocket handshake within the wait")
             .expect("websocket connects");
         Self {
             ws,

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::services::free_port;
-
 /// target/<profile>/ next to this test executable.
 fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -26,19 +24,23 @@ pub struct Proc {
     /// host:port of its HTTP listener.
     pub addr: String,
     env: HashMap<String, String>,
+    addr_file: PathBuf,
 }
 
 impl Proc {
     fn spawn(name: &str, addr_var: &str, env: HashMap<String, String>) -> Self {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        // The process binds port 0 and writes the address it got: no free-port race.
         let mut env = env;
-        env.insert(addr_var.to_string(), addr.clone());
+        env.insert(addr_var.to_string(), "127.0.0.1:0".to_string());
+        let addr_file =
+            std::env::temp_dir().join(format!("jam-addr-{}", jam_shared::ids::unique()));
+        env.insert("JAM_ADDR_FILE".to_string(), addr_file.display().to_string());
         let mut p = Self {
             child: None,
             name: name.to_string(),
-            addr,
+            addr: String::new(),
             env,
+            addr_file,
         };
         p.start();
         p
@@ -59,17 +61,45 @@ impl Proc {
         self.child = Some(child);
     }
 
-    /// Wait until `/health` answers.
-    pub async fn ready(self) -> Self {
+    /// Wait until the process has bound its port and `/health` answers.
+    pub async fn ready(mut self) -> Self {
+        self.wait_bound().await;
         self.wait_path("/health").await;
         self
+    }
+
+    async fn wait_bound(&mut self) {
+        let t = Instant::now();
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&self.addr_file) {
+                if !a.is_empty() {
+                    self.addr = a;
+                    return;
+                }
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("{} exited during start-up: {status}", self.name);
+                }
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{} did not bind its port",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn wait_path(&self, path: &str) {
         let t = Instant::now();
         let url = format!("http://{}{path}", self.addr);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
         loop {
-            if let Ok(r) = reqwest::get(&url).await {
+            if let Ok(r) = http.get(&url).send().await {
                 if r.status().is_success() {
                     return;
                 }
@@ -127,7 +157,9 @@ impl Proc {
     /// Start the same binary again with the same environment and port.
     pub async fn restart(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(&self.addr_file);
         self.start();
+        self.wait_bound().await;
         self.wait_path("/health").await;
     }
 }
@@ -135,6 +167,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(&self.addr_file);
     }
 }
 

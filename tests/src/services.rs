@@ -20,14 +20,27 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        let port = free_port();
-        let child = Self::spawn(port);
-        let r = Self {
-            child: Some(child),
-            port,
-        };
-        r.wait_ready();
-        r
+        // A port picked free may be taken before redis binds it: then try another.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Self::spawn(port);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self {
+                        child: Some(child),
+                        port,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start");
     }
 
     fn spawn(port: u16) -> Child {

@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("connecting to postgres")?,
     );
-    let listener = tokio::net::TcpListener::bind(&cfg.worker_listen_addr).await?;
+    let listener = jam_shared::telemetry::bind(&cfg.worker_listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, instance = %cfg.instance_id, "jam-worker listening");
     let shutdown = CancellationToken::new();
     tokio::spawn(jam_shared::telemetry::on_signal(shutdown.clone()));
