@@ -115,6 +115,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "1000",
         "drift above which a participant is seeked",
     ),
+    (
+        "JAM_ADDR_FILE",
+        "",
+        "write the bound listen address to this file (for supervisors using port 0)",
+    ),
     ("JAM_LOG_FORMAT", "plain", "plain or json"),
     ("JAM_LOG", "info", "tracing filter (RUST_LOG syntax)"),
 ];
