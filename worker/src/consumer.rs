@@ -13,8 +13,7 @@ use jam_shared::store::Store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::timers_api::GatewayLiveness;
-use crate::engine::{Effects, Engine, EngineConfig};
+use crate::engine::{Effects, Engine, EngineConfig, GatewayLiveness};
 use crate::WorkerError;
 
 const BATCH: usize = 256;

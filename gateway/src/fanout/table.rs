@@ -197,15 +197,6 @@ impl Table {
         });
     }
 
-    pub fn connection(&self, conn: &str) -> Option<ConnHandle> {
-        self.state
-            .lock()
-            .unwrap()
-            .conns
-            .get(conn)
-            .map(|e| e.handle.clone())
-    }
-
     pub fn connections(&self) -> Vec<ConnHandle> {
         self.state
             .lock()
@@ -214,24 +205,5 @@ impl Table {
             .values()
             .map(|e| e.handle.clone())
             .collect()
-    }
-
-    /// Room channels this connection is in or joining (not its user channel).
-    pub fn rooms_of(&self, conn: &str) -> Vec<String> {
-        let s = self.state.lock().unwrap();
-        s.conns
-            .get(conn)
-            .map(|e| {
-                e.channels
-                    .iter()
-                    .filter(|c| c.contains(":room:"))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    pub fn channel_count(&self) -> usize {
-        self.state.lock().unwrap().channels.len()
     }
 }

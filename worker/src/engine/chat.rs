@@ -4,7 +4,7 @@
 use jam_shared::clock::now_ms;
 use jam_shared::protocol::event::frame;
 use jam_shared::protocol::model::ChatMessage;
-use jam_shared::protocol::Command;
+use jam_shared::protocol::{Command, Envelope};
 use jam_shared::ErrorCode;
 
 use super::{page, Effects, Engine, Query};
@@ -36,7 +36,7 @@ impl Engine {
         }
         fx.messages.push(msg);
         fx.touch(&key);
-        fx.room_acked(&key, cmd, vec![out]);
+        fx.room_acked(&key, cmd, Envelope::default(), vec![out]);
     }
 
     pub(super) fn load_history(

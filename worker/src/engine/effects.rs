@@ -87,12 +87,22 @@ impl Effects {
         ));
     }
 
-    /// A room event whose copy for the sender carries the command's `ref`.
-    pub fn room_acked(&mut self, key: &SessionKey, cmd: &Command, frames: Vec<Bytes>) {
+    /// A room event whose copy for the sender carries the command's `ref`. A REST caller
+    /// is no member of the room, so it gets its copy on its own channel.
+    pub fn room_acked(
+        &mut self,
+        key: &SessionKey,
+        cmd: &Command,
+        env: Envelope,
+        frames: Vec<Bytes>,
+    ) {
+        if cmd.ephemeral {
+            self.reply(cmd, frames.iter().take(1).cloned().collect());
+        }
         let env = Envelope {
             ref_conn: Some(cmd.conn.clone()),
             r#ref: cmd.r#ref.clone(),
-            ..Default::default()
+            ..env
         };
         self.room(key, env, frames);
     }

@@ -12,9 +12,6 @@ mod sessions;
 #[cfg(test)]
 mod tests;
 mod timers;
-pub mod timers_api {
-    pub use super::timers::GatewayLiveness;
-}
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -24,6 +21,7 @@ use jam_shared::protocol::{Action, Command};
 use jam_shared::store::{Batch, Store, StoreError};
 
 pub use effects::{Effects, Query, SessionKey};
+pub use timers::GatewayLiveness;
 
 /// Knobs the engine needs from the configuration.
 #[derive(Debug, Clone)]

@@ -41,15 +41,13 @@ impl Engine {
         playing: bool,
         fx: &mut Effects,
     ) {
-        let Some(rec) = self.member_session(cmd, sid, fx) else {
+        let threshold = self.cfg.sync.seek_threshold_ms;
+        let Some((key, rec)) = self.member_session_mut(cmd, sid, fx) else {
             return;
         };
         if rec.host_id != cmd.user_id {
             return fx.error(cmd, ErrorCode::Forbidden, "Only the host controls playback");
         }
-        let key = (cmd.tenant.clone(), sid.to_string());
-        let threshold = self.cfg.sync.seek_threshold_ms;
-        let rec = self.sessions.get_mut(&key).expect("checked");
         let report = Report::stamped(cmd, position, playing, 1.0);
         let prev = rec.playback.replace(Playback {
             track_uri: uri.to_string(),
@@ -130,15 +128,13 @@ impl Engine {
         playing: bool,
         fx: &mut Effects,
     ) {
-        let Some(rec) = self.member_session(cmd, sid, fx) else {
+        let Some((key, rec)) = self.member_session_mut(cmd, sid, fx) else {
             return;
         };
         if rec.host_id == cmd.user_id {
             // The host's position is playback_state; its own report has nothing to sync to.
             return;
         }
-        let key = (cmd.tenant.clone(), sid.to_string());
-        let rec = self.sessions.get_mut(&key).expect("checked");
         let p = rec.participant_mut(&cmd.user_id).expect("member");
         p.playback = Some(ParticipantPlayback {
             track_uri: uri.to_string(),
@@ -172,11 +168,9 @@ impl Engine {
         offset_ms: f64,
         fx: &mut Effects,
     ) {
-        if self.member_session(cmd, sid, fx).is_none() {
+        let Some((key, rec)) = self.member_session_mut(cmd, sid, fx) else {
             return;
-        }
-        let key = (cmd.tenant.clone(), sid.to_string());
-        let rec = self.sessions.get_mut(&key).expect("checked");
+        };
         let p = rec.participant_mut(&cmd.user_id).expect("member");
         p.offset_ms = offset_ms;
         // The next check starts from the new target: no cool-down inherited.

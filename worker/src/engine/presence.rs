@@ -88,6 +88,19 @@ impl Engine {
         typing_frame(key, user_id, &name, false, fx);
     }
 
+    /// [`member_session`](Self::member_session), for changing it.
+    pub(super) fn member_session_mut(
+        &mut self,
+        cmd: &Command,
+        sid: &str,
+        fx: &mut Effects,
+    ) -> Option<(SessionKey, &mut SessionRecord)> {
+        self.member_session(cmd, sid, fx)?;
+        let key = (cmd.tenant.clone(), sid.to_string());
+        let rec = self.sessions.get_mut(&key)?;
+        Some((key, rec))
+    }
+
     /// The session if it exists and the sender is a member; else the error is sent.
     pub(super) fn member_session(
         &self,

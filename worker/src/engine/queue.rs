@@ -3,7 +3,7 @@
 
 use jam_shared::protocol::event::frame;
 use jam_shared::protocol::sync::{Playback, Report, Track, TrackInput};
-use jam_shared::protocol::Command;
+use jam_shared::protocol::{Command, Envelope};
 use jam_shared::ErrorCode;
 use serde_json::json;
 
@@ -31,11 +31,9 @@ impl Engine {
         track: &TrackInput,
         fx: &mut Effects,
     ) {
-        if self.member_session(cmd, sid, fx).is_none() {
+        let Some((key, rec)) = self.member_session_mut(cmd, sid, fx) else {
             return;
-        }
-        let key = (cmd.tenant.clone(), sid.to_string());
-        let rec = self.sessions.get_mut(&key).expect("checked");
+        };
         if rec.queue.len() >= MAX_QUEUE {
             return fx.error(cmd, ErrorCode::BadRequest, "the queue is full");
         }
@@ -46,20 +44,12 @@ impl Engine {
         fx.room_acked(
             &key,
             cmd,
+            Envelope::default(),
             vec![frame(
                 "track_added",
                 &json!({"sessionId": sid, "track": t, "seq": seq}),
             )],
         );
-        if cmd.ephemeral {
-            fx.reply(
-                cmd,
-                vec![frame(
-                    "track_added",
-                    &json!({"sessionId": sid, "track": t, "seq": seq}),
-                )],
-            );
-        }
     }
 
     pub(super) fn remove_track(
@@ -69,11 +59,9 @@ impl Engine {
         track_id: &str,
         fx: &mut Effects,
     ) {
-        if self.member_session(cmd, sid, fx).is_none() {
+        let Some((key, rec)) = self.member_session_mut(cmd, sid, fx) else {
             return;
-        }
-        let key = (cmd.tenant.clone(), sid.to_string());
-        let rec = self.sessions.get_mut(&key).expect("checked");
+        };
         let Some(idx) = rec.queue.iter().position(|t| t.id == track_id) else {
             return fx.error(cmd, ErrorCode::BadRequest, "no such track in the queue");
         };
@@ -90,6 +78,7 @@ impl Engine {
         fx.room_acked(
             &key,
             cmd,
+            Envelope::default(),
             vec![frame(
                 "track_removed",
                 &json!({"sessionId": sid, "trackId": track_id, "seq": seq}),
@@ -106,14 +95,12 @@ impl Engine {
         position: Option<f64>,
         fx: &mut Effects,
     ) {
-        let Some(rec) = self.member_session(cmd, sid, fx) else {
+        let Some((key, rec)) = self.member_session_mut(cmd, sid, fx) else {
             return;
         };
         if rec.host_id != cmd.user_id {
             return fx.error(cmd, ErrorCode::Forbidden, "Only the host changes the track");
         }
-        let key = (cmd.tenant.clone(), sid.to_string());
-        let rec = self.sessions.get_mut(&key).expect("checked");
         let uri = uri
             .map(str::to_string)
             .or_else(|| track.map(|t| t.uri.clone()))
@@ -141,6 +128,7 @@ impl Engine {
         fx.room_acked(
             &key,
             cmd,
+            Envelope::default(),
             vec![frame(
                 "track_change",
                 &json!({"sessionId": sid, "track": t, "seq": seq}),

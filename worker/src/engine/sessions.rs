@@ -113,14 +113,13 @@ impl Engine {
         if already {
             let p = rec.participant_mut(&cmd.user_id).expect("member");
             let was_offline = !p.is_online();
+            // A REST join changes nothing about the member's sockets.
             if !cmd.ephemeral {
                 p.can_rate = can_rate;
-            }
-            if !cmd.ephemeral && !p.connections.iter().any(|c| c.conn == cmd.conn) {
-                p.connections.push(conn_ref(cmd));
-            }
-            if !cmd.ephemeral {
                 p.offline_since = None;
+                if !p.connections.iter().any(|c| c.conn == cmd.conn) {
+                    p.connections.push(conn_ref(cmd));
+                }
             }
             if was_offline && p.is_online() {
                 let count = online_count(rec);
@@ -231,13 +230,11 @@ impl Engine {
         );
         let env = Envelope {
             close_room: true,
-            ref_conn: by.map(|c| c.conn.clone()),
-            r#ref: by.and_then(|c| c.r#ref.clone()),
             ..Default::default()
         };
-        fx.room(key, env, vec![ended.clone()]);
-        if let Some(cmd) = by.filter(|c| c.ephemeral) {
-            fx.reply(cmd, vec![ended]);
+        match by {
+            Some(cmd) => fx.room_acked(key, cmd, env, vec![ended]),
+            None => fx.room(key, env, vec![ended]),
         }
         self.remove_session(key, fx);
         metrics::counter!("jam_sessions_ended_total", "reason" => reason.to_string()).increment(1);
