@@ -76,7 +76,9 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
             }
         }
         if let Some(ch) = st.channels.get(channel) {
-            let send = |conn: &str| {
+            // Counted per frame, not per delivery: metric lookups stay off the per-socket loop.
+            let mut sent = vec![0u64; frames.len()];
+            let mut send = |conn: &str| {
                 let Some(entry) = st.conns.get(conn) else {
                     return;
                 };
@@ -89,10 +91,10 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
                         }
                         _ => f.clone(),
                     };
-                    count_out(&bytes);
                     if !h.push(bytes) {
                         break;
                     }
+                    sent[i] += 1;
                 }
             };
             match env.conn.as_deref() {
@@ -108,6 +110,9 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
                         }
                     }
                 }
+            }
+            for (f, n) in frames.iter().zip(sent) {
+                count_out(f, n);
             }
         }
         // Leaves apply after delivery: the leaver sees its own user_left / session_ended.
@@ -149,9 +154,13 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
     table.release(empty);
 }
 
-fn count_out(frame: &Utf8Bytes) {
-    metrics::counter!("jam_frames_out_total", "type" => frame_type(frame.as_bytes())).increment(1);
-    metrics::counter!("jam_bytes_out_total").increment(frame.len() as u64);
+fn count_out(frame: &Utf8Bytes, deliveries: u64) {
+    if deliveries == 0 {
+        return;
+    }
+    metrics::counter!("jam_frames_out_total", "type" => frame_type(frame.as_bytes()))
+        .increment(deliveries);
+    metrics::counter!("jam_bytes_out_total").increment(frame.len() as u64 * deliveries);
 }
 
 /// The event type of a frame the worker serialized, without parsing it: producers write
