@@ -65,8 +65,9 @@ async fn acknowledged_messages_survive_a_worker_sigkill() {
     c.worker.signal("KILL");
     assert!(c.worker.wait_exit(Duration::from_secs(5)).await);
     // A message sent while no worker runs waits on the stream and is applied after restart.
+    let queued = c.redis.queued_commands();
     alice.send(json!({"type": "send_message", "sessionId": sid, "message": "while down", "ref": "down"})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.redis.wait_queued(queued + 1).await;
     c.worker.restart().await;
     let m = alice
         .recv_where("ack of the queued message", |v| v["ref"] == "down")
@@ -89,13 +90,7 @@ async fn acknowledged_messages_survive_a_worker_sigkill() {
         .collect();
     assert_eq!(names, ["alice", "bob", "carol"]);
     let hist = carol.recv_type("message_history").await;
-    let texts: Vec<&str> = hist["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["message"].as_str().unwrap())
-        .collect();
-    assert_eq!(texts, acked.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(scenario::history_texts(&hist), acked);
     let seqs: Vec<i64> = hist["messages"]
         .as_array()
         .unwrap()

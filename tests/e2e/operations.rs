@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use jam_tests::metrics::{scrape, sum};
-use jam_tests::scenario::{create, join, say};
+use jam_tests::scenario::{create, history_texts, join, say};
 use jam_tests::services::{PrivateRedis, TestDb};
 use jam_tests::{procs, token, Client};
 use serde_json::json;
@@ -129,12 +129,19 @@ async fn sigterm_drains_a_gateway_without_losing_acknowledged_messages() {
 
     // Watch /ready while the gateway drains.
     let ready_url = a.http("/ready");
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let watcher = tokio::spawn(async move {
         let mut seen = Vec::new();
+        let mut first = Some(first_tx);
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(10) {
             match reqwest::get(&ready_url).await {
-                Ok(r) => seen.push(Some(r.status().as_u16())),
+                Ok(r) => {
+                    seen.push(Some(r.status().as_u16()));
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(());
+                    }
+                }
                 Err(_) => {
                     seen.push(None);
                     break;
@@ -144,7 +151,11 @@ async fn sigterm_drains_a_gateway_without_losing_acknowledged_messages() {
         }
         seen
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // SIGTERM once the watcher has seen the gateway ready.
+    tokio::time::timeout(Duration::from_secs(5), first_rx)
+        .await
+        .unwrap()
+        .unwrap();
     a.signal("TERM");
     assert_eq!(
         alice.closed(Duration::from_secs(5)).await,
@@ -172,13 +183,7 @@ async fn sigterm_drains_a_gateway_without_losing_acknowledged_messages() {
     let back = join(&mut alice, &sid, None).await;
     assert_eq!(back["type"], "session_update", "{back}");
     let hist = alice.recv_type("message_history").await;
-    let texts: Vec<&str> = hist["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["message"].as_str().unwrap())
-        .collect();
-    assert_eq!(texts, acked.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(history_texts(&hist), acked);
     say(&mut alice, &sid, "after drain").await;
     let m = bob
         .recv_where("post-drain message", |v| {

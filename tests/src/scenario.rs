@@ -277,3 +277,13 @@ async fn alive(c: &mut Client) {
     let r = c.request(json!({"type": "ping"})).await;
     assert_eq!(r["type"], "pong", "{r}");
 }
+
+/// The texts of a `message_history` frame, oldest first.
+pub fn history_texts(hist: &Value) -> Vec<String> {
+    hist["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap().to_string())
+        .collect()
+}

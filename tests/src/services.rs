@@ -61,6 +61,35 @@ impl PrivateRedis {
             .expect("redis-server must be installed (the test command installs it)")
     }
 
+    /// Entries waiting on jam's command streams (acknowledged ones are deleted).
+    pub fn queued_commands(&self) -> usize {
+        let cli = |args: &[&str]| {
+            let out = Command::new("redis-cli")
+                .arg("-p")
+                .arg(self.port.to_string())
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        cli(&["--scan", "--pattern", "jam:cmd:*"])
+            .lines()
+            .map(|stream| cli(&["XLEN", stream]).trim().parse::<usize>().unwrap_or(0))
+            .sum()
+    }
+
+    /// Wait until at least `n` commands are queued.
+    pub async fn wait_queued(&self, n: usize) {
+        let t = Instant::now();
+        while self.queued_commands() < n {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no command reached the stream"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
