@@ -194,6 +194,25 @@ async fn store_contract(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(seen.contains("c1") && !seen.contains("c3"));
+    // Pruning forgets only what is older than the bound.
+    store
+        .prune_commands(jam_shared::clock::now_ms() - 60_000)
+        .await
+        .unwrap();
+    assert!(store
+        .seen_commands(&["c1".into()])
+        .await
+        .unwrap()
+        .contains("c1"));
+    store
+        .prune_commands(jam_shared::clock::now_ms() + 60_000)
+        .await
+        .unwrap();
+    assert!(store
+        .seen_commands(&["c1".into(), "c2".into()])
+        .await
+        .unwrap()
+        .is_empty());
 
     assert_eq!(
         store

@@ -23,6 +23,9 @@ const CLAIM_EVERY: Duration = Duration::from_secs(5);
 /// A command read but not acknowledged this long belongs to a dead consumer.
 const CLAIM_IDLE_MS: u64 = 15_000;
 const COMMIT_ATTEMPTS: u32 = 6;
+/// Applied command ids are kept this long: redelivery happens within minutes.
+const KEEP_COMMAND_IDS_MS: i64 = 24 * 3600 * 1000;
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub struct Consumer {
     bus: Arc<dyn Bus>,
@@ -56,6 +59,7 @@ impl Consumer {
         tracing::info!(partitions = self.streams.len(), consumer = %self.consumer, "worker consuming");
         let mut last_tick = Instant::now();
         let mut last_claim = Instant::now() - CLAIM_EVERY;
+        let mut last_prune = Instant::now();
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             self.drain_heartbeats(&mut heartbeats);
@@ -69,6 +73,13 @@ impl Consumer {
                     &mut fx,
                 );
                 self.finish(fx, &[]).await?;
+            }
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = Instant::now();
+                let before = jam_shared::clock::now_ms() - KEEP_COMMAND_IDS_MS;
+                if let Err(e) = self.store.prune_commands(before).await {
+                    tracing::warn!(error = %e, "pruning applied command ids failed");
+                }
             }
             if last_claim.elapsed() >= CLAIM_EVERY {
                 last_claim = Instant::now();
@@ -157,7 +168,7 @@ impl Consumer {
         };
         let mut fx = Effects::default();
         for cmd in &cmds {
-            if seen.contains(&cmd.id) || self.engine.already_applied(&cmd.id) {
+            if seen.contains(&cmd.id) {
                 metrics::counter!("jam_commands_deduplicated_total").increment(1);
                 continue;
             }

@@ -14,7 +14,8 @@ type Key = (String, String);
 struct State {
     sessions: HashMap<Key, SessionRecord>,
     messages: HashMap<Key, BTreeMap<i64, ChatMessage>>,
-    commands: HashSet<String>,
+    /// Applied command id → when (ms).
+    commands: HashMap<String, i64>,
     direct: Vec<DirectMessage>,
 }
 
@@ -70,7 +71,9 @@ impl Store for MemoryStore {
             s.messages.remove(key);
         }
         s.direct.extend(batch.direct.iter().cloned());
-        s.commands.extend(batch.command_ids.iter().cloned());
+        let now = crate::clock::now_ms();
+        s.commands
+            .extend(batch.command_ids.iter().map(|id| (id.clone(), now)));
         Ok(())
     }
 
@@ -78,7 +81,7 @@ impl Store for MemoryStore {
         let s = self.state.lock().unwrap();
         Ok(ids
             .iter()
-            .filter(|i| s.commands.contains(*i))
+            .filter(|i| s.commands.contains_key(*i))
             .cloned()
             .collect())
     }
@@ -131,6 +134,15 @@ impl Store for MemoryStore {
             .collect();
         out.reverse();
         Ok(out)
+    }
+
+    async fn prune_commands(&self, before: i64) -> Result<(), StoreError> {
+        self.state
+            .lock()
+            .unwrap()
+            .commands
+            .retain(|_, at| *at >= before);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

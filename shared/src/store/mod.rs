@@ -72,5 +72,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DirectMessage>, StoreError>;
 
+    /// Forget applied command ids recorded before `before` (ms).
+    async fn prune_commands(&self, before: i64) -> Result<(), StoreError>;
+
     async fn ping(&self) -> Result<(), StoreError>;
 }

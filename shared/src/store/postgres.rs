@@ -311,6 +311,17 @@ impl Store for PgStore {
         Ok(out)
     }
 
+    async fn prune_commands(&self, before: i64) -> Result<(), StoreError> {
+        let c = self.conn().await?;
+        c.execute(
+            "DELETE FROM jam_commands WHERE applied_at < to_timestamp($1::float8 / 1000.0)",
+            &[&(before as f64)],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let c = self.conn().await?;
         c.simple_query("SELECT 1").await.map_err(db)?;

@@ -39,8 +39,6 @@ pub struct Engine {
     sessions: HashMap<SessionKey, SessionRecord>,
     /// The last `history_limit` messages per session: a joiner's history without a query.
     recent: HashMap<SessionKey, VecDeque<ChatMessage>>,
-    /// Command ids applied since start (the store has the rest).
-    applied: HashSet<String>,
     /// Who is typing where, until when (ms). Ephemeral: never stored.
     typing: HashMap<(SessionKey, String), i64>,
 }
@@ -51,7 +49,6 @@ impl Engine {
             cfg,
             sessions: HashMap::new(),
             recent: HashMap::new(),
-            applied: HashSet::new(),
             typing: HashMap::new(),
         }
     }
@@ -78,10 +75,6 @@ impl Engine {
 
     pub fn session(&self, tenant: &str, id: &str) -> Option<&SessionRecord> {
         self.sessions.get(&(tenant.to_string(), id.to_string()))
-    }
-
-    pub fn already_applied(&self, id: &str) -> bool {
-        self.applied.contains(id)
     }
 
     /// Apply one command. Never fails: bad commands become error replies.
@@ -172,7 +165,6 @@ impl Engine {
                 self.drop_connection(&key, &cmd.user_id, &cmd.conn, fx);
             }
         }
-        self.applied.insert(cmd.id.clone());
         fx.command_ids.push(cmd.id.clone());
     }
 
