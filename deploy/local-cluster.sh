@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The docker-compose topology as plain processes on loopback, no Docker needed:
 # a private redis-server, PostgreSQL (JAM_DATABASE_URL, or a `jam_local` database on the
-# local server), one worker, three gateways, and nginx in front when it is installed.
+# local server), two workers, three gateways, and nginx in front when it is installed.
 #
 #   deploy/local-cluster.sh start    # builds, starts, prints the addresses
 #   deploy/local-cluster.sh status
 #   deploy/local-cluster.sh stop     # SIGTERM everything (gateways drain), then waits
 #
-# JAM_LOCAL_BASE_PORT (default 8080): nginx on it, gateways on +1..+3, worker on +10,
+# JAM_LOCAL_BASE_PORT (default 8080): nginx on it, gateways on +1..+3, workers on +10 and +11,
 # redis on +20. Logs and pids live in target/local-cluster/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,8 +46,10 @@ start() {
     export JAM_DATABASE_URL="${admin%/*}/jam_local"
   fi
   for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  JAM_INSTANCE_ID=worker-1 JAM_WORKER_LISTEN_ADDR="127.0.0.1:$((BASE + 10))" start_bg worker "$BIN/jam-worker"
-  wait_http "http://127.0.0.1:$((BASE + 10))/ready" 30
+  for i in 1 2; do
+    JAM_INSTANCE_ID="worker-$i" JAM_WORKER_LISTEN_ADDR="127.0.0.1:$((BASE + 9 + i))" start_bg "worker-$i" "$BIN/jam-worker"
+  done
+  for i in 1 2; do wait_http "http://127.0.0.1:$((BASE + 9 + i))/ready" 30; done
   for i in 1 2 3; do
     JAM_INSTANCE_ID="gateway-$i" JAM_LISTEN_ADDR="127.0.0.1:$((BASE + i))" start_bg "gateway-$i" "$BIN/jam-gateway"
   done
@@ -92,7 +94,7 @@ NGINX
 jam local cluster is up
   front:     $front
   gateways:  ws://127.0.0.1:$((BASE + 1))/ws  ws://127.0.0.1:$((BASE + 2))/ws  ws://127.0.0.1:$((BASE + 3))/ws
-  worker:    http://127.0.0.1:$((BASE + 10))/metrics
+  workers:   http://127.0.0.1:$((BASE + 10))/metrics http://127.0.0.1:$((BASE + 11))/metrics
   token:     JAM_JWT_SECRET=$JAM_JWT_SECRET $BIN/jam-gateway gentoken --sub alice --name Alice
   stop with: deploy/local-cluster.sh stop
 INFO
@@ -100,7 +102,7 @@ INFO
 
 stop() {
   [ -d "$RUN" ] || { echo "not running"; return 0; }
-  for name in nginx gateway-1 gateway-2 gateway-3 worker redis; do
+  for name in nginx gateway-1 gateway-2 gateway-3 worker-1 worker-2 redis; do
     local pidfile="$RUN/$name.pid"
     [ -f "$pidfile" ] || continue
     local pid; pid=$(cat "$pidfile")
@@ -114,7 +116,7 @@ stop() {
 }
 
 status() {
-  for name in redis worker gateway-1 gateway-2 gateway-3 nginx; do
+  for name in redis worker-1 worker-2 gateway-1 gateway-2 gateway-3 nginx; do
     local pidfile="$RUN/$name.pid"
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then echo "$name: running"; else echo "$name: stopped"; fi
   done

@@ -44,7 +44,7 @@ def compose():
         for dep in (svc.get("depends_on") or []):
             if dep not in services:
                 err(f"docker-compose.yml: {name} depends on unknown {dep}")
-    for want in ["redis", "postgres", "worker", "gateway-1", "gateway-2", "gateway-3", "nginx", "prometheus", "grafana"]:
+    for want in ["redis", "postgres", "worker-1", "worker-2", "gateway-1", "gateway-2", "gateway-3", "nginx", "prometheus", "grafana"]:
         if want not in services:
             err(f"docker-compose.yml: no {want} service")
     return services

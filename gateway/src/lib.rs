@@ -10,6 +10,7 @@ pub mod ws;
 use std::sync::Arc;
 
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use jam_shared::auth::JwtVerifier;
 use jam_shared::bus::{Bus, BusError};
@@ -74,7 +75,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let (sub, rx) = bus.subscription(65_536).await?;
-    let table = fanout::Table::new(sub);
+    let table = fanout::Table::new(sub, cfg.node_id()).await?;
     let dispatcher = tokio::spawn(fanout::dispatch::run(table.clone(), rx));
     let st = AppState {
         cfg: Arc::new(cfg),
@@ -90,6 +91,12 @@ pub async fn run(
 
     let server_stop = CancellationToken::new();
     let stop = server_stop.clone();
+    // Small frames go out at once: no Nagle delay waiting for the peer's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY failed");
+        }
+    });
     let server = tokio::spawn(
         axum::serve(listener, app(st.clone()))
             .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -23,8 +23,11 @@ enum Cmd {
     Gentoken(jam_gateway::cli::GentokenArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    jam_shared::telemetry::run_main(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = Config::from_env()?;
     jam_shared::telemetry::init(cfg.log_json, &cfg.log_filter);

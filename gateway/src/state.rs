@@ -27,8 +27,10 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// This gateway's node id for this boot (`<instance>#<boot>`): commands carry it so
+    /// replies reach this gateway's inbox, and a restart is a new node to the workers.
     pub fn gateway_id(&self) -> &str {
-        &self.cfg.instance_id
+        self.table.node()
     }
 
     /// Put a socket's command on its partition's stream.

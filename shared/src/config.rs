@@ -111,6 +111,16 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ),
     ("JAM_SYNC_INTERVAL_SECS", "120", "periodic sync check"),
     (
+        "JAM_LEASE_TTL_MS",
+        "5000",
+        "worker partition lease lifetime; a dead worker's partitions move after at most this",
+    ),
+    (
+        "JAM_CHAT_RETENTION_DAYS",
+        "30",
+        "chat and direct messages older than this are purged (0 = keep forever)",
+    ),
+    (
         "JAM_SEEK_THRESHOLD_MS",
         "1000",
         "drift above which a participant is seeked",
@@ -157,6 +167,11 @@ pub struct Config {
     pub host_grace: Duration,
     pub sync_interval: Duration,
     pub seek_threshold_ms: f64,
+    pub lease_ttl: Duration,
+    /// `None`: keep messages forever.
+    pub chat_retention: Option<Duration>,
+    /// Random per process start: a restarted process under the same name is a new node.
+    pub boot_id: String,
     pub log_json: bool,
     pub log_filter: String,
 }
@@ -269,9 +284,20 @@ impl Config {
             host_grace: secs("JAM_HOST_GRACE_SECS")?,
             sync_interval: secs("JAM_SYNC_INTERVAL_SECS")?,
             seek_threshold_ms: s.num("JAM_SEEK_THRESHOLD_MS")?,
+            lease_ttl: ms("JAM_LEASE_TTL_MS")?.max(Duration::from_millis(500)),
+            chat_retention: Some(s.num::<f64>("JAM_CHAT_RETENTION_DAYS")?)
+                .filter(|d| *d > 0.0 && d.is_finite())
+                .map(|d| Duration::from_secs_f64(d * 86_400.0)),
+            boot_id: crate::ids::unique()[..8].to_string(),
             log_json: log_format == "json",
             log_filter: s.string("JAM_LOG"),
         })
+    }
+
+    /// This process's name on the bus for this boot: `<instance>#<boot>`. Connections and
+    /// leases carry it, so a process restarted under the same name is told apart at once.
+    pub fn node_id(&self) -> String {
+        format!("{}#{}", self.instance_id, self.boot_id)
     }
 
     /// The JWT secret, or the development one in standalone mode (with a loud warning).

@@ -14,6 +14,24 @@ pub fn user_channel(tenant: &str, user_id: &str) -> String {
     format!("jam:{{{tenant}}}:user:{user_id}")
 }
 
+/// The inbox of one gateway node: replies and frames for one of its connections.
+pub fn gateway_inbox(node: &str) -> String {
+    format!("jam:gw:{node}")
+}
+
+/// The lease a worker holds to own a partition.
+pub fn partition_lease(partition: u32) -> String {
+    format!("jam:lease:{partition}")
+}
+
+/// The registry of live workers (a sorted set of expiry times).
+pub const WORKER_REGISTRY: &str = "jam:workers";
+
+/// The instance name of a node id (`<instance>#<boot>`).
+pub fn node_instance(node: &str) -> &str {
+    node.rsplit_once('#').map_or(node, |(i, _)| i)
+}
+
 /// Gateways announce themselves here; the worker notices the ones that go quiet.
 pub const GATEWAY_HEARTBEAT_CHANNEL: &str = "jam:gateways";
 

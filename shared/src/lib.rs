@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod keys;
+pub mod password;
 pub mod protocol;
 pub mod store;
 pub mod telemetry;

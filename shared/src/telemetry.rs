@@ -84,3 +84,19 @@ pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     }
     Ok(listener)
 }
+
+/// How long a process waits, after its main task returned, for blocking work (a password
+/// hash, a DNS lookup) before it exits anyway: SIGTERM always ends the process.
+pub const BLOCKING_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Run `main` on a multi-threaded runtime that, once `main` returns, waits at most
+/// [`BLOCKING_SHUTDOWN_GRACE`] for blocking tasks instead of waiting for them forever.
+pub fn run_main<F: std::future::Future>(main: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let out = rt.block_on(main);
+    rt.shutdown_timeout(BLOCKING_SHUTDOWN_GRACE);
+    out
+}

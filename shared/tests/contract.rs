@@ -9,13 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use jam_shared::bus::memory::MemoryBus;
 use jam_shared::bus::redis::RedisBus;
-use jam_shared::bus::Bus;
+use jam_shared::bus::{Bus, LeaseOp, ReadFrom};
 use jam_shared::protocol::model::{
     ChatMessage, DirectMessage, ParticipantRecord, Role, SessionRecord, SessionStatus,
 };
 use jam_shared::store::memory::MemoryStore;
 use jam_shared::store::postgres::PgStore;
-use jam_shared::store::{Batch, Store};
+use jam_shared::store::{Batch, Fence, Store, StoreError};
 
 struct Redis(Child, u16);
 
@@ -92,7 +92,10 @@ async fn bus_contract(bus: Arc<dyn Bus>) {
     bus.ensure_group(&streams, "g").await.unwrap();
     bus.xadd("s1", Bytes::from_static(b"b")).await.unwrap();
     bus.xadd("s0", Bytes::from_static(b"c")).await.unwrap();
-    let got = bus.read_group(&streams, "g", "w1", 10, 500).await.unwrap();
+    let got = bus
+        .read_group(&streams, "g", "w1", 10, 500, ReadFrom::New)
+        .await
+        .unwrap();
     // Entries written before the group existed are delivered too; order holds within a
     // stream (across streams Redis ids only order to the millisecond).
     let of = |s: &str| {
@@ -112,11 +115,118 @@ async fn bus_contract(bus: Arc<dyn Bus>) {
         .collect();
     bus.ack("g", &acks).await.unwrap();
     assert!(bus
-        .read_group(&streams, "g", "w1", 10, 200)
+        .read_group(&streams, "g", "w1", 10, 200, ReadFrom::New)
         .await
         .unwrap()
         .is_empty());
+    let pending = ReadFrom::Pending {
+        after: "0-0".into(),
+    };
+    assert!(bus
+        .read_group(&streams, "g", "w1", 10, 200, pending)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Leases: one owner at a time; renewal only by the owner; release frees it; expiry too.
+    assert!(bus
+        .lease("L", "w1", 10_000, LeaseOp::Acquire)
+        .await
+        .unwrap());
+    assert!(!bus
+        .lease("L", "w2", 10_000, LeaseOp::Acquire)
+        .await
+        .unwrap());
+    assert!(bus
+        .lease("L", "w1", 10_000, LeaseOp::Acquire)
+        .await
+        .unwrap());
+    assert!(!bus.lease("L", "w2", 10_000, LeaseOp::Renew).await.unwrap());
+    assert!(bus.lease("L", "w1", 10_000, LeaseOp::Renew).await.unwrap());
+    assert!(!bus.lease("L", "w2", 0, LeaseOp::Release).await.unwrap());
+    assert!(bus.lease("L", "w1", 0, LeaseOp::Release).await.unwrap());
+    assert!(bus.lease("L", "w2", 100, LeaseOp::Acquire).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(bus
+        .lease("L", "w3", 10_000, LeaseOp::Acquire)
+        .await
+        .unwrap());
+
+    // The member registry counts live members only.
+    assert_eq!(bus.register_member("R", "a", 10_000).await.unwrap(), 1);
+    assert_eq!(bus.register_member("R", "b", 150).await.unwrap(), 2);
+    assert_eq!(bus.register_member("R", "a", 10_000).await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bus.register_member("R", "a", 10_000).await.unwrap(), 1);
+    assert_eq!(bus.register_member("R", "x#1", 10_000).await.unwrap(), 2);
+    assert_eq!(
+        bus.register_member("R", "x#2", 10_000).await.unwrap(),
+        2,
+        "a reboot"
+    );
     bus.ping().await.unwrap();
+}
+
+/// Redis only: entries read but not acknowledged come back from a pending read, in order,
+/// after a given id; another consumer can take them over.
+async fn pending_contract(bus: Arc<dyn Bus>) {
+    let streams = vec!["p0".to_string()];
+    bus.ensure_group(&streams, "g").await.unwrap();
+    for b in ["x", "y", "z"] {
+        bus.xadd("p0", Bytes::from(b)).await.unwrap();
+    }
+    let got = bus
+        .read_group(&streams, "g", "w1", 10, 200, ReadFrom::New)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    let again = bus
+        .read_group(
+            &streams,
+            "g",
+            "w1",
+            10,
+            200,
+            ReadFrom::Pending {
+                after: got[0].id.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+        [Bytes::from_static(b"y"), Bytes::from_static(b"z")]
+    );
+    let taken = bus.claim_stale("p0", "g", "w2", 0, 10).await.unwrap();
+    assert_eq!(taken.len(), 3);
+    let mine = bus
+        .read_group(
+            &streams,
+            "g",
+            "w2",
+            10,
+            200,
+            ReadFrom::Pending {
+                after: "0-0".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 3);
+    assert!(bus
+        .read_group(
+            &streams,
+            "g",
+            "w1",
+            10,
+            200,
+            ReadFrom::Pending {
+                after: "0-0".into()
+            }
+        )
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 fn record(id: &str, tenant: &str) -> SessionRecord {
@@ -155,12 +265,21 @@ fn msg(tenant: &str, sid: &str, seq: i64) -> ChatMessage {
 }
 
 async fn store_contract(store: Arc<dyn Store>) {
+    let claim = store.claim_partition(3).await.unwrap();
+    assert_eq!(claim.applied, None);
+    let fence = |applied: &str| {
+        Some(Fence {
+            partition: 3,
+            token: claim.token,
+            applied: Some(applied.into()),
+        })
+    };
     let mut batch = Batch {
+        fence: fence("5-0"),
         upserts: vec![record("AAAA", "t1"), record("AAAA", "t2")],
         ..Default::default()
     };
     batch.messages = (1..=7).map(|s| msg("t1", "AAAA", s)).collect();
-    batch.command_ids = vec!["c1".into(), "c2".into()];
     batch.direct = vec![DirectMessage {
         id: "d1".into(),
         tenant: "t1".into(),
@@ -171,45 +290,36 @@ async fn store_contract(store: Arc<dyn Store>) {
         created_at: 10,
     }];
     store.commit(&batch).await.unwrap();
+    // A replayed batch changes nothing (messages are keyed by their own id).
+    store.commit(&batch).await.unwrap();
 
-    let mut loaded = store.load_sessions().await.unwrap();
+    let mut loaded = store.load_sessions(3).await.unwrap();
     loaded.sort_by(|a, b| a.tenant.cmp(&b.tenant));
     assert_eq!(loaded.len(), 2);
     assert_eq!(loaded[0].password_hash.as_deref(), Some("$argon2id$x"));
-    assert_eq!(loaded[0].last_seq, 3);
+    // The row says 3; its messages go up to 7: chat does not rewrite the session.
+    assert_eq!(loaded[0].last_seq, 7);
+    assert_eq!(loaded[1].last_seq, 3);
+    assert!(store.load_sessions(4).await.unwrap().is_empty());
+    assert_eq!(store.list_sessions("t1").await.unwrap().len(), 1);
 
-    // History: newest page first, returned oldest first; tenants apart.
-    let page = store.history("t1", "AAAA", None, 3).await.unwrap();
+    // History: newest page first, returned oldest first; tenants apart; `since` cuts.
+    let page = store.history("t1", "AAAA", 0, None, 3).await.unwrap();
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 6, 7]);
-    let page = store.history("t1", "AAAA", Some(5), 3).await.unwrap();
+    assert_eq!(
+        store
+            .history("t1", "AAAA", 0, None, 30)
+            .await
+            .unwrap()
+            .len(),
+        7
+    );
+    let page = store.history("t1", "AAAA", 0, Some(5), 3).await.unwrap();
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3, 4]);
+    let page = store.history("t1", "AAAA", 6, None, 30).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [6, 7]);
     assert!(store
-        .history("t2", "AAAA", None, 10)
-        .await
-        .unwrap()
-        .is_empty());
-
-    let seen = store
-        .seen_commands(&["c1".into(), "c3".into()])
-        .await
-        .unwrap();
-    assert!(seen.contains("c1") && !seen.contains("c3"));
-    // Pruning forgets only what is older than the bound.
-    store
-        .prune_commands(jam_shared::clock::now_ms() - 60_000)
-        .await
-        .unwrap();
-    assert!(store
-        .seen_commands(&["c1".into()])
-        .await
-        .unwrap()
-        .contains("c1"));
-    store
-        .prune_commands(jam_shared::clock::now_ms() + 60_000)
-        .await
-        .unwrap();
-    assert!(store
-        .seen_commands(&["c1".into(), "c2".into()])
+        .history("t2", "AAAA", 0, None, 10)
         .await
         .unwrap()
         .is_empty());
@@ -233,20 +343,39 @@ async fn store_contract(store: Arc<dyn Store>) {
         .unwrap()
         .is_empty());
 
-    // A duplicate seq is refused and the whole batch with it.
-    let dup = Batch {
+    // A newer claim fences the old owner: its batch is refused whole.
+    let newer = store.claim_partition(3).await.unwrap();
+    assert!(newer.token > claim.token);
+    assert_eq!(newer.applied.as_deref(), Some("5-0"));
+    let stale = Batch {
+        fence: fence("9-0"),
         upserts: vec![record("BBBB", "t1")],
-        messages: vec![msg("t1", "AAAA", 7)],
+        messages: vec![msg("t1", "AAAA", 8)],
         ..Default::default()
     };
-    assert!(store.commit(&dup).await.is_err());
+    assert!(matches!(
+        store.commit(&stale).await,
+        Err(StoreError::Fenced(3))
+    ));
     assert_eq!(
-        store.load_sessions().await.unwrap().len(),
+        store.load_sessions(3).await.unwrap().len(),
         2,
-        "nothing of a failed batch is kept"
+        "nothing of a fenced batch is kept"
+    );
+    assert_eq!(
+        store
+            .history("t1", "AAAA", 0, None, 30)
+            .await
+            .unwrap()
+            .len(),
+        7
+    );
+    assert_eq!(
+        store.claim_partition(3).await.unwrap().applied.as_deref(),
+        Some("5-0")
     );
 
-    // Deleting a session takes its messages.
+    // Ending a session keeps its messages; only the retention purge deletes them.
     store
         .commit(&Batch {
             deletes: vec![("t1".into(), "AAAA".into())],
@@ -254,12 +383,23 @@ async fn store_contract(store: Arc<dyn Store>) {
         })
         .await
         .unwrap();
-    assert!(store
-        .history("t1", "AAAA", None, 10)
-        .await
-        .unwrap()
-        .is_empty());
-    assert_eq!(store.load_sessions().await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .history("t1", "AAAA", 0, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        7
+    );
+    assert_eq!(store.load_sessions(3).await.unwrap().len(), 1);
+    assert_eq!(store.purge_messages(4).await.unwrap(), 3);
+    let left = store.history("t1", "AAAA", 0, None, 10).await.unwrap();
+    assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5, 6, 7]);
+    assert_eq!(
+        store.purge_messages(11).await.unwrap(),
+        5,
+        "4 chat + 1 direct"
+    );
     store.ping().await.unwrap();
 }
 
@@ -274,7 +414,9 @@ async fn redis_bus_meets_the_contract() {
     let bus = RedisBus::connect(&format!("redis://127.0.0.1:{}", r.1))
         .await
         .unwrap();
-    bus_contract(Arc::new(bus)).await;
+    let bus: Arc<dyn Bus> = Arc::new(bus);
+    bus_contract(bus.clone()).await;
+    pending_contract(bus).await;
 }
 
 #[tokio::test]

@@ -33,7 +33,9 @@ pub async fn run(
     let engine = {
         let (cfg, bus, store, stop) =
             (cfg.clone(), bus.clone(), store.clone(), engine_stop.clone());
-        tokio::spawn(async move { jam_worker::run_engine(&cfg, bus, store, stop).await })
+        tokio::spawn(async move {
+            jam_worker::run_engine(&cfg, bus, store, Default::default(), stop).await
+        })
     };
     let gateway = jam_gateway::run(cfg, secret, listener, bus, shutdown).await;
     // The engine outlives the gateway's drain, so the last disconnects are applied.

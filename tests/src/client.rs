@@ -2,16 +2,30 @@
 
 use std::time::Duration;
 
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What the background reader saw: a text frame, or the end (with the close code).
+enum Incoming {
+    Text(Value),
+    Closed(Option<u16>),
+}
+
 pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: SplitSink<Ws, Message>,
+    /// Frames read by a background task, so pings are answered at once, as a real
+    /// client does (the server measures round trips with them).
+    rx: mpsc::UnboundedReceiver<Incoming>,
+    reader: tokio::task::JoinHandle<()>,
     pub user: String,
     next_ref: u64,
     /// Frames read while waiting for something else.
@@ -34,8 +48,26 @@ impl Client {
             .await
             .expect("websocket handshake within the wait")
             .expect("websocket connects");
+        let (ws, mut stream) = ws.split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            loop {
+                let m = match stream.next().await {
+                    None | Some(Err(_)) => Incoming::Closed(None),
+                    Some(Ok(Message::Text(t))) => Incoming::Text(serde_json::from_str(&t).unwrap()),
+                    Some(Ok(Message::Close(f))) => Incoming::Closed(f.map(|f| u16::from(f.code))),
+                    Some(Ok(_)) => continue,
+                };
+                let end = matches!(m, Incoming::Closed(_));
+                if tx.send(m).is_err() || end {
+                    return;
+                }
+            }
+        });
         Self {
             ws,
+            rx,
+            reader,
             user: String::new(),
             next_ref: 0,
             backlog: Vec::new(),
@@ -63,17 +95,12 @@ impl Client {
     }
 
     async fn recv_wire(&mut self, wait: Duration) -> Option<Value> {
-        loop {
-            match tokio::time::timeout(wait, self.ws.next()).await {
-                Err(_) => return None,
-                Ok(None) => return None,
-                Ok(Some(Err(_))) => return None,
-                Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
-                Ok(Some(Ok(Message::Close(f)))) => {
-                    self.close_code = f.map(|f| u16::from(f.code));
-                    return None;
-                }
-                Ok(Some(Ok(_))) => continue,
+        match tokio::time::timeout(wait, self.rx.recv()).await {
+            Err(_) | Ok(None) => None,
+            Ok(Some(Incoming::Text(v))) => Some(v),
+            Ok(Some(Incoming::Closed(code))) => {
+                self.close_code = self.close_code.or(code);
+                None
             }
         }
     }
@@ -161,5 +188,12 @@ impl Client {
 
     pub fn clear(&mut self) {
         self.backlog.clear();
+    }
+}
+
+/// Dropping a client drops its connection (the reader holds half of it).
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }

@@ -25,7 +25,11 @@ pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 pub async fn scrape(url: &str) -> String {
-    reqwest::get(url).await.unwrap().text().await.unwrap()
+    let c = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    c.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 #[cfg(test)]

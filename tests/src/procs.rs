@@ -192,10 +192,14 @@ pub async fn gateway(redis: &str, instance: &str, extra: &[(&str, &str)]) -> Pro
 }
 
 pub async fn worker(redis: &str, db: &str, extra: &[(&str, &str)]) -> Proc {
+    worker_named(redis, db, "worker-1", extra).await
+}
+
+pub async fn worker_named(redis: &str, db: &str, name: &str, extra: &[(&str, &str)]) -> Proc {
     let mut env = base_env(extra);
     env.insert("JAM_REDIS_URL".into(), redis.into());
     env.insert("JAM_DATABASE_URL".into(), db.into());
-    env.insert("JAM_INSTANCE_ID".into(), "worker-1".into());
+    env.insert("JAM_INSTANCE_ID".into(), name.into());
     Proc::spawn("jam-worker", "JAM_WORKER_LISTEN_ADDR", env)
         .ready()
         .await

@@ -15,6 +15,7 @@ pub struct HttpState {
     pub bus: Arc<dyn Bus>,
     pub store: Arc<dyn Store>,
     pub draining: CancellationToken,
+    pub health: Arc<crate::Health>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -35,7 +36,7 @@ async fn ready(State(s): State<HttpState>) -> (StatusCode, &'static str) {
     if s.bus.ping().await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "bus unavailable");
     }
-    if s.store.ping().await.is_err() {
+    if s.store.ping().await.is_err() || !s.health.committing() {
         return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
     }
     (StatusCode::OK, "ready")

@@ -1,13 +1,18 @@
 //! jam-worker: owns session state. Consumes commands from the partition streams,
 //! applies them in order, commits, publishes the resulting events, acknowledges.
 
-pub mod consumer;
+pub mod commit;
 pub mod engine;
 pub mod http;
+pub mod owner;
+pub mod partition;
+pub mod passwords;
 pub mod queries;
 pub mod sync;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use jam_shared::bus::{Bus, BusError};
 use jam_shared::config::Config;
@@ -42,14 +47,88 @@ impl EngineConfig {
     }
 }
 
-/// Run the worker's engine until `shutdown` fires; in-flight commands finish first.
+/// What readiness reports: per owned partition, whether its last store call worked.
+#[derive(Default)]
+pub struct Health {
+    partitions: Mutex<HashMap<u32, bool>>,
+}
+
+impl Health {
+    pub fn claimed(&self, p: u32) {
+        self.partitions.lock().unwrap().insert(p, true);
+    }
+
+    pub fn store_ok(&self, p: u32, ok: bool) {
+        if let Some(v) = self.partitions.lock().unwrap().get_mut(&p) {
+            *v = ok;
+        }
+    }
+
+    pub fn release(&self, p: u32) {
+        self.partitions.lock().unwrap().remove(&p);
+    }
+
+    /// Every owned partition can commit (none is riding out a store outage).
+    pub fn committing(&self) -> bool {
+        self.partitions.lock().unwrap().values().all(|ok| *ok)
+    }
+
+    pub fn owned(&self) -> usize {
+        self.partitions.lock().unwrap().len()
+    }
+}
+
+/// How often the retention purge runs.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Run the worker's engine until `shutdown` fires; owned partitions finish what they
+/// applied and hand their leases back first.
 pub async fn run_engine(
     cfg: &Config,
     bus: Arc<dyn Bus>,
     store: Arc<dyn Store>,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    consumer::Consumer::new(cfg, bus, store).run(shutdown).await
+    let sh = partition::Shared {
+        bus,
+        store: store.clone(),
+        engine_cfg: EngineConfig::from_config(cfg),
+        partitions: cfg.partitions,
+        lease_ttl: cfg.lease_ttl,
+        node: cfg.node_id(),
+        liveness: Arc::new(Mutex::new(engine::GatewayLiveness::new(
+            cfg.gateway_dead_after,
+        ))),
+        health,
+        queries: Arc::new(tokio::sync::Semaphore::new(32)),
+    };
+    let purge = cfg
+        .chat_retention
+        .map(|keep| tokio::spawn(purge(store, keep, shutdown.clone())));
+    let r = owner::Owner::new(sh, cfg.lease_ttl).run(shutdown).await;
+    if let Some(p) = purge {
+        p.abort();
+    }
+    r
+}
+
+/// The retention purge: the only thing that ever deletes chat.
+async fn purge(store: Arc<dyn Store>, keep: Duration, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                let before = jam_shared::clock::now_ms() - keep.as_millis() as i64;
+                match store.purge_messages(before).await {
+                    Ok(n) if n > 0 => tracing::info!(messages = n, "retention purge"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+                }
+            }
+        }
+    }
 }
 
 /// The worker process: health/metrics endpoint plus the engine.
@@ -60,10 +139,12 @@ pub async fn run(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    let health = Arc::new(Health::default());
     let state = http::HttpState {
         bus: bus.clone(),
         store: store.clone(),
         draining: shutdown.clone(),
+        health: health.clone(),
     };
     let http_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
@@ -71,7 +152,7 @@ pub async fn run(
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
             .await
     });
-    let result = run_engine(&cfg, bus, store, shutdown.clone()).await;
+    let result = run_engine(&cfg, bus, store, health, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;
     result

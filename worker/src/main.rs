@@ -13,8 +13,11 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "jam-worker", version, about = "jam worker: owns sessions, drift and timers", after_help = Config::help())]
 struct Cli {}
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    jam_shared::telemetry::run_main(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     Cli::parse();
     let cfg = Config::from_env()?;
     jam_shared::telemetry::init(cfg.log_json, &cfg.log_filter);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use jam_shared::bus::Bus;
 use jam_shared::protocol::event::{error, frame};
+use jam_shared::protocol::model::{SessionRecord, SessionStatus};
 use jam_shared::store::{Store, StoreError};
 use jam_shared::ErrorCode;
 use serde_json::json;
@@ -18,11 +19,12 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
         Query::History {
             cmd,
             session_id,
+            since,
             before,
             limit,
         } => {
             let r = store
-                .history(&cmd.tenant, &session_id, before, limit + 1)
+                .history(&cmd.tenant, &session_id, since, before, limit + 1)
                 .await;
             let f = page(r, limit, |msgs, more| {
                 frame(
@@ -47,6 +49,24 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
                     &json!({"with": with, "messages": msgs, "hasMore": more}),
                 )
             });
+            (cmd, f)
+        }
+        Query::Sessions { cmd } => {
+            let f = match store.list_sessions(&cmd.tenant).await {
+                Ok(all) => {
+                    let mut list: Vec<_> = all
+                        .iter()
+                        .filter(|s| !s.is_private && s.status == SessionStatus::Active)
+                        .map(SessionRecord::summary)
+                        .collect();
+                    list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+                    frame("sessions_list", &json!({ "sessions": list }))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing sessions failed");
+                    error(ErrorCode::Unavailable, "sessions unavailable, try again")
+                }
+            };
             (cmd, f)
         }
     };

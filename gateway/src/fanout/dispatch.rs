@@ -75,7 +75,27 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
                 }
             }
         }
-        if let Some(ch) = st.channels.get(channel) {
+        let inbox = channel == table.inbox;
+        if inbox {
+            // Replies for one connection of this gateway: routed by the envelope alone.
+            if let Some(entry) = env.conn.as_deref().and_then(|c| st.conns.get(c)) {
+                let mut sent = 0;
+                for (i, f) in frames.iter().enumerate() {
+                    let bytes = match &env.r#ref {
+                        Some(r) if i == 0 => Utf8Bytes::try_from(splice_ref(f.as_bytes(), r))
+                            .unwrap_or_else(|_| f.clone()),
+                        _ => f.clone(),
+                    };
+                    if !entry.handle.push(bytes) {
+                        break;
+                    }
+                    sent += 1;
+                }
+                for f in frames.iter().take(sent) {
+                    count_out(f, 1);
+                }
+            }
+        } else if let Some(ch) = st.channels.get(channel) {
             // Counted per frame, not per delivery: metric lookups stay off the per-socket loop.
             let mut sent = vec![0u64; frames.len()];
             let mut send = |conn: &str| {

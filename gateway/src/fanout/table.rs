@@ -73,18 +73,42 @@ pub(crate) struct State {
 
 pub struct Table {
     pub(crate) state: Mutex<State>,
+    /// This gateway's node id and the inbox channel replies to its connections come on.
+    node: String,
+    pub(crate) inbox: String,
     sub: Arc<dyn Subscription>,
     /// Serializes SUBSCRIBE/UNSUBSCRIBE so a join and a last-leave cannot interleave.
     sub_lock: tokio::sync::Mutex<()>,
 }
 
 impl Table {
-    pub fn new(sub: Arc<dyn Subscription>) -> Arc<Self> {
-        Arc::new(Self {
+    /// A table for gateway node `node`, subscribed to its inbox.
+    pub async fn new(sub: Arc<dyn Subscription>, node: String) -> Result<Arc<Self>, BusError> {
+        let inbox = jam_shared::keys::gateway_inbox(&node);
+        sub.subscribe(&inbox).await?;
+        Ok(Arc::new(Self {
             state: Mutex::default(),
+            node,
+            inbox,
             sub,
             sub_lock: tokio::sync::Mutex::new(()),
-        })
+        }))
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Add a connection that only gets frames addressed to it (a REST call's reply slot).
+    pub fn register_direct(&self, handle: ConnHandle) {
+        let mut s = self.state.lock().unwrap();
+        s.conns.insert(
+            handle.id.clone(),
+            ConnEntry {
+                handle,
+                channels: HashSet::new(),
+            },
+        );
     }
 
     /// Add a connection and make it a member of its user channel.

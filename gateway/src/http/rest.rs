@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use jam_shared::auth::Identity;
-use jam_shared::keys;
 use jam_shared::protocol::Action;
 use jam_shared::ErrorCode;
 use serde_json::{json, Value};
@@ -81,10 +80,8 @@ pub async fn rpc(st: &AppState, who: &Identity, action: Action) -> Result<Value,
         close_code: Arc::new(AtomicU16::new(0)),
     };
     let unavailable = |_| ApiError::new(ErrorCode::Unavailable, "bus unavailable, try again");
-    st.table
-        .register(handle, keys::user_channel(&who.tenant, &who.user_id))
-        .await
-        .map_err(unavailable)?;
+    // Only the reply to this call reaches it (through this gateway's inbox).
+    st.table.register_direct(handle);
     let result = async {
         st.send_rest_command(who, &conn, action)
             .await

@@ -1,7 +1,6 @@
 //! One client frame: parse, validate, answer locally (ping, time_sync) or turn into a
 //! command for the worker. Nothing here changes state on bad input.
 
-use argon2::password_hash::PasswordHasher;
 use jam_shared::auth::Identity;
 use jam_shared::keys;
 use jam_shared::protocol::event::{error_with_ref, frame};
@@ -171,15 +170,13 @@ pub async fn prepare(st: &AppState, mut action: Action) -> Result<Action, (Error
     } = &mut action
     {
         *session_id = Some(jam_shared::ids::session_code(st.cfg.session_id_len));
+        // Only the server makes hashes: whatever a client put here is dropped.
+        *password_hash = None;
         if let Some(pw) = password.take().filter(|p| !p.is_empty()) {
-            let hash = tokio::task::spawn_blocking(move || {
-                argon2::Argon2::default()
-                    .hash_password(pw.as_bytes())
-                    .map(|h| h.to_string())
-            })
-            .await
-            .map_err(|_| (ErrorCode::Internal, "hashing failed".to_string()))?
-            .map_err(|_| (ErrorCode::Internal, "hashing failed".to_string()))?;
+            let hash = tokio::task::spawn_blocking(move || jam_shared::password::hash(&pw))
+                .await
+                .map_err(|_| (ErrorCode::Internal, "hashing failed".to_string()))?
+                .map_err(|_| (ErrorCode::Internal, "hashing failed".to_string()))?;
             *password_hash = Some(hash);
         }
     }

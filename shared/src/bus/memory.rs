@@ -4,13 +4,13 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
-use super::{Bus, BusError, BusMessage, StreamEntry, Subscription};
+use super::{Bus, BusError, BusMessage, LeaseOp, ReadFrom, StreamEntry, Subscription};
 
 /// Entries a stream holds before XADD is refused (the Redis bus trims at the same size).
 pub const STREAM_CAP: usize = 100_000;
@@ -21,6 +21,10 @@ struct State {
     next_sub: u64,
     streams: HashMap<String, VecDeque<(u64, Bytes)>>,
     next_id: u64,
+    /// Lease key → (owner, expiry).
+    leases: HashMap<String, (String, Instant)>,
+    /// Registry → member → expiry.
+    members: HashMap<String, HashMap<String, Instant>>,
 }
 
 #[derive(Clone, Default)]
@@ -134,7 +138,12 @@ impl Bus for MemoryBus {
         _consumer: &str,
         count: usize,
         block_ms: u64,
+        from: ReadFrom,
     ) -> Result<Vec<StreamEntry>, BusError> {
+        // Entries leave the in-memory stream as they are read: nothing is ever pending.
+        if matches!(from, ReadFrom::Pending { .. }) {
+            return Ok(Vec::new());
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(block_ms);
         loop {
             let notified = self.notify.notified();
@@ -183,6 +192,52 @@ impl Bus for MemoryBus {
 
     async fn ack(&self, _group: &str, _entries: &[(String, String)]) -> Result<(), BusError> {
         Ok(())
+    }
+
+    async fn lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl_ms: u64,
+        op: LeaseOp,
+    ) -> Result<bool, BusError> {
+        let mut s = self.state.lock().unwrap();
+        let now = Instant::now();
+        let held_by_owner = matches!(s.leases.get(key), Some((o, exp)) if o == owner && *exp > now);
+        let prefix = format!("{}#", crate::keys::node_instance(owner));
+        // Free, or held by an earlier boot of the same instance (it died).
+        let free =
+            !matches!(s.leases.get(key), Some((o, exp)) if *exp > now && !o.starts_with(&prefix));
+        let until = now + Duration::from_millis(ttl_ms);
+        Ok(match op {
+            LeaseOp::Acquire | LeaseOp::Renew
+                if held_by_owner || (op == LeaseOp::Acquire && free) =>
+            {
+                s.leases.insert(key.to_string(), (owner.to_string(), until));
+                true
+            }
+            LeaseOp::Release if held_by_owner => {
+                s.leases.remove(key);
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn register_member(
+        &self,
+        set: &str,
+        member: &str,
+        ttl_ms: u64,
+    ) -> Result<usize, BusError> {
+        let mut s = self.state.lock().unwrap();
+        let now = Instant::now();
+        let m = s.members.entry(set.to_string()).or_default();
+        let prefix = format!("{}#", crate::keys::node_instance(member));
+        m.retain(|k, _| k == member || !k.starts_with(&prefix));
+        m.insert(member.to_string(), now + Duration::from_millis(ttl_ms));
+        m.retain(|_, exp| *exp > now);
+        Ok(m.len())
     }
 
     async fn ping(&self) -> Result<(), BusError> {

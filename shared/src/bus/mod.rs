@@ -19,6 +19,36 @@ pub enum BusError {
     Closed,
 }
 
+impl BusError {
+    /// Whether trying again later can help (a lost connection) or not (a closed bus).
+    pub fn retryable(&self) -> bool {
+        matches!(self, BusError::Redis(_))
+    }
+}
+
+/// Where a consumer-group read starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Entries already delivered to this consumer and not acknowledged, after the id
+    /// `after`: read first, at start and after every read error, so a stream applies in
+    /// order.
+    Pending { after: String },
+    /// Entries never delivered to anyone (`>`).
+    New,
+}
+
+/// What to do with a lease (a key with an owner and a time to live).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOp {
+    /// Take it when free, already ours, or held by an earlier boot of our instance
+    /// (owner ids are `<instance>#<boot>`): a restarted process takes its leases back at once.
+    Acquire,
+    /// Extend it if still ours.
+    Renew,
+    /// Give it up if ours.
+    Release,
+}
+
 /// One message received on a subscribed channel.
 #[derive(Debug, Clone)]
 pub struct BusMessage {
@@ -66,7 +96,7 @@ pub trait Bus: Send + Sync + 'static {
     /// Create the consumer group on each stream if missing.
     async fn ensure_group(&self, streams: &[String], group: &str) -> Result<(), BusError>;
 
-    /// Read new entries for `consumer`, waiting at most `block_ms`.
+    /// Read entries for `consumer`: its pending ones, or new ones waiting at most `block_ms`.
     async fn read_group(
         &self,
         streams: &[String],
@@ -74,6 +104,7 @@ pub trait Bus: Send + Sync + 'static {
         consumer: &str,
         count: usize,
         block_ms: u64,
+        from: ReadFrom,
     ) -> Result<Vec<StreamEntry>, BusError>;
 
     /// Take over entries other consumers read but never acknowledged for `min_idle_ms`.
@@ -88,6 +119,26 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Acknowledge (and delete) processed entries.
     async fn ack(&self, group: &str, entries: &[(String, String)]) -> Result<(), BusError>;
+
+    /// Apply `op` to the lease `key` for `owner`; true when `owner` holds it afterwards
+    /// (for `Release`: when it was released).
+    async fn lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl_ms: u64,
+        op: LeaseOp,
+    ) -> Result<bool, BusError>;
+
+    /// Announce `member` in the registry `set` for `ttl_ms`; returns how many members are
+    /// live (workers use it to take a fair share of the partitions). An earlier boot of
+    /// the same instance (`<instance>#<boot>`) is forgotten at once.
+    async fn register_member(
+        &self,
+        set: &str,
+        member: &str,
+        ttl_ms: u64,
+    ) -> Result<usize, BusError>;
 
     /// Readiness probe.
     async fn ping(&self) -> Result<(), BusError>;

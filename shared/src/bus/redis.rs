@@ -13,11 +13,57 @@ use fred::prelude::*;
 use fred::types::streams::XCap;
 use tokio::sync::mpsc;
 
-use super::{Bus, BusError, BusMessage, StreamEntry, Subscription};
+use super::{Bus, BusError, BusMessage, LeaseOp, ReadFrom, StreamEntry, Subscription};
 
 /// Approximate bound of every command stream (XADD MAXLEN ~). Entries are deleted as they
 /// are acknowledged, so this only bites when no worker consumes at all.
 pub const STREAM_MAXLEN: i64 = 100_000;
+
+/// Blocking reads wait at most this long for Redis beyond their BLOCK time before they are
+/// abandoned; an abandoned read's entries stay pending and are read again first.
+const BLOCKING_SLACK: Duration = Duration::from_secs(30);
+
+/// Acquire / renew / release a lease atomically (KEYS[1] = lease, ARGV = owner, ttl, op,
+/// owner's instance prefix `<instance>#`: a lease of an earlier boot of the same instance
+/// is taken over at once).
+const LEASE_SCRIPT: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if ARGV[3] == 'acquire' then
+  if cur == false or cur == ARGV[1] or string.sub(cur, 1, #ARGV[4]) == ARGV[4] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+  end
+  return 0
+elseif ARGV[3] == 'renew' then
+  if cur == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+  end
+  return 0
+else
+  if cur == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
+  return 0
+end
+"#;
+
+/// Register a member until now + ttl (server clock), forget earlier boots of the same
+/// instance (ARGV[3] = `<instance>#`), and count the live ones.
+const MEMBER_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if m ~= ARGV[1] and string.sub(m, 1, #ARGV[3]) == ARGV[3] then
+    redis.call('ZREM', KEYS[1], m)
+  end
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+"#;
 
 fn err(e: fred::error::Error) -> BusError {
     metrics::counter!("jam_redis_errors_total").increment(1);
@@ -28,7 +74,10 @@ fn err(e: fred::error::Error) -> BusError {
 pub struct RedisBus {
     builder: Builder,
     client: Client,
-    blocking: Client,
+    /// One connection per stream set for blocking reads: Redis serves a connection's
+    /// commands one after the other, so a shared one would queue every reader behind
+    /// every other reader's BLOCK.
+    blocking: Arc<std::sync::Mutex<HashMap<String, Client>>>,
 }
 
 impl RedisBus {
@@ -47,23 +96,37 @@ impl RedisBus {
             // Reconnect forever, backing off from 100 ms to 5 s.
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
         let client = builder.build().map_err(err)?;
-        let blocking = builder.build().map_err(err)?;
-        for c in [&client, &blocking] {
-            c.init().await.map_err(err)?;
-            let mut reconnects = c.reconnect_rx();
-            tokio::spawn(async move {
-                while reconnects.recv().await.is_ok() {
-                    metrics::counter!("jam_redis_reconnects_total").increment(1);
-                    tracing::warn!("redis reconnected");
-                }
-            });
-        }
+        init(&client).await?;
         Ok(Self {
             builder,
             client,
-            blocking,
+            blocking: Default::default(),
         })
     }
+
+    /// The blocking-read connection for `streams`, connected on first use.
+    async fn reader(&self, streams: &[String]) -> Result<Client, BusError> {
+        let key = streams.join(",");
+        if let Some(c) = self.blocking.lock().unwrap().get(&key) {
+            return Ok(c.clone());
+        }
+        let c = self.builder.build().map_err(err)?;
+        init(&c).await?;
+        let mut map = self.blocking.lock().unwrap();
+        Ok(map.entry(key).or_insert(c).clone())
+    }
+}
+
+async fn init(c: &Client) -> Result<(), BusError> {
+    c.init().await.map_err(err)?;
+    let mut reconnects = c.reconnect_rx();
+    tokio::spawn(async move {
+        while reconnects.recv().await.is_ok() {
+            metrics::counter!("jam_redis_reconnects_total").increment(1);
+            tracing::warn!("redis reconnected");
+        }
+    });
+    Ok(())
 }
 
 struct RedisSubscription {
@@ -241,15 +304,27 @@ impl Bus for RedisBus {
         consumer: &str,
         count: usize,
         block_ms: u64,
+        from: ReadFrom,
     ) -> Result<Vec<StreamEntry>, BusError> {
-        let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
+        let (start, block) = match &from {
+            ReadFrom::Pending { after } => (after.as_str(), None),
+            ReadFrom::New => (">", Some(block_ms)),
+        };
+        let ids: Vec<&str> = streams.iter().map(|_| start).collect();
+        // The command timeout must not cut a blocking read: its own bound is BLOCK plus slack.
+        let timeout = Duration::from_millis(block_ms) + BLOCKING_SLACK;
         let raw: Value = self
-            .blocking
+            .reader(streams)
+            .await?
+            .with_options(&Options {
+                timeout: Some(timeout),
+                ..Default::default()
+            })
             .xreadgroup(
                 group,
                 consumer,
                 Some(count as u64),
-                Some(block_ms),
+                block,
                 false,
                 streams.to_vec(),
                 ids,
@@ -309,6 +384,57 @@ impl Bus for RedisBus {
             self.client.xdel::<i64, _, _>(s, ids).await.map_err(err)?;
         }
         Ok(())
+    }
+
+    async fn lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl_ms: u64,
+        op: LeaseOp,
+    ) -> Result<bool, BusError> {
+        let op = match op {
+            LeaseOp::Acquire => "acquire",
+            LeaseOp::Renew => "renew",
+            LeaseOp::Release => "release",
+        };
+        let held: i64 = self
+            .client
+            .eval(
+                LEASE_SCRIPT,
+                vec![key.to_string()],
+                vec![
+                    owner.to_string(),
+                    ttl_ms.to_string(),
+                    op.to_string(),
+                    format!("{}#", crate::keys::node_instance(owner)),
+                ],
+            )
+            .await
+            .map_err(err)?;
+        Ok(held == 1)
+    }
+
+    async fn register_member(
+        &self,
+        set: &str,
+        member: &str,
+        ttl_ms: u64,
+    ) -> Result<usize, BusError> {
+        let n: i64 = self
+            .client
+            .eval(
+                MEMBER_SCRIPT,
+                vec![set.to_string()],
+                vec![
+                    member.to_string(),
+                    ttl_ms.to_string(),
+                    format!("{}#", crate::keys::node_instance(member)),
+                ],
+            )
+            .await
+            .map_err(err)?;
+        Ok(n.max(0) as usize)
     }
 
     async fn ping(&self) -> Result<(), BusError> {

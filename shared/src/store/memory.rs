@@ -1,22 +1,24 @@
 //! The in-memory store (standalone mode): the same contract as PostgreSQL, in a mutex.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Batch, Store, StoreError};
+use super::{Batch, Claim, Store, StoreError};
 use crate::protocol::model::{ChatMessage, DirectMessage, SessionRecord};
 
 type Key = (String, String);
 
 #[derive(Default)]
 struct State {
-    sessions: HashMap<Key, SessionRecord>,
-    messages: HashMap<Key, BTreeMap<i64, ChatMessage>>,
-    /// Applied command id → when (ms).
-    commands: HashMap<String, i64>,
+    /// Session → (partition, record).
+    sessions: HashMap<Key, (i64, SessionRecord)>,
+    /// Messages by session, ordered by (seq, id): messages outlive their session.
+    messages: HashMap<Key, BTreeMap<(i64, String), ChatMessage>>,
     direct: Vec<DirectMessage>,
+    /// Partition → (fence, applied).
+    partitions: HashMap<u32, (i64, Option<String>)>,
 }
 
 #[derive(Clone, Default)]
@@ -32,64 +34,92 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        Ok(self
-            .state
-            .lock()
-            .unwrap()
-            .sessions
+    async fn claim_partition(&self, partition: u32) -> Result<Claim, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let p = s.partitions.entry(partition).or_insert((0, None));
+        p.0 += 1;
+        Ok(Claim {
+            token: p.0,
+            applied: p.1.clone(),
+        })
+    }
+
+    async fn load_sessions(&self, partition: u32) -> Result<Vec<SessionRecord>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.sessions
+            .iter()
+            .filter(|(_, (part, _))| *part == partition as i64 || *part < 0)
+            .map(|(key, (_, rec))| {
+                let mut rec = rec.clone();
+                let max_seq = s.messages.get(key).and_then(|m| {
+                    m.values()
+                        .filter(|m| m.created_at >= rec.created_at)
+                        .map(|m| m.seq)
+                        .max()
+                });
+                rec.last_seq = rec.last_seq.max(max_seq.unwrap_or(0));
+                rec
+            })
+            .collect())
+    }
+
+    async fn list_sessions(&self, tenant: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.sessions
             .values()
-            .cloned()
+            .filter(|(_, r)| r.tenant == tenant)
+            .map(|(_, r)| r.clone())
             .collect())
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
         // Check everything before changing anything: a batch commits whole or not at all.
-        for m in &batch.messages {
-            let key = (m.tenant.clone(), m.session_id.clone());
-            if s.messages
-                .get(&key)
-                .is_some_and(|msgs| msgs.contains_key(&m.seq))
-            {
-                return Err(StoreError::Db(format!(
-                    "duplicate seq {} in {}",
-                    m.seq, m.session_id
-                )));
+        let part = match &batch.fence {
+            Some(f) => {
+                let p = s.partitions.entry(f.partition).or_insert((0, None));
+                if p.0 != f.token {
+                    return Err(StoreError::Fenced(f.partition));
+                }
+                if f.applied.is_some() {
+                    p.1 = f.applied.clone();
+                }
+                f.partition as i64
             }
-        }
+            None => -1,
+        };
         for r in &batch.upserts {
             s.sessions
-                .insert((r.tenant.clone(), r.id.clone()), r.clone());
+                .insert((r.tenant.clone(), r.id.clone()), (part, r.clone()));
         }
         for m in &batch.messages {
             let key = (m.tenant.clone(), m.session_id.clone());
-            s.messages.entry(key).or_default().insert(m.seq, m.clone());
+            s.messages
+                .entry(key)
+                .or_default()
+                .entry((m.seq, m.id.clone()))
+                .or_insert_with(|| m.clone());
         }
         for key in &batch.deletes {
             s.sessions.remove(key);
-            s.messages.remove(key);
         }
-        s.direct.extend(batch.direct.iter().cloned());
-        let now = crate::clock::now_ms();
-        s.commands
-            .extend(batch.command_ids.iter().map(|id| (id.clone(), now)));
+        for d in &batch.direct {
+            if !s
+                .direct
+                .iter()
+                .any(|x| x.tenant == d.tenant && x.id == d.id)
+            {
+                s.direct.push(d.clone());
+            }
+        }
         Ok(())
-    }
-
-    async fn seen_commands(&self, ids: &[String]) -> Result<HashSet<String>, StoreError> {
-        let s = self.state.lock().unwrap();
-        Ok(ids
-            .iter()
-            .filter(|i| s.commands.contains_key(*i))
-            .cloned()
-            .collect())
     }
 
     async fn history(
         &self,
         tenant: &str,
         session_id: &str,
+        since: i64,
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
@@ -102,10 +132,12 @@ impl Store for MemoryStore {
         };
         let upper = before.unwrap_or(i64::MAX);
         let mut out: Vec<ChatMessage> = msgs
-            .range(..upper)
+            .range(..(upper, String::new()))
             .rev()
+            .map(|(_, m)| m)
+            .filter(|m| m.created_at >= since)
             .take(limit)
-            .map(|(_, m)| m.clone())
+            .cloned()
             .collect();
         out.reverse();
         Ok(out)
@@ -136,13 +168,19 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
-    async fn prune_commands(&self, before: i64) -> Result<(), StoreError> {
-        self.state
-            .lock()
-            .unwrap()
-            .commands
-            .retain(|_, at| *at >= before);
-        Ok(())
+    async fn purge_messages(&self, before: i64) -> Result<u64, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let mut n = 0u64;
+        for msgs in s.messages.values_mut() {
+            let len = msgs.len();
+            msgs.retain(|_, m| m.created_at >= before);
+            n += (len - msgs.len()) as u64;
+        }
+        s.messages.retain(|_, m| !m.is_empty());
+        let len = s.direct.len();
+        s.direct.retain(|m| m.created_at >= before);
+        n += (len - s.direct.len()) as u64;
+        Ok(n)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -5,8 +5,6 @@
 pub mod memory;
 pub mod postgres;
 
-use std::collections::HashSet;
-
 use async_trait::async_trait;
 
 use crate::protocol::model::{ChatMessage, DirectMessage, SessionRecord};
@@ -19,17 +17,45 @@ pub enum StoreError {
     Pool(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// Another worker claimed the partition since this one did: it must stop writing.
+    #[error("partition {0} was claimed by another worker")]
+    Fenced(u32),
+}
+
+impl StoreError {
+    /// Whether trying the same operation again can help (an outage) or never will.
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Db(_) | StoreError::Pool(_))
+    }
+}
+
+/// The fencing token of a partition's owner, checked at every commit, and the last
+/// stream entry the batch applied (the partition's high-water mark).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub partition: u32,
+    pub token: i64,
+    pub applied: Option<String>,
+}
+
+/// What claiming a partition returns: a token newer than every earlier owner's, and
+/// the last stream entry applied by anyone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub token: i64,
+    pub applied: Option<String>,
 }
 
 /// Everything a group of commands changed, committed at once.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
+    /// The owner's fence; a batch without one (tests, tools) is not fenced.
+    pub fence: Option<Fence>,
     pub upserts: Vec<SessionRecord>,
     /// (tenant, session id)
     pub deletes: Vec<(String, String)>,
     pub messages: Vec<ChatMessage>,
     pub direct: Vec<DirectMessage>,
-    pub command_ids: Vec<String>,
 }
 
 impl Batch {
@@ -37,26 +63,36 @@ impl Batch {
         self.upserts.is_empty()
             && self.deletes.is_empty()
             && self.messages.is_empty()
-            && self.command_ids.is_empty()
+            && self.direct.is_empty()
+            && self.fence.as_ref().is_none_or(|f| f.applied.is_none())
     }
 }
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Every session still active (worker start and takeover).
-    async fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Become the owner of `partition`: bumps its fencing token, so every earlier owner's
+    /// next commit fails with [`StoreError::Fenced`].
+    async fn claim_partition(&self, partition: u32) -> Result<Claim, StoreError>;
 
-    /// Commit a batch atomically.
+    /// Every active session of a partition (claim), with `last_seq` at least the highest
+    /// seq of its stored messages (chat does not rewrite the session row). May include
+    /// sessions stored before partitions were recorded: callers filter by partition.
+    async fn load_sessions(&self, partition: u32) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Active sessions of a tenant, every partition (listings).
+    async fn list_sessions(&self, tenant: &str) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Commit a batch atomically; with a fence, only while that fence is current.
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
 
-    /// Which of these command ids were already applied.
-    async fn seen_commands(&self, ids: &[String]) -> Result<HashSet<String>, StoreError>;
-
-    /// Messages of a session with `seq < before` (all when `None`), newest `limit`, oldest first.
+    /// Messages of a session created at or after `since` (ms: the session's creation, so
+    /// an old session under the same id stays out) with `seq < before` (all when `None`),
+    /// newest `limit`, oldest first.
     async fn history(
         &self,
         tenant: &str,
         session_id: &str,
+        since: i64,
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError>;
@@ -72,8 +108,9 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DirectMessage>, StoreError>;
 
-    /// Forget applied command ids recorded before `before` (ms).
-    async fn prune_commands(&self, before: i64) -> Result<(), StoreError>;
+    /// Delete chat and direct messages created before `before` (ms): the retention purge.
+    /// Nothing else ever deletes a message. Returns how many went.
+    async fn purge_messages(&self, before: i64) -> Result<u64, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
 }

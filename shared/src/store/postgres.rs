@@ -1,7 +1,6 @@
 //! The PostgreSQL store (deadpool-postgres). Migrations run at connect under an
 //! advisory lock, so several workers starting together apply them once.
 
-use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -9,7 +8,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use super::{Batch, Store, StoreError};
+use super::{Batch, Claim, Store, StoreError};
 use crate::protocol::model::{ChatMessage, DirectMessage, SessionRecord};
 
 /// Applied in order, each once; never edit one that has shipped, add the next.
@@ -51,6 +50,25 @@ CREATE TABLE jam_direct_messages (
 );
 -- One index serves both directions: the pair is stored as given and queried with OR.
 CREATE INDEX jam_direct_messages_pair ON jam_direct_messages (tenant, sender_id, receiver_id, created_at);
+"#,
+    // Partitions with fencing tokens and high-water marks replace the applied-id table;
+    // sessions record their partition; messages outlive their session (retention purge
+    // only), so a message is keyed by its own id and read back from its session's creation.
+    r#"
+CREATE TABLE jam_partitions (
+    part     int    PRIMARY KEY,
+    fence    bigint NOT NULL,
+    applied  text
+);
+-- -1: stored before partitions were recorded; every owner loads and filters those.
+ALTER TABLE jam_sessions ADD COLUMN part int NOT NULL DEFAULT -1;
+CREATE INDEX jam_sessions_part ON jam_sessions (part);
+DROP TABLE jam_commands;
+ALTER TABLE jam_messages DROP CONSTRAINT jam_messages_pkey;
+ALTER TABLE jam_messages ADD PRIMARY KEY (tenant, session_id, id);
+CREATE INDEX jam_messages_seq ON jam_messages (tenant, session_id, seq);
+CREATE INDEX jam_messages_created ON jam_messages (created_at);
+CREATE INDEX jam_direct_messages_created ON jam_direct_messages (created_at);
 "#,
 ];
 
@@ -137,14 +155,62 @@ fn observe(op: &'static str, t: Instant) {
 
 #[async_trait]
 impl Store for PgStore {
-    async fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+    async fn claim_partition(&self, partition: u32) -> Result<Claim, StoreError> {
+        let t = Instant::now();
+        let c = self.conn().await?;
+        let row = c
+            .query_one(
+                "INSERT INTO jam_partitions (part, fence) VALUES ($1, 1)
+                 ON CONFLICT (part) DO UPDATE SET fence = jam_partitions.fence + 1
+                 RETURNING fence, applied",
+                &[&(partition as i32)],
+            )
+            .await
+            .map_err(db)?;
+        observe("claim_partition", t);
+        Ok(Claim {
+            token: row.get(0),
+            applied: row.get(1),
+        })
+    }
+
+    async fn load_sessions(&self, partition: u32) -> Result<Vec<SessionRecord>, StoreError> {
         let t = Instant::now();
         let c = self.conn().await?;
         let rows = c
-            .query("SELECT state FROM jam_sessions", &[])
+            .query(
+                "SELECT s.state, (SELECT max(m.seq) FROM jam_messages m
+                                  WHERE m.tenant = s.tenant AND m.session_id = s.id
+                                    AND m.created_at >= (s.state->>'created_at')::bigint)
+                 FROM jam_sessions s WHERE s.part = $1 OR s.part < 0",
+                &[&(partition as i32)],
+            )
             .await
             .map_err(db)?;
         observe("load_sessions", t);
+        rows.into_iter()
+            .map(|r| {
+                let v: serde_json::Value = r.get(0);
+                let max_seq: Option<i64> = r.get(1);
+                let mut rec: SessionRecord =
+                    serde_json::from_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                rec.last_seq = rec.last_seq.max(max_seq.unwrap_or(0));
+                Ok(rec)
+            })
+            .collect()
+    }
+
+    async fn list_sessions(&self, tenant: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let t = Instant::now();
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT state FROM jam_sessions WHERE tenant = $1",
+                &[&tenant],
+            )
+            .await
+            .map_err(db)?;
+        observe("list_sessions", t);
         rows.into_iter()
             .map(|r| {
                 let v: serde_json::Value = r.get(0);
@@ -160,12 +226,30 @@ impl Store for PgStore {
         let t = Instant::now();
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(db)?;
+        // The fence first: it locks the partition's row, so a claim cannot slip in between.
+        let part = match &batch.fence {
+            Some(f) => {
+                let n = tx
+                    .execute(
+                        "UPDATE jam_partitions SET applied = coalesce($3, applied)
+                         WHERE part = $1 AND fence = $2",
+                        &[&(f.partition as i32), &f.token, &f.applied],
+                    )
+                    .await
+                    .map_err(db)?;
+                if n == 0 {
+                    return Err(StoreError::Fenced(f.partition));
+                }
+                f.partition as i32
+            }
+            None => -1,
+        };
         for r in &batch.upserts {
             let state = serde_json::to_value(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             tx.execute(
-                "INSERT INTO jam_sessions (tenant, id, state) VALUES ($1, $2, $3)
-                 ON CONFLICT (tenant, id) DO UPDATE SET state = excluded.state, updated_at = now()",
-                &[&r.tenant, &r.id, &state],
+                "INSERT INTO jam_sessions (tenant, id, state, part) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (tenant, id) DO UPDATE SET state = excluded.state, part = excluded.part, updated_at = now()",
+                &[&r.tenant, &r.id, &state, &part],
             )
             .await
             .map_err(db)?;
@@ -183,7 +267,8 @@ impl Store for PgStore {
             let created: Vec<i64> = m.iter().map(|x| x.created_at).collect();
             tx.execute(
                 "INSERT INTO jam_messages (tenant, session_id, seq, id, user_id, user_name, message, created_at)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])",
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])
+                 ON CONFLICT DO NOTHING",
                 &[&tenants, &sessions, &seqs, &ids, &users, &names, &texts, &created],
             )
             .await
@@ -192,12 +277,6 @@ impl Store for PgStore {
         for (tenant, id) in &batch.deletes {
             tx.execute(
                 "DELETE FROM jam_sessions WHERE tenant = $1 AND id = $2",
-                &[tenant, id],
-            )
-            .await
-            .map_err(db)?;
-            tx.execute(
-                "DELETE FROM jam_messages WHERE tenant = $1 AND session_id = $2",
                 &[tenant, id],
             )
             .await
@@ -212,37 +291,16 @@ impl Store for PgStore {
             .await
             .map_err(db)?;
         }
-        if !batch.command_ids.is_empty() {
-            tx.execute(
-                "INSERT INTO jam_commands (id) SELECT * FROM UNNEST($1::text[]) ON CONFLICT DO NOTHING",
-                &[&batch.command_ids],
-            )
-            .await
-            .map_err(db)?;
-        }
         tx.commit().await.map_err(db)?;
         observe("commit", t);
         Ok(())
-    }
-
-    async fn seen_commands(&self, ids: &[String]) -> Result<HashSet<String>, StoreError> {
-        if ids.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let t = Instant::now();
-        let c = self.conn().await?;
-        let rows = c
-            .query("SELECT id FROM jam_commands WHERE id = ANY($1)", &[&ids])
-            .await
-            .map_err(db)?;
-        observe("seen_commands", t);
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
     async fn history(
         &self,
         tenant: &str,
         session_id: &str,
+        since: i64,
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
@@ -251,8 +309,9 @@ impl Store for PgStore {
         let rows = c
             .query(
                 "SELECT id, session_id, user_id, user_name, message, created_at, seq FROM jam_messages
-                 WHERE tenant = $1 AND session_id = $2 AND seq < $3 ORDER BY seq DESC LIMIT $4",
-                &[&tenant, &session_id, &before.unwrap_or(i64::MAX), &(limit as i64)],
+                 WHERE tenant = $1 AND session_id = $2 AND seq < $3 AND created_at >= $5
+                 ORDER BY seq DESC LIMIT $4",
+                &[&tenant, &session_id, &before.unwrap_or(i64::MAX), &(limit as i64), &since],
             )
             .await
             .map_err(db)?;
@@ -311,15 +370,20 @@ impl Store for PgStore {
         Ok(out)
     }
 
-    async fn prune_commands(&self, before: i64) -> Result<(), StoreError> {
+    async fn purge_messages(&self, before: i64) -> Result<u64, StoreError> {
         let c = self.conn().await?;
-        c.execute(
-            "DELETE FROM jam_commands WHERE applied_at < to_timestamp($1::float8 / 1000.0)",
-            &[&(before as f64)],
-        )
-        .await
-        .map_err(db)?;
-        Ok(())
+        let a = c
+            .execute("DELETE FROM jam_messages WHERE created_at < $1", &[&before])
+            .await
+            .map_err(db)?;
+        let b = c
+            .execute(
+                "DELETE FROM jam_direct_messages WHERE created_at < $1",
+                &[&before],
+            )
+            .await
+            .map_err(db)?;
+        Ok(a + b)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

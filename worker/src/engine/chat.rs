@@ -34,8 +34,8 @@ impl Engine {
         while recent.len() > self.cfg.history_limit {
             recent.pop_front();
         }
+        // Appended, never a rewrite of the session: its seq is recovered from the messages.
         fx.messages.push(msg);
-        fx.touch(&key);
         fx.room_acked(&key, cmd, Envelope::default(), vec![out]);
     }
 
@@ -47,12 +47,13 @@ impl Engine {
         limit: Option<u32>,
         fx: &mut Effects,
     ) {
-        if self.member_session(cmd, sid, fx).is_none() {
+        let Some(since) = self.member_session(cmd, sid, fx).map(|r| r.created_at) else {
             return;
-        }
+        };
         fx.queries.push(Query::History {
             cmd: cmd.clone(),
             session_id: sid.to_string(),
+            since,
             before,
             limit: page(limit),
         });

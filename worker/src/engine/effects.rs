@@ -19,7 +19,6 @@ pub struct Effects {
     pub dirty: HashMap<SessionKey, bool>,
     pub messages: Vec<ChatMessage>,
     pub direct: Vec<DirectMessage>,
-    pub command_ids: Vec<String>,
     /// Reads answered after the commit, off the engine's thread.
     pub queries: Vec<Query>,
 }
@@ -30,6 +29,8 @@ pub enum Query {
     History {
         cmd: Command,
         session_id: String,
+        /// The session's creation (ms): older messages under the same id are not its own.
+        since: i64,
         before: Option<i64>,
         limit: usize,
     },
@@ -39,6 +40,8 @@ pub enum Query {
         before: Option<i64>,
         limit: usize,
     },
+    /// The public sessions of the caller's tenant, across every partition.
+    Sessions { cmd: Command },
 }
 
 /// The envelope for frames to the one connection that sent `cmd`, the first carrying its `ref`.
@@ -52,10 +55,11 @@ fn to_sender(cmd: &Command) -> Envelope {
     }
 }
 
-/// The channel and payload for frames to the one connection that sent `cmd`.
+/// The channel and payload for frames to the one connection that sent `cmd`: the inbox
+/// of the gateway node holding it, so no other gateway decodes them.
 pub fn reply_to(cmd: &Command, frames: &[Bytes]) -> (String, Bytes) {
     (
-        keys::user_channel(&cmd.tenant, &cmd.user_id),
+        keys::gateway_inbox(&cmd.gateway),
         to_sender(cmd).encode(frames),
     )
 }
@@ -82,7 +86,7 @@ impl Effects {
             env.drop_pending = Some(keys::room_channel(&cmd.tenant, sid));
         }
         self.publishes.push((
-            keys::user_channel(&cmd.tenant, &cmd.user_id),
+            keys::gateway_inbox(&cmd.gateway),
             env.encode(&[event::error(code, message)]),
         ));
     }

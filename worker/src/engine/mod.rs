@@ -13,7 +13,7 @@ mod sessions;
 mod tests;
 mod timers;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use jam_shared::protocol::model::{ChatMessage, SessionRecord};
@@ -53,9 +53,17 @@ impl Engine {
         }
     }
 
-    /// Load every active session and its recent messages (start or takeover).
-    pub async fn load(&mut self, store: &dyn Store) -> Result<(), StoreError> {
-        for mut rec in store.load_sessions().await? {
+    /// Load the active sessions of one partition and their recent messages (claim).
+    pub async fn load(
+        &mut self,
+        store: &dyn Store,
+        partition: u32,
+        partitions: u32,
+    ) -> Result<(), StoreError> {
+        for mut rec in store.load_sessions(partition).await? {
+            if jam_shared::keys::partition_of(&rec.id, partitions) != partition {
+                continue;
+            }
             // Participant reports are not persisted as they arrive; whatever the row holds
             // is stale. The next report of each participant starts over.
             for p in rec.participants.iter_mut() {
@@ -63,37 +71,81 @@ impl Engine {
             }
             let key = (rec.tenant.clone(), rec.id.clone());
             let msgs = store
-                .history(&rec.tenant, &rec.id, None, self.cfg.history_limit)
+                .history(
+                    &rec.tenant,
+                    &rec.id,
+                    rec.created_at,
+                    None,
+                    self.cfg.history_limit,
+                )
                 .await?;
             self.recent.insert(key.clone(), msgs.into());
             self.sessions.insert(key, rec);
         }
-        metrics::gauge!("jam_sessions_active").set(self.sessions.len() as f64);
-        tracing::info!(sessions = self.sessions.len(), "engine loaded");
+        metrics::gauge!("jam_sessions_active").increment(self.sessions.len() as f64);
+        tracing::info!(
+            partition,
+            sessions = self.sessions.len(),
+            "partition loaded"
+        );
         Ok(())
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The stored hash a command must be verified against before it applies: a join of a
+    /// non-member to a session with a password. Verification runs off the engine's
+    /// thread; its outcome comes back through [`Engine::apply_verified`].
+    pub fn password_needed(&self, cmd: &Command) -> Option<String> {
+        let Action::JoinSession { session_id, .. } = &cmd.action else {
+            return None;
+        };
+        let rec = self
+            .sessions
+            .get(&(cmd.tenant.clone(), session_id.clone()))?;
+        if rec.is_member(&cmd.user_id) {
+            return None;
+        }
+        rec.password_hash.clone()
+    }
+
+    /// Apply a join whose password was checked (`ok`) off the engine's thread.
+    pub fn apply_verified(&mut self, cmd: &Command, ok: bool, fx: &mut Effects) {
+        if let Action::JoinSession {
+            session_id,
+            capabilities,
+            ..
+        } = &cmd.action
+        {
+            metrics::counter!("jam_commands_total", "type" => "join_session").increment(1);
+            let can_rate = capabilities.is_some_and(|c| c.rate);
+            self.join_session(cmd, session_id, Some(ok), can_rate, fx);
+        }
     }
 
     pub fn session(&self, tenant: &str, id: &str) -> Option<&SessionRecord> {
         self.sessions.get(&(tenant.to_string(), id.to_string()))
     }
 
-    /// Apply one command. Never fails: bad commands become error replies.
-    pub async fn apply(&mut self, cmd: &Command, fx: &mut Effects) {
+    /// Apply one command. Never fails: bad commands become error replies. Synchronous:
+    /// a join that needs its password checked goes through [`Engine::password_needed`].
+    pub fn apply(&mut self, cmd: &Command, fx: &mut Effects) {
         let kind = action_name(&cmd.action);
         metrics::counter!("jam_commands_total", "type" => kind).increment(1);
         match &cmd.action {
             Action::CreateSession { .. } => self.create_session(cmd, fx),
             Action::JoinSession {
                 session_id,
-                password,
                 capabilities,
+                ..
             } => {
                 let can_rate = capabilities.is_some_and(|c| c.rate);
-                self.join_session(cmd, session_id, password.as_deref(), can_rate, fx)
-                    .await
+                self.join_session(cmd, session_id, None, can_rate, fx)
             }
             Action::LeaveSession { session_id } => self.leave_session(cmd, session_id, fx),
-            Action::GetSessions {} => self.get_sessions(cmd, fx),
+            Action::GetSessions {} => fx.queries.push(Query::Sessions { cmd: cmd.clone() }),
             Action::EndSession { session_id } => self.end_session(cmd, session_id, fx),
             Action::SendMessage {
                 session_id,
@@ -165,7 +217,6 @@ impl Engine {
                 self.drop_connection(&key, &cmd.user_id, &cmd.conn, fx);
             }
         }
-        fx.command_ids.push(cmd.id.clone());
     }
 
     /// Turn the effects' dirty set into the batch to commit.
@@ -173,7 +224,6 @@ impl Engine {
         let mut batch = Batch {
             messages: std::mem::take(&mut fx.messages),
             direct: std::mem::take(&mut fx.direct),
-            command_ids: std::mem::take(&mut fx.command_ids),
             ..Default::default()
         };
         for (key, deleted) in fx.dirty.drain() {
@@ -182,19 +232,23 @@ impl Engine {
                 _ => batch.deletes.push(key),
             }
         }
-        // Messages of a session deleted in this batch go with it.
-        let deleted: HashSet<&SessionKey> = batch.deletes.iter().collect();
-        batch
-            .messages
-            .retain(|m| !deleted.contains(&(m.tenant.clone(), m.session_id.clone())));
-        metrics::gauge!("jam_sessions_active").set(self.sessions.len() as f64);
+        // Messages stay when their session ends: only the retention purge deletes them.
         batch
     }
 
     fn remove_session(&mut self, key: &SessionKey, fx: &mut Effects) {
-        self.sessions.remove(key);
+        if self.sessions.remove(key).is_some() {
+            metrics::gauge!("jam_sessions_active").decrement(1.0);
+        }
         self.recent.remove(key);
         fx.delete(key);
+    }
+}
+
+/// A partition handed over takes its sessions off this process's gauge.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        metrics::gauge!("jam_sessions_active").decrement(self.sessions.len() as f64);
     }
 }
 

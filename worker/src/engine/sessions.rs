@@ -1,7 +1,5 @@
 //! Session lifecycle: create, join, leave, list, end, and a member's connection going away.
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::PasswordVerifier;
 use jam_shared::clock::now_ms;
 use jam_shared::protocol::event::frame;
 use jam_shared::protocol::model::{ConnRef, ParticipantRecord, Role, SessionRecord, SessionStatus};
@@ -46,7 +44,10 @@ impl Engine {
             description: description.clone().unwrap_or_default(),
             host_id: cmd.user_id.clone(),
             is_private: is_private.unwrap_or(false) || password_hash.is_some(),
-            password_hash: password_hash.clone(),
+            // Only hashes this server made (the gateway hashes; anything else never verifies).
+            password_hash: password_hash
+                .clone()
+                .filter(|h| jam_shared::password::is_own_hash(h)),
             max_participants: max_participants.unwrap_or(DEFAULT_MAX_PARTICIPANTS),
             participants: vec![ParticipantRecord::new(
                 &cmd.user_id,
@@ -66,17 +67,19 @@ impl Engine {
         };
         let created = frame("session_created", &json!({ "session": rec.view() }));
         self.sessions.insert(key.clone(), rec);
+        metrics::gauge!("jam_sessions_active").increment(1.0);
         self.recent.insert(key.clone(), Default::default());
         fx.touch(&key);
         answer_joiner(cmd, &key, vec![created], fx);
         tracing::info!(session = %id, host = %cmd.user_id, "session created");
     }
 
-    pub(super) async fn join_session(
+    /// `password_ok`: the outcome of the off-thread password check, when there was one.
+    pub(super) fn join_session(
         &mut self,
         cmd: &Command,
         sid: &str,
-        password: Option<&str>,
+        password_ok: Option<bool>,
         can_rate: bool,
         fx: &mut Effects,
     ) {
@@ -86,23 +89,8 @@ impl Engine {
         };
         let already = rec.is_member(&cmd.user_id);
         if !already {
-            if let Some(hash) = rec.password_hash.clone() {
-                let given = password.unwrap_or_default().to_string();
-                // argon2 is deliberately slow: keep it off the async threads.
-                let ok = tokio::task::spawn_blocking(move || {
-                    PasswordHash::new(&hash)
-                        .map(|h| {
-                            argon2::Argon2::default()
-                                .verify_password(given.as_bytes(), &h)
-                                .is_ok()
-                        })
-                        .unwrap_or(false)
-                })
-                .await
-                .unwrap_or(false);
-                if !ok {
-                    return fx.error(cmd, ErrorCode::InvalidPassword, "Invalid password");
-                }
+            if rec.password_hash.is_some() && password_ok != Some(true) {
+                return fx.error(cmd, ErrorCode::InvalidPassword, "Invalid password");
             }
             if rec.participants.len() >= rec.max_participants as usize {
                 return fx.error(cmd, ErrorCode::SessionFull, "Session is full");
@@ -183,22 +171,6 @@ impl Engine {
         }
         fx.reply(cmd, vec![frame("left_session", &json!({"sessionId": sid}))]);
         self.remove_participant(&key, &cmd.user_id, fx);
-    }
-
-    pub(super) fn get_sessions(&mut self, cmd: &Command, fx: &mut Effects) {
-        let mut list: Vec<_> = self
-            .sessions
-            .values()
-            .filter(|s| {
-                s.tenant == cmd.tenant && !s.is_private && s.status == SessionStatus::Active
-            })
-            .map(SessionRecord::summary)
-            .collect();
-        list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        fx.reply(
-            cmd,
-            vec![frame("sessions_list", &json!({ "sessions": list }))],
-        );
     }
 
     pub(super) fn end_session(&mut self, cmd: &Command, sid: &str, fx: &mut Effects) {

@@ -72,15 +72,14 @@ async fn session_with(e: &mut Engine, users: &[&str]) -> String {
         password_hash: None,
         session_id: Some("ABCDEF".into()),
     };
-    e.apply(&cmd(users[0], &format!("c-{}", users[0]), create), &mut fx)
-        .await;
+    e.apply(&cmd(users[0], &format!("c-{}", users[0]), create), &mut fx);
     for u in &users[1..] {
         let join = Action::JoinSession {
             session_id: "ABCDEF".into(),
             password: None,
             capabilities: None,
         };
-        e.apply(&cmd(u, &format!("c-{u}"), join), &mut fx).await;
+        e.apply(&cmd(u, &format!("c-{u}"), join), &mut fx);
     }
     "ABCDEF".into()
 }
@@ -95,7 +94,7 @@ async fn join_sends_a_delta_to_the_room_and_a_snapshot_to_the_joiner() {
         password: None,
         capabilities: None,
     };
-    e.apply(&cmd("bob", "c-bob", join), &mut fx).await;
+    e.apply(&cmd("bob", "c-bob", join), &mut fx);
     let p = published(&fx);
     assert_eq!(p.len(), 2);
     let (_, delta_env, delta) = &p[0];
@@ -123,14 +122,14 @@ async fn full_sessions_and_strangers_are_refused() {
         password: None,
         capabilities: None,
     };
-    e.apply(&cmd("dave", "c-dave", join), &mut fx).await;
+    e.apply(&cmd("dave", "c-dave", join), &mut fx);
     assert_eq!(frames_of(&fx, "error")[0]["code"], "SESSION_FULL");
     let mut fx = Effects::default();
     let say = Action::SendMessage {
         session_id: "ABCDEF".into(),
         message: "hi".into(),
     };
-    e.apply(&cmd("dave", "c-dave", say), &mut fx).await;
+    e.apply(&cmd("dave", "c-dave", say), &mut fx);
     assert_eq!(frames_of(&fx, "error")[0]["code"], "NOT_IN_SESSION");
     assert!(fx.messages.is_empty());
 }
@@ -145,7 +144,7 @@ async fn messages_get_increasing_seq_and_are_written() {
             session_id: "ABCDEF".into(),
             message: format!("m{i}"),
         };
-        e.apply(&cmd("bob", "c-bob", say), &mut fx).await;
+        e.apply(&cmd("bob", "c-bob", say), &mut fx);
     }
     let seqs: Vec<i64> = fx.messages.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, [2, 3, 4], "after the join's seq 1");
@@ -153,8 +152,8 @@ async fn messages_get_increasing_seq_and_are_written() {
     assert_eq!(env.ref_conn.as_deref(), Some("c-bob"));
     let batch = e.batch(&mut fx);
     assert_eq!(batch.messages.len(), 3);
-    assert_eq!(batch.upserts.len(), 1);
-    assert_eq!(batch.upserts[0].last_seq, 4);
+    // Appended only: chat never rewrites the session row (its seq comes from the messages).
+    assert!(batch.upserts.is_empty());
 }
 
 #[tokio::test]
@@ -171,8 +170,7 @@ async fn the_host_leaving_hands_over_and_the_last_out_deletes() {
             },
         ),
         &mut fx,
-    )
-    .await;
+    );
     assert_eq!(frames_of(&fx, "user_left")[0]["count"], 1);
     assert_eq!(
         frames_of(&fx, "session_update")[0]["session"]["hostId"],
@@ -188,8 +186,7 @@ async fn the_host_leaving_hands_over_and_the_last_out_deletes() {
             },
         ),
         &mut fx,
-    )
-    .await;
+    );
     assert!(e.session("_", "ABCDEF").is_none());
     let batch = e.batch(&mut fx);
     assert_eq!(batch.deletes, [("_".to_string(), "ABCDEF".to_string())]);
@@ -251,13 +248,13 @@ async fn typing_expires_and_skips_the_typist() {
         session_id: "ABCDEF".into(),
         is_typing: t,
     };
-    e.apply(&cmd("bob", "c-bob", typing(true)), &mut fx).await;
+    e.apply(&cmd("bob", "c-bob", typing(true)), &mut fx);
     let (_, env, f) = &published(&fx)[0];
     assert_eq!(env.except_user.as_deref(), Some("bob"));
     assert_eq!(f[0]["isTyping"], true);
     // A renewal is not re-broadcast.
     let mut fx = Effects::default();
-    e.apply(&cmd("bob", "c-bob", typing(true)), &mut fx).await;
+    e.apply(&cmd("bob", "c-bob", typing(true)), &mut fx);
     assert!(frames_of(&fx, "user_typing").is_empty());
     let mut fx = Effects::default();
     e.tick(jam_shared::clock::now_ms() + 6_000, &|_| true, &mut fx);

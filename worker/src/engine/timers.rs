@@ -49,29 +49,101 @@ impl Engine {
     }
 }
 
-/// Which gateways have heartbeated lately. Gateways nobody has heard from since this
-/// worker started get the benefit of the doubt for one full timeout.
+/// Which gateway nodes have heartbeated lately, judged only while this worker's own bus
+/// connection is healthy: a silence the worker caused itself (a Redis outage, a pause)
+/// ends nothing. A node id is `<instance>#<boot>`: a heartbeat from a new boot of an
+/// instance makes every older boot of it dead at once (its sockets died with it).
 pub struct GatewayLiveness {
-    started: Instant,
+    /// Since when the bus has been healthy; `None` while it is not.
+    healthy_since: Option<Instant>,
     last_seen: HashMap<String, Instant>,
+    /// Instance → its latest boot's node id.
+    latest: HashMap<String, String>,
     dead_after: std::time::Duration,
 }
 
 impl GatewayLiveness {
     pub fn new(dead_after: std::time::Duration) -> Self {
         Self {
-            started: Instant::now(),
+            healthy_since: Some(Instant::now()),
             last_seen: HashMap::new(),
+            latest: HashMap::new(),
             dead_after,
         }
     }
 
-    pub fn seen(&mut self, gateway: &str) {
-        self.last_seen.insert(gateway.to_string(), Instant::now());
+    pub fn seen(&mut self, node: &str) {
+        let instance = jam_shared::keys::node_instance(node);
+        match self.latest.get(instance) {
+            Some(n) if n == node => {}
+            Some(old) => {
+                tracing::info!(old = %old, new = %node, "gateway restarted; its old connections are gone");
+                self.last_seen.remove(old);
+                self.latest.insert(instance.to_string(), node.to_string());
+            }
+            None => {
+                self.latest.insert(instance.to_string(), node.to_string());
+            }
+        }
+        self.last_seen.insert(node.to_string(), Instant::now());
     }
 
-    pub fn is_alive(&self, gateway: &str) -> bool {
-        let since = self.last_seen.get(gateway).copied().unwrap_or(self.started);
-        since.elapsed() < self.dead_after
+    /// The bus was lost (or may have dropped heartbeats): stop judging until it is back.
+    pub fn bus_unhealthy(&mut self) {
+        self.healthy_since = None;
+    }
+
+    /// The bus works (again): judging resumes after one full timeout of listening.
+    pub fn bus_healthy(&mut self) {
+        if self.healthy_since.is_none() {
+            self.healthy_since = Some(Instant::now());
+        }
+    }
+
+    pub fn is_alive(&self, node: &str) -> bool {
+        let instance = jam_shared::keys::node_instance(node);
+        if self.latest.get(instance).is_some_and(|n| n != node) {
+            return false; // superseded by a newer boot of the same instance
+        }
+        let Some(since) = self.healthy_since else {
+            return true; // cannot tell: assume alive
+        };
+        let heard = self
+            .last_seen
+            .get(node)
+            .copied()
+            .unwrap_or(since)
+            .max(since);
+        heard.elapsed() < self.dead_after
+    }
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::GatewayLiveness;
+    use std::time::Duration;
+
+    #[test]
+    fn a_new_boot_supersedes_the_old_one_at_once() {
+        let mut l = GatewayLiveness::new(Duration::from_secs(60));
+        l.seen("gw-a#1");
+        assert!(l.is_alive("gw-a#1"));
+        l.seen("gw-a#2");
+        assert!(!l.is_alive("gw-a#1"));
+        assert!(l.is_alive("gw-a#2"));
+        assert!(l.is_alive("gw-b#1"), "unknown nodes get one timeout");
+    }
+
+    #[test]
+    fn silence_during_a_bus_outage_kills_nobody() {
+        let mut l = GatewayLiveness::new(Duration::from_millis(20));
+        l.seen("gw-a#1");
+        l.bus_unhealthy();
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(l.is_alive("gw-a#1"), "unhealthy bus: no judgement");
+        l.bus_healthy();
+        assert!(l.is_alive("gw-a#1"), "a full timeout of listening first");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!l.is_alive("gw-a#1"), "then silence counts");
     }
 }

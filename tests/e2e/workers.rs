@@ -1,0 +1,263 @@
+//! Several workers: partitions shared through leases, a killed worker's partitions taken
+//! over, a paused worker fenced, password checks off the single writer. Every test
+//! audits the database afterwards: each acknowledged message exactly once, in seq order.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jam_tests::metrics::{scrape, sum};
+use jam_tests::procs::{self, Proc};
+use jam_tests::scenario::{create, join};
+use jam_tests::services::{PrivateRedis, TestDb};
+use jam_tests::{token, Client};
+use serde_json::json;
+
+struct Two {
+    redis: PrivateRedis,
+    db: TestDb,
+    w1: Proc,
+    w2: Proc,
+    gw: Proc,
+}
+
+async fn two_workers() -> Two {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let w1 = procs::worker_named(&redis.url(), &db.url, "worker-1", &[]).await;
+    let w2 = procs::worker_named(&redis.url(), &db.url, "worker-2", &[]).await;
+    let gw = procs::gateway(&redis.url(), "gw-a", &[]).await;
+    let t = Two {
+        redis,
+        db,
+        w1,
+        w2,
+        gw,
+    };
+    // Both hold a fair share before the test starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = owned(&t.w1).await;
+        let b = owned(&t.w2).await;
+        if a == 8.0 && b == 8.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions never balanced: {a} + {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    t
+}
+
+async fn owned(w: &Proc) -> f64 {
+    sum(
+        &scrape(&w.http("/metrics")).await,
+        "jam_worker_partitions_owned",
+        &[],
+    )
+}
+
+/// Wait (bounded) until `w` owns every partition.
+async fn owns_all(w: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while owned(w).await != 16.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} never owned every partition",
+            w.name
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One sender per session, each sending sequentially and recording what was acknowledged.
+struct Sender {
+    client: Client,
+    sid: String,
+    acked: Vec<(String, i64)>,
+    longest_wait: Duration,
+}
+
+impl Sender {
+    async fn send(&mut self, text: String) {
+        let r = format!("r-{text}");
+        let t = Instant::now();
+        self.client
+            .send(json!({"type": "send_message", "sessionId": self.sid, "message": text, "ref": r}))
+            .await;
+        let rr = r.clone();
+        let m = self
+            .client
+            .recv_where_within(&r, Duration::from_secs(30), move |v| {
+                v["ref"] == rr.as_str()
+            })
+            .await;
+        assert_eq!(m["type"], "new_message", "{m}");
+        self.longest_wait = self.longest_wait.max(t.elapsed());
+        self.acked.push((text, m["seq"].as_i64().unwrap()));
+    }
+}
+
+async fn senders(url: &str, n: usize) -> Vec<Sender> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let user = format!("host{i}");
+        let mut client = Client::connect(url, &token(&user, &user, None)).await;
+        let sid = create(&mut client, json!({"name": format!("room {i}")})).await;
+        out.push(Sender {
+            client,
+            sid,
+            acked: Vec::new(),
+            longest_wait: Duration::ZERO,
+        });
+    }
+    out
+}
+
+/// Send `rounds` messages from every sender concurrently; `during` runs after `at` rounds.
+async fn chat(senders: &mut [Sender], rounds: usize, tag: &str) {
+    let futs = senders.iter_mut().enumerate().map(|(i, s)| async move {
+        for k in 0..rounds {
+            s.send(format!("{tag}-{i}-{k}")).await;
+        }
+    });
+    futures_util::future::join_all(futs).await;
+}
+
+/// Every acknowledged message is stored exactly once, with the seq it was acknowledged
+/// with, and a session's seqs are strictly increasing with no duplicates.
+async fn audit(db: &TestDb, senders: &[Sender]) {
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for s in senders {
+        let rows = client
+            .query(
+                "SELECT message, seq FROM jam_messages WHERE session_id = $1 ORDER BY seq",
+                &[&s.sid],
+            )
+            .await
+            .unwrap();
+        let stored: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for (m, _) in &stored {
+            *count.entry(m.as_str()).or_default() += 1;
+        }
+        for (text, seq) in &s.acked {
+            assert_eq!(count.get(text.as_str()), Some(&1), "{text} stored once");
+            assert!(
+                stored.contains(&(text.clone(), *seq)),
+                "{text} kept seq {seq}"
+            );
+        }
+        assert!(
+            stored.windows(2).all(|w| w[0].1 < w[1].1),
+            "seqs strictly increase in {}",
+            s.sid
+        );
+        // Each sender's own messages are stored in the order it sent them.
+        let mine: Vec<&String> = stored.iter().map(|(m, _)| m).collect();
+        let sent: Vec<&String> = s.acked.iter().map(|(m, _)| m).collect();
+        assert_eq!(mine, sent, "order of {}", s.sid);
+    }
+}
+
+#[tokio::test]
+async fn a_killed_workers_partitions_are_taken_over_within_ten_seconds() {
+    let mut t = two_workers().await;
+    let mut s = senders(&t.gw.ws_url(), 8).await;
+    chat(&mut s, 10, "before").await;
+    for x in s.iter_mut() {
+        x.longest_wait = Duration::ZERO;
+    }
+    // Kill one worker while every sender is mid-stream.
+    let sending = chat(&mut s, 40, "during");
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        t.w1.signal("KILL");
+    };
+    tokio::join!(sending, kill);
+    assert!(t.w1.wait_exit(Duration::from_secs(5)).await);
+    let stall = s.iter().map(|x| x.longest_wait).max().unwrap();
+    assert!(
+        stall < Duration::from_secs(10),
+        "the longest wait for an acknowledgement was {stall:?}"
+    );
+    owns_all(&t.w2).await;
+    chat(&mut s, 5, "after").await;
+    audit(&t.db, &s).await;
+    drop(t.redis);
+}
+
+#[tokio::test]
+async fn a_paused_worker_that_lost_its_lease_commits_nothing() {
+    let t = two_workers().await;
+    let mut s = senders(&t.gw.ws_url(), 8).await;
+    chat(&mut s, 5, "before").await;
+    // Pause worker-1 mid-stream, past its lease: worker-2 takes its partitions over.
+    let sending = chat(&mut s, 30, "during");
+    let pause = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        t.w1.signal("STOP");
+    };
+    tokio::join!(sending, pause);
+    owns_all(&t.w2).await;
+    // It wakes up believing it owns its partitions; whatever it still had applied must
+    // not reach the database, and it reads nothing more from the new owner's streams.
+    t.w1.signal("CONT");
+    eprintln!("step: woken");
+    chat(&mut s, 10, "woken").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!("step: later");
+    chat(&mut s, 10, "later").await;
+    eprintln!("step: audit");
+    audit(&t.db, &s).await;
+    eprintln!("step: rejoin");
+    // And it rejoins: after rebalancing both hold a share again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned(&t.w1).await == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the woken worker never got a share back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    chat(&mut s, 5, "rebalanced").await;
+    audit(&t.db, &s).await;
+}
+
+#[tokio::test]
+async fn password_hashes_come_from_the_server_and_checks_never_block_other_rooms() {
+    let t = two_workers().await;
+    let url = t.gw.ws_url();
+    let mut host = Client::connect(&url, &token("host", "Host", None)).await;
+    // A client-supplied hash is ignored: the session has no password at all.
+    let huge = "$argon2id$v=19$m=4000000,t=9999,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+    let open = create(&mut host, json!({"name": "x", "passwordHash": huge})).await;
+    let mut guest = Client::connect(&url, &token("guest", "Guest", None)).await;
+    let r = join(&mut guest, &open, None).await;
+    assert_eq!(r["type"], "session_update", "{r}");
+    assert_eq!(r["session"]["isPrivate"], false, "{r}");
+
+    // Password joins in flight do not delay chat in other sessions (same partitions).
+    let locked = create(&mut host, json!({"name": "locked", "password": "pw"})).await;
+    let mut s = senders(&url, 4).await;
+    let mut joiners = Vec::new();
+    for i in 0..6 {
+        let u = format!("j{i}");
+        joiners.push(Client::connect(&url, &token(&u, &u, None)).await);
+    }
+    let joins = futures_util::future::join_all(joiners.iter_mut().map(|c| {
+        let locked = locked.clone();
+        async move { join(c, &locked, Some("pw")).await }
+    }));
+    let (joined, _) = tokio::join!(joins, chat(&mut s, 20, "busy"));
+    for j in joined {
+        assert_eq!(j["type"], "session_update", "{j}");
+    }
+    let wrong = join(&mut guest, &locked, Some("nope")).await;
+    assert_eq!(wrong["code"], "INVALID_PASSWORD");
+    audit(&t.db, &s).await;
+}

@@ -1,0 +1,223 @@
+//! Partition ownership: each worker announces itself in a registry, takes a fair share
+//! of the partitions through leases in Redis (renewed while held) and runs one
+//! [`Partition`] per lease. A dead worker's leases expire and the others take them over;
+//! a worker that loses a lease stops that partition, and the fencing token keeps it from
+//! writing even if it does not notice in time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jam_shared::bus::{BusMessage, LeaseOp};
+use jam_shared::keys;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::partition::{Partition, Shared};
+
+struct Owned {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    lease: LeaseClock,
+}
+
+/// Until when a lease is surely ours: set from the time a renewal was *sent*, so a pause
+/// anywhere after it only makes the reader more careful. The reader reads only while
+/// more than half the lease is left, so a worker that wakes after losing its lease does
+/// not take commands out of the new owner's stream.
+#[derive(Clone)]
+pub struct LeaseClock(Arc<Mutex<Instant>>);
+
+impl LeaseClock {
+    fn new(until: Instant) -> Self {
+        Self(Arc::new(Mutex::new(until)))
+    }
+
+    fn extend(&self, until: Instant) {
+        *self.0.lock().unwrap() = until;
+    }
+
+    /// Whether at least `margin` of the lease is left.
+    pub fn holds(&self, margin: Duration) -> bool {
+        Instant::now() + margin < *self.0.lock().unwrap()
+    }
+}
+
+pub struct Owner {
+    sh: Shared,
+    ttl: Duration,
+    owned: HashMap<u32, Owned>,
+}
+
+impl Owner {
+    pub fn new(sh: Shared, ttl: Duration) -> Self {
+        Self {
+            sh,
+            ttl,
+            owned: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), crate::WorkerError> {
+        let (sub, heartbeats) = self.sh.bus.subscription(4096).await?;
+        sub.subscribe(keys::GATEWAY_HEARTBEAT_CHANNEL).await?;
+        let listener = tokio::spawn(listen_heartbeats(self.sh.clone(), heartbeats));
+        let mut every = tokio::time::interval(self.ttl / 4);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(node = %self.sh.node, partitions = self.sh.partitions, "worker started");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = every.tick() => self.round().await,
+            }
+        }
+        tracing::info!(
+            owned = self.owned.len(),
+            "worker stopping: handing partitions back"
+        );
+        let all: Vec<u32> = self.owned.keys().copied().collect();
+        futures::future::join_all(all.into_iter().map(|p| {
+            let o = self.owned.remove(&p).expect("owned");
+            stop_and_release(self.sh.clone(), p, o)
+        }))
+        .await;
+        listener.abort();
+        drop(sub);
+        Ok(())
+    }
+
+    /// One round: announce, renew, drop what was lost, take or give back to reach a fair share.
+    async fn round(&mut self) {
+        self.balance().await;
+        metrics::gauge!("jam_worker_partitions_owned").set(self.owned.len() as f64);
+    }
+
+    async fn balance(&mut self) {
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let live = match self
+            .sh
+            .bus
+            .register_member(keys::WORKER_REGISTRY, &self.sh.node, ttl_ms)
+            .await
+        {
+            Ok(n) => n.max(1),
+            Err(e) => {
+                tracing::warn!(error = %e, "worker registry unreachable; keeping what is held");
+                return;
+            }
+        };
+        // Renew (or re-take after a Redis restart) what we hold; stop what someone else has.
+        let held: Vec<u32> = self.owned.keys().copied().collect();
+        for p in held {
+            let finished = self.owned.get(&p).is_some_and(|o| o.task.is_finished());
+            let sent = Instant::now();
+            let lease = self
+                .sh
+                .bus
+                .lease(
+                    &keys::partition_lease(p),
+                    &self.sh.node,
+                    ttl_ms,
+                    LeaseOp::Acquire,
+                )
+                .await;
+            if finished || matches!(lease, Ok(false)) {
+                tracing::warn!(partition = p, finished, "partition lost");
+                let o = self.owned.remove(&p).expect("held");
+                stop_and_release(self.sh.clone(), p, o).await;
+            } else if let (Ok(true), Some(o)) = (&lease, self.owned.get(&p)) {
+                o.lease.extend(sent + self.ttl);
+            }
+        }
+        let target = (self.sh.partitions as usize).div_ceil(live);
+        metrics::gauge!("jam_workers_live").set(live as f64);
+        if self.owned.len() > target {
+            // Give back the surplus so a newcomer gets its share.
+            let surplus: Vec<u32> = self
+                .owned
+                .keys()
+                .copied()
+                .take(self.owned.len() - target)
+                .collect();
+            for p in surplus {
+                tracing::info!(
+                    partition = p,
+                    target,
+                    "handing a partition to another worker"
+                );
+                let o = self.owned.remove(&p).expect("held");
+                stop_and_release(self.sh.clone(), p, o).await;
+            }
+            return;
+        }
+        let start = keys::partition_of(&self.sh.node, self.sh.partitions);
+        for i in 0..self.sh.partitions {
+            if self.owned.len() >= target {
+                break;
+            }
+            let p = (start + i) % self.sh.partitions;
+            if self.owned.contains_key(&p) {
+                continue;
+            }
+            let sent = Instant::now();
+            match self
+                .sh
+                .bus
+                .lease(
+                    &keys::partition_lease(p),
+                    &self.sh.node,
+                    ttl_ms,
+                    LeaseOp::Acquire,
+                )
+                .await
+            {
+                Ok(true) => self.start(p, LeaseClock::new(sent + self.ttl)),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease request failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, p: u32, lease: LeaseClock) {
+        let stop = CancellationToken::new();
+        let (sh, s, l) = (self.sh.clone(), stop.clone(), lease.clone());
+        self.sh.health.claimed(p);
+        let task = tokio::spawn(async move {
+            if let Some(part) = Partition::claim(p, sh, &s).await {
+                part.run(s, l).await;
+            }
+        });
+        self.owned.insert(p, Owned { stop, task, lease });
+    }
+}
+
+/// Stop a partition (its committer finishes what was applied) and give its lease back.
+async fn stop_and_release(sh: Shared, p: u32, o: Owned) {
+    o.stop.cancel();
+    let _ = o.task.await;
+    sh.health.release(p);
+    if let Err(e) = sh
+        .bus
+        .lease(&keys::partition_lease(p), &sh.node, 0, LeaseOp::Release)
+        .await
+    {
+        tracing::warn!(partition = p, error = %e, "releasing a lease failed; it will expire");
+    }
+}
+
+async fn listen_heartbeats(sh: Shared, mut rx: mpsc::Receiver<BusMessage>) {
+    while let Some(m) = rx.recv().await {
+        let mut l = sh.liveness.lock().unwrap();
+        if &*m.channel == keys::BUS_RESET {
+            // Heartbeats may have been missed: listen a full timeout before judging again.
+            l.bus_unhealthy();
+            l.bus_healthy();
+        } else if let Ok(id) = std::str::from_utf8(&m.payload) {
+            l.seen(id);
+        }
+    }
+}

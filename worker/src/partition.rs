@@ -1,0 +1,360 @@
+//! One owned partition: claim it (a fencing token newer than any earlier owner's), load
+//! its sessions, take over what the previous owner read but never acknowledged, then
+//! read → apply → hand the batch to the committer, in stream order, until told to stop
+//! or fenced. Apply is synchronous; password checks run beside it (`passwords`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jam_shared::bus::{Bus, ReadFrom, StreamEntry};
+use jam_shared::keys::{self, WORKER_GROUP};
+use jam_shared::protocol::{Action, Command};
+use jam_shared::store::{Fence, Store, StoreError};
+use jam_shared::ErrorCode;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::commit::{Committer, Work};
+use crate::engine::{Effects, Engine, EngineConfig, GatewayLiveness};
+use crate::owner::LeaseClock;
+use crate::passwords::{Verified, Verifier};
+use crate::Health;
+
+const BATCH: usize = 256;
+const BLOCK_MS: u64 = 200;
+const TICK: Duration = Duration::from_millis(500);
+/// Batches applied but not yet committed: the pipeline's depth.
+const IN_FLIGHT: usize = 2;
+/// Time a stopping partition gives its committer to finish what was applied.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A stream entry id, compared numerically (`<ms>-<seq>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct EntryId(u64, u64);
+
+impl EntryId {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (a, b) = s.split_once('-').unwrap_or((s, "0"));
+        Some(Self(a.parse().ok()?, b.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// What a partition shares with its worker process.
+#[derive(Clone)]
+pub struct Shared {
+    pub bus: Arc<dyn Bus>,
+    pub store: Arc<dyn Store>,
+    pub engine_cfg: EngineConfig,
+    pub partitions: u32,
+    pub lease_ttl: Duration,
+    /// The consumer name: this worker's node id.
+    pub node: String,
+    pub liveness: Arc<Mutex<GatewayLiveness>>,
+    pub health: Arc<Health>,
+    pub queries: Arc<tokio::sync::Semaphore>,
+}
+
+pub struct Partition {
+    id: u32,
+    stream: String,
+    sh: Shared,
+    engine: Engine,
+    token: i64,
+    /// The last entry applied (memory) — every entry at or below it is a redelivery.
+    applied: EntryId,
+    verifier: Verifier,
+    verified: mpsc::Receiver<Verified>,
+}
+
+impl Partition {
+    /// Claim and load; retried with back-off while the store is away (or until `stop`).
+    pub async fn claim(id: u32, sh: Shared, stop: &CancellationToken) -> Option<Self> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match Self::try_claim(id, sh.clone()).await {
+                Ok(p) => return Some(p),
+                Err(e) => {
+                    tracing::warn!(partition = id, error = %e, "claiming partition failed; retrying");
+                    sh.health.store_ok(id, false);
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn try_claim(id: u32, sh: Shared) -> Result<Self, crate::WorkerError> {
+        let stream = keys::command_stream(id);
+        sh.bus
+            .ensure_group(std::slice::from_ref(&stream), WORKER_GROUP)
+            .await?;
+        let claim = sh.store.claim_partition(id).await?;
+        let mut engine = Engine::new(sh.engine_cfg.clone());
+        engine.load(&*sh.store, id, sh.partitions).await?;
+        let (verifier, verified) = Verifier::new();
+        sh.health.store_ok(id, true);
+        tracing::info!(partition = id, fence = claim.token, applied = ?claim.applied, sessions = engine.session_count(), "partition claimed");
+        Ok(Self {
+            id,
+            stream,
+            applied: claim
+                .applied
+                .as_deref()
+                .and_then(EntryId::parse)
+                .unwrap_or_default(),
+            token: claim.token,
+            engine,
+            sh,
+            verifier,
+            verified,
+        })
+    }
+
+    /// Run until `stop` (a clean hand-over) or until the partition is lost (fenced).
+    pub async fn run(mut self, stop: CancellationToken, lease: LeaseClock) {
+        let (tx, rx) = mpsc::channel::<Work>(IN_FLIGHT);
+        let abort = CancellationToken::new();
+        let committer = Committer {
+            partition: self.id,
+            bus: self.sh.bus.clone(),
+            store: self.sh.store.clone(),
+            health: self.sh.health.clone(),
+            queries: self.sh.queries.clone(),
+        };
+        let mut commit_task = tokio::spawn(committer.run(rx, abort.clone()));
+        // What the previous owner read and never acknowledged is ours now, and comes
+        // first: read pending entries before new ones.
+        self.take_over_pending().await;
+        let mut from_pending = true;
+        let mut last_tick = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() && !commit_task.is_finished() {
+            let mut fx = Effects::default();
+            while let Ok(v) = self.verified.try_recv() {
+                self.engine.apply_verified(&v.cmd, v.ok, &mut fx);
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                let liveness = self.sh.liveness.lock().unwrap();
+                self.engine.tick(
+                    jam_shared::clock::now_ms(),
+                    &|g| liveness.is_alive(g),
+                    &mut fx,
+                );
+            }
+            if !lease.holds(self.sh.lease_ttl / 2) {
+                // Renewals are late (a Redis outage, or this process was paused): read
+                // nothing until the owner renews or hands the partition over.
+                self.sh.liveness.lock().unwrap().bus_unhealthy();
+                if let Some(w) = self.work(fx, Vec::new()) {
+                    if tx.send(w).await.is_err() {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                from_pending = true;
+                continue;
+            }
+            let from = if from_pending {
+                ReadFrom::Pending {
+                    after: self.applied.to_string(),
+                }
+            } else {
+                ReadFrom::New
+            };
+            // Never cancelled mid-way: a dropped read would strand what it delivered.
+            let read = self
+                .sh
+                .bus
+                .read_group(
+                    &[self.stream.clone()],
+                    WORKER_GROUP,
+                    &self.sh.node,
+                    BATCH,
+                    BLOCK_MS,
+                    from,
+                )
+                .await;
+            let mut acks = Vec::new();
+            match read {
+                Ok(entries) => {
+                    backoff = Duration::from_millis(100);
+                    self.sh.liveness.lock().unwrap().bus_healthy();
+                    if from_pending && entries.is_empty() {
+                        from_pending = false;
+                    }
+                    acks = self.apply_entries(entries, &mut fx);
+                }
+                Err(e) => {
+                    tracing::warn!(partition = self.id, error = %e, "reading commands failed; retrying");
+                    self.sh.liveness.lock().unwrap().bus_unhealthy();
+                    from_pending = true;
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // A Redis that restarted empty has no group: create it again.
+                    let streams = [self.stream.clone()];
+                    if let Err(e) = self.sh.bus.ensure_group(&streams, WORKER_GROUP).await {
+                        tracing::debug!(error = %e, "group re-creation failed");
+                    }
+                }
+            }
+            let work = self.work(fx, acks);
+            if let Some(w) = work {
+                // Bounded: a slow commit holds the reader here (back-pressure).
+                if tx.send(w).await.is_err() {
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let outcome = match tokio::time::timeout(STOP_GRACE, &mut commit_task).await {
+            Ok(r) => r.ok(),
+            Err(_) => {
+                abort.cancel();
+                (&mut commit_task).await.ok()
+            }
+        };
+        match outcome {
+            Some(Err(StoreError::Fenced(p))) => {
+                metrics::counter!("jam_partitions_fenced_total").increment(1);
+                tracing::warn!(
+                    partition = p,
+                    "partition claimed by another worker; stopped writing"
+                );
+            }
+            Some(Err(e)) => tracing::error!(partition = self.id, error = %e, "committer failed"),
+            _ => {}
+        }
+        self.sh.health.release(self.id);
+        tracing::info!(partition = self.id, "partition released");
+    }
+
+    /// Move every entry other consumers of the group hold unacknowledged to us.
+    async fn take_over_pending(&self) {
+        loop {
+            match self
+                .sh
+                .bus
+                .claim_stale(&self.stream, WORKER_GROUP, &self.sh.node, 0, 1000)
+                .await
+            {
+                Ok(e) if e.len() >= 1000 => continue,
+                Ok(e) => {
+                    if !e.is_empty() {
+                        tracing::info!(
+                            partition = self.id,
+                            count = e.len(),
+                            "took over unacknowledged commands"
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    // The pending-first read retries after the next error anyway.
+                    tracing::warn!(partition = self.id, error = %e, "taking over pending commands failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Apply entries in stream order; returns what to acknowledge after the commit.
+    fn apply_entries(
+        &mut self,
+        entries: Vec<StreamEntry>,
+        fx: &mut Effects,
+    ) -> Vec<(String, String)> {
+        let now = jam_shared::clock::now_ms();
+        let mut acks = Vec::with_capacity(entries.len());
+        for e in entries {
+            let id = EntryId::parse(&e.id).unwrap_or_default();
+            acks.push((e.stream.clone(), e.id.clone()));
+            if id <= self.applied {
+                metrics::counter!("jam_commands_deduplicated_total").increment(1);
+                continue;
+            }
+            self.applied = id;
+            if id.0 > 1_000_000_000_000 {
+                metrics::histogram!("jam_command_lag_seconds")
+                    .record((now - id.0 as i64).max(0) as f64 / 1000.0);
+            }
+            let cmd = match serde_json::from_slice::<Command>(&e.payload) {
+                Ok(c) => c,
+                Err(err) => {
+                    metrics::counter!("jam_command_errors_total", "code" => "MALFORMED")
+                        .increment(1);
+                    tracing::error!(stream = %e.stream, id = %e.id, error = %err, "dropping malformed command");
+                    continue;
+                }
+            };
+            self.apply_one(cmd, fx);
+        }
+        metrics::histogram!("jam_command_batch_size").record(acks.len() as f64);
+        acks
+    }
+
+    fn apply_one(&mut self, cmd: Command, fx: &mut Effects) {
+        let Some(hash) = self.engine.password_needed(&cmd) else {
+            return self.engine.apply(&cmd, fx);
+        };
+        let password = match &cmd.action {
+            Action::JoinSession { password, .. } => password.clone().unwrap_or_default(),
+            _ => String::new(),
+        };
+        if !self.verifier.submit(cmd.clone(), hash, password) {
+            fx.error(
+                &cmd,
+                ErrorCode::Unavailable,
+                "Too many joins waiting, try again",
+            );
+        }
+    }
+
+    fn work(&mut self, mut fx: Effects, acks: Vec<(String, String)>) -> Option<Work> {
+        let mut batch = self.engine.batch(&mut fx);
+        batch.fence = Some(Fence {
+            partition: self.id,
+            token: self.token,
+            applied: (!acks.is_empty()).then(|| self.applied.to_string()),
+        });
+        if acks.is_empty() && fx.publishes.is_empty() && fx.queries.is_empty() && batch.is_empty() {
+            return None;
+        }
+        Some(Work {
+            batch,
+            publishes: std::mem::take(&mut fx.publishes),
+            queries: std::mem::take(&mut fx.queries),
+            acks,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EntryId;
+
+    #[test]
+    fn entry_ids_compare_numerically() {
+        let a = EntryId::parse("1700000000000-9").unwrap();
+        let b = EntryId::parse("1700000000000-10").unwrap();
+        assert!(a < b);
+        assert!(EntryId::parse("999-0").unwrap() < a);
+        assert_eq!(EntryId::parse("5-0").unwrap().to_string(), "5-0");
+        assert_eq!(EntryId::default().to_string(), "0-0");
+    }
+}
