@@ -136,7 +136,7 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
                 _ = kill.cancelled() => break,
                 f = rx.recv() => match f {
                     Some(f) => {
-                        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(f))).await, Ok(Ok(()))) {
+                        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, write_queued(&mut sink, f, &mut rx)).await, Ok(Ok(()))) {
                             kill.cancel();
                             return;
                         }
@@ -253,10 +253,84 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
     tracing::info!(reason, "disconnected");
 }
 
+/// Write `first` and everything else already queued, then flush once: one syscall for a
+/// burst instead of one per frame.
+pub async fn write_queued<S>(
+    sink: &mut S,
+    first: Utf8Bytes,
+    rx: &mut mpsc::Receiver<Utf8Bytes>,
+) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    sink.feed(Message::Text(first)).await?;
+    // Bounded: at most what the queue holds now.
+    let mut n = rx.len();
+    while n > 0 {
+        let Ok(f) = rx.try_recv() else { break };
+        sink.feed(Message::Text(f)).await?;
+        n -= 1;
+    }
+    sink.flush().await
+}
+
 fn text(b: bytes::Bytes) -> Message {
     Message::Text(text_bytes(b))
 }
 
 fn text_bytes(b: bytes::Bytes) -> Utf8Bytes {
     Utf8Bytes::try_from(b).expect("frames are serialized JSON, hence UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A sink that records frames and counts flushes.
+    #[derive(Default)]
+    struct Recorder {
+        frames: Vec<String>,
+        flushes: usize,
+    }
+
+    impl futures_util::Sink<Message> for Recorder {
+        type Error = std::convert::Infallible;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(mut self: Pin<&mut Self>, m: Message) -> Result<(), Self::Error> {
+            if let Message::Text(t) = m {
+                self.frames.push(t.to_string());
+            }
+            Ok(())
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn everything_queued_goes_out_with_one_flush() {
+        let (tx, mut rx) = mpsc::channel(8);
+        for f in ["b", "c", "d"] {
+            tx.try_send(Utf8Bytes::from_static(f)).unwrap();
+        }
+        let mut sink = Recorder::default();
+        write_queued(&mut sink, Utf8Bytes::from_static("a"), &mut rx)
+            .await
+            .unwrap();
+        assert_eq!(sink.frames, ["a", "b", "c", "d"]);
+        assert_eq!(sink.flushes, 1);
+        assert!(rx.try_recv().is_err());
+    }
 }

@@ -19,6 +19,9 @@ use super::{Bus, BusError, BusMessage, LeaseOp, ReadFrom, StreamEntry, Subscript
 /// are acknowledged, so this only bites when no worker consumes at all.
 pub const STREAM_MAXLEN: i64 = 100_000;
 
+/// Slots of the subscriber client's message channel (fred preallocates them).
+const SUBSCRIBER_BUFFER: usize = 4096;
+
 /// Blocking reads wait at most this long for Redis beyond their BLOCK time before they are
 /// abandoned; an abandoned read's entries stay pending and are read again first.
 const BLOCKING_SLACK: Duration = Duration::from_secs(30);
@@ -91,7 +94,9 @@ impl RedisBus {
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = Duration::from_secs(5);
-                p.broadcast_channel_capacity = 65_536;
+                // Every client preallocates several event channels of this many slots;
+                // only subscribers receive messages on them (see `subscription`).
+                p.broadcast_channel_capacity = 32;
             })
             // Reconnect forever, backing off from 100 ms to 5 s.
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
@@ -230,7 +235,11 @@ impl Bus for RedisBus {
         &self,
         capacity: usize,
     ) -> Result<(Arc<dyn Subscription>, mpsc::Receiver<BusMessage>), BusError> {
-        let client = self.builder.build_subscriber_client().map_err(err)?;
+        // Pub/sub messages pass through fred's broadcast channel before ours: big enough
+        // for bursts, small enough not to preallocate megabytes (a lag is reported).
+        let mut builder = self.builder.clone();
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER);
+        let client = builder.build_subscriber_client().map_err(err)?;
         client.init().await.map_err(err)?;
         client.manage_subscriptions();
         let mut rx = client.message_rx();
