@@ -54,6 +54,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ),
     ("JAM_HISTORY_LIMIT", "50", "messages sent to a joiner"),
     (
+        "JAM_LARGE_ROOM",
+        "100",
+        "participants above which a room gets coalesced presence counts instead of member lists",
+    ),
+    (
         "JAM_MAX_FRAME_BYTES",
         "65536",
         "largest accepted client frame",
@@ -153,6 +158,7 @@ pub struct Config {
     pub instance_id: String,
     pub session_id_len: usize,
     pub history_limit: usize,
+    pub large_room: usize,
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
     pub max_connections: usize,
@@ -270,6 +276,7 @@ impl Config {
             instance_id: s.opt("JAM_INSTANCE_ID").unwrap_or_else(default_instance_id),
             session_id_len,
             history_limit: s.num("JAM_HISTORY_LIMIT")?,
+            large_room: s.num("JAM_LARGE_ROOM")?,
             max_frame_bytes: s.num("JAM_MAX_FRAME_BYTES")?,
             outbound_queue: s.num::<usize>("JAM_OUTBOUND_QUEUE")?.max(8),
             max_connections: s.num("JAM_MAX_CONNECTIONS")?,

@@ -35,6 +35,7 @@ impl EngineConfig {
     pub fn from_config(cfg: &Config) -> Self {
         Self {
             history_limit: cfg.history_limit,
+            large_room: cfg.large_room,
             session_timeout: cfg.session_timeout,
             host_grace: cfg.host_grace,
             gateway_dead_after: cfg.gateway_dead_after,

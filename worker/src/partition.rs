@@ -23,6 +23,8 @@ use crate::Health;
 const BATCH: usize = 256;
 const BLOCK_MS: u64 = 200;
 const TICK: Duration = Duration::from_millis(500);
+/// How often an owner takes over entries stranded with other consumers of its stream.
+const SWEEP: Duration = Duration::from_secs(5);
 /// Batches applied but not yet committed: the pipeline's depth.
 const IN_FLIGHT: usize = 2;
 /// Time a stopping partition gives its committer to finish what was applied.
@@ -132,15 +134,31 @@ impl Partition {
         };
         let mut commit_task = tokio::spawn(committer.run(rx, abort.clone()));
         // What the previous owner read and never acknowledged is ours now, and comes
-        // first: read pending entries before new ones.
-        self.take_over_pending().await;
+        // first: read pending entries before new ones. Retried until it works: a failed
+        // takeover would strand those entries in a dead consumer's list.
+        let mut delay = Duration::from_millis(100);
+        while self.take_over_pending(0).await.is_none() && !stop.is_cancelled() {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
         let mut from_pending = true;
+        let mut last_sweep = Instant::now();
         let mut last_tick = Instant::now();
         let mut backoff = Duration::from_millis(100);
         while !stop.is_cancelled() && !commit_task.is_finished() {
             let mut fx = Effects::default();
             while let Ok(v) = self.verified.try_recv() {
                 self.engine.apply_verified(&v.cmd, v.ok, &mut fx);
+            }
+            if last_sweep.elapsed() >= SWEEP {
+                // Anything another consumer holds on our stream is stranded (a reader
+                // that woke after losing the lease): take it and read pending first.
+                last_sweep = Instant::now();
+                // Idle for a while: not one of our own batches still in flight.
+                let idle = SWEEP.as_millis() as u64 * 2;
+                if self.take_over_pending(idle).await.unwrap_or(0) > 0 {
+                    from_pending = true;
+                }
             }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
@@ -213,6 +231,8 @@ impl Partition {
                     }
                 }
             }
+            self.engine
+                .flush_presence(jam_shared::clock::now_ms(), &mut fx);
             let work = self.work(fx, acks);
             if let Some(w) = work {
                 // Bounded: a slow commit holds the reader here (back-pressure).
@@ -244,30 +264,32 @@ impl Partition {
         tracing::info!(partition = self.id, "partition released");
     }
 
-    /// Move every entry other consumers of the group hold unacknowledged to us.
-    async fn take_over_pending(&self) {
+    /// Move every entry other consumers of the group hold unacknowledged to us; how many
+    /// (`None` when Redis could not be asked).
+    async fn take_over_pending(&self, min_idle_ms: u64) -> Option<usize> {
+        let mut total = 0;
         loop {
             match self
                 .sh
                 .bus
-                .claim_stale(&self.stream, WORKER_GROUP, &self.sh.node, 0, 1000)
+                .claim_stale(&self.stream, WORKER_GROUP, &self.sh.node, min_idle_ms, 1000)
                 .await
             {
-                Ok(e) if e.len() >= 1000 => continue,
+                Ok(e) if e.len() >= 1000 => total += e.len(),
                 Ok(e) => {
-                    if !e.is_empty() {
+                    total += e.len();
+                    if total > 0 {
                         tracing::info!(
                             partition = self.id,
-                            count = e.len(),
+                            count = total,
                             "took over unacknowledged commands"
                         );
                     }
-                    return;
+                    return Some(total);
                 }
                 Err(e) => {
-                    // The pending-first read retries after the next error anyway.
                     tracing::warn!(partition = self.id, error = %e, "taking over pending commands failed");
-                    return;
+                    return None;
                 }
             }
         }

@@ -192,6 +192,7 @@ pub fn frame_type(frame: &[u8]) -> &'static str {
         "user_left",
         "user_online",
         "user_offline",
+        "presence_diff",
         "session_update",
         "session_created",
         "session_ended",

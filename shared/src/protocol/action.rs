@@ -98,6 +98,11 @@ pub enum Action {
     #[serde(rename_all = "camelCase")]
     GetActiveUsers {
         session_id: String,
+        /// Paging for large rooms: members from `offset`, at most `limit` (≤ 500).
+        #[serde(default)]
+        offset: Option<u32>,
+        #[serde(default)]
+        limit: Option<u32>,
     },
     #[serde(rename_all = "camelCase")]
     Typing {
@@ -201,7 +206,7 @@ impl Action {
             | Action::LeaveSession { session_id }
             | Action::EndSession { session_id }
             | Action::SendMessage { session_id, .. }
-            | Action::GetActiveUsers { session_id }
+            | Action::GetActiveUsers { session_id, .. }
             | Action::Typing { session_id, .. }
             | Action::LoadHistory { session_id, .. }
             | Action::PlaybackState { session_id, .. }

@@ -134,8 +134,20 @@ impl SessionRecord {
         self.last_seq
     }
 
+    /// The view for a room of this size: above `members_max` participants, the member
+    /// list is left out (counts only; members page through `get_active_users`).
+    pub fn view_for(&self, members_max: usize) -> SessionView {
+        let mut v = self.view();
+        if self.participants.len() > members_max {
+            v.participants = Vec::new();
+            v.members_omitted = true;
+        }
+        v
+    }
+
     pub fn view(&self) -> SessionView {
         SessionView {
+            members_omitted: false,
             id: self.id.clone(),
             name: self.name.clone(),
             description: self.description.clone(),
@@ -199,6 +211,9 @@ pub struct SessionView {
     pub max_participants: u32,
     pub participants: Vec<ParticipantView>,
     pub participant_count: usize,
+    /// A large room: `participants` is empty; ask `get_active_users` for pages.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub members_omitted: bool,
     pub status: SessionStatus,
     pub created_at: i64,
     pub expires_at: i64,

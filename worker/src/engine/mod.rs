@@ -27,6 +27,8 @@ pub use timers::GatewayLiveness;
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub history_limit: usize,
+    /// Participants above which presence goes out as coalesced counts.
+    pub large_room: usize,
     pub session_timeout: Duration,
     pub host_grace: Duration,
     pub gateway_dead_after: Duration,
@@ -41,6 +43,9 @@ pub struct Engine {
     recent: HashMap<SessionKey, VecDeque<ChatMessage>>,
     /// Who is typing where, until when (ms). Ephemeral: never stored.
     typing: HashMap<(SessionKey, String), i64>,
+    /// Large rooms' presence changes since the last `presence_diff`: (joined, left).
+    presence: HashMap<SessionKey, (usize, usize)>,
+    last_presence_flush: i64,
 }
 
 impl Engine {
@@ -50,6 +55,8 @@ impl Engine {
             sessions: HashMap::new(),
             recent: HashMap::new(),
             typing: HashMap::new(),
+            presence: HashMap::new(),
+            last_presence_flush: 0,
         }
     }
 
@@ -151,7 +158,11 @@ impl Engine {
                 session_id,
                 message,
             } => self.send_message(cmd, session_id, message, fx),
-            Action::GetActiveUsers { session_id } => self.get_active_users(cmd, session_id, fx),
+            Action::GetActiveUsers {
+                session_id,
+                offset,
+                limit,
+            } => self.get_active_users(cmd, session_id, *offset, *limit, fx),
             Action::Typing {
                 session_id,
                 is_typing,

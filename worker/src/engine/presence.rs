@@ -13,28 +13,106 @@ use super::{Effects, Engine, SessionKey};
 /// A typing indicator not renewed within this clears itself.
 pub const TYPING_TTL_MS: i64 = 5_000;
 
+/// Large rooms' presence changes are coalesced over this long into one `presence_diff`.
+pub const PRESENCE_COALESCE_MS: i64 = 100;
+
+/// Members per `active_users` page: the default and the most a client may ask for.
+pub const MEMBERS_PAGE: u32 = 100;
+pub const MEMBERS_PAGE_MAX: u32 = 500;
+
 /// Participants with at least one connection in the room.
 pub fn online_count(rec: &SessionRecord) -> usize {
     rec.participants.iter().filter(|p| p.is_online()).count()
 }
 
 pub fn active_users(rec: &SessionRecord) -> Value {
-    let users: Vec<Value> = rec
-        .participants
-        .iter()
-        .filter(|p| p.is_online())
+    active_users_page(rec, 0, usize::MAX)
+}
+
+/// Online members from `offset`, at most `limit`, with the total count.
+pub fn active_users_page(rec: &SessionRecord, offset: usize, limit: usize) -> Value {
+    let online = rec.participants.iter().filter(|p| p.is_online());
+    let count = online.clone().count();
+    let users: Vec<Value> = online
+        .skip(offset)
+        .take(limit)
         .map(|p| json!({"userId": p.id, "userName": p.name, "connections": p.connections.len()}))
         .collect();
-    json!({"sessionId": rec.id, "activeUsers": users, "count": users.len()})
+    let has_more = offset + users.len() < count;
+    let mut v = json!({"sessionId": rec.id, "activeUsers": users, "count": count});
+    if offset > 0 || has_more {
+        v["offset"] = json!(offset);
+        v["hasMore"] = json!(has_more);
+    }
+    v
 }
 
 impl Engine {
-    pub(super) fn get_active_users(&mut self, cmd: &Command, sid: &str, fx: &mut Effects) {
+    pub(super) fn get_active_users(
+        &mut self,
+        cmd: &Command,
+        sid: &str,
+        offset: Option<u32>,
+        limit: Option<u32>,
+        fx: &mut Effects,
+    ) {
         let Some(rec) = self.member_session(cmd, sid, fx) else {
             return;
         };
-        let f = frame("active_users", &active_users(rec));
-        fx.reply(cmd, vec![f]);
+        let limit = limit.unwrap_or(MEMBERS_PAGE).clamp(1, MEMBERS_PAGE_MAX) as usize;
+        let page = active_users_page(rec, offset.unwrap_or(0) as usize, limit);
+        fx.reply(cmd, vec![frame("active_users", &page)]);
+    }
+
+    /// Whether a room is large: presence goes out as coalesced counts.
+    pub(super) fn is_large(&self, rec: &SessionRecord) -> bool {
+        rec.participants.len() > self.cfg.large_room
+    }
+
+    /// What the room is told about its members: the full snapshot for a small room,
+    /// the count and the first page for a large one.
+    pub(super) fn members_frame(&self, rec: &SessionRecord) -> bytes::Bytes {
+        if self.is_large(rec) {
+            frame(
+                "active_users",
+                &active_users_page(rec, 0, MEMBERS_PAGE as usize),
+            )
+        } else {
+            frame("active_users", &active_users(rec))
+        }
+    }
+
+    /// Count a large room's join (`joined`) or leave for the next `presence_diff`.
+    pub(super) fn coalesce(&mut self, key: &SessionKey, joined: usize, left: usize) {
+        let e = self.presence.entry(key.clone()).or_default();
+        e.0 += joined;
+        e.1 += left;
+    }
+
+    /// One `presence_diff` {joined, left, count, participantCount, seq} per large room that
+    /// changed, at most every [`PRESENCE_COALESCE_MS`]: seating a thousand listeners costs a
+    /// few frames per member, not one per join.
+    pub fn flush_presence(&mut self, now: i64, fx: &mut Effects) {
+        if self.presence.is_empty() || now - self.last_presence_flush < PRESENCE_COALESCE_MS {
+            return;
+        }
+        self.last_presence_flush = now;
+        for (key, (joined, left)) in std::mem::take(&mut self.presence) {
+            let Some(rec) = self.sessions.get_mut(&key) else {
+                continue;
+            };
+            let seq = rec.next_seq();
+            let f = frame(
+                "presence_diff",
+                &json!({
+                    "sessionId": key.1, "joined": joined, "left": left,
+                    "count": online_count(rec), "participantCount": rec.participants.len(),
+                    "seq": seq,
+                }),
+            );
+            fx.room(&key, Envelope::default(), vec![f]);
+            fx.touch(&key);
+        }
     }
 
     pub(super) fn typing(&mut self, cmd: &Command, sid: &str, is_typing: bool, fx: &mut Effects) {

@@ -7,7 +7,7 @@ use jam_shared::protocol::{Action, Command, Envelope};
 use jam_shared::ErrorCode;
 use serde_json::json;
 
-use super::presence::{active_users, online_count};
+use super::presence::online_count;
 use super::{Effects, Engine, SessionKey};
 use jam_shared::protocol::action::DEFAULT_MAX_PARTICIPANTS;
 
@@ -96,8 +96,10 @@ impl Engine {
                 return fx.error(cmd, ErrorCode::SessionFull, "Session is full");
             }
         }
+        let large = rec.participants.len() >= self.cfg.large_room;
         let rec = self.sessions.get_mut(&key).expect("checked above");
         let mut deltas = Vec::new();
+        let mut coalesced = false;
         if already {
             let p = rec.participant_mut(&cmd.user_id).expect("member");
             let was_offline = !p.is_online();
@@ -110,11 +112,15 @@ impl Engine {
                 }
             }
             if was_offline && p.is_online() {
-                let count = online_count(rec);
-                deltas.push(frame(
-                    "user_online",
-                    &json!({"sessionId": sid, "userId": cmd.user_id, "count": count}),
-                ));
+                if large {
+                    coalesced = true;
+                } else {
+                    let count = online_count(rec);
+                    deltas.push(frame(
+                        "user_online",
+                        &json!({"sessionId": sid, "userId": cmd.user_id, "count": count}),
+                    ));
+                }
             }
         } else {
             let mut p = ParticipantRecord::new(
@@ -127,19 +133,27 @@ impl Engine {
             p.can_rate = can_rate;
             let view = p.view();
             rec.participants.push(p);
-            let seq = rec.next_seq();
-            deltas.push(frame(
-                "user_joined",
-                &json!({
-                    "sessionId": sid, "userId": cmd.user_id, "userName": cmd.user_name,
-                    "participant": view, "count": online_count(rec), "seq": seq,
-                }),
-            ));
+            if large {
+                coalesced = true;
+            } else {
+                let seq = rec.next_seq();
+                deltas.push(frame(
+                    "user_joined",
+                    &json!({
+                        "sessionId": sid, "userId": cmd.user_id, "userName": cmd.user_name,
+                        "participant": view, "count": online_count(rec), "seq": seq,
+                    }),
+                ));
+            }
         }
         if !deltas.is_empty() {
             fx.room(&key, Envelope::default(), deltas);
         }
-        let snapshot = frame("session_update", &json!({ "session": rec.view() }));
+        let large_room = self.cfg.large_room;
+        let snapshot = frame(
+            "session_update",
+            &json!({ "session": rec.view_for(large_room) }),
+        );
         let history: Vec<_> = self
             .recent
             .get(&key)
@@ -151,7 +165,11 @@ impl Engine {
             "message_history",
             &json!({"sessionId": sid, "messages": history, "hasMore": has_more}),
         );
-        let active = frame("active_users", &active_users(rec));
+        let rec = &self.sessions[&key];
+        let active = self.members_frame(rec);
+        if coalesced {
+            self.coalesce(&key, usize::from(!already), 0);
+        }
         let mut frames = vec![snapshot, history, active];
         // A joiner starts where the host is (a join is a sync trigger).
         if let Some(f) = self.joiner_sync_frame(&key, &cmd.user_id) {
@@ -223,6 +241,8 @@ impl Engine {
         let Some(idx) = rec.participants.iter().position(|p| p.id == user_id) else {
             return;
         };
+        let large = rec.participants.len() > self.cfg.large_room;
+        let large_room = self.cfg.large_room;
         let gone = rec.participants.remove(idx);
         if rec.participants.is_empty() {
             let env = Envelope {
@@ -234,11 +254,14 @@ impl Engine {
             self.remove_session(key, fx);
             return;
         }
-        let seq = rec.next_seq();
-        let mut frames = vec![frame(
-            "user_left",
-            &json!({"sessionId": key.1, "userId": gone.id, "userName": gone.name, "count": online_count(rec), "seq": seq}),
-        )];
+        let mut frames = Vec::new();
+        if !large {
+            let seq = rec.next_seq();
+            frames.push(frame(
+                "user_left",
+                &json!({"sessionId": key.1, "userId": gone.id, "userName": gone.name, "count": online_count(rec), "seq": seq}),
+            ));
+        }
         if rec.host_id == user_id {
             // The longest-present online participant becomes host; else the longest-present.
             let next = rec
@@ -258,7 +281,10 @@ impl Engine {
                 };
             }
             rec.next_seq();
-            frames.push(frame("session_update", &json!({ "session": rec.view() })));
+            frames.push(frame(
+                "session_update",
+                &json!({ "session": rec.view_for(large_room) }),
+            ));
         }
         let env = Envelope {
             leave_user: Some(user_id.to_string()),
@@ -266,6 +292,9 @@ impl Engine {
         };
         fx.room(key, env, frames);
         fx.touch(key);
+        if large {
+            self.coalesce(key, 0, 1);
+        }
     }
 
     /// One connection of `user_id` in this session went away. The last one going makes a
@@ -303,6 +332,7 @@ impl Engine {
             p.offline_since = Some(now_ms());
         }
         let count = online_count(rec);
+        let large = rec.participants.len() > self.cfg.large_room;
         let env = Envelope {
             leave_conn: Some(conn.to_string()),
             ..Default::default()
@@ -311,7 +341,13 @@ impl Engine {
             "user_offline",
             &json!({"sessionId": key.1, "userId": user_id, "count": count}),
         );
-        fx.room(key, env, vec![offline]);
+        if large {
+            // A host going offline still matters to everyone; anyone else is a count.
+            fx.room(key, env, if is_host { vec![offline] } else { vec![] });
+            self.coalesce(key, 0, 0);
+        } else {
+            fx.room(key, env, vec![offline]);
+        }
         fx.touch(key);
         self.stop_typing(key, user_id, fx);
         // A host keeps its place for the grace period; anyone else has left.

@@ -11,6 +11,7 @@ use super::{Effects, Engine, EngineConfig};
 fn engine() -> Engine {
     Engine::new(EngineConfig {
         history_limit: 50,
+        large_room: 100,
         session_timeout: Duration::from_secs(3600),
         host_grace: Duration::from_secs(30),
         gateway_dead_after: Duration::from_secs(10),
@@ -259,4 +260,61 @@ async fn typing_expires_and_skips_the_typist() {
     let mut fx = Effects::default();
     e.tick(jam_shared::clock::now_ms() + 6_000, &|_| true, &mut fx);
     assert_eq!(frames_of(&fx, "user_typing")[0]["isTyping"], false);
+}
+
+#[tokio::test]
+async fn large_rooms_get_coalesced_counts_not_a_frame_per_join() {
+    let mut e = Engine::new(EngineConfig {
+        large_room: 3,
+        ..engine().cfg.clone()
+    });
+    let mut fx = Effects::default();
+    let create = Action::CreateSession {
+        name: "big".into(),
+        description: None,
+        is_private: None,
+        password: None,
+        max_participants: Some(1000),
+        password_hash: None,
+        session_id: Some("ABCDEF".into()),
+    };
+    e.apply(&cmd("host", "c-host", create), &mut fx);
+    for i in 0..10 {
+        let join = Action::JoinSession {
+            session_id: "ABCDEF".into(),
+            password: None,
+            capabilities: None,
+        };
+        e.apply(&cmd(&format!("u{i}"), &format!("c-u{i}"), join), &mut fx);
+    }
+    // Small while ≤ 3 participants: one user_joined each (u0, u1); then counts only.
+    assert_eq!(frames_of(&fx, "user_joined").len(), 2);
+    let last = frames_of(&fx, "session_update").pop().unwrap();
+    assert_eq!(last["session"]["participants"].as_array().unwrap().len(), 0);
+    assert_eq!(last["session"]["membersOmitted"], true);
+    assert_eq!(last["session"]["participantCount"], 11);
+    assert!(
+        frames_of(&fx, "presence_diff").is_empty(),
+        "not before the flush"
+    );
+    e.flush_presence(jam_shared::clock::now_ms(), &mut fx);
+    let diffs = frames_of(&fx, "presence_diff");
+    assert_eq!(diffs.len(), 1);
+    assert_eq!(diffs[0]["joined"], 8);
+    assert_eq!(diffs[0]["count"], 11);
+    // Nothing pending: no second diff.
+    e.flush_presence(jam_shared::clock::now_ms() + 1000, &mut fx);
+    assert_eq!(frames_of(&fx, "presence_diff").len(), 1);
+    // Members page through get_active_users.
+    let mut fx = Effects::default();
+    let page = Action::GetActiveUsers {
+        session_id: "ABCDEF".into(),
+        offset: Some(4),
+        limit: Some(5),
+    };
+    e.apply(&cmd("u0", "c-u0", page), &mut fx);
+    let p = frames_of(&fx, "active_users").pop().unwrap();
+    assert_eq!(p["activeUsers"].as_array().unwrap().len(), 5);
+    assert_eq!(p["count"], 11);
+    assert_eq!(p["hasMore"], true);
 }
