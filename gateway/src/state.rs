@@ -42,7 +42,23 @@ impl AppState {
         rtt_ms: Option<f64>,
         action: Action,
     ) -> Result<(), BusError> {
-        self.enqueue(who, conn, r#ref, rtt_ms, action, false).await
+        self.enqueue(who, conn, r#ref, rtt_ms, action, false, None)
+            .await
+    }
+
+    /// [`send_command`](Self::send_command) with the client's idempotency key: the
+    /// command's id is derived from it, so a retry is recognised as the same command.
+    pub async fn send_keyed(
+        &self,
+        who: &Identity,
+        conn: &str,
+        r#ref: Option<serde_json::Value>,
+        rtt_ms: Option<f64>,
+        action: Action,
+        key: Option<&str>,
+    ) -> Result<(), BusError> {
+        self.enqueue(who, conn, r#ref, rtt_ms, action, false, key)
+            .await
     }
 
     /// Put a REST call's command on its partition's stream.
@@ -52,9 +68,11 @@ impl AppState {
         conn: &str,
         action: Action,
     ) -> Result<(), BusError> {
-        self.enqueue(who, conn, None, None, action, true).await
+        self.enqueue(who, conn, None, None, action, true, None)
+            .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn enqueue(
         &self,
         who: &Identity,
@@ -63,9 +81,15 @@ impl AppState {
         rtt_ms: Option<f64>,
         action: Action,
         ephemeral: bool,
+        key: Option<&str>,
     ) -> Result<(), BusError> {
+        let id = match key {
+            // Unique per user (and tenant: every store key carries it).
+            Some(k) => format!("k:{}:{k}", who.user_id),
+            None => jam_shared::ids::unique(),
+        };
         let cmd = Command {
-            id: jam_shared::ids::unique(),
+            id,
             tenant: who.tenant.clone(),
             user_id: who.user_id.clone(),
             user_name: who.user_name.clone(),

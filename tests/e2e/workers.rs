@@ -80,22 +80,33 @@ struct Sender {
 }
 
 impl Sender {
+    /// Send one message and wait for its acknowledgement, resending it with the same
+    /// idempotency key when none comes: pub/sub may lose the acknowledgement of a message
+    /// committed just before its worker died, and the retry returns the original.
     async fn send(&mut self, text: String) {
         let r = format!("r-{text}");
         let t = Instant::now();
-        self.client
-            .send(json!({"type": "send_message", "sessionId": self.sid, "message": text, "ref": r}))
-            .await;
-        let rr = r.clone();
-        let m = self
-            .client
-            .recv_where_within(&r, Duration::from_secs(30), move |v| {
-                v["ref"] == rr.as_str()
-            })
-            .await;
-        assert_eq!(m["type"], "new_message", "{m}");
-        self.longest_wait = self.longest_wait.max(t.elapsed());
-        self.acked.push((text, m["seq"].as_i64().unwrap()));
+        for attempt in 1..=4 {
+            self.client
+                .send(json!({"type": "send_message", "sessionId": self.sid, "message": text, "ref": r, "idempotencyKey": text}))
+                .await;
+            let rr = r.clone();
+            let Some(m) = self
+                .client
+                .try_recv_where(Duration::from_secs(8), move |v| v["ref"] == rr.as_str())
+                .await
+            else {
+                assert!(
+                    attempt < 4,
+                    "{r}: no acknowledgement after {attempt} attempts"
+                );
+                continue;
+            };
+            assert_eq!(m["type"], "new_message", "{m}");
+            self.longest_wait = self.longest_wait.max(t.elapsed());
+            self.acked.push((text, m["seq"].as_i64().unwrap()));
+            return;
+        }
     }
 }
 

@@ -136,6 +136,26 @@ impl Client {
         }
     }
 
+    /// The first frame matching `pred` within `wait`, or `None` (the others are kept).
+    pub async fn try_recv_where(
+        &mut self,
+        wait: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return Some(self.backlog.remove(i));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.recv_wire(left).await?;
+            if pred(&v) {
+                return Some(v);
+            }
+            self.backlog.push(v);
+        }
+    }
+
     pub async fn recv_type(&mut self, ty: &str) -> Value {
         let t = ty.to_string();
         self.recv_where(ty, move |v| v["type"] == t.as_str()).await

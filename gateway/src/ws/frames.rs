@@ -133,6 +133,7 @@ pub async fn handle(
         }
         _ => {}
     }
+    let key = idempotency_key(&v, &r#ref)?;
     let action = to_action(&ty, v, &r#ref)?;
     let action = prepare(st, action)
         .await
@@ -151,12 +152,37 @@ pub async fn handle(
                 FrameError::new(ErrorCode::Unavailable, "bus unavailable", r#ref.clone())
             })?;
     }
-    st.send_command(who, conn, r#ref.clone(), rtt_ms, action)
+    st.send_keyed(who, conn, r#ref.clone(), rtt_ms, action, key.as_deref())
         .await
         .map_err(|_| {
             FrameError::new(ErrorCode::Unavailable, "bus unavailable, try again", r#ref)
         })?;
     Ok(Outcome::Forwarded)
+}
+
+/// Longest accepted `idempotencyKey`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 64;
+
+/// A frame's optional `idempotencyKey`: a retry with the same key (same user) is the same
+/// command, so a chat message resent after a lost acknowledgement is stored once and
+/// acknowledged again with its original `seq`.
+fn idempotency_key(v: &Value, r#ref: &Option<Value>) -> Result<Option<String>, FrameError> {
+    match v.get("idempotencyKey") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(k))
+            if !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+        {
+            Ok(Some(k.clone()))
+        }
+        Some(_) => Err(FrameError::new(
+            ErrorCode::BadRequest,
+            "idempotencyKey: 1-64 characters of A-Z a-z 0-9 - _ . :",
+            r#ref.clone(),
+        )),
+    }
 }
 
 /// Gateway-side preparation: a new session gets its id here, and a password is hashed

@@ -72,6 +72,9 @@ CREATE INDEX jam_direct_messages_created ON jam_direct_messages (created_at);
 "#,
 ];
 
+/// How long a transaction may sit idle (its client paused or gone) before the server ends it.
+const STALLED_TX: Duration = Duration::from_secs(3);
+
 fn db(e: tokio_postgres::Error) -> StoreError {
     metrics::counter!("jam_pg_errors_total").increment(1);
     StoreError::Db(e.to_string())
@@ -86,6 +89,13 @@ impl PgStore {
     pub async fn connect(url: &str, max_size: usize) -> Result<Self, StoreError> {
         let mut cfg = tokio_postgres::Config::from_str(url).map_err(db)?;
         cfg.connect_timeout(Duration::from_secs(5));
+        // A worker paused or cut off inside a transaction must not hold its locks (the
+        // partition row above all) until it wakes: the server aborts such a transaction
+        // after a few idle seconds, so a new owner's claim waits that long at most.
+        cfg.options(format!(
+            "-c idle_in_transaction_session_timeout={}",
+            STALLED_TX.as_millis()
+        ));
         let mgr = Manager::from_config(
             cfg,
             NoTls,

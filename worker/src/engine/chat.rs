@@ -18,6 +18,17 @@ impl Engine {
         if !rec.is_member(&cmd.user_id) {
             return fx.error(cmd, ErrorCode::NotInSession, "Not in session");
         }
+        // A retry (same idempotency key, hence same id) of a message already stored:
+        // acknowledge it again, as it was, and store nothing.
+        if let Some(done) = self
+            .recent
+            .get(&key)
+            .and_then(|q| q.iter().rev().find(|m| m.id == cmd.id))
+        {
+            metrics::counter!("jam_commands_deduplicated_total").increment(1);
+            let again = frame("new_message", done);
+            return fx.reply(cmd, vec![again]);
+        }
         let msg = ChatMessage {
             id: cmd.id.clone(),
             tenant: cmd.tenant.clone(),

@@ -318,3 +318,29 @@ async fn large_rooms_get_coalesced_counts_not_a_frame_per_join() {
     assert_eq!(p["count"], 11);
     assert_eq!(p["hasMore"], true);
 }
+
+#[tokio::test]
+async fn a_retried_message_is_stored_once_and_acknowledged_again() {
+    let mut e = engine();
+    session_with(&mut e, &["alice", "bob"]).await;
+    let say = || Action::SendMessage {
+        session_id: "ABCDEF".into(),
+        message: "once".into(),
+    };
+    let mut first = cmd("bob", "c-bob", say());
+    first.id = "k:bob:m1".into();
+    let mut fx = Effects::default();
+    e.apply(&first, &mut fx);
+    let seq = fx.messages[0].seq;
+    // The same key again (a resend after a lost acknowledgement, maybe from a new socket).
+    let mut again = cmd("bob", "c-bob-2", say());
+    again.id = "k:bob:m1".into();
+    let mut fx = Effects::default();
+    e.apply(&again, &mut fx);
+    assert!(fx.messages.is_empty(), "nothing stored twice");
+    let acks = frames_of(&fx, "new_message");
+    assert_eq!(acks.len(), 1, "only the sender is answered");
+    assert_eq!(acks[0]["seq"], seq);
+    let (_, env, _) = &published(&fx)[0];
+    assert_eq!(env.conn.as_deref(), Some("c-bob-2"));
+}
