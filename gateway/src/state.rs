@@ -42,7 +42,7 @@ impl AppState {
         rtt_ms: Option<f64>,
         action: Action,
     ) -> Result<(), BusError> {
-        self.enqueue(who, conn, r#ref, rtt_ms, action, false, None)
+        self.send_keyed(who, conn, r#ref, rtt_ms, action, None)
             .await
     }
 

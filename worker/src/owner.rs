@@ -140,15 +140,20 @@ impl Owner {
                 .copied()
                 .take(self.owned.len() - target)
                 .collect();
-            for p in surplus {
-                tracing::info!(
-                    partition = p,
-                    target,
-                    "handing a partition to another worker"
-                );
-                let o = self.owned.remove(&p).expect("held");
-                stop_and_release(self.sh.clone(), p, o).await;
-            }
+            // All at once: the owned partitions' renewals wait for this round.
+            let stops: Vec<_> = surplus
+                .into_iter()
+                .map(|p| {
+                    tracing::info!(
+                        partition = p,
+                        target,
+                        "handing a partition to another worker"
+                    );
+                    let o = self.owned.remove(&p).expect("held");
+                    stop_and_release(self.sh.clone(), p, o)
+                })
+                .collect();
+            futures::future::join_all(stops).await;
             return;
         }
         let start = keys::partition_of(&self.sh.node, self.sh.partitions);

@@ -23,6 +23,8 @@ use crate::Health;
 const BATCH: usize = 256;
 const BLOCK_MS: u64 = 200;
 const TICK: Duration = Duration::from_millis(500);
+/// Longest pause between failed reads: short, so a Redis that comes back is used at once.
+const READ_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often an owner takes over entries stranded with other consumers of its stream.
 const SWEEP: Duration = Duration::from_secs(5);
 /// Batches applied but not yet committed: the pipeline's depth.
@@ -223,7 +225,7 @@ impl Partition {
                         _ = stop.cancelled() => {}
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(READ_BACKOFF_MAX);
                     // A Redis that restarted empty has no group: create it again.
                     let streams = [self.stream.clone()];
                     if let Err(e) = self.sh.bus.ensure_group(&streams, WORKER_GROUP).await {

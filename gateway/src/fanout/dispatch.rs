@@ -22,6 +22,9 @@ pub async fn run(table: Arc<Table>, mut rx: mpsc::Receiver<BusMessage>) {
                 "bus connection was re-established; asking clients to reconnect"
             );
             metrics::counter!("jam_bus_resets_total").increment(1);
+            // Replies come on the inbox: make sure it is subscribed again before anyone
+            // reconnects and asks (the client library re-subscribes too, but later).
+            table.resubscribe_inbox().await;
             for c in conns {
                 c.close(crate::ws::connection::CLOSE_SERVICE_RESTART);
             }

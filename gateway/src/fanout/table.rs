@@ -95,6 +95,19 @@ impl Table {
         }))
     }
 
+    /// Subscribe the inbox again (after the bus reconnected), retrying for a few seconds.
+    pub async fn resubscribe_inbox(&self) {
+        for attempt in 1..=10 {
+            match self.sub.subscribe(&self.inbox).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "re-subscribing the inbox failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
     pub fn node(&self) -> &str {
         &self.node
     }
