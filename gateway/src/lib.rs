@@ -74,7 +74,7 @@ pub async fn run(
     bus: Arc<dyn Bus>,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    let (sub, rx) = bus.subscription(65_536).await?;
+    let (sub, rx) = bus.subscription(cfg.bus_buffer).await?;
     let table = fanout::Table::new(sub, cfg.node_id()).await?;
     let dispatcher = tokio::spawn(fanout::dispatch::run(table.clone(), rx));
     let st = AppState {

@@ -39,6 +39,15 @@ pub const GATEWAY_HEARTBEAT_CHANNEL: &str = "jam:gateways";
 /// re-established, so messages may have been missed in between.
 pub const BUS_RESET: &str = "jam:bus-reset";
 
+/// Not a Redis channel: a subscription reports on it that it dropped messages because its
+/// receiver fell behind; members of the rooms it carries must resynchronise.
+pub const BUS_LAGGED: &str = "jam:bus-lagged";
+
+/// The session id of a room channel (see [`room_channel`]).
+pub fn room_of(channel: &str) -> Option<&str> {
+    channel.rsplit_once(":room:").map(|(_, sid)| sid)
+}
+
 /// The command stream of one partition.
 pub fn command_stream(partition: u32) -> String {
     format!("jam:cmd:{partition}")

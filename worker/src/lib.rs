@@ -36,6 +36,7 @@ impl EngineConfig {
         Self {
             history_limit: cfg.history_limit,
             large_room: cfg.large_room,
+            recovery_events: cfg.recovery_events,
             session_timeout: cfg.session_timeout,
             host_grace: cfg.host_grace,
             gateway_dead_after: cfg.gateway_dead_after,

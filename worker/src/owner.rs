@@ -217,7 +217,7 @@ async fn stop_and_release(sh: Shared, p: u32, o: Owned) {
 async fn listen_heartbeats(sh: Shared, mut rx: mpsc::Receiver<BusMessage>) {
     while let Some(m) = rx.recv().await {
         let mut l = sh.liveness.lock().unwrap();
-        if &*m.channel == keys::BUS_RESET {
+        if &*m.channel == keys::BUS_RESET || &*m.channel == keys::BUS_LAGGED {
             // Heartbeats may have been missed: listen a full timeout before judging again.
             l.bus_unhealthy();
             l.bus_healthy();

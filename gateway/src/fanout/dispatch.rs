@@ -30,9 +30,42 @@ pub async fn run(table: Arc<Table>, mut rx: mpsc::Receiver<BusMessage>) {
             }
             continue;
         }
+        if &*msg.channel == jam_shared::keys::BUS_LAGGED {
+            resync_all(&table);
+            continue;
+        }
         deliver(&table, &msg);
     }
     tracing::info!("bus subscription closed; dispatcher stopped");
+}
+
+/// Room events were dropped on their way to this gateway: every member of every room
+/// here is told to rejoin with its last `seq` (and gets what it missed, or a snapshot).
+pub fn resync_all(table: &Table) {
+    let st = table.state.lock().unwrap();
+    let mut told = 0u64;
+    for (channel, ch) in &st.channels {
+        let Some(sid) = jam_shared::keys::room_of(channel) else {
+            continue;
+        };
+        let f = jam_shared::protocol::event::frame(
+            "resync_required",
+            &serde_json::json!({"sessionId": sid, "reason": "events_dropped"}),
+        );
+        let Ok(f) = Utf8Bytes::try_from(f) else {
+            continue;
+        };
+        for m in &ch.members {
+            if st.conns.get(m).is_some_and(|e| e.handle.push(f.clone())) {
+                told += 1;
+            }
+        }
+    }
+    metrics::counter!("jam_resync_required_total").increment(told);
+    tracing::warn!(
+        connections = told,
+        "bus messages were dropped; members told to resync"
+    );
 }
 
 pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
@@ -211,6 +244,7 @@ pub fn frame_type(frame: &[u8]) -> &'static str {
         "track_added",
         "track_removed",
         "direct_message",
+        "resync_required",
     ];
     let needle = b"\"type\":\"";
     let Some(pos) = frame

@@ -91,6 +91,7 @@ pub async fn join_session(
             session_id: id,
             password,
             capabilities: None,
+            since_seq: None,
         },
     )
     .await?;

@@ -3,13 +3,13 @@
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use jam_shared::auth::{AuthError, Identity};
 use jam_shared::keys;
-use jam_shared::protocol::event::{error, frame};
+use jam_shared::protocol::event::{error, error_with_ref, frame};
 use jam_shared::protocol::Action;
 use jam_shared::ErrorCode;
 use serde_json::json;
@@ -30,6 +30,8 @@ const RTT_SAMPLES: usize = 8;
 /// A connection silent (no frame, no pong) for this long is dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames read ahead of the one being handled.
+const INBOUND_QUEUE: usize = 64;
 
 pub async fn run(
     mut socket: WebSocket,
@@ -123,7 +125,7 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
         }),
     )));
 
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, stream) = socket.split();
     let mut rtts: std::collections::VecDeque<u32> =
         std::collections::VecDeque::with_capacity(RTT_SAMPLES);
     let kill = handle.kill.clone();
@@ -172,26 +174,31 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
     let rate = st.cfg.rate_limit_per_sec;
     let mut bucket = TokenBucket::new(rate, rate * 2.0);
     let mut reason = "client";
+    // Frames are read, and stamped, as they arrive: the rate limit judges what the client
+    // sent when it sent it, not a backlog that piled up while a command waited on the bus.
+    let (in_tx, mut inbound) = mpsc::channel(INBOUND_QUEUE);
+    let reader = tokio::spawn(read_frames(stream, in_tx));
     loop {
         let next = tokio::select! {
             _ = handle.kill.cancelled() => { reason = "server"; break }
-            n = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => n,
+            n = tokio::time::timeout(IDLE_TIMEOUT, inbound.recv()) => n,
         };
-        let msg = match next {
+        let (arrived, msg) = match next {
             Err(_) => {
                 reason = "idle";
                 break;
             }
-            Ok(None) | Ok(Some(Err(_))) => break,
-            Ok(Some(Ok(m))) => m,
+            Ok(None) => break,
+            Ok(Some(m)) => m,
         };
         match msg {
             Message::Text(t) => {
-                if !bucket.take() {
+                if !bucket.take_at(arrived) {
                     metrics::counter!("jam_errors_total", "code" => "RATE_LIMITED").increment(1);
-                    handle.push(text_bytes(error(
+                    handle.push(text_bytes(error_with_ref(
                         ErrorCode::RateLimited,
                         "Too many frames, slow down",
+                        frames::ref_of(&t).as_ref(),
                     )));
                     continue;
                 }
@@ -237,9 +244,11 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
         reason = "slow_consumer";
     }
     handle.kill.cancel();
+    reader.abort();
     let _ = writer.await;
     for room in st.table.unregister(&conn_id) {
-        if let Some(sid) = room.rsplit(":room:").next() {
+        // Only rooms are sessions; a user channel has nobody to tell.
+        if let Some(sid) = keys::room_of(&room) {
             let action = Action::Disconnect {
                 session_id: sid.to_string(),
             };
@@ -251,6 +260,19 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
     metrics::gauge!("jam_connections_open").decrement(1.0);
     metrics::counter!("jam_connections_closed_total", "reason" => reason).increment(1);
     tracing::info!(reason, "disconnected");
+}
+
+/// Read frames into `out`, each with the instant it arrived, until the stream ends or
+/// the receiver goes away. Bounded: a full queue stops reading (TCP pushes back).
+pub async fn read_frames<S, E>(mut stream: S, out: mpsc::Sender<(Instant, Message)>)
+where
+    S: futures_util::Stream<Item = Result<Message, E>> + Unpin,
+{
+    while let Some(Ok(m)) = stream.next().await {
+        if out.send((Instant::now(), m)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Write `first` and everything else already queued, then flush once: one syscall for a
@@ -317,6 +339,24 @@ mod tests {
         fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    #[tokio::test]
+    async fn frames_are_stamped_when_they_arrive_not_when_handled() {
+        let frames = futures_util::stream::iter(
+            ["a", "b", "c"].map(|t| Ok::<_, ()>(Message::Text(Utf8Bytes::from_static(t)))),
+        );
+        let (tx, mut rx) = mpsc::channel(8);
+        let before = Instant::now();
+        read_frames(frames, tx).await;
+        // Handled later: the stamps still say when they came in.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut got = Vec::new();
+        while let Ok((at, m)) = rx.try_recv() {
+            assert!(at >= before && at < before + Duration::from_millis(50));
+            got.push(m.into_text().unwrap().to_string());
+        }
+        assert_eq!(got, ["a", "b", "c"]);
     }
 
     #[tokio::test]

@@ -89,6 +89,15 @@ pub fn to_action(ty: &str, v: Value, r#ref: &Option<Value>) -> Result<Action, Fr
     Ok(action)
 }
 
+/// The `ref` of a raw frame, for an error about a frame that was not handled.
+pub fn ref_of(text: &str) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct OnlyRef {
+        r#ref: Option<Value>,
+    }
+    serde_json::from_str::<OnlyRef>(text).ok()?.r#ref
+}
+
 pub async fn handle(
     st: &AppState,
     who: &Identity,

@@ -17,7 +17,8 @@ pub const STREAM_CAP: usize = 100_000;
 
 #[derive(Default)]
 struct State {
-    subs: HashMap<u64, (mpsc::Sender<BusMessage>, HashSet<String>)>,
+    /// Subscriber → (receiver, channels, dropped a message since it was last told).
+    subs: HashMap<u64, (mpsc::Sender<BusMessage>, HashSet<String>, bool)>,
     next_sub: u64,
     streams: HashMap<String, VecDeque<(u64, Bytes)>>,
     next_id: u64,
@@ -73,20 +74,28 @@ impl Drop for MemorySubscription {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BusError> {
-        let s = self.state.lock().unwrap();
+        let mut s = self.state.lock().unwrap();
         let channel: Arc<str> = Arc::from(channel);
-        for (tx, chans) in s.subs.values() {
-            if chans.contains(&*channel) {
-                // At-most-once, like Redis pub/sub: a subscriber that cannot keep up loses messages.
-                if tx
-                    .try_send(BusMessage {
-                        channel: channel.clone(),
-                        payload: payload.clone(),
-                    })
-                    .is_err()
-                {
-                    metrics::counter!("jam_bus_dropped_total").increment(1);
-                }
+        for (tx, chans, lagged) in s.subs.values_mut() {
+            if !chans.contains(&*channel) {
+                continue;
+            }
+            // A subscriber that lost messages hears about it before the next one it gets.
+            if *lagged {
+                let marker = BusMessage {
+                    channel: Arc::from(crate::keys::BUS_LAGGED),
+                    payload: Bytes::new(),
+                };
+                *lagged = tx.try_send(marker).is_err();
+            }
+            // At-most-once, like Redis pub/sub: a subscriber that cannot keep up loses messages.
+            let msg = BusMessage {
+                channel: channel.clone(),
+                payload: payload.clone(),
+            };
+            if *lagged || tx.try_send(msg).is_err() {
+                *lagged = true;
+                metrics::counter!("jam_bus_dropped_total").increment(1);
             }
         }
         Ok(())
@@ -100,7 +109,7 @@ impl Bus for MemoryBus {
         let mut s = self.state.lock().unwrap();
         s.next_sub += 1;
         let id = s.next_sub;
-        s.subs.insert(id, (tx, HashSet::new()));
+        s.subs.insert(id, (tx, HashSet::new(), false));
         Ok((
             Arc::new(MemorySubscription {
                 id,

@@ -274,6 +274,13 @@ impl Bus for RedisBus {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         metrics::counter!("jam_bus_dropped_total").increment(n);
                         tracing::warn!(lost = n, "subscriber lagged behind redis");
+                        let lagged = BusMessage {
+                            channel: Arc::from(crate::keys::BUS_LAGGED),
+                            payload: Bytes::new(),
+                        };
+                        if tx.send(lagged).await.is_err() {
+                            return;
+                        }
                     }
                     Err(_) => return,
                 }

@@ -80,6 +80,9 @@ pub enum Action {
         password: Option<String>,
         #[serde(default)]
         capabilities: Option<Capabilities>,
+        /// The last room `seq` the client saw: rejoin with the events missed since.
+        #[serde(default)]
+        since_seq: Option<i64>,
     },
     #[serde(rename_all = "camelCase")]
     LeaveSession {
@@ -362,6 +365,7 @@ mod tests {
                 session_id: "ABC234".into(),
                 password: Some("pw".into()),
                 capabilities: None,
+                since_seq: None,
             }
         );
         let a = parse(json!({"type":"sync_request","sessionId":"ABC234"})).unwrap();
@@ -402,6 +406,7 @@ mod tests {
             session_id: "bad:id".into(),
             password: None,
             capabilities: None,
+            since_seq: None,
         };
         let pos = |p: f64| Action::PlaybackState {
             session_id: "ABCDEF".into(),

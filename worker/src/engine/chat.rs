@@ -40,6 +40,7 @@ impl Engine {
             seq: rec.next_seq(),
         };
         let out = frame("new_message", &msg);
+        let seq = msg.seq;
         let recent = self.recent.entry(key.clone()).or_default();
         recent.push_back(msg.clone());
         while recent.len() > self.cfg.history_limit {
@@ -47,6 +48,7 @@ impl Engine {
         }
         // Appended, never a rewrite of the session: its seq is recovered from the messages.
         fx.messages.push(msg);
+        self.keep(&key, seq, &out);
         fx.room_acked(&key, cmd, Envelope::default(), vec![out]);
     }
 

@@ -8,6 +8,7 @@ pub mod effects;
 mod playback;
 mod presence;
 mod queue;
+mod recovery;
 mod sessions;
 #[cfg(test)]
 mod tests;
@@ -16,11 +17,14 @@ mod timers;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use bytes::Bytes;
+use jam_shared::protocol::event::frame;
 use jam_shared::protocol::model::{ChatMessage, SessionRecord};
 use jam_shared::protocol::{Action, Command};
 use jam_shared::store::{Batch, Store, StoreError};
 
 pub use effects::{Effects, Query, SessionKey};
+use recovery::EventLog;
 pub use timers::GatewayLiveness;
 
 /// Knobs the engine needs from the configuration.
@@ -29,6 +33,8 @@ pub struct EngineConfig {
     pub history_limit: usize,
     /// Participants above which presence goes out as coalesced counts.
     pub large_room: usize,
+    /// Room events kept per session for reconnect recovery (`sinceSeq`).
+    pub recovery_events: usize,
     pub session_timeout: Duration,
     pub host_grace: Duration,
     pub gateway_dead_after: Duration,
@@ -41,6 +47,8 @@ pub struct Engine {
     sessions: HashMap<SessionKey, SessionRecord>,
     /// The last `history_limit` messages per session: a joiner's history without a query.
     recent: HashMap<SessionKey, VecDeque<ChatMessage>>,
+    /// The last room events per session, for members that rejoin with `sinceSeq`.
+    log: HashMap<SessionKey, EventLog>,
     /// Who is typing where, until when (ms). Ephemeral: never stored.
     typing: HashMap<(SessionKey, String), i64>,
     /// Large rooms' presence changes since the last `presence_diff`: (joined, left).
@@ -54,6 +62,7 @@ impl Engine {
             cfg,
             sessions: HashMap::new(),
             recent: HashMap::new(),
+            log: HashMap::new(),
             typing: HashMap::new(),
             presence: HashMap::new(),
             last_presence_flush: 0,
@@ -86,6 +95,8 @@ impl Engine {
                     self.cfg.history_limit,
                 )
                 .await?;
+            let log = EventLog::from_messages(rec.last_seq, &msgs, |m| frame("new_message", m));
+            self.log.insert(key.clone(), log);
             self.recent.insert(key.clone(), msgs.into());
             self.sessions.insert(key, rec);
         }
@@ -247,11 +258,21 @@ impl Engine {
         batch
     }
 
+    /// Keep a room event (number `seq`) for members that rejoin with `sinceSeq`.
+    fn keep(&mut self, key: &SessionKey, seq: i64, frame: &Bytes) {
+        let cap = self.cfg.recovery_events;
+        self.log
+            .entry(key.clone())
+            .or_default()
+            .push(seq, frame.clone(), cap);
+    }
+
     fn remove_session(&mut self, key: &SessionKey, fx: &mut Effects) {
         if self.sessions.remove(key).is_some() {
             metrics::gauge!("jam_sessions_active").decrement(1.0);
         }
         self.recent.remove(key);
+        self.log.remove(key);
         fx.delete(key);
     }
 }

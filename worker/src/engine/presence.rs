@@ -110,6 +110,7 @@ impl Engine {
                     "seq": seq,
                 }),
             );
+            self.keep(&key, seq, &f);
             fx.room(&key, Envelope::default(), vec![f]);
             fx.touch(&key);
         }

@@ -41,15 +41,12 @@ impl Engine {
         rec.queue.push(t.clone());
         let seq = rec.next_seq();
         fx.touch(&key);
-        fx.room_acked(
-            &key,
-            cmd,
-            Envelope::default(),
-            vec![frame(
-                "track_added",
-                &json!({"sessionId": sid, "track": t, "seq": seq}),
-            )],
+        let event = frame(
+            "track_added",
+            &json!({"sessionId": sid, "track": t, "seq": seq}),
         );
+        self.keep(&key, seq, &event);
+        fx.room_acked(&key, cmd, Envelope::default(), vec![event]);
     }
 
     pub(super) fn remove_track(
@@ -75,15 +72,12 @@ impl Engine {
         rec.queue.remove(idx);
         let seq = rec.next_seq();
         fx.touch(&key);
-        fx.room_acked(
-            &key,
-            cmd,
-            Envelope::default(),
-            vec![frame(
-                "track_removed",
-                &json!({"sessionId": sid, "trackId": track_id, "seq": seq}),
-            )],
+        let event = frame(
+            "track_removed",
+            &json!({"sessionId": sid, "trackId": track_id, "seq": seq}),
         );
+        self.keep(&key, seq, &event);
+        fx.room_acked(&key, cmd, Envelope::default(), vec![event]);
     }
 
     pub(super) fn track_change(
@@ -125,15 +119,12 @@ impl Engine {
         });
         let seq = rec.next_seq();
         fx.touch(&key);
-        fx.room_acked(
-            &key,
-            cmd,
-            Envelope::default(),
-            vec![frame(
-                "track_change",
-                &json!({"sessionId": sid, "track": t, "seq": seq}),
-            )],
+        let event = frame(
+            "track_change",
+            &json!({"sessionId": sid, "track": t, "seq": seq}),
         );
+        self.keep(&key, seq, &event);
+        fx.room_acked(&key, cmd, Envelope::default(), vec![event]);
         self.broadcast_command(&key, "switch_track", fx);
     }
 }

@@ -8,7 +8,7 @@ use jam_shared::ErrorCode;
 use serde_json::json;
 
 use super::presence::online_count;
-use super::{Effects, Engine, SessionKey};
+use super::{Effects, Engine, EventLog, SessionKey};
 use jam_shared::protocol::action::DEFAULT_MAX_PARTICIPANTS;
 
 impl Engine {
@@ -69,6 +69,7 @@ impl Engine {
         self.sessions.insert(key.clone(), rec);
         metrics::gauge!("jam_sessions_active").increment(1.0);
         self.recent.insert(key.clone(), Default::default());
+        self.log.insert(key.clone(), EventLog::starting_at(0));
         fx.touch(&key);
         answer_joiner(cmd, &key, vec![created], fx);
         tracing::info!(session = %id, host = %cmd.user_id, "session created");
@@ -100,6 +101,7 @@ impl Engine {
         let rec = self.sessions.get_mut(&key).expect("checked above");
         let mut deltas = Vec::new();
         let mut coalesced = false;
+        let mut joined = None;
         if already {
             let p = rec.participant_mut(&cmd.user_id).expect("member");
             let was_offline = !p.is_online();
@@ -137,6 +139,7 @@ impl Engine {
                 coalesced = true;
             } else {
                 let seq = rec.next_seq();
+                joined = Some(seq);
                 deltas.push(frame(
                     "user_joined",
                     &json!({
@@ -146,37 +149,63 @@ impl Engine {
                 ));
             }
         }
+        if let (Some(seq), Some(f)) = (joined, deltas.last()) {
+            let cap = self.cfg.recovery_events;
+            let log = self.log.entry(key.clone()).or_default();
+            log.push(seq, f.clone(), cap);
+        }
         if !deltas.is_empty() {
             fx.room(&key, Envelope::default(), deltas);
         }
-        let large_room = self.cfg.large_room;
-        let snapshot = frame(
-            "session_update",
-            &json!({ "session": rec.view_for(large_room) }),
-        );
-        let history: Vec<_> = self
-            .recent
-            .get(&key)
-            .map(|q| q.iter().cloned().collect())
-            .unwrap_or_default();
-        // A full window may have older messages behind it (load_history pages them).
-        let has_more = history.len() >= self.cfg.history_limit;
-        let history = frame(
-            "message_history",
-            &json!({"sessionId": sid, "messages": history, "hasMore": has_more}),
-        );
+        // Rejoining with `sinceSeq`: the room events missed since, when all are still kept.
+        let since_seq = match &cmd.action {
+            Action::JoinSession { since_seq, .. } => *since_seq,
+            _ => None,
+        };
+        let missed = since_seq.map(|s| {
+            self.log
+                .get(&key)
+                .and_then(|log| log.since(s, rec.last_seq))
+        });
+        let mut body = json!({ "session": rec.view_for(self.cfg.large_room) });
+        if let Some(m) = &missed {
+            body["recovered"] = json!(m.is_some());
+            let outcome = if m.is_some() { "true" } else { "false" };
+            metrics::counter!("jam_recoveries_total", "recovered" => outcome).increment(1);
+        }
+        let snapshot = frame("session_update", &body);
+        let mut frames = match missed {
+            // The missed events travel inside the reply, in order: `session` is the state
+            // after the last of them.
+            Some(Some(events)) => vec![super::recovery::with_missed(&snapshot, &events)],
+            _ => vec![snapshot, self.history_frame(&key)],
+        };
         let rec = &self.sessions[&key];
-        let active = self.members_frame(rec);
+        frames.push(self.members_frame(rec));
         if coalesced {
             self.coalesce(&key, usize::from(!already), 0);
         }
-        let mut frames = vec![snapshot, history, active];
         // A joiner starts where the host is (a join is a sync trigger).
         if let Some(f) = self.joiner_sync_frame(&key, &cmd.user_id) {
             frames.push(f);
         }
         fx.touch(&key);
         answer_joiner(cmd, &key, frames, fx);
+    }
+
+    /// The last messages of a session, as a joiner gets them.
+    fn history_frame(&self, key: &SessionKey) -> bytes::Bytes {
+        let history: Vec<_> = self
+            .recent
+            .get(key)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default();
+        // A full window may have older messages behind it (load_history pages them).
+        let has_more = history.len() >= self.cfg.history_limit;
+        frame(
+            "message_history",
+            &json!({"sessionId": key.1, "messages": history, "hasMore": has_more}),
+        )
     }
 
     pub(super) fn leave_session(&mut self, cmd: &Command, sid: &str, fx: &mut Effects) {
@@ -255,12 +284,15 @@ impl Engine {
             return;
         }
         let mut frames = Vec::new();
+        let mut kept = Vec::new();
         if !large {
             let seq = rec.next_seq();
-            frames.push(frame(
+            let f = frame(
                 "user_left",
                 &json!({"sessionId": key.1, "userId": gone.id, "userName": gone.name, "count": online_count(rec), "seq": seq}),
-            ));
+            );
+            kept.push((seq, f.clone()));
+            frames.push(f);
         }
         if rec.host_id == user_id {
             // The longest-present online participant becomes host; else the longest-present.
@@ -280,11 +312,16 @@ impl Engine {
                     Role::Participant
                 };
             }
-            rec.next_seq();
-            frames.push(frame(
+            let seq = rec.next_seq();
+            let f = frame(
                 "session_update",
                 &json!({ "session": rec.view_for(large_room) }),
-            ));
+            );
+            kept.push((seq, f.clone()));
+            frames.push(f);
+        }
+        for (seq, f) in kept {
+            self.keep(key, seq, &f);
         }
         let env = Envelope {
             leave_user: Some(user_id.to_string()),
