@@ -1,9 +1,11 @@
 //! jam-gateway: terminates WebSockets, authenticates, validates frames, forwards
 //! commands to the worker over the bus and fans the worker's events out to local sockets.
 
+pub mod auth;
 pub mod cli;
 pub mod fanout;
 pub mod http;
+pub mod limits;
 pub mod state;
 pub mod ws;
 
@@ -12,7 +14,6 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
-use jam_shared::auth::JwtVerifier;
 use jam_shared::bus::{Bus, BusError};
 use jam_shared::config::Config;
 use jam_shared::keys;
@@ -29,14 +30,12 @@ pub enum GatewayError {
     Bus(#[from] BusError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] auth::SetupError),
 }
 
 pub fn app(st: AppState) -> Router {
-    Router::new()
-        .route("/ws", get(ws::handler))
-        .route("/health", get(http::health))
-        .route("/ready", get(http::ready))
-        .route("/metrics", get(http::metrics))
+    let api = Router::new()
         .route("/api/version", get(http::api::version))
         .route(
             "/api/sessions",
@@ -62,6 +61,16 @@ pub fn app(st: AppState) -> Router {
         .route("/api/openapi.json", get(http::api::openapi))
         .route("/api/messages/direct", get(http::api::direct_messages))
         .route("/api/publish", axum::routing::post(http::publish::publish))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            st.cfg.limits.body_bytes,
+        ))
+        .layer(http::cors(&st.cfg.auth.allowed_origins));
+    Router::new()
+        .route("/ws", get(ws::handler))
+        .route("/health", get(http::health))
+        .route("/ready", get(http::ready))
+        .route("/metrics", get(http::metrics))
+        .merge(api)
         .with_state(st)
 }
 
@@ -69,17 +78,20 @@ pub fn app(st: AppState) -> Router {
 /// restart) so it reconnects elsewhere, wait up to the grace for connections to end.
 pub async fn run(
     cfg: Config,
-    jwt_secret: String,
+    hs_secret: Option<String>,
     listener: TcpListener,
     bus: Arc<dyn Bus>,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    let auth = Arc::new(auth::Authenticator::new(&cfg, hs_secret.as_deref())?);
+    let limits = Arc::new(limits::Limiter::new(&cfg.limits, bus.clone()));
     let (sub, rx) = bus.subscription(cfg.bus_buffer).await?;
     let table = fanout::Table::new(sub, cfg.node_id()).await?;
     let dispatcher = tokio::spawn(fanout::dispatch::run(table.clone(), rx));
     let st = AppState {
         cfg: Arc::new(cfg),
-        jwt: JwtVerifier::new(&jwt_secret),
+        auth,
+        limits,
         bus: bus.clone(),
         table: table.clone(),
         draining: CancellationToken::new(),
@@ -98,9 +110,12 @@ pub async fn run(
         }
     });
     let server = tokio::spawn(
-        axum::serve(listener, app(st.clone()))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .into_future(),
+        axum::serve(
+            listener,
+            app(st.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .into_future(),
     );
 
     shutdown.cancelled().await;
@@ -112,7 +127,7 @@ pub async fn run(
     );
     st.draining.cancel();
     for c in st.table.connections() {
-        c.close(ws::connection::CLOSE_SERVICE_RESTART);
+        c.close(ws::close::SERVICE_RESTART);
     }
     st.tracker.close();
     if tokio::time::timeout(grace, st.tracker.wait())

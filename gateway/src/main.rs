@@ -37,7 +37,8 @@ async fn serve() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Serve => {
-            let secret = cfg.jwt_secret_required()?;
+            cfg.token_check_required()?;
+            let secret = cfg.jwt_secret.clone();
             let redis = cfg
                 .redis_url
                 .clone()

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use jam_shared::auth::{Identity, JwtVerifier};
+use jam_shared::auth::Identity;
 use jam_shared::bus::{Bus, BusError};
 use jam_shared::config::Config;
 use jam_shared::keys;
@@ -16,7 +16,8 @@ use crate::fanout::Table;
 #[derive(Clone)]
 pub struct AppState {
     pub cfg: Arc<Config>,
-    pub jwt: JwtVerifier,
+    pub auth: Arc<crate::auth::Authenticator>,
+    pub limits: Arc<crate::limits::Limiter>,
     pub bus: Arc<dyn Bus>,
     pub table: Arc<Table>,
     /// Cancelled on SIGTERM: not ready, no new connections.

@@ -31,6 +31,49 @@ pub enum AuthError {
     Expired,
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// The key set or the introspection endpoint could not be reached: retry later.
+    #[error("token check unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    pub fn retryable(&self) -> bool {
+        matches!(self, AuthError::Unavailable(_))
+    }
+}
+
+/// The identity a verified token names: `sub` (≤ 128 bytes, no `:` or newline), the display
+/// name (`name`, else `sub`, ≤ 64 chars) and the tenant (`[A-Za-z0-9_-]{1,64}`, else the
+/// default tenant).
+pub fn identity(
+    sub: String,
+    name: Option<String>,
+    tenant: Option<String>,
+) -> Result<Identity, AuthError> {
+    if sub.is_empty() || sub.len() > 128 || sub.contains(['\n', ':']) {
+        return Err(AuthError::Invalid("bad sub claim".into()));
+    }
+    let tenant = match tenant {
+        Some(t) if !t.is_empty() => {
+            if t.len() > 64
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(AuthError::Invalid("bad tenant claim".into()));
+            }
+            t
+        }
+        _ => DEFAULT_TENANT.to_string(),
+    };
+    let name = name
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| sub.clone());
+    Ok(Identity {
+        user_id: sub,
+        user_name: name.chars().take(64).collect(),
+        tenant,
+    })
 }
 
 #[derive(Clone)]
@@ -58,32 +101,7 @@ impl JwtVerifier {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid(e.to_string()),
             })?;
-        let c = data.claims;
-        if c.sub.is_empty() || c.sub.len() > 128 || c.sub.contains(['\n', ':']) {
-            return Err(AuthError::Invalid("bad sub claim".into()));
-        }
-        let tenant = match c.tenant {
-            Some(t) if !t.is_empty() => {
-                if t.len() > 64
-                    || !t
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    return Err(AuthError::Invalid("bad tenant claim".into()));
-                }
-                t
-            }
-            _ => DEFAULT_TENANT.to_string(),
-        };
-        let name = c
-            .name
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| c.sub.clone());
-        Ok(Identity {
-            user_id: c.sub,
-            user_name: name.chars().take(64).collect(),
-            tenant,
-        })
+        identity(data.claims.sub, data.claims.name, data.claims.tenant)
     }
 
     /// Mint a token (the `gentoken` subcommand and tests).

@@ -33,6 +33,79 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "HS256 secret for client tokens (required outside standalone)",
     ),
     (
+        "JAM_JWT_PUBLIC_KEY",
+        "",
+        "RS256/ES256 public key for client tokens: a PEM, or the path of a PEM file",
+    ),
+    (
+        "JAM_JWKS_URL",
+        "",
+        "JWKS URL for RS256/ES256 client tokens (keys picked by kid, cached, refetched on an unknown kid)",
+    ),
+    (
+        "JAM_JWKS_REFRESH_SECS",
+        "300",
+        "how long a fetched JWKS is used before it is fetched again",
+    ),
+    ("JAM_JWT_AUDIENCE", "", "required `aud` of client tokens; empty = not checked"),
+    ("JAM_JWT_ISSUER", "", "required `iss` of client tokens; empty = not checked"),
+    (
+        "JAM_INTROSPECTION_URL",
+        "",
+        "RFC 7662 introspection endpoint for opaque (non-JWT) bearer tokens; empty = JWTs only",
+    ),
+    (
+        "JAM_INTROSPECTION_CACHE_SECS",
+        "60",
+        "how long an introspection answer is reused (never past the token's exp)",
+    ),
+    (
+        "JAM_TOKEN_EXPIRY_WARNING_SECS",
+        "60",
+        "a live connection gets token_expiring this long before its token's exp",
+    ),
+    (
+        "JAM_ALLOWED_ORIGINS",
+        "",
+        "origins (comma-separated) allowed to use cookie authentication and CORS; the gateway's own origin always is",
+    ),
+    (
+        "JAM_MAX_CONNECTIONS_PER_USER",
+        "20",
+        "open WebSockets per user on one gateway",
+    ),
+    (
+        "JAM_MAX_CONNECTIONS_PER_IP",
+        "500",
+        "open WebSockets per client IP on one gateway",
+    ),
+    (
+        "JAM_MAX_SESSIONS_PER_HOUR",
+        "100",
+        "sessions one user may create per hour (all gateways)",
+    ),
+    (
+        "JAM_MAX_ROOMS_PER_CONNECTION",
+        "20",
+        "sessions one connection may be joined to",
+    ),
+    (
+        "JAM_REST_RATE_PER_SEC",
+        "20",
+        "REST requests per token per second (bursts of twice that)",
+    ),
+    ("JAM_MAX_BODY_BYTES", "65536", "largest REST request body"),
+    (
+        "JAM_DM_RATE_PER_SEC",
+        "5",
+        "direct messages per connection per second (bursts of twice that)",
+    ),
+    (
+        "JAM_RATE_LIMIT_STRIKES",
+        "200",
+        "frames refused by the rate limit before the connection is closed (4029)",
+    ),
+    (
         "JAM_API_KEY",
         "",
         "key for POST /api/publish; empty disables server-side publish",
@@ -163,6 +236,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub database_url: Option<String>,
     pub jwt_secret: Option<String>,
+    pub auth: AuthSettings,
+    pub limits: Limits,
     pub api_key: Option<String>,
     pub partitions: u32,
     pub instance_id: String,
@@ -211,6 +286,33 @@ impl fmt::Debug for Config {
             .field("instance_id", &self.instance_id)
             .finish_non_exhaustive()
     }
+}
+
+/// How client tokens are checked, beyond the HS256 secret.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    pub public_key: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_refresh: Duration,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+    pub introspection_url: Option<String>,
+    pub introspection_cache: Duration,
+    pub expiry_warning: Duration,
+    pub allowed_origins: Vec<String>,
+}
+
+/// What one client may use (docs/security.md lists them).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub connections_per_user: usize,
+    pub connections_per_ip: usize,
+    pub sessions_per_hour: u64,
+    pub rooms_per_connection: usize,
+    pub rest_per_sec: f64,
+    pub body_bytes: usize,
+    pub dm_per_sec: f64,
+    pub rate_strikes: u32,
 }
 
 /// The development secret standalone mode falls back to. Never valid elsewhere.
@@ -283,6 +385,32 @@ impl Config {
             redis_url: s.opt("JAM_REDIS_URL"),
             database_url: s.opt("JAM_DATABASE_URL"),
             jwt_secret: s.opt("JAM_JWT_SECRET"),
+            auth: AuthSettings {
+                public_key: s.opt("JAM_JWT_PUBLIC_KEY"),
+                jwks_url: s.opt("JAM_JWKS_URL"),
+                jwks_refresh: secs("JAM_JWKS_REFRESH_SECS")?,
+                audience: s.opt("JAM_JWT_AUDIENCE"),
+                issuer: s.opt("JAM_JWT_ISSUER"),
+                introspection_url: s.opt("JAM_INTROSPECTION_URL"),
+                introspection_cache: secs("JAM_INTROSPECTION_CACHE_SECS")?,
+                expiry_warning: secs("JAM_TOKEN_EXPIRY_WARNING_SECS")?,
+                allowed_origins: s
+                    .string("JAM_ALLOWED_ORIGINS")
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+            },
+            limits: Limits {
+                connections_per_user: s.num("JAM_MAX_CONNECTIONS_PER_USER")?,
+                connections_per_ip: s.num("JAM_MAX_CONNECTIONS_PER_IP")?,
+                sessions_per_hour: s.num("JAM_MAX_SESSIONS_PER_HOUR")?,
+                rooms_per_connection: s.num("JAM_MAX_ROOMS_PER_CONNECTION")?,
+                rest_per_sec: s.num("JAM_REST_RATE_PER_SEC")?,
+                body_bytes: s.num("JAM_MAX_BODY_BYTES")?,
+                dm_per_sec: s.num("JAM_DM_RATE_PER_SEC")?,
+                rate_strikes: s.num("JAM_RATE_LIMIT_STRIKES")?,
+            },
             api_key: s.opt("JAM_API_KEY"),
             partitions,
             instance_id: s.opt("JAM_INSTANCE_ID").unwrap_or_else(default_instance_id),
@@ -335,11 +463,20 @@ impl Config {
         }
     }
 
-    /// The secret for multi-process mode, which refuses to run without one.
-    pub fn jwt_secret_required(&self) -> Result<String, ConfigError> {
-        self.jwt_secret.clone().ok_or(ConfigError {
+    /// Multi-process mode refuses to run without a way to check tokens: an HS256 secret,
+    /// a public key, a JWKS URL or an introspection endpoint.
+    pub fn token_check_required(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        if self.jwt_secret.is_some()
+            || a.public_key.is_some()
+            || a.jwks_url.is_some()
+            || a.introspection_url.is_some()
+        {
+            return Ok(());
+        }
+        Err(ConfigError {
             var: "JAM_JWT_SECRET",
-            reason: "required when running as separate gateway/worker processes".into(),
+            reason: "required (or JAM_JWT_PUBLIC_KEY, JAM_JWKS_URL, JAM_INTROSPECTION_URL) when running as separate gateway/worker processes".into(),
         })
     }
 
@@ -384,7 +521,22 @@ mod tests {
         assert!(c.redis_url.is_none());
         assert_eq!(c.session_timeout, Duration::from_secs(4 * 3600));
         assert_eq!(c.drain_grace, Duration::from_secs(20));
-        assert!(c.jwt_secret_required().is_err());
+        assert!(c.token_check_required().is_err());
+        assert!(c.auth.allowed_origins.is_empty());
+        assert_eq!(c.limits.connections_per_user, 20);
+        let c = Config::from_map(&map(&[
+            ("JAM_JWKS_URL", "http://127.0.0.1:1/jwks"),
+            (
+                "JAM_ALLOWED_ORIGINS",
+                " https://a.example/, https://b.example ",
+            ),
+        ]))
+        .unwrap();
+        assert!(c.token_check_required().is_ok());
+        assert_eq!(
+            c.auth.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]
@@ -397,7 +549,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.partitions, 4);
         assert_eq!(c.instance_id, "gw-a");
-        assert_eq!(c.jwt_secret_required().unwrap(), "x");
+        assert!(c.token_check_required().is_ok());
         let e = Config::from_map(&map(&[("JAM_PARTITIONS", "lots")])).unwrap_err();
         assert_eq!(e.var, "JAM_PARTITIONS");
         assert!(Config::from_map(&map(&[("JAM_PARTITIONS", "0")])).is_err());

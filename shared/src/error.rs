@@ -14,6 +14,7 @@ pub enum ErrorCode {
     NotInSession,
     SessionExists,
     RateLimited,
+    LimitExceeded,
     Unavailable,
     Internal,
 }
@@ -30,6 +31,7 @@ impl ErrorCode {
             ErrorCode::NotInSession => "NOT_IN_SESSION",
             ErrorCode::SessionExists => "SESSION_EXISTS",
             ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::NotInSession => 403,
             ErrorCode::SessionExists => 409,
             ErrorCode::RateLimited => 429,
+            ErrorCode::LimitExceeded => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::NotInSession => "Not in session",
             ErrorCode::SessionExists => "Session already exists",
             ErrorCode::RateLimited => "Too many requests",
+            ErrorCode::LimitExceeded => "Limit exceeded",
             ErrorCode::Unavailable => "Service unavailable",
             ErrorCode::Internal => "Internal error",
         }

@@ -28,7 +28,14 @@ pub async fn run(
         Some(url) => Arc::new(PgStore::connect(url, 8).await?),
         None => Arc::new(MemoryStore::new()),
     };
-    let secret = cfg.jwt_secret_or_dev();
+    // The development secret only when nothing else checks tokens.
+    let a = &cfg.auth;
+    let secret = if a.public_key.is_some() || a.jwks_url.is_some() || a.introspection_url.is_some()
+    {
+        cfg.jwt_secret.clone()
+    } else {
+        Some(cfg.jwt_secret_or_dev())
+    };
     let engine_stop = CancellationToken::new();
     let engine = {
         let (cfg, bus, store, stop) =

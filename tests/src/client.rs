@@ -82,6 +82,14 @@ impl Client {
             .unwrap();
     }
 
+    /// Send, or false when the connection is gone (a server that closed on us).
+    pub async fn try_send(&mut self, v: Value) -> bool {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .is_ok()
+    }
+
     pub async fn send_text(&mut self, t: String) {
         self.ws.send(Message::Text(t.into())).await.unwrap();
     }

@@ -26,7 +26,7 @@ pub async fn run(table: Arc<Table>, mut rx: mpsc::Receiver<BusMessage>) {
             // reconnects and asks (the client library re-subscribes too, but later).
             table.resubscribe_inbox().await;
             for c in conns {
-                c.close(crate::ws::connection::CLOSE_SERVICE_RESTART);
+                c.close(crate::ws::close::SERVICE_RESTART);
             }
             continue;
         }

@@ -10,9 +10,6 @@ use jam_shared::bus::{BusError, Subscription};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Close code for a consumer that cannot keep up with its outbound queue.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
-
 /// What the table needs to reach one connection.
 #[derive(Clone)]
 pub struct ConnHandle {
@@ -38,7 +35,7 @@ impl ConnHandle {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("jam_slow_consumers_total").increment(1);
-                self.close(CLOSE_SLOW_CONSUMER);
+                self.close(crate::ws::close::SLOW_CONSUMER);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -232,6 +229,25 @@ impl Table {
                 }
             }
         });
+    }
+
+    /// Whether `conn` is in `channel` (a member, or joining).
+    pub fn is_in(&self, conn: &str, channel: &str) -> bool {
+        let s = self.state.lock().unwrap();
+        s.conns
+            .get(conn)
+            .is_some_and(|e| e.channels.contains(channel))
+    }
+
+    /// The rooms `conn` is in or joining.
+    pub fn room_count(&self, conn: &str) -> usize {
+        let s = self.state.lock().unwrap();
+        s.conns.get(conn).map_or(0, |e| {
+            e.channels
+                .iter()
+                .filter(|c| jam_shared::keys::room_of(c).is_some())
+                .count()
+        })
     }
 
     pub fn connections(&self) -> Vec<ConnHandle> {

@@ -15,8 +15,23 @@ use crate::state::AppState;
 type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 fn body<T>(b: Body<T>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))
+    b.map(|Json(v)| v).map_err(|e| {
+        use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection};
+        let too_large = matches!(
+            &e,
+            JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(
+                FailedToBufferBody::LengthLimitError(_)
+            ))
+        );
+        if too_large {
+            metrics::counter!("jam_limit_refusals_total", "limit" => "body_bytes").increment(1);
+            return ApiError {
+                status: Some(StatusCode::PAYLOAD_TOO_LARGE),
+                ..ApiError::new(ErrorCode::LimitExceeded, "request body too large")
+            };
+        }
+        ApiError::new(ErrorCode::BadRequest, e.body_text())
+    })
 }
 
 pub async fn version() -> Json<Value> {
@@ -51,6 +66,7 @@ pub async fn create_session(
     b: Body<CreateBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let b = body(b)?;
+    st.limits.session_created(&who).await?;
     let action = Action::CreateSession {
         name: b.name,
         description: b.description,

@@ -59,7 +59,7 @@ pub async fn publish(
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-        .or_else(|| crate::ws::auth::bearer(&headers));
+        .or_else(|| crate::auth::sources::bearer(&headers));
     if !given.is_some_and(|g| same(g.as_bytes(), key.as_bytes())) {
         return Err(ApiError::new(ErrorCode::Unauthorized, "invalid API key"));
     }

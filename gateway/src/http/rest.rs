@@ -24,6 +24,8 @@ use crate::ws::frames;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// The HTTP status when it is not the code's usual one (413 for a body too large).
+    pub status: Option<StatusCode>,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            status: None,
         }
     }
 }
@@ -38,8 +41,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         metrics::counter!("jam_errors_total", "code" => self.code.as_str()).increment(1);
-        let status = StatusCode::from_u16(self.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = self.status.unwrap_or_else(|| {
+            StatusCode::from_u16(self.code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        });
         (
             status,
             Json(json!({"error": self.message, "code": self.code})),
@@ -55,12 +60,33 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
-        let token = crate::ws::auth::bearer(&parts.headers)
-            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
-        st.jwt
-            .verify(&token)
-            .map(Caller)
-            .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))
+        use crate::auth::{origin, sources};
+        let token = match sources::bearer(&parts.headers) {
+            Some(t) => t,
+            None => {
+                let t = sources::cookie(&parts.headers, sources::COOKIE).ok_or_else(|| {
+                    ApiError::new(ErrorCode::Unauthorized, "missing bearer token")
+                })?;
+                if !origin::cookie_origin_allowed(&parts.headers, &st.cfg.auth.allowed_origins) {
+                    metrics::counter!("jam_origin_rejected_total", "route" => "rest").increment(1);
+                    return Err(ApiError::new(
+                        ErrorCode::Forbidden,
+                        "cookie authentication from this origin is not allowed",
+                    ));
+                }
+                t
+            }
+        };
+        let v = st.auth.verify(&token).await.map_err(|e| {
+            let code = if e.retryable() {
+                ErrorCode::Unavailable
+            } else {
+                ErrorCode::Unauthorized
+            };
+            ApiError::new(code, e.to_string())
+        })?;
+        st.limits.rest_request(&v.identity, &token)?;
+        Ok(Caller(v.identity))
     }
 }
 

@@ -1,5 +1,6 @@
-//! One WebSocket connection: authenticate, register in the routing table, then a reader
-//! (frames in) and a writer (bounded queue out, pings for RTT) until either side ends.
+//! One WebSocket connection: authenticate, take its slots (per user, per IP), register in
+//! the routing table, then a reader (frames in, stamped on arrival) and a writer (bounded
+//! queue out, pings for RTT) until either side ends, the token expires or the server says so.
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use jam_shared::auth::{AuthError, Identity};
+use jam_shared::auth::Identity;
 use jam_shared::keys;
 use jam_shared::protocol::event::{error, error_with_ref, frame};
 use jam_shared::protocol::Action;
@@ -17,13 +18,14 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::frames::{self, Outcome};
+use super::close;
+use super::frames::{self, ConnLimits, Outcome};
 use super::ratelimit::TokenBucket;
+use crate::auth::Verified;
 use crate::fanout::ConnHandle;
+use crate::limits::Slot;
 use crate::state::AppState;
 
-const CLOSE_POLICY: u16 = 1008;
-pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 /// Pings measure the round trip the sync engine uses; the best of the recent ones counts.
 const PING_EVERY: Duration = Duration::from_secs(10);
 const RTT_SAMPLES: usize = 8;
@@ -33,39 +35,46 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames read ahead of the one being handled.
 const INBOUND_QUEUE: usize = 64;
 
-pub async fn run(
-    mut socket: WebSocket,
-    st: AppState,
-    token: Option<String>,
-    _permit: OwnedSemaphorePermit,
-) {
-    let who = match authenticate(&mut socket, &st, token).await {
-        Ok(who) => who,
-        Err(msg) => {
-            metrics::counter!("jam_errors_total", "code" => "UNAUTHORIZED").increment(1);
-            let _ = socket
-                .send(text(error(ErrorCode::Unauthorized, &msg)))
-                .await;
-            let _ = socket
-                .send(Message::Close(Some(CloseFrame {
-                    code: CLOSE_POLICY,
-                    reason: Utf8Bytes::from_static("unauthorized"),
-                })))
-                .await;
-            return;
-        }
+/// What a connection holds while it lives: its admission and its per-IP slot.
+pub struct Admission {
+    pub permit: OwnedSemaphorePermit,
+    pub ip_slot: Option<Slot>,
+}
+
+pub async fn run(mut socket: WebSocket, st: AppState, token: Option<String>, adm: Admission) {
+    let verified = match authenticate(&mut socket, &st, token).await {
+        Ok(v) => v,
+        Err(msg) => return refuse(socket, ErrorCode::Unauthorized, &msg, close::POLICY).await,
+    };
+    let user_slot = match st.limits.user_slot(&verified.identity) {
+        Ok(s) => s,
+        Err(r) => return refuse(socket, r.code, &r.message, close::TOO_MANY_CONNECTIONS).await,
     };
     let conn_id = jam_shared::ids::unique();
+    let who = &verified.identity;
     let span =
         tracing::info_span!("conn", conn = %conn_id, user = %who.user_id, tenant = %who.tenant);
-    serve(socket, st, who, conn_id).instrument(span).await
+    serve(socket, st, verified, conn_id).instrument(span).await;
+    drop((user_slot, adm));
+}
+
+/// An error frame, then the close code: the client learns why before the socket goes.
+async fn refuse(mut socket: WebSocket, code: ErrorCode, msg: &str, close_code: u16) {
+    metrics::counter!("jam_errors_total", "code" => code.as_str()).increment(1);
+    let _ = socket.send(text(error(code, msg))).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: close_code,
+            reason: Utf8Bytes::from_static(close::describe(close_code).0),
+        })))
+        .await;
 }
 
 async fn authenticate(
     socket: &mut WebSocket,
     st: &AppState,
     token: Option<String>,
-) -> Result<Identity, String> {
+) -> Result<Verified, String> {
     let token = match token {
         Some(t) => t,
         None => {
@@ -86,14 +95,19 @@ async fn authenticate(
                 .to_string()
         }
     };
-    st.jwt.verify(&token).map_err(|e| match e {
-        AuthError::Expired => "token expired".to_string(),
-        AuthError::Invalid(_) => "invalid token".to_string(),
+    st.auth.verify(&token).await.map_err(|e| {
+        tracing::debug!(error = %e, "token refused");
+        match e {
+            jam_shared::auth::AuthError::Expired => "token expired".to_string(),
+            e if e.retryable() => "token check unavailable, try again".to_string(),
+            _ => "invalid token".to_string(),
+        }
     })
 }
 
-async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) {
-    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(st.cfg.outbound_queue);
+async fn serve(socket: WebSocket, st: AppState, verified: Verified, conn_id: String) {
+    let who = verified.identity.clone();
+    let (tx, rx) = mpsc::channel::<Utf8Bytes>(st.cfg.outbound_queue);
     let handle = ConnHandle {
         id: Arc::from(conn_id.as_str()),
         user_id: Arc::from(who.user_id.as_str()),
@@ -122,126 +136,24 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
             "userId": who.user_id, "userName": who.user_name, "connectionId": conn_id,
             "tenant": (who.tenant != keys::DEFAULT_TENANT).then_some(&who.tenant),
             "serverTime": jam_shared::clock::now_ms(),
+            "expiresAt": verified.expires_at,
         }),
     )));
 
-    let (mut sink, stream) = socket.split();
-    let mut rtts: std::collections::VecDeque<u32> =
-        std::collections::VecDeque::with_capacity(RTT_SAMPLES);
-    let kill = handle.kill.clone();
-    let code = handle.close_code.clone();
-    let writer = tokio::spawn(async move {
-        let mut ping = tokio::time::interval(PING_EVERY);
-        loop {
-            tokio::select! {
-                biased;
-                _ = kill.cancelled() => break,
-                f = rx.recv() => match f {
-                    Some(f) => {
-                        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, write_queued(&mut sink, f, &mut rx)).await, Ok(Ok(()))) {
-                            kill.cancel();
-                            return;
-                        }
-                    }
-                    None => break,
-                },
-                _ = ping.tick() => {
-                    let now = jam_shared::clock::now_us().to_be_bytes();
-                    if sink.send(Message::Ping(now.to_vec().into())).await.is_err() {
-                        kill.cancel();
-                        return;
-                    }
-                }
-            }
-        }
-        let c = code.load(Ordering::SeqCst);
-        let c = if c == 0 { 1000 } else { c };
-        let reason = match c {
-            CLOSE_SERVICE_RESTART => "service restart",
-            crate::fanout::table::CLOSE_SLOW_CONSUMER => "slow consumer",
-            _ => "bye",
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            sink.send(Message::Close(Some(CloseFrame {
-                code: c,
-                reason: Utf8Bytes::from_static(reason),
-            }))),
-        )
-        .await;
-    });
-
-    let rate = st.cfg.rate_limit_per_sec;
-    let mut bucket = TokenBucket::new(rate, rate * 2.0);
-    let mut reason = "client";
-    // Frames are read, and stamped, as they arrive: the rate limit judges what the client
-    // sent when it sent it, not a backlog that piled up while a command waited on the bus.
-    let (in_tx, mut inbound) = mpsc::channel(INBOUND_QUEUE);
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        handle.kill.clone(),
+        handle.close_code.clone(),
+    ));
+    let (in_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
     let reader = tokio::spawn(read_frames(stream, in_tx));
-    loop {
-        let next = tokio::select! {
-            _ = handle.kill.cancelled() => { reason = "server"; break }
-            n = tokio::time::timeout(IDLE_TIMEOUT, inbound.recv()) => n,
-        };
-        let (arrived, msg) = match next {
-            Err(_) => {
-                reason = "idle";
-                break;
-            }
-            Ok(None) => break,
-            Ok(Some(m)) => m,
-        };
-        match msg {
-            Message::Text(t) => {
-                if !bucket.take_at(arrived) {
-                    metrics::counter!("jam_errors_total", "code" => "RATE_LIMITED").increment(1);
-                    handle.push(text_bytes(error_with_ref(
-                        ErrorCode::RateLimited,
-                        "Too many frames, slow down",
-                        frames::ref_of(&t).as_ref(),
-                    )));
-                    continue;
-                }
-                let best_rtt = rtts.iter().min().map(|r| *r as f64);
-                match frames::handle(&st, &who, &conn_id, best_rtt, &t).await {
-                    Ok(Outcome::Reply(b)) => {
-                        handle.push(text_bytes(b));
-                    }
-                    Ok(Outcome::Forwarded) => {}
-                    Err(e) => {
-                        metrics::counter!("jam_errors_total", "code" => e.code.as_str())
-                            .increment(1);
-                        tracing::debug!(code = %e.code, message = %e.message, "frame rejected");
-                        handle.push(text_bytes(e.to_frame()));
-                    }
-                }
-            }
-            Message::Binary(_) => {
-                handle.push(text_bytes(error(
-                    ErrorCode::BadRequest,
-                    "binary frames are not supported",
-                )));
-            }
-            Message::Pong(p) => {
-                if let Ok(b) = <[u8; 8]>::try_from(&p[..]) {
-                    let sent = i64::from_be_bytes(b);
-                    let rtt = ((jam_shared::clock::now_us() - sent).max(0) / 1000) as u32;
-                    if rtts.len() == RTT_SAMPLES {
-                        rtts.pop_front();
-                    }
-                    rtts.push_back(rtt);
-                    metrics::histogram!("jam_ws_rtt_seconds").record(rtt as f64 / 1000.0);
-                }
-            }
-            Message::Ping(_) => {}
-            Message::Close(_) => break,
-        }
-    }
-    if handle.close_code.load(Ordering::SeqCst) == CLOSE_SERVICE_RESTART {
-        reason = "drain";
-    } else if handle.close_code.load(Ordering::SeqCst) == crate::fanout::table::CLOSE_SLOW_CONSUMER
-    {
-        reason = "slow_consumer";
+    let mut r = Reader::new(&st, &handle, &who, &conn_id, verified.expires_at);
+    let mut reason = r.run(inbound).await;
+    let code = handle.close_code.load(Ordering::SeqCst);
+    if code != 0 {
+        reason = close::describe(code).1;
     }
     handle.kill.cancel();
     reader.abort();
@@ -260,6 +172,214 @@ async fn serve(socket: WebSocket, st: AppState, who: Identity, conn_id: String) 
     metrics::gauge!("jam_connections_open").decrement(1.0);
     metrics::counter!("jam_connections_closed_total", "reason" => reason).increment(1);
     tracing::info!(reason, "disconnected");
+}
+
+/// Send queued frames (a burst with one flush) and a ping every [`PING_EVERY`]; on `kill`,
+/// send the close code set on the handle (1000 if none).
+pub async fn write_loop<S>(
+    mut sink: S,
+    mut rx: mpsc::Receiver<Utf8Bytes>,
+    kill: CancellationToken,
+    code: Arc<AtomicU16>,
+) where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let mut ping = tokio::time::interval(PING_EVERY);
+    loop {
+        tokio::select! {
+            biased;
+            _ = kill.cancelled() => break,
+            f = rx.recv() => match f {
+                Some(f) => {
+                    let sent = tokio::time::timeout(WRITE_TIMEOUT, write_queued(&mut sink, f, &mut rx)).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        kill.cancel();
+                        return;
+                    }
+                }
+                None => break,
+            },
+            _ = ping.tick() => {
+                let now = jam_shared::clock::now_us().to_be_bytes();
+                if sink.send(Message::Ping(now.to_vec().into())).await.is_err() {
+                    kill.cancel();
+                    return;
+                }
+            }
+        }
+    }
+    let c = match code.load(Ordering::SeqCst) {
+        0 => close::NORMAL,
+        c => c,
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        sink.send(Message::Close(Some(CloseFrame {
+            code: c,
+            reason: Utf8Bytes::from_static(close::describe(c).0),
+        }))),
+    )
+    .await;
+}
+
+/// The reading half: frames in order, the frame-rate limit, the token's expiry.
+struct Reader<'a> {
+    st: &'a AppState,
+    handle: &'a ConnHandle,
+    who: &'a Identity,
+    conn_id: &'a str,
+    bucket: TokenBucket,
+    /// Frames refused by the rate limit so far.
+    strikes: u32,
+    limits: ConnLimits,
+    rtts: std::collections::VecDeque<u32>,
+    expires_at: Option<i64>,
+    warned: bool,
+}
+
+impl<'a> Reader<'a> {
+    fn new(
+        st: &'a AppState,
+        handle: &'a ConnHandle,
+        who: &'a Identity,
+        conn_id: &'a str,
+        expires_at: Option<i64>,
+    ) -> Self {
+        let rate = st.cfg.rate_limit_per_sec;
+        let dm = st.cfg.limits.dm_per_sec;
+        Self {
+            st,
+            handle,
+            who,
+            conn_id,
+            bucket: TokenBucket::new(rate, rate * 2.0),
+            strikes: 0,
+            limits: ConnLimits {
+                dm: TokenBucket::new(dm, dm * 2.0),
+            },
+            rtts: std::collections::VecDeque::with_capacity(RTT_SAMPLES),
+            expires_at,
+            warned: false,
+        }
+    }
+
+    /// When the next token deadline falls: the warning, then the expiry itself.
+    fn next_deadline(&self) -> Option<(tokio::time::Instant, bool)> {
+        let exp = self.expires_at?;
+        let warn = exp - self.st.cfg.auth.expiry_warning.as_millis() as i64;
+        let (at, is_expiry) = if self.warned {
+            (exp, true)
+        } else {
+            (warn, false)
+        };
+        let left = (at - jam_shared::clock::now_ms()).max(0) as u64;
+        Some((
+            tokio::time::Instant::now() + Duration::from_millis(left),
+            is_expiry,
+        ))
+    }
+
+    /// Until the connection ends; returns why (a metric label).
+    async fn run(&mut self, mut inbound: mpsc::Receiver<(Instant, Message)>) -> &'static str {
+        loop {
+            let deadline = self.next_deadline();
+            let token_timer = async {
+                match deadline {
+                    Some((at, _)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                _ = self.handle.kill.cancelled() => return "server",
+                _ = token_timer => {
+                    if deadline.is_some_and(|(_, expiry)| expiry) {
+                        self.handle.close(close::TOKEN_EXPIRED);
+                        return "token_expired";
+                    }
+                    self.warned = true;
+                    self.handle.push(text_bytes(frame(
+                        "token_expiring",
+                        &json!({"expiresAt": self.expires_at}),
+                    )));
+                    continue;
+                }
+                n = tokio::time::timeout(IDLE_TIMEOUT, inbound.recv()) => n,
+            };
+            let (arrived, msg) = match next {
+                Err(_) => return "idle",
+                Ok(None) => return "client",
+                Ok(Some(m)) => m,
+            };
+            match msg {
+                Message::Text(t) => {
+                    if !self.frame(arrived, &t).await {
+                        return "rate_abuse";
+                    }
+                }
+                Message::Binary(_) => {
+                    self.handle.push(text_bytes(error(
+                        ErrorCode::BadRequest,
+                        "binary frames are not supported",
+                    )));
+                }
+                Message::Pong(p) => self.pong(&p),
+                Message::Ping(_) => {}
+                Message::Close(_) => return "client",
+            }
+        }
+    }
+
+    /// Handle one text frame; false when the connection has to go (rate abuse).
+    async fn frame(&mut self, arrived: Instant, t: &str) -> bool {
+        if !self.bucket.take_at(arrived) {
+            metrics::counter!("jam_errors_total", "code" => "RATE_LIMITED").increment(1);
+            self.strikes += 1;
+            if self.strikes >= self.st.cfg.limits.rate_strikes {
+                metrics::counter!("jam_limit_refusals_total", "limit" => "rate_strikes")
+                    .increment(1);
+                self.handle.close(close::RATE_ABUSE);
+                return false;
+            }
+            self.handle.push(text_bytes(error_with_ref(
+                ErrorCode::RateLimited,
+                "Too many frames, slow down",
+                frames::ref_of(t).as_ref(),
+            )));
+            return true;
+        }
+        let best_rtt = self.rtts.iter().min().map(|r| *r as f64);
+        let st = self.st;
+        match frames::handle(st, self.who, self.conn_id, best_rtt, &mut self.limits, t).await {
+            Ok(Outcome::Reply(b)) => {
+                self.handle.push(text_bytes(b));
+            }
+            Ok(Outcome::Forwarded) => {}
+            Ok(Outcome::Refreshed { expires_at, reply }) => {
+                metrics::counter!("jam_token_refreshes_total").increment(1);
+                self.expires_at = expires_at;
+                self.warned = false;
+                self.handle.push(text_bytes(reply));
+            }
+            Err(e) => {
+                metrics::counter!("jam_errors_total", "code" => e.code.as_str()).increment(1);
+                tracing::debug!(code = %e.code, message = %e.message, "frame rejected");
+                self.handle.push(text_bytes(e.to_frame()));
+            }
+        }
+        true
+    }
+
+    fn pong(&mut self, p: &[u8]) {
+        if let Ok(b) = <[u8; 8]>::try_from(p) {
+            let sent = i64::from_be_bytes(b);
+            let rtt = ((jam_shared::clock::now_us() - sent).max(0) / 1000) as u32;
+            if self.rtts.len() == RTT_SAMPLES {
+                self.rtts.pop_front();
+            }
+            self.rtts.push_back(rtt);
+            metrics::histogram!("jam_ws_rtt_seconds").record(rtt as f64 / 1000.0);
+        }
+    }
 }
 
 /// Read frames into `out`, each with the instant it arrived, until the stream ends or

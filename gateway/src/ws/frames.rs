@@ -38,6 +38,18 @@ pub enum Outcome {
     Reply(bytes::Bytes),
     /// Sent to the worker; its answer comes over the bus.
     Forwarded,
+    /// `refresh_token` with a token of the same user: the connection now lives until
+    /// `expires_at`; answer with `reply`.
+    Refreshed {
+        expires_at: Option<i64>,
+        reply: bytes::Bytes,
+    },
+}
+
+/// The per-connection limits a frame is checked against (the frame rate is checked
+/// before parsing, by the connection).
+pub struct ConnLimits {
+    pub dm: crate::ws::ratelimit::TokenBucket,
 }
 
 /// Parse a frame into its `ref`, its type and the action, without side effects.
@@ -103,6 +115,7 @@ pub async fn handle(
     who: &Identity,
     conn: &str,
     rtt_ms: Option<f64>,
+    limits: &mut ConnLimits,
     text: &str,
 ) -> Result<Outcome, FrameError> {
     if text.len() > st.cfg.max_frame_bytes {
@@ -140,10 +153,14 @@ pub async fn handle(
                 r#ref,
             ))
         }
+        "refresh_token" => return refresh(st, who, &v, r#ref).await,
         _ => {}
     }
     let key = idempotency_key(&v, &r#ref)?;
     let action = to_action(&ty, v, &r#ref)?;
+    check_limits(st, who, conn, limits, &action)
+        .await
+        .map_err(|r| FrameError::new(r.code, r.message, r#ref.clone()))?;
     let action = prepare(st, action)
         .await
         .map_err(|(c, m)| FrameError::new(c, m, r#ref.clone()))?;
@@ -167,6 +184,86 @@ pub async fn handle(
             FrameError::new(ErrorCode::Unavailable, "bus unavailable, try again", r#ref)
         })?;
     Ok(Outcome::Forwarded)
+}
+
+/// `refresh_token` {token}: a fresh token of the same user and tenant extends the
+/// connection's life; anyone else's token is refused and changes nothing.
+async fn refresh(
+    st: &AppState,
+    who: &Identity,
+    v: &Value,
+    r#ref: Option<Value>,
+) -> Result<Outcome, FrameError> {
+    let Some(token) = v.get("token").and_then(Value::as_str) else {
+        return Err(FrameError::new(
+            ErrorCode::BadRequest,
+            "missing field `token`",
+            r#ref,
+        ));
+    };
+    let fresh = st.auth.verify(token).await.map_err(|e| {
+        let code = if e.retryable() {
+            ErrorCode::Unavailable
+        } else {
+            ErrorCode::Unauthorized
+        };
+        FrameError::new(code, e.to_string(), r#ref.clone())
+    })?;
+    if fresh.identity.user_id != who.user_id || fresh.identity.tenant != who.tenant {
+        return Err(FrameError::new(
+            ErrorCode::Forbidden,
+            "the token belongs to another user",
+            r#ref,
+        ));
+    }
+    let reply = frame("token_refreshed", &json!({"expiresAt": fresh.expires_at}));
+    Ok(Outcome::Refreshed {
+        expires_at: fresh.expires_at,
+        reply: with_ref(reply, &r#ref),
+    })
+}
+
+/// Limits that depend on what the frame does: DMs per second, sessions created per hour,
+/// rooms per connection.
+async fn check_limits(
+    st: &AppState,
+    who: &Identity,
+    conn: &str,
+    limits: &mut ConnLimits,
+    action: &Action,
+) -> Result<(), crate::limits::Refused> {
+    let lim = st.limits.config();
+    match action {
+        Action::DirectMessage { .. } if !limits.dm.take() => Err(crate::limits::Refused {
+            code: ErrorCode::RateLimited,
+            message: format!("at most {} direct messages per second", lim.dm_per_sec),
+        }),
+        Action::CreateSession { .. } => {
+            rooms_left(st, conn, None)?;
+            st.limits.session_created(who).await
+        }
+        Action::JoinSession { session_id, .. } => {
+            rooms_left(st, conn, Some(&keys::room_channel(&who.tenant, session_id)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `conn` may be in one more room (joining `channel` again is always fine).
+fn rooms_left(
+    st: &AppState,
+    conn: &str,
+    channel: Option<&str>,
+) -> Result<(), crate::limits::Refused> {
+    let max = st.limits.config().rooms_per_connection;
+    if channel.is_some_and(|c| st.table.is_in(conn, c)) || st.table.room_count(conn) < max {
+        return Ok(());
+    }
+    metrics::counter!("jam_limit_refusals_total", "limit" => "rooms_per_connection").increment(1);
+    Err(crate::limits::Refused {
+        code: ErrorCode::LimitExceeded,
+        message: format!("at most {max} sessions per connection"),
+    })
 }
 
 /// Longest accepted `idempotencyKey`.
@@ -251,6 +348,7 @@ fn known_type(ty: &str) -> &'static str {
         "add_track",
         "remove_track",
         "get_state",
+        "refresh_token",
     ];
     KNOWN
         .iter()

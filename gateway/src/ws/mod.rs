@@ -1,13 +1,14 @@
 //! The WebSocket endpoint: upgrade, authenticate, then one task pair per connection.
 
-pub mod auth;
+pub mod close;
 pub mod connection;
 pub mod frames;
 pub mod ratelimit;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -18,10 +19,30 @@ use crate::state::AppState;
 const HARD_FRAME_LIMIT: usize = 4 << 20;
 const SOCKET_BUFFER: usize = 4 << 10;
 
+/// The client's address, when the server was started with connection info.
+pub struct PeerIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(PeerIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
 pub async fn handler(
     ws: WebSocketUpgrade,
     State(st): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
+    PeerIp(ip): PeerIp,
     headers: HeaderMap,
 ) -> Response {
     if st.draining.is_cancelled() {
@@ -31,7 +52,23 @@ pub async fn handler(
         metrics::counter!("jam_connections_rejected_total", "reason" => "limit").increment(1);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
-    let token = auth::token_from_request(&q, &headers);
+    let token = crate::auth::sources::token_from_request(&q, &headers);
+    if let Some((_, crate::auth::sources::Source::Cookie)) = &token {
+        if !crate::auth::origin::cookie_origin_allowed(&headers, &st.cfg.auth.allowed_origins) {
+            metrics::counter!("jam_origin_rejected_total", "route" => "ws").increment(1);
+            return (
+                StatusCode::FORBIDDEN,
+                "cookie authentication from this origin is not allowed",
+            )
+                .into_response();
+        }
+    }
+    let token = token.map(|(t, _)| t);
+    let ip_slot = match ip.map(|ip| st.limits.ip_slot(ip)).transpose() {
+        Ok(s) => s,
+        Err(r) => return (StatusCode::TOO_MANY_REQUESTS, r.message).into_response(),
+    };
+    let adm = connection::Admission { permit, ip_slot };
     let tracker = st.tracker.clone();
     // tungstenite's default 128 KiB read buffer per socket would make an idle connection
     // cost ~140 KiB; buffers grow on demand for the rare large frame.
@@ -39,5 +76,5 @@ pub async fn handler(
         .write_buffer_size(SOCKET_BUFFER)
         .max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
-        .on_upgrade(move |socket| tracker.track_future(connection::run(socket, st, token, permit)))
+        .on_upgrade(move |socket| tracker.track_future(connection::run(socket, st, token, adm)))
 }

@@ -24,6 +24,8 @@ struct State {
     next_id: u64,
     /// Lease key → (owner, expiry).
     leases: HashMap<String, (String, Instant)>,
+    /// Window counters: key → (count, end of window).
+    counters: HashMap<String, (u64, Instant)>,
     /// Registry → member → expiry.
     members: HashMap<String, HashMap<String, Instant>>,
 }
@@ -247,6 +249,23 @@ impl Bus for MemoryBus {
         m.insert(member.to_string(), now + Duration::from_millis(ttl_ms));
         m.retain(|_, exp| *exp > now);
         Ok(m.len())
+    }
+
+    async fn count_in_window(&self, key: &str, window_ms: u64) -> Result<u64, BusError> {
+        let mut s = self.state.lock().unwrap();
+        let now = Instant::now();
+        if s.counters.len() > 100_000 {
+            s.counters.retain(|_, (_, end)| *end > now);
+        }
+        let e = s
+            .counters
+            .entry(key.to_string())
+            .or_insert((0, now + Duration::from_millis(window_ms)));
+        if e.1 <= now {
+            *e = (0, now + Duration::from_millis(window_ms));
+        }
+        e.0 += 1;
+        Ok(e.0)
     }
 
     async fn ping(&self) -> Result<(), BusError> {

@@ -54,6 +54,12 @@ end
 
 /// Register a member until now + ttl (server clock), forget earlier boots of the same
 /// instance (ARGV[3] = `<instance>#`), and count the live ones.
+const COUNT_SCRIPT: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"#;
+
 const MEMBER_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -451,6 +457,19 @@ impl Bus for RedisBus {
             .await
             .map_err(err)?;
         Ok(n.max(0) as usize)
+    }
+
+    async fn count_in_window(&self, key: &str, window_ms: u64) -> Result<u64, BusError> {
+        let n: i64 = self
+            .client
+            .eval(
+                COUNT_SCRIPT,
+                vec![key.to_string()],
+                vec![window_ms.to_string()],
+            )
+            .await
+            .map_err(err)?;
+        Ok(n.max(0) as u64)
     }
 
     async fn ping(&self) -> Result<(), BusError> {

@@ -5,15 +5,30 @@ use std::collections::HashMap;
 
 use axum::http::HeaderMap;
 
-pub fn token_from_request(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
+/// Where a token came from: a cookie is sent by the browser on its own, so it is only
+/// trusted from allowed origins (see [`super::origin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Query,
+    Bearer,
+    Cookie,
+}
+
+pub fn token_from_request(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Option<(String, Source)> {
     if let Some(t) = query.get("token").filter(|t| !t.is_empty()) {
-        return Some(t.clone());
+        return Some((t.clone(), Source::Query));
     }
     if let Some(t) = bearer(headers) {
-        return Some(t);
+        return Some((t, Source::Bearer));
     }
-    cookie(headers, "access_token_cookie")
+    cookie(headers, COOKIE).map(|t| (t, Source::Cookie))
 }
+
+/// The cookie a browser client's token may travel in (the seeds' name).
+pub const COOKIE: &str = "access_token_cookie";
 
 pub fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers
@@ -27,7 +42,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
     (!t.is_empty()).then(|| t.to_string())
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
@@ -50,17 +65,18 @@ mod tests {
             "cookie",
             "a=1; access_token_cookie=fromcookie".parse().unwrap(),
         );
+        let got = |q: &HashMap<String, String>, h: &HeaderMap| token_from_request(q, h);
         assert_eq!(
-            token_from_request(&HashMap::new(), &h).as_deref(),
-            Some("fromcookie")
+            got(&HashMap::new(), &h),
+            Some(("fromcookie".into(), Source::Cookie))
         );
         h.insert("authorization", "Bearer fromheader".parse().unwrap());
         assert_eq!(
-            token_from_request(&HashMap::new(), &h).as_deref(),
-            Some("fromheader")
+            got(&HashMap::new(), &h),
+            Some(("fromheader".into(), Source::Bearer))
         );
         let q = HashMap::from([("token".to_string(), "fromquery".to_string())]);
-        assert_eq!(token_from_request(&q, &h).as_deref(), Some("fromquery"));
+        assert_eq!(got(&q, &h), Some(("fromquery".into(), Source::Query)));
         assert_eq!(token_from_request(&HashMap::new(), &HeaderMap::new()), None);
     }
 }
