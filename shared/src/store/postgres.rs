@@ -80,6 +80,22 @@ fn db(e: tokio_postgres::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// The fence first in meaning: it locks the partition's row, so a claim cannot slip in
+/// between; no row updated means another owner claimed the partition.
+const FENCE_SQL: &str = "UPDATE jam_partitions SET applied = coalesce($3, applied)
+     WHERE part = $1 AND fence = $2";
+const UPSERT_SQL: &str = "INSERT INTO jam_sessions (tenant, id, state, part)
+     SELECT t, i, s, $4 FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS u(t, i, s)
+     ON CONFLICT (tenant, id) DO UPDATE SET state = excluded.state, part = excluded.part, updated_at = now()";
+const MESSAGES_SQL: &str = "INSERT INTO jam_messages (tenant, session_id, seq, id, user_id, user_name, message, created_at)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])
+     ON CONFLICT DO NOTHING";
+const DELETE_SQL: &str = "DELETE FROM jam_sessions
+     WHERE (tenant, id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))";
+const DIRECT_SQL: &str = "INSERT INTO jam_direct_messages (tenant, id, sender_id, sender_name, receiver_id, content, created_at)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+     ON CONFLICT DO NOTHING";
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
@@ -236,70 +252,94 @@ impl Store for PgStore {
         let t = Instant::now();
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(db)?;
-        // The fence first: it locks the partition's row, so a claim cannot slip in between.
-        let part = match &batch.fence {
-            Some(f) => {
-                let n = tx
-                    .execute(
-                        "UPDATE jam_partitions SET applied = coalesce($3, applied)
-                         WHERE part = $1 AND fence = $2",
-                        &[&(f.partition as i32), &f.token, &f.applied],
-                    )
-                    .await
-                    .map_err(db)?;
-                if n == 0 {
-                    return Err(StoreError::Fenced(f.partition));
-                }
-                f.partition as i32
-            }
-            None => -1,
+        // Every statement is prepared once per connection and all of them go out together
+        // (tokio-postgres pipelines concurrent queries): one round trip, then the commit.
+        // The fence is checked before committing; if it failed, dropping the transaction
+        // rolls back whatever else ran.
+        let part = batch.fence.as_ref().map_or(-1, |f| f.partition as i32);
+        let states = batch
+            .upserts
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let fence = async {
+            let Some(f) = &batch.fence else {
+                return Ok(1);
+            };
+            let st = tx.prepare_cached(FENCE_SQL).await?;
+            tx.execute(&st, &[&(f.partition as i32), &f.token, &f.applied])
+                .await
         };
-        for r in &batch.upserts {
-            let state = serde_json::to_value(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            tx.execute(
-                "INSERT INTO jam_sessions (tenant, id, state, part) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (tenant, id) DO UPDATE SET state = excluded.state, part = excluded.part, updated_at = now()",
-                &[&r.tenant, &r.id, &state, &part],
-            )
-            .await
-            .map_err(db)?;
-        }
-        if !batch.messages.is_empty() {
+        let upserts = async {
+            if batch.upserts.is_empty() {
+                return Ok(0);
+            }
+            let tenants: Vec<&str> = batch.upserts.iter().map(|r| r.tenant.as_str()).collect();
+            let ids: Vec<&str> = batch.upserts.iter().map(|r| r.id.as_str()).collect();
+            let st = tx.prepare_cached(UPSERT_SQL).await?;
+            tx.execute(&st, &[&tenants, &ids, &states, &part]).await
+        };
+        let messages = async {
             let m = &batch.messages;
+            if m.is_empty() {
+                return Ok(0);
+            }
             let col = |f: fn(&ChatMessage) -> String| m.iter().map(f).collect::<Vec<String>>();
-            let tenants = col(|x| x.tenant.clone());
-            let sessions = col(|x| x.session_id.clone());
-            let ids = col(|x| x.id.clone());
-            let users = col(|x| x.user_id.clone());
-            let names = col(|x| x.user_name.clone());
-            let texts = col(|x| x.message.clone());
             let seqs: Vec<i64> = m.iter().map(|x| x.seq).collect();
             let created: Vec<i64> = m.iter().map(|x| x.created_at).collect();
+            let st = tx.prepare_cached(MESSAGES_SQL).await?;
             tx.execute(
-                "INSERT INTO jam_messages (tenant, session_id, seq, id, user_id, user_name, message, created_at)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])
-                 ON CONFLICT DO NOTHING",
-                &[&tenants, &sessions, &seqs, &ids, &users, &names, &texts, &created],
+                &st,
+                &[
+                    &col(|x| x.tenant.clone()),
+                    &col(|x| x.session_id.clone()),
+                    &seqs,
+                    &col(|x| x.id.clone()),
+                    &col(|x| x.user_id.clone()),
+                    &col(|x| x.user_name.clone()),
+                    &col(|x| x.message.clone()),
+                    &created,
+                ],
             )
             .await
-            .map_err(db)?;
-        }
-        for (tenant, id) in &batch.deletes {
+        };
+        let deletes = async {
+            if batch.deletes.is_empty() {
+                return Ok(0);
+            }
+            let tenants: Vec<&str> = batch.deletes.iter().map(|d| d.0.as_str()).collect();
+            let ids: Vec<&str> = batch.deletes.iter().map(|d| d.1.as_str()).collect();
+            let st = tx.prepare_cached(DELETE_SQL).await?;
+            tx.execute(&st, &[&tenants, &ids]).await
+        };
+        let direct = async {
+            let d = &batch.direct;
+            if d.is_empty() {
+                return Ok(0);
+            }
+            let col = |f: fn(&DirectMessage) -> String| d.iter().map(f).collect::<Vec<String>>();
+            let created: Vec<i64> = d.iter().map(|x| x.created_at).collect();
+            let st = tx.prepare_cached(DIRECT_SQL).await?;
             tx.execute(
-                "DELETE FROM jam_sessions WHERE tenant = $1 AND id = $2",
-                &[tenant, id],
+                &st,
+                &[
+                    &col(|x| x.tenant.clone()),
+                    &col(|x| x.id.clone()),
+                    &col(|x| x.sender_id.clone()),
+                    &col(|x| x.sender_name.clone()),
+                    &col(|x| x.receiver_id.clone()),
+                    &col(|x| x.content.clone()),
+                    &created,
+                ],
             )
             .await
-            .map_err(db)?;
-        }
-        for d in &batch.direct {
-            tx.execute(
-                "INSERT INTO jam_direct_messages (tenant, id, sender_id, sender_name, receiver_id, content, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                &[&d.tenant, &d.id, &d.sender_id, &d.sender_name, &d.receiver_id, &d.content, &d.created_at],
-            )
-            .await
-            .map_err(db)?;
+        };
+        let (fenced, ..) =
+            futures::try_join!(fence, upserts, messages, deletes, direct).map_err(db)?;
+        if fenced == 0 {
+            let p = batch.fence.as_ref().map_or(0, |f| f.partition);
+            return Err(StoreError::Fenced(p));
         }
         tx.commit().await.map_err(db)?;
         observe("commit", t);
