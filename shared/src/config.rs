@@ -76,8 +76,8 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ),
     (
         "JAM_MAX_CONNECTIONS_PER_IP",
-        "500",
-        "open WebSockets per client IP on one gateway",
+        "0",
+        "open WebSockets per peer IP on one gateway; 0 = no limit (behind a load balancer every peer is the balancer)",
     ),
     (
         "JAM_MAX_SESSIONS_PER_HOUR",

@@ -307,3 +307,24 @@ async fn another_tenants_session_is_not_found_at_every_entry_point() {
             .await
     );
 }
+
+#[tokio::test]
+async fn connections_per_peer_ip_when_configured() {
+    let jam = procs::standalone(&[("JAM_MAX_CONNECTIONS_PER_IP", "2")]).await;
+    let url = jam.ws_url();
+    let a = Client::connect(&url, &token("a", "A", None)).await;
+    let _b = Client::connect(&url, &token("b", "B", None)).await;
+    let q = format!("{url}?token={}", token("c", "C", None));
+    assert_eq!(upgrade_status(&q, &[]).await, 429);
+    drop(a);
+    // The slot comes back when the connection has gone.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = upgrade_status(&q, &[]).await;
+        if status == 101 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 101);
+}

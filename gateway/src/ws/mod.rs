@@ -64,7 +64,12 @@ pub async fn handler(
         }
     }
     let token = token.map(|(t, _)| t);
-    let ip_slot = match ip.map(|ip| st.limits.ip_slot(ip)).transpose() {
+    let per_ip = st.cfg.limits.connections_per_ip > 0;
+    let ip_slot = match ip
+        .filter(|_| per_ip)
+        .map(|ip| st.limits.ip_slot(ip))
+        .transpose()
+    {
         Ok(s) => s,
         Err(r) => return (StatusCode::TOO_MANY_REQUESTS, r.message).into_response(),
     };
