@@ -1,10 +1,10 @@
 //! The REST API (Bearer JWT): the same commands as the WebSocket, answered as JSON.
 //! What REST changes is announced to the session's sockets exactly as if it came over WS.
 
+use crate::ws::wire::ClientFrame;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use jam_shared::protocol::Action;
 use jam_shared::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -42,7 +42,7 @@ pub async fn list_sessions(
     State(st): State<AppState>,
     Caller(who): Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let v = rpc(&st, &who, Action::GetSessions {}).await?;
+    let v = rpc(&st, &who, ClientFrame::GetSessions {}).await?;
     Ok(Json(json!({"sessions": v["sessions"]})))
 }
 
@@ -67,14 +67,12 @@ pub async fn create_session(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let b = body(b)?;
     st.limits.session_created(&who).await?;
-    let action = Action::CreateSession {
+    let action = ClientFrame::CreateSession {
         name: b.name,
         description: b.description,
         is_private: b.is_private,
         password: b.password,
         max_participants: b.max_participants,
-        password_hash: None,
-        session_id: None,
     };
     let v = rpc(&st, &who, action).await?;
     let s = &v["session"];
@@ -103,7 +101,7 @@ pub async fn join_session(
     let v = rpc(
         &st,
         &who,
-        Action::JoinSession {
+        ClientFrame::JoinSession {
             session_id: id,
             password,
             capabilities: None,
@@ -133,7 +131,7 @@ pub async fn end_session(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    rpc(&st, &who, Action::EndSession { session_id: id }).await?;
+    rpc(&st, &who, ClientFrame::EndSession { session_id: id }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -154,7 +152,7 @@ pub async fn session_messages(
     let v = rpc(
         &st,
         &who,
-        Action::LoadHistory {
+        ClientFrame::LoadHistory {
             session_id: id,
             before: p.before,
             limit: p.limit,
@@ -184,7 +182,7 @@ pub async fn direct_messages(
     let v = rpc(
         &st,
         &who,
-        Action::LoadDirect {
+        ClientFrame::LoadDirect {
             with: p.with,
             before: p.before,
             limit: p.limit,
@@ -212,7 +210,7 @@ pub async fn set_offset(
     let v = rpc(
         &st,
         &who,
-        Action::SetOffset {
+        ClientFrame::SetOffset {
             session_id: id,
             offset_ms: b.offset_ms,
         },
@@ -228,7 +226,7 @@ pub async fn session_state(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut v = rpc(&st, &who, Action::GetState { session_id: id }).await?;
+    let mut v = rpc(&st, &who, ClientFrame::GetState { session_id: id }).await?;
     if let Some(o) = v.as_object_mut() {
         o.remove("type");
     }

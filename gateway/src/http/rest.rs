@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use jam_shared::auth::Identity;
-use jam_shared::protocol::Action;
 use jam_shared::ErrorCode;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -19,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fanout::ConnHandle;
 use crate::state::AppState;
 use crate::ws::frames;
+use crate::ws::wire::ClientFrame;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -90,10 +90,10 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// Send `action` as `who` and return the worker's first answer (an error becomes `Err`).
-pub async fn rpc(st: &AppState, who: &Identity, action: Action) -> Result<Value, ApiError> {
-    action.validate().map_err(|(c, m)| ApiError::new(c, m))?;
-    let action = frames::prepare(st, action)
+/// Send a REST call's request as `who` and return the worker's first answer (an error
+/// becomes `Err`).
+pub async fn rpc(st: &AppState, who: &Identity, frame: ClientFrame) -> Result<Value, ApiError> {
+    let action = frames::prepare(st, frame)
         .await
         .map_err(|(c, m)| ApiError::new(c, m))?;
     let conn = format!("rest-{}", jam_shared::ids::unique());

@@ -3,12 +3,14 @@
 
 use jam_shared::auth::Identity;
 use jam_shared::keys;
+use jam_shared::protocol::action::MAX_PASSWORD_CHARS;
 use jam_shared::protocol::event::{error_with_ref, frame};
 use jam_shared::protocol::Action;
 use jam_shared::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::wire::{ClientFrame, Created};
 use crate::state::AppState;
 
 /// A frame's failure: its code, message and the `ref` to answer with.
@@ -78,8 +80,9 @@ pub fn parse(text: &str) -> Result<(Option<Value>, String, Value), FrameError> {
     Ok((r#ref, ty, v))
 }
 
-pub fn to_action(ty: &str, v: Value, r#ref: &Option<Value>) -> Result<Action, FrameError> {
-    let action = Action::deserialize(v).map_err(|e| {
+/// Parse a client frame into its wire type: only what a client may set.
+pub fn to_frame(ty: &str, v: Value, r#ref: &Option<Value>) -> Result<ClientFrame, FrameError> {
+    ClientFrame::deserialize(v).map_err(|e| {
         let msg = e.to_string();
         let msg = if msg.starts_with("unknown variant") {
             format!("unknown type `{ty}`")
@@ -87,18 +90,7 @@ pub fn to_action(ty: &str, v: Value, r#ref: &Option<Value>) -> Result<Action, Fr
             msg
         };
         FrameError::new(ErrorCode::BadRequest, msg, r#ref.clone())
-    })?;
-    if !action.is_client_action() {
-        return Err(FrameError::new(
-            ErrorCode::BadRequest,
-            format!("unknown type `{ty}`"),
-            r#ref.clone(),
-        ));
-    }
-    action
-        .validate()
-        .map_err(|(code, msg)| FrameError::new(code, msg, r#ref.clone()))?;
-    Ok(action)
+    })
 }
 
 /// The `ref` of a raw frame, for an error about a frame that was not handled.
@@ -157,13 +149,13 @@ pub async fn handle(
         _ => {}
     }
     let key = idempotency_key(&v, &r#ref)?;
-    let action = to_action(&ty, v, &r#ref)?;
+    let client = to_frame(&ty, v, &r#ref)?;
+    let failed = |(c, m): (ErrorCode, String)| FrameError::new(c, m, r#ref.clone());
+    let (action, password) = build(st, client).map_err(failed)?;
     check_limits(st, who, conn, limits, &action)
         .await
         .map_err(|r| FrameError::new(r.code, r.message, r#ref.clone()))?;
-    let action = prepare(st, action)
-        .await
-        .map_err(|(c, m)| FrameError::new(c, m, r#ref.clone()))?;
+    let action = hash_password(action, password).await.map_err(failed)?;
     if let Action::CreateSession {
         session_id: Some(id),
         ..
@@ -291,28 +283,52 @@ fn idempotency_key(v: &Value, r#ref: &Option<Value>) -> Result<Option<String>, F
     }
 }
 
-/// Gateway-side preparation: a new session gets its id here, and a password is hashed
-/// here, so the plain text never reaches the bus.
-pub async fn prepare(st: &AppState, mut action: Action) -> Result<Action, (ErrorCode, String)> {
-    if let Action::CreateSession {
-        password,
-        password_hash,
-        session_id,
-        ..
-    } = &mut action
+/// The internal command for a client frame, checked field by field: a new session gets
+/// its id here. Its password comes back apart, to be hashed once the frame has passed the
+/// limits too (nothing is hashed for a frame that will be refused).
+pub fn build(
+    st: &AppState,
+    frame: ClientFrame,
+) -> Result<(Action, Option<String>), (ErrorCode, String)> {
+    let password = frame.create_password().map(str::to_string);
+    if password
+        .as_ref()
+        .is_some_and(|p| p.chars().count() > MAX_PASSWORD_CHARS)
     {
-        *session_id = Some(jam_shared::ids::session_code(st.cfg.session_id_len));
-        // Only the server makes hashes: whatever a client put here is dropped.
-        *password_hash = None;
-        if let Some(pw) = password.take().filter(|p| !p.is_empty()) {
-            let hash = tokio::task::spawn_blocking(move || jam_shared::password::hash(&pw))
-                .await
-                .map_err(|_| (ErrorCode::Internal, "hashing failed".to_string()))?
-                .map_err(|_| (ErrorCode::Internal, "hashing failed".to_string()))?;
-            *password_hash = Some(hash);
-        }
+        return Err((
+            ErrorCode::BadRequest,
+            "password must be at most 128 characters".into(),
+        ));
+    }
+    let created = Created {
+        session_id: jam_shared::ids::session_code(st.cfg.session_id_len),
+        password_hash: None,
+    };
+    let action = frame.into_action(created);
+    action.validate()?;
+    Ok((action, password))
+}
+
+/// A new session's password becomes its hash here, off the async threads: the plain text
+/// never reaches the bus.
+pub async fn hash_password(
+    mut action: Action,
+    password: Option<String>,
+) -> Result<Action, (ErrorCode, String)> {
+    if let (Some(pw), Action::CreateSession { password_hash, .. }) = (password, &mut action) {
+        let hash = tokio::task::spawn_blocking(move || jam_shared::password::hash(&pw))
+            .await
+            .map_err(|_| (ErrorCode::Internal, "hashing failed".to_string()))?
+            .map_err(|_| (ErrorCode::Internal, "hashing failed".to_string()))?;
+        *password_hash = Some(hash);
     }
     Ok(action)
+}
+
+/// [`build`] then [`hash_password`].
+pub async fn prepare(st: &AppState, frame: ClientFrame) -> Result<Action, (ErrorCode, String)> {
+    let (action, password) = build(st, frame)?;
+    hash_password(action, password).await
 }
 
 fn with_ref(f: bytes::Bytes, r#ref: &Option<Value>) -> bytes::Bytes {
@@ -373,12 +389,15 @@ mod tests {
     #[test]
     fn unknown_and_internal_types_are_rejected() {
         let (r, ty, v) = parse(r#"{"type":"fly","ref":"x"}"#).ok().unwrap();
-        let e = to_action(&ty, v, &r).err().unwrap();
+        let e = to_frame(&ty, v, &r).err().unwrap();
         assert_eq!(e.message, "unknown type `fly`");
         let (r, ty, v) = parse(r#"{"type":"disconnect","sessionId":"ABCDEF"}"#)
             .ok()
             .unwrap();
-        assert!(to_action(&ty, v, &r).is_err());
+        assert_eq!(
+            to_frame(&ty, v, &r).err().unwrap().message,
+            "unknown type `disconnect`"
+        );
     }
 
     #[test]
@@ -386,7 +405,7 @@ mod tests {
         let (r, ty, v) = parse(r#"{"type":"send_message","sessionId":"ABCDEF"}"#)
             .ok()
             .unwrap();
-        let e = to_action(&ty, v, &r).err().unwrap();
+        let e = to_frame(&ty, v, &r).err().unwrap();
         assert_eq!(e.code, ErrorCode::BadRequest);
         assert!(e.message.contains("message"), "{}", e.message);
     }

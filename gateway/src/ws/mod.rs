@@ -4,6 +4,7 @@ pub mod close;
 pub mod connection;
 pub mod frames;
 pub mod ratelimit;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -1,5 +1,6 @@
-//! What a client (or a gateway on its behalf) asks the worker to do. The same enum
-//! parses client frames and travels inside [`super::Command`] on the bus.
+//! What a gateway asks the worker to do on a client's behalf: the internal command that
+//! travels inside [`super::Command`] on the bus. Clients never write it: their frames parse
+//! into the gateway's own wire types, which hold only what a client may set.
 
 use serde::{Deserialize, Serialize};
 
@@ -62,12 +63,9 @@ pub enum Action {
         description: Option<String>,
         #[serde(default)]
         is_private: Option<bool>,
-        /// Plain text from the client; the gateway hashes it and clears it before the bus.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        password: Option<String>,
         #[serde(default)]
         max_participants: Option<u32>,
-        /// Set by the gateway, never by the client.
+        /// Made by the gateway from the client's password (its own argon2 parameters).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password_hash: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,11 +194,6 @@ pub enum Action {
 }
 
 impl Action {
-    /// Internal actions are refused when they come from a client frame.
-    pub fn is_client_action(&self) -> bool {
-        !matches!(self, Action::Disconnect { .. })
-    }
-
     /// The session this action is about, which decides its partition.
     pub fn session_id(&self) -> Option<&str> {
         match self {
@@ -239,7 +232,6 @@ impl Action {
             Action::CreateSession {
                 name,
                 description,
-                password,
                 max_participants,
                 ..
             } => {
@@ -251,12 +243,6 @@ impl Action {
                     .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_CHARS)
                 {
                     return bad("description must be at most 500 characters");
-                }
-                if password
-                    .as_ref()
-                    .is_some_and(|p| p.chars().count() > MAX_PASSWORD_CHARS)
-                {
-                    return bad("password must be at most 128 characters");
                 }
                 if max_participants.is_some_and(|m| m == 0 || m > MAX_PARTICIPANTS_LIMIT) {
                     return bad("maxParticipants must be 1 to 10000");
@@ -349,48 +335,6 @@ impl Action {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn parse(v: serde_json::Value) -> Result<Action, serde_json::Error> {
-        serde_json::from_value(v)
-    }
-
-    #[test]
-    fn parses_client_frames() {
-        let a = parse(json!({"type":"join_session","sessionId":"ABC234","password":"pw","ref":1}))
-            .unwrap();
-        assert_eq!(
-            a,
-            Action::JoinSession {
-                session_id: "ABC234".into(),
-                password: Some("pw".into()),
-                capabilities: None,
-                since_seq: None,
-            }
-        );
-        let a = parse(json!({"type":"sync_request","sessionId":"ABC234"})).unwrap();
-        assert_eq!(
-            a,
-            Action::RequestSync {
-                session_id: "ABC234".into()
-            }
-        );
-        let a =
-            parse(json!({"type":"join_session","sessionId":"ABC234","capabilities":{"rate":true}}))
-                .unwrap();
-        assert!(matches!(a, Action::JoinSession { capabilities: Some(c), .. } if c.rate));
-        assert!(matches!(
-            parse(json!({"type":"get_sessions"})).unwrap(),
-            Action::GetSessions {}
-        ));
-    }
-
-    #[test]
-    fn rejects_unknown_and_missing() {
-        assert!(parse(json!({"type":"nope"})).is_err());
-        assert!(parse(json!({"type":"send_message","sessionId":"A"})).is_err());
-        assert!(parse(json!({"sessionId":"A"})).is_err());
-    }
 
     #[test]
     fn validation() {
@@ -429,21 +373,11 @@ mod tests {
             name: "n".into(),
             description: None,
             is_private: None,
-            password: None,
             max_participants: m,
             password_hash: None,
             session_id: None,
         };
         assert!(create(Some(0)).validate().is_err());
         assert!(create(Some(10)).validate().is_ok());
-    }
-
-    #[test]
-    fn internal_actions_are_not_client_actions() {
-        assert!(!Action::Disconnect {
-            session_id: "A".into()
-        }
-        .is_client_action());
-        assert!(Action::GetSessions {}.is_client_action());
     }
 }

@@ -1,0 +1,368 @@
+//! What a client may send: the frames it writes, parsed into types that hold only what a
+//! client may set. Identity, connection, tenant, a new session's id and password hashes are
+//! the server's: the gateway adds them when it turns a frame into an internal
+//! [`Action`] (see [`ClientFrame::into_action`]). Internal actions (`disconnect`) have no
+//! client frame. Unknown fields are ignored (docs/protocol.md).
+
+use jam_shared::protocol::sync::{Capabilities, TrackInput};
+use jam_shared::protocol::Action;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    #[serde(rename_all = "camelCase")]
+    CreateSession {
+        name: String,
+        #[serde(default)]
+        description: Option<String>,
+        #[serde(default)]
+        is_private: Option<bool>,
+        /// Plain text: the gateway hashes it; only the hash goes on.
+        #[serde(default)]
+        password: Option<String>,
+        #[serde(default)]
+        max_participants: Option<u32>,
+    },
+    #[serde(rename_all = "camelCase")]
+    JoinSession {
+        session_id: String,
+        #[serde(default)]
+        password: Option<String>,
+        #[serde(default)]
+        capabilities: Option<Capabilities>,
+        /// The last room `seq` the client saw: rejoin with the events missed since.
+        #[serde(default)]
+        since_seq: Option<i64>,
+    },
+    #[serde(rename_all = "camelCase")]
+    LeaveSession {
+        session_id: String,
+    },
+    GetSessions {},
+    #[serde(rename_all = "camelCase")]
+    EndSession {
+        session_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    SendMessage {
+        session_id: String,
+        message: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    GetActiveUsers {
+        session_id: String,
+        /// Paging for large rooms: members from `offset`, at most `limit` (≤ 500).
+        #[serde(default)]
+        offset: Option<u32>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Typing {
+        session_id: String,
+        is_typing: bool,
+    },
+    #[serde(rename_all = "camelCase")]
+    LoadHistory {
+        session_id: String,
+        #[serde(default)]
+        before: Option<i64>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    #[serde(rename_all = "camelCase")]
+    DirectMessage {
+        receiver_id: String,
+        content: String,
+    },
+    /// The direct-message conversation with one user (REST `GET /api/messages/direct`).
+    #[serde(rename_all = "camelCase")]
+    LoadDirect {
+        with: String,
+        #[serde(default)]
+        before: Option<i64>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Host only: where the host's player is.
+    #[serde(rename_all = "camelCase")]
+    PlaybackState {
+        session_id: String,
+        track_uri: String,
+        position: f64,
+        is_playing: bool,
+        /// The client's own clock: kept for compatibility, never trusted.
+        #[serde(default)]
+        timestamp: Option<f64>,
+    },
+    /// A participant's own position.
+    #[serde(rename_all = "camelCase")]
+    PlaybackReport {
+        session_id: String,
+        track_uri: String,
+        position: f64,
+        is_playing: bool,
+    },
+    /// Host only: play another track (from the queue when its uri is queued).
+    #[serde(rename_all = "camelCase")]
+    TrackChange {
+        session_id: String,
+        #[serde(default)]
+        track_uri: Option<String>,
+        #[serde(default)]
+        track: Option<TrackInput>,
+        #[serde(default)]
+        position: Option<f64>,
+    },
+    #[serde(rename_all = "camelCase", alias = "sync_request")]
+    RequestSync {
+        session_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    SetOffset {
+        session_id: String,
+        offset_ms: f64,
+    },
+    #[serde(rename_all = "camelCase")]
+    AddTrack {
+        session_id: String,
+        track: TrackInput,
+    },
+    #[serde(rename_all = "camelCase")]
+    RemoveTrack {
+        session_id: String,
+        track_id: String,
+    },
+    /// The sync view of a session (REST `GET /api/sessions/{id}/state`).
+    #[serde(rename_all = "camelCase")]
+    GetState {
+        session_id: String,
+    },
+}
+
+/// What the server adds to a `create_session`: the new session's id and the password's hash.
+#[derive(Debug, Clone, Default)]
+pub struct Created {
+    pub session_id: String,
+    pub password_hash: Option<String>,
+}
+
+impl ClientFrame {
+    /// The password of a `create_session`, which only the gateway turns into a hash.
+    pub fn create_password(&self) -> Option<&str> {
+        match self {
+            ClientFrame::CreateSession { password, .. } => {
+                password.as_deref().filter(|p| !p.is_empty())
+            }
+            _ => None,
+        }
+    }
+
+    /// The internal action; `created` fills in what the server decides for a new session.
+    pub fn into_action(self, created: Created) -> Action {
+        match self {
+            ClientFrame::CreateSession {
+                name,
+                description,
+                is_private,
+                max_participants,
+                password: _,
+            } => Action::CreateSession {
+                name,
+                description,
+                is_private,
+                max_participants,
+                password_hash: created.password_hash,
+                session_id: Some(created.session_id),
+            },
+            ClientFrame::JoinSession {
+                session_id,
+                password,
+                capabilities,
+                since_seq,
+            } => Action::JoinSession {
+                session_id,
+                password,
+                capabilities,
+                since_seq,
+            },
+            ClientFrame::LeaveSession { session_id } => Action::LeaveSession { session_id },
+            ClientFrame::GetSessions {} => Action::GetSessions {},
+            ClientFrame::EndSession { session_id } => Action::EndSession { session_id },
+            ClientFrame::SendMessage {
+                session_id,
+                message,
+            } => Action::SendMessage {
+                session_id,
+                message,
+            },
+            ClientFrame::GetActiveUsers {
+                session_id,
+                offset,
+                limit,
+            } => Action::GetActiveUsers {
+                session_id,
+                offset,
+                limit,
+            },
+            ClientFrame::Typing {
+                session_id,
+                is_typing,
+            } => Action::Typing {
+                session_id,
+                is_typing,
+            },
+            ClientFrame::LoadHistory {
+                session_id,
+                before,
+                limit,
+            } => Action::LoadHistory {
+                session_id,
+                before,
+                limit,
+            },
+            ClientFrame::DirectMessage {
+                receiver_id,
+                content,
+            } => Action::DirectMessage {
+                receiver_id,
+                content,
+            },
+            ClientFrame::LoadDirect {
+                with,
+                before,
+                limit,
+            } => Action::LoadDirect {
+                with,
+                before,
+                limit,
+            },
+            ClientFrame::PlaybackState {
+                session_id,
+                track_uri,
+                position,
+                is_playing,
+                timestamp,
+            } => Action::PlaybackState {
+                session_id,
+                track_uri,
+                position,
+                is_playing,
+                timestamp,
+            },
+            ClientFrame::PlaybackReport {
+                session_id,
+                track_uri,
+                position,
+                is_playing,
+            } => Action::PlaybackReport {
+                session_id,
+                track_uri,
+                position,
+                is_playing,
+            },
+            ClientFrame::TrackChange {
+                session_id,
+                track_uri,
+                track,
+                position,
+            } => Action::TrackChange {
+                session_id,
+                track_uri,
+                track,
+                position,
+            },
+            ClientFrame::RequestSync { session_id } => Action::RequestSync { session_id },
+            ClientFrame::SetOffset {
+                session_id,
+                offset_ms,
+            } => Action::SetOffset {
+                session_id,
+                offset_ms,
+            },
+            ClientFrame::AddTrack { session_id, track } => Action::AddTrack { session_id, track },
+            ClientFrame::RemoveTrack {
+                session_id,
+                track_id,
+            } => Action::RemoveTrack {
+                session_id,
+                track_id,
+            },
+            ClientFrame::GetState { session_id } => Action::GetState { session_id },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Result<ClientFrame, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn parses_client_frames() {
+        let a = parse(json!({"type":"join_session","sessionId":"ABC234","password":"pw","ref":1}))
+            .unwrap();
+        assert_eq!(
+            a,
+            ClientFrame::JoinSession {
+                session_id: "ABC234".into(),
+                password: Some("pw".into()),
+                capabilities: None,
+                since_seq: None,
+            }
+        );
+        let a = parse(json!({"type":"sync_request","sessionId":"ABC234"})).unwrap();
+        assert_eq!(
+            a,
+            ClientFrame::RequestSync {
+                session_id: "ABC234".into()
+            }
+        );
+        let a =
+            parse(json!({"type":"join_session","sessionId":"ABC234","capabilities":{"rate":true}}))
+                .unwrap();
+        assert!(matches!(a, ClientFrame::JoinSession { capabilities: Some(c), .. } if c.rate));
+        assert!(matches!(
+            parse(json!({"type":"get_sessions"})).unwrap(),
+            ClientFrame::GetSessions {}
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_missing_and_internal() {
+        assert!(parse(json!({"type":"nope"})).is_err());
+        assert!(parse(json!({"type":"send_message","sessionId":"A"})).is_err());
+        assert!(parse(json!({"sessionId":"A"})).is_err());
+        assert!(parse(json!({"type":"disconnect","sessionId":"ABCDEF"})).is_err());
+    }
+
+    #[test]
+    fn server_fields_cannot_be_set() {
+        let f = parse(json!({
+            "type": "create_session", "name": "n", "password": "pw",
+            "passwordHash": "$argon2id$v=19$m=4194304,t=100,p=1$c2FsdA$aGFzaA",
+            "sessionId": "ZZZZZZ", "userId": "alice", "tenant": "acme", "conn": "c1",
+        }))
+        .unwrap();
+        assert_eq!(f.create_password(), Some("pw"));
+        let a = f.into_action(Created {
+            session_id: "ABC234".into(),
+            password_hash: None,
+        });
+        let Action::CreateSession {
+            session_id,
+            password_hash,
+            ..
+        } = a
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(session_id.as_deref(), Some("ABC234"), "the server's id");
+        assert_eq!(password_hash, None, "the client's hash never gets through");
+    }
+}
