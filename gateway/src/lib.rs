@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod cli;
 pub mod fanout;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod limits;
 pub mod state;

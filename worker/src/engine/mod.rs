@@ -7,6 +7,8 @@ mod direct;
 pub mod effects;
 mod playback;
 mod presence;
+#[cfg(test)]
+mod proptests;
 mod queue;
 mod recovery;
 mod sessions;

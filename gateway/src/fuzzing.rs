@@ -1,0 +1,60 @@
+//! The bodies of the fuzz targets (`fuzz/`), also replayed over the checked-in corpus by
+//! `gateway/tests/fuzz_corpus.rs` on the stable toolchain. Each takes arbitrary bytes and
+//! must never panic, whatever they hold.
+
+use bytes::Bytes;
+use jam_shared::protocol::envelope::{splice_ref, Envelope};
+use serde_json::json;
+
+use crate::http::{api, publish};
+use crate::ws::frames;
+use crate::ws::wire::Created;
+
+/// A client frame as the gateway reads it: parse, wire type, internal action, validation.
+pub fn client_frame(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = frames::ref_of(text);
+    let Ok((r#ref, ty, v)) = frames::parse(text) else {
+        return;
+    };
+    if let Ok(f) = frames::to_frame(&ty, v, &r#ref) {
+        let _ = f.create_password();
+        let action = f.into_action(Created {
+            session_id: "FUZZ23".into(),
+            password_hash: None,
+        });
+        let _ = action.validate();
+    }
+}
+
+/// A bus message as a gateway decodes it, and a `ref` spliced into each frame.
+pub fn envelope(data: &[u8]) {
+    let payload = Bytes::copy_from_slice(data);
+    if let Ok((_, frames)) = Envelope::decode(&payload) {
+        for f in frames {
+            let _ = splice_ref(&f, &json!("r-1"));
+        }
+    }
+    let _ = splice_ref(data, &json!(7));
+}
+
+/// Every REST request body and query the API accepts.
+pub fn rest_bodies(data: &[u8]) {
+    let _ = serde_json::from_slice::<api::CreateBody>(data);
+    let _ = serde_json::from_slice::<api::JoinBody>(data);
+    let _ = serde_json::from_slice::<api::OffsetBody>(data);
+    let _ = serde_json::from_slice::<publish::PublishBody>(data);
+    if let Ok(q) = std::str::from_utf8(data) {
+        let _ = serde_urlencoded_like(q);
+    }
+}
+
+/// Query strings (`?before=&limit=`) go through axum's `Query`, i.e. serde_urlencoded.
+fn serde_urlencoded_like(q: &str) -> Option<()> {
+    let uri: axum::http::Uri = format!("/x?{q}").parse().ok()?;
+    let _ = axum::extract::Query::<api::Page>::try_from_uri(&uri);
+    let _ = axum::extract::Query::<api::DirectPage>::try_from_uri(&uri);
+    Some(())
+}
