@@ -95,9 +95,16 @@ pub async fn join_session(
     State(st): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    b: Option<Json<JoinBody>>,
+    b: Body<JoinBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let password = b.and_then(|Json(b)| b.password);
+    // The body is optional: no JSON content type means no password.
+    let b = match b {
+        Err(axum::extract::rejection::JsonRejection::MissingJsonContentType(_)) => {
+            JoinBody::default()
+        }
+        b => body(b)?,
+    };
+    let password = b.password;
     let v = rpc(
         &st,
         &who,
@@ -147,8 +154,9 @@ pub async fn session_messages(
     State(st): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    Query(p): Query<Page>,
+    q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(p) = q.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let v = rpc(
         &st,
         &who,
