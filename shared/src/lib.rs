@@ -10,7 +10,6 @@ pub mod ids;
 pub mod keys;
 pub mod password;
 pub mod protocol;
-pub mod store;
 pub mod telemetry;
 
 pub use error::ErrorCode;

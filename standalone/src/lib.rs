@@ -8,9 +8,9 @@ use jam_shared::bus::memory::MemoryBus;
 use jam_shared::bus::redis::RedisBus;
 use jam_shared::bus::Bus;
 use jam_shared::config::Config;
-use jam_shared::store::memory::MemoryStore;
-use jam_shared::store::postgres::PgStore;
-use jam_shared::store::Store;
+use jam_worker::store::memory::MemoryStore;
+use jam_worker::store::postgres::PgStore;
+use jam_worker::store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

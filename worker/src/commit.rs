@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::{Batch, Store, StoreError};
 use bytes::Bytes;
 use jam_shared::bus::Bus;
 use jam_shared::keys::WORKER_GROUP;
-use jam_shared::store::{Batch, Store, StoreError};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
+use crate::store::Store;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use jam_shared::bus::Bus;
-use jam_shared::store::Store;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]

@@ -4,19 +4,21 @@
 pub mod commit;
 pub mod engine;
 pub mod http;
+pub mod model;
 pub mod owner;
 pub mod partition;
 pub mod passwords;
 pub mod queries;
+pub mod store;
 pub mod sync;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::store::{Store, StoreError};
 use jam_shared::bus::{Bus, BusError};
 use jam_shared::config::Config;
-use jam_shared::store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 pub use engine::EngineConfig;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use jam_shared::bus::redis::RedisBus;
 use jam_shared::config::Config;
-use jam_shared::store::postgres::PgStore;
+use jam_worker::store::postgres::PgStore;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]

@@ -6,10 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::store::{Fence, Store, StoreError};
 use jam_shared::bus::{Bus, ReadFrom, StreamEntry};
 use jam_shared::keys::{self, WORKER_GROUP};
 use jam_shared::protocol::{Action, Command};
-use jam_shared::store::{Fence, Store, StoreError};
 use jam_shared::ErrorCode;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

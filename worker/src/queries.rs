@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use crate::model::{SessionRecord, SessionStatus};
+use crate::store::{Store, StoreError};
 use jam_shared::bus::Bus;
 use jam_shared::protocol::event::{error, frame};
-use jam_shared::protocol::model::{SessionRecord, SessionStatus};
-use jam_shared::store::{Store, StoreError};
 use jam_shared::ErrorCode;
 use serde_json::json;
 

@@ -5,7 +5,6 @@ pub mod action;
 pub mod command;
 pub mod envelope;
 pub mod event;
-pub mod model;
 pub mod sync;
 
 pub use action::Action;

@@ -1,9 +1,9 @@
 //! Chat: a message becomes durable in the batch commit, and only then is it published
 //! (the sender's copy, with its `ref`, is the acknowledgement).
 
+use crate::model::ChatMessage;
 use jam_shared::clock::now_ms;
 use jam_shared::protocol::event::frame;
-use jam_shared::protocol::model::ChatMessage;
 use jam_shared::protocol::{Command, Envelope};
 use jam_shared::ErrorCode;
 

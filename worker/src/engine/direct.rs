@@ -1,9 +1,9 @@
 //! Direct messages between two users of one tenant: committed, then delivered to every
 //! connection of the receiver (whatever gateway) and acknowledged to the sender.
 
+use crate::model::DirectMessage;
 use jam_shared::clock::now_ms;
 use jam_shared::protocol::event::frame;
-use jam_shared::protocol::model::DirectMessage;
 use jam_shared::protocol::{Command, Envelope};
 use jam_shared::ErrorCode;
 

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
+use crate::model::{ChatMessage, DirectMessage};
 use bytes::Bytes;
 use jam_shared::keys;
 use jam_shared::protocol::event;
-use jam_shared::protocol::model::{ChatMessage, DirectMessage};
 use jam_shared::protocol::{Command, Envelope};
 use jam_shared::ErrorCode;
 

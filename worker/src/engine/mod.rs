@@ -19,11 +19,11 @@ mod timers;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use crate::model::{ChatMessage, SessionRecord};
+use crate::store::{Batch, Store, StoreError};
 use bytes::Bytes;
 use jam_shared::protocol::event::frame;
-use jam_shared::protocol::model::{ChatMessage, SessionRecord};
 use jam_shared::protocol::{Action, Command};
-use jam_shared::store::{Batch, Store, StoreError};
 
 pub use effects::{Effects, Query, SessionKey};
 use recovery::EventLog;

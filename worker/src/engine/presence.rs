@@ -2,8 +2,8 @@
 //! connections each has, and who is typing. Snapshots go to one asker; changes go out as
 //! deltas, so nobody receives the whole list on every change.
 
+use crate::model::SessionRecord;
 use jam_shared::protocol::event::frame;
-use jam_shared::protocol::model::SessionRecord;
 use jam_shared::protocol::{Command, Envelope};
 use jam_shared::ErrorCode;
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use jam_shared::protocol::model::Role;
+use crate::model::Role;
 use jam_shared::protocol::{Action, Command, Envelope};
 use proptest::prelude::*;
 use serde_json::Value;

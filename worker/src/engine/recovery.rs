@@ -3,8 +3,8 @@
 
 use std::collections::VecDeque;
 
+use crate::model::ChatMessage;
 use bytes::Bytes;
-use jam_shared::protocol::model::ChatMessage;
 
 /// The most recent durable events of one room, contiguous in seq, up to a bound.
 #[derive(Debug, Default)]

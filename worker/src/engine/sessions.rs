@@ -1,8 +1,8 @@
 //! Session lifecycle: create, join, leave, list, end, and a member's connection going away.
 
+use crate::model::{ConnRef, ParticipantRecord, Role, SessionRecord, SessionStatus};
 use jam_shared::clock::now_ms;
 use jam_shared::protocol::event::frame;
-use jam_shared::protocol::model::{ConnRef, ParticipantRecord, Role, SessionRecord, SessionStatus};
 use jam_shared::protocol::{Action, Command, Envelope};
 use jam_shared::ErrorCode;
 use serde_json::json;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::sync::{CorrectionState, ParticipantPlayback, Playback, Track};
+use jam_shared::protocol::sync::{CorrectionState, ParticipantPlayback, Playback, Track};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -9,7 +9,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{Batch, Claim, Store, StoreError};
-use crate::protocol::model::{ChatMessage, DirectMessage, SessionRecord};
+use crate::model::{ChatMessage, DirectMessage, SessionRecord};
 
 /// Applied in order, each once; never edit one that has shipped, add the next.
 const MIGRATIONS: &[&str] = &[

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{Batch, Claim, Store, StoreError};
-use crate::protocol::model::{ChatMessage, DirectMessage, SessionRecord};
+use crate::model::{ChatMessage, DirectMessage, SessionRecord};
 
 type Key = (String, String);
 

@@ -7,7 +7,7 @@ pub mod postgres;
 
 use async_trait::async_trait;
 
-use crate::protocol::model::{ChatMessage, DirectMessage, SessionRecord};
+use crate::model::{ChatMessage, DirectMessage, SessionRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

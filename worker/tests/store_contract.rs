@@ -1,0 +1,216 @@
+//! One contract, two implementations: the in-memory store must behave like PostgreSQL.
+//! Every check runs against both (PostgreSQL: a fresh database on JAM_TEST_DATABASE_URL's
+//! server). The bus's contract is in shared/tests/contract.rs.
+
+use std::sync::Arc;
+
+use jam_worker::model::{
+    ChatMessage, DirectMessage, ParticipantRecord, Role, SessionRecord, SessionStatus,
+};
+use jam_worker::store::memory::MemoryStore;
+use jam_worker::store::postgres::PgStore;
+use jam_worker::store::{Batch, Fence, Store, StoreError};
+
+fn record(id: &str, tenant: &str) -> SessionRecord {
+    SessionRecord {
+        tenant: tenant.into(),
+        id: id.into(),
+        name: "n".into(),
+        description: String::new(),
+        host_id: "h".into(),
+        is_private: false,
+        password_hash: Some("$argon2id$x".into()),
+        max_participants: 5,
+        participants: vec![ParticipantRecord::new("h", "H", Role::Host, 1, vec![])],
+        status: SessionStatus::Active,
+        created_at: 1,
+        expires_at: 2,
+        last_seq: 3,
+        playback: None,
+        current_track: None,
+        queue: vec![],
+        last_check_at: 0,
+    }
+}
+
+fn msg(tenant: &str, sid: &str, seq: i64) -> ChatMessage {
+    ChatMessage {
+        id: format!("{sid}-{seq}"),
+        tenant: tenant.into(),
+        session_id: sid.into(),
+        user_id: "u".into(),
+        user_name: "U".into(),
+        message: format!("text {seq}"),
+        created_at: seq,
+        seq,
+    }
+}
+
+async fn store_contract(store: Arc<dyn Store>) {
+    let claim = store.claim_partition(3).await.unwrap();
+    assert_eq!(claim.applied, None);
+    let fence = |applied: &str| {
+        Some(Fence {
+            partition: 3,
+            token: claim.token,
+            applied: Some(applied.into()),
+        })
+    };
+    let mut batch = Batch {
+        fence: fence("5-0"),
+        upserts: vec![record("AAAA", "t1"), record("AAAA", "t2")],
+        ..Default::default()
+    };
+    batch.messages = (1..=7).map(|s| msg("t1", "AAAA", s)).collect();
+    batch.direct = vec![DirectMessage {
+        id: "d1".into(),
+        tenant: "t1".into(),
+        sender_id: "a".into(),
+        sender_name: "A".into(),
+        receiver_id: "b".into(),
+        content: "hi".into(),
+        created_at: 10,
+    }];
+    store.commit(&batch).await.unwrap();
+    // A replayed batch changes nothing (messages are keyed by their own id).
+    store.commit(&batch).await.unwrap();
+
+    let mut loaded = store.load_sessions(3).await.unwrap();
+    loaded.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+    assert_eq!(loaded.len(), 2);
+    assert_eq!(loaded[0].password_hash.as_deref(), Some("$argon2id$x"));
+    // The row says 3; its messages go up to 7: chat does not rewrite the session.
+    assert_eq!(loaded[0].last_seq, 7);
+    assert_eq!(loaded[1].last_seq, 3);
+    assert!(store.load_sessions(4).await.unwrap().is_empty());
+    assert_eq!(store.list_sessions("t1").await.unwrap().len(), 1);
+
+    // History: newest page first, returned oldest first; tenants apart; `since` cuts.
+    let page = store.history("t1", "AAAA", 0, None, 3).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 6, 7]);
+    assert_eq!(
+        store
+            .history("t1", "AAAA", 0, None, 30)
+            .await
+            .unwrap()
+            .len(),
+        7
+    );
+    let page = store.history("t1", "AAAA", 0, Some(5), 3).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3, 4]);
+    let page = store.history("t1", "AAAA", 6, None, 30).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [6, 7]);
+    assert!(store
+        .history("t2", "AAAA", 0, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert_eq!(
+        store
+            .direct_history("t1", "b", "a", None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(store
+        .direct_history("t2", "a", "b", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .direct_history("t1", "a", "c", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A newer claim fences the old owner: its batch is refused whole.
+    let newer = store.claim_partition(3).await.unwrap();
+    assert!(newer.token > claim.token);
+    assert_eq!(newer.applied.as_deref(), Some("5-0"));
+    let stale = Batch {
+        fence: fence("9-0"),
+        upserts: vec![record("BBBB", "t1")],
+        messages: vec![msg("t1", "AAAA", 8)],
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.commit(&stale).await,
+        Err(StoreError::Fenced(3))
+    ));
+    assert_eq!(
+        store.load_sessions(3).await.unwrap().len(),
+        2,
+        "nothing of a fenced batch is kept"
+    );
+    assert_eq!(
+        store
+            .history("t1", "AAAA", 0, None, 30)
+            .await
+            .unwrap()
+            .len(),
+        7
+    );
+    assert_eq!(
+        store.claim_partition(3).await.unwrap().applied.as_deref(),
+        Some("5-0")
+    );
+
+    // Ending a session keeps its messages; only the retention purge deletes them.
+    store
+        .commit(&Batch {
+            deletes: vec![("t1".into(), "AAAA".into())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .history("t1", "AAAA", 0, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        7
+    );
+    assert_eq!(store.load_sessions(3).await.unwrap().len(), 1);
+    assert_eq!(store.purge_messages(4).await.unwrap(), 3);
+    let left = store.history("t1", "AAAA", 0, None, 10).await.unwrap();
+    assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5, 6, 7]);
+    assert_eq!(
+        store.purge_messages(11).await.unwrap(),
+        5,
+        "4 chat + 1 direct"
+    );
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_store_meets_the_contract() {
+    store_contract(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn postgres_store_meets_the_contract() {
+    let admin = std::env::var("JAM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let name = format!("jam_contract_{}", &jam_shared::ids::unique()[..10]);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    {
+        let store = PgStore::connect(&url, 4).await.unwrap();
+        // Migrations are idempotent.
+        PgStore::connect(&url, 4).await.unwrap();
+        store_contract(Arc::new(store)).await;
+    }
+    let _ = client
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await;
+}
