@@ -27,6 +27,10 @@ pub fn partition_lease(partition: u32) -> String {
 /// The registry of live workers (a sorted set of expiry times).
 pub const WORKER_REGISTRY: &str = "jam:workers";
 
+/// The workers that are applying commands (their store answers): a gateway is ready only
+/// while one is.
+pub const WORKERS_APPLYING: &str = "jam:workers:applying";
+
 /// The instance name of a node id (`<instance>#<boot>`).
 pub fn node_instance(node: &str) -> &str {
     node.rsplit_once('#').map_or(node, |(i, _)| i)

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use jam_tests::metrics::{scrape, sum};
 use jam_tests::scenario::{create, history_texts, join, say};
-use jam_tests::services::{PrivateRedis, TestDb};
+use jam_tests::services::{PrivateRedis, TcpGate, TestDb};
 use jam_tests::{procs, token, Client};
 use serde_json::json;
 
@@ -251,4 +251,87 @@ async fn readiness_follows_redis_without_a_restart() {
         assert!(t.elapsed() < Duration::from_secs(20), "{r}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A worker started while PostgreSQL is unreachable waits for it instead of exiting, and
+/// applies commands as soon as it is there.
+#[tokio::test]
+async fn a_worker_started_before_postgres_waits_for_it() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let (pg, late_url) = gated(&db.url);
+    let mut worker = procs::worker_starting(&redis.url(), &late_url, "w-late", &[]);
+    let gw = procs::gateway(&redis.url(), "gw-a", &[]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        worker.running(),
+        "the worker waits for PostgreSQL, it does not exit"
+    );
+    assert_eq!(
+        status(&gw.http("/ready")).await,
+        Some(503),
+        "no worker applies commands"
+    );
+    pg.open().await;
+    let worker = worker.ready().await;
+    worker.wait_path("/ready").await;
+    wait_status(&gw.http("/ready"), 200, Duration::from_secs(10)).await;
+    let mut alice = Client::connect(&gw.ws_url(), &token("alice", "Alice", None)).await;
+    let sid = create(&mut alice, json!({"name": "late"})).await;
+    say(&mut alice, &sid, "made it").await;
+}
+
+/// `url` with its server behind a closed [`TcpGate`].
+fn gated(url: &str) -> (TcpGate, String) {
+    let (auth, rest) = url.split_once('@').unwrap();
+    let (server, path) = rest.split_once('/').unwrap();
+    let gate = TcpGate::closed(server);
+    let url = format!("{auth}@127.0.0.1:{}/{path}", gate.port);
+    (gate, url)
+}
+
+/// PostgreSQL going away under a running worker: the gateways stop being ready (no
+/// worker applies commands), a message sent meanwhile waits, and once PostgreSQL is back
+/// it is committed and acknowledged: the outage is ridden out, nothing restarts.
+#[tokio::test]
+async fn a_postgres_outage_is_ridden_out_and_readiness_follows_it() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let (pg, url) = gated(&db.url);
+    pg.open().await;
+    let ttl = [("JAM_LEASE_TTL_MS", "2000")];
+    let mut worker = procs::worker(&redis.url(), &url, &ttl).await;
+    let gw = procs::gateway(&redis.url(), "gw-a", &[]).await;
+    wait_status(&gw.http("/ready"), 200, Duration::from_secs(10)).await;
+    let mut alice = Client::connect(&gw.ws_url(), &token("alice", "Alice", None)).await;
+    let sid = create(&mut alice, json!({"name": "outage"})).await;
+    say(&mut alice, &sid, "before").await;
+
+    pg.cut();
+    alice
+        .send(json!({"type": "send_message", "sessionId": sid, "message": "during", "ref": "d"}))
+        .await;
+    wait_status(&worker.http("/ready"), 503, Duration::from_secs(15)).await;
+    wait_status(&gw.http("/ready"), 503, Duration::from_secs(15)).await;
+    assert!(
+        alice
+            .try_recv_where(Duration::from_secs(1), |f| f["ref"] == "d")
+            .await
+            .is_none(),
+        "not acknowledged while it cannot be stored"
+    );
+
+    pg.open().await;
+    let ack = alice
+        .recv_where_within("the ack after the outage", Duration::from_secs(30), |f| {
+            f["ref"] == "d"
+        })
+        .await;
+    assert_eq!(ack["type"], "new_message", "{ack}");
+    wait_status(&gw.http("/ready"), 200, Duration::from_secs(15)).await;
+    assert!(worker.running(), "the worker rode it out");
+    let hist = alice
+        .request(json!({"type": "load_history", "sessionId": sid}))
+        .await;
+    assert_eq!(history_texts(&hist), ["before", "during"]);
 }

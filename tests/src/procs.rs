@@ -113,6 +113,13 @@ impl Proc {
         }
     }
 
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
@@ -196,13 +203,16 @@ pub async fn worker(redis: &str, db: &str, extra: &[(&str, &str)]) -> Proc {
 }
 
 pub async fn worker_named(redis: &str, db: &str, name: &str, extra: &[(&str, &str)]) -> Proc {
+    worker_starting(redis, db, name, extra).ready().await
+}
+
+/// A worker process, not waited for (it may be waiting for its dependencies).
+pub fn worker_starting(redis: &str, db: &str, name: &str, extra: &[(&str, &str)]) -> Proc {
     let mut env = base_env(extra);
     env.insert("JAM_REDIS_URL".into(), redis.into());
     env.insert("JAM_DATABASE_URL".into(), db.into());
     env.insert("JAM_INSTANCE_ID".into(), name.into());
     Proc::spawn("jam-worker", "JAM_WORKER_LISTEN_ADDR", env)
-        .ready()
-        .await
 }
 
 /// The standalone binary: in-memory bus and store.

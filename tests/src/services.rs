@@ -172,3 +172,55 @@ impl Drop for TestDb {
             .status();
     }
 }
+
+/// A TCP forwarder on a loopback port to a real server, that a test can open and cut: a
+/// dependency that comes up late or goes away, without touching the shared server.
+pub struct TcpGate {
+    pub port: u16,
+    target: String,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl TcpGate {
+    /// A closed gate in front of `target` (host:port): nothing listens on `port` yet.
+    pub fn closed(target: &str) -> Self {
+        Self {
+            port: free_port(),
+            target: target.to_string(),
+            tasks: Default::default(),
+        }
+    }
+
+    /// Start listening and forwarding.
+    pub async fn open(&self) {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let (target, tasks) = (self.target.clone(), self.tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                let target = target.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                tasks.lock().unwrap().push(conn);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Stop listening and drop every forwarded connection.
+    pub fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for TcpGate {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}

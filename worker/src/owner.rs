@@ -107,6 +107,18 @@ impl Owner {
                 return;
             }
         };
+        // Gateways are ready only while some worker applies commands: announce it while
+        // every partition held commits (a store outage lets the entry expire).
+        if self.sh.health.committing() {
+            if let Err(e) = self
+                .sh
+                .bus
+                .register_member(keys::WORKERS_APPLYING, &self.sh.node, ttl_ms)
+                .await
+            {
+                tracing::debug!(error = %e, "announcing that commands are applied failed");
+            }
+        }
         // Renew (or re-take after a Redis restart) what we hold; stop what someone else has.
         let held: Vec<u32> = self.owned.keys().copied().collect();
         for p in held {

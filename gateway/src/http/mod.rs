@@ -13,7 +13,8 @@ pub async fn health() -> &'static str {
     "ok"
 }
 
-/// Ready only while the bus answers and the gateway is not draining.
+/// Ready only while the bus answers, some worker applies commands (its store answers),
+/// and the gateway is not draining.
 pub async fn ready(State(st): State<AppState>) -> (StatusCode, &'static str) {
     if st.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining");
@@ -21,7 +22,18 @@ pub async fn ready(State(st): State<AppState>) -> (StatusCode, &'static str) {
     if st.bus.ping().await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "bus unavailable");
     }
-    (StatusCode::OK, "ready")
+    match st
+        .bus
+        .live_members(jam_shared::keys::WORKERS_APPLYING)
+        .await
+    {
+        Ok(0) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no worker is applying commands",
+        ),
+        Ok(_) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "bus unavailable"),
+    }
 }
 
 pub async fn metrics() -> String {

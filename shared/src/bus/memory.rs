@@ -251,6 +251,14 @@ impl Bus for MemoryBus {
         Ok(m.len())
     }
 
+    async fn live_members(&self, set: &str) -> Result<usize, BusError> {
+        let s = self.state.lock().unwrap();
+        let now = Instant::now();
+        Ok(s.members
+            .get(set)
+            .map_or(0, |m| m.values().filter(|exp| **exp > now).count()))
+    }
+
     async fn count_in_window(&self, key: &str, window_ms: u64) -> Result<u64, BusError> {
         let mut s = self.state.lock().unwrap();
         let now = Instant::now();

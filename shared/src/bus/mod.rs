@@ -140,6 +140,9 @@ pub trait Bus: Send + Sync + 'static {
         ttl_ms: u64,
     ) -> Result<usize, BusError>;
 
+    /// How many members of the registry `set` are live (registered and not expired).
+    async fn live_members(&self, set: &str) -> Result<usize, BusError>;
+
     /// Count one more event under `key` in a window of `window_ms` that starts with the
     /// first; returns the count so far (rate limits shared by every gateway).
     async fn count_in_window(&self, key: &str, window_ms: u64) -> Result<u64, BusError>;

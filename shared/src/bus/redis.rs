@@ -52,14 +52,22 @@ else
 end
 "#;
 
-/// Register a member until now + ttl (server clock), forget earlier boots of the same
-/// instance (ARGV[3] = `<instance>#`), and count the live ones.
+/// Count one event in a window that starts with the first (fixed-window rate limits).
 const COUNT_SCRIPT: &str = r#"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
 "#;
 
+/// The members of a registry whose expiry (server clock) is still ahead.
+const LIVE_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+"#;
+
+/// Register a member until now + ttl (server clock), forget earlier boots of the same
+/// instance (ARGV[3] = `<instance>#`), and count the live ones.
 const MEMBER_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -454,6 +462,15 @@ impl Bus for RedisBus {
                     format!("{}#", crate::keys::node_instance(member)),
                 ],
             )
+            .await
+            .map_err(err)?;
+        Ok(n.max(0) as usize)
+    }
+
+    async fn live_members(&self, set: &str) -> Result<usize, BusError> {
+        let n: i64 = self
+            .client
+            .eval(LIVE_SCRIPT, vec![set.to_string()], Vec::<String>::new())
             .await
             .map_err(err)?;
         Ok(n.max(0) as usize)
