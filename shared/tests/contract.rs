@@ -147,16 +147,29 @@ async fn bus_contract(bus: Arc<dyn Bus>) {
         .unwrap());
 
     // The member registry counts live members only.
+    assert_eq!(bus.live_members("R").await.unwrap(), 0);
     assert_eq!(bus.register_member("R", "a", 10_000).await.unwrap(), 1);
     assert_eq!(bus.register_member("R", "b", 150).await.unwrap(), 2);
     assert_eq!(bus.register_member("R", "a", 10_000).await.unwrap(), 2);
+    assert_eq!(bus.live_members("R").await.unwrap(), 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bus.live_members("R").await.unwrap(), 1, "b expired");
     assert_eq!(bus.register_member("R", "a", 10_000).await.unwrap(), 1);
     assert_eq!(bus.register_member("R", "x#1", 10_000).await.unwrap(), 2);
     assert_eq!(
         bus.register_member("R", "x#2", 10_000).await.unwrap(),
         2,
         "a reboot"
+    );
+    // Fixed-window counters, shared by every gateway.
+    assert_eq!(bus.count_in_window("C", 200).await.unwrap(), 1);
+    assert_eq!(bus.count_in_window("C", 200).await.unwrap(), 2);
+    assert_eq!(bus.count_in_window("D", 200).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        bus.count_in_window("C", 200).await.unwrap(),
+        1,
+        "a new window"
     );
     bus.ping().await.unwrap();
 }
