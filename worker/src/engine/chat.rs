@@ -43,7 +43,8 @@ impl Engine {
         let seq = msg.seq;
         let recent = self.recent.entry(key.clone()).or_default();
         recent.push_back(msg.clone());
-        while recent.len() > self.cfg.history_limit {
+        let keep = self.cfg.history_limit.max(self.cfg.recovery_events);
+        while recent.len() > keep {
             recent.pop_front();
         }
         // Appended, never a rewrite of the session: its seq is recovered from the messages.

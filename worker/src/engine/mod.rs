@@ -47,7 +47,9 @@ pub struct EngineConfig {
 pub struct Engine {
     cfg: EngineConfig,
     sessions: HashMap<SessionKey, SessionRecord>,
-    /// The last `history_limit` messages per session: a joiner's history without a query.
+    /// The last messages per session ([`Engine::kept_messages`]): a joiner's history
+    /// without a query, and the window in which a retried message (same idempotency key)
+    /// is recognised.
     recent: HashMap<SessionKey, VecDeque<ChatMessage>>,
     /// The last room events per session, for members that rejoin with `sinceSeq`.
     log: HashMap<SessionKey, EventLog>,
@@ -94,7 +96,7 @@ impl Engine {
                     &rec.id,
                     rec.created_at,
                     None,
-                    self.cfg.history_limit,
+                    self.kept_messages(),
                 )
                 .await?;
             let log = EventLog::from_messages(rec.last_seq, &msgs, |m| frame("new_message", m));
@@ -109,6 +111,12 @@ impl Engine {
             "partition loaded"
         );
         Ok(())
+    }
+
+    /// How many recent messages a session keeps in memory: a joiner's history, and at
+    /// least the recovery window, so a retry is recognised as long as it could be recovered.
+    fn kept_messages(&self) -> usize {
+        self.cfg.history_limit.max(self.cfg.recovery_events)
     }
 
     pub fn session_count(&self) -> usize {

@@ -195,10 +195,16 @@ impl Engine {
 
     /// The last messages of a session, as a joiner gets them.
     fn history_frame(&self, key: &SessionKey) -> bytes::Bytes {
+        let limit = self.cfg.history_limit;
         let history: Vec<_> = self
             .recent
             .get(key)
-            .map(|q| q.iter().cloned().collect())
+            .map(|q| {
+                q.iter()
+                    .skip(q.len().saturating_sub(limit))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         // A full window may have older messages behind it (load_history pages them).
         let has_more = history.len() >= self.cfg.history_limit;

@@ -346,6 +346,23 @@ async fn a_retried_message_is_stored_once_and_acknowledged_again() {
     assert_eq!(acks[0]["seq"], seq);
     let (_, env, _) = &published(&fx)[0];
     assert_eq!(env.conn.as_deref(), Some("c-bob-2"));
+
+    // Still recognised after many newer messages (beyond the joiner's history page), as
+    // long as it is inside the recovery window.
+    let mut fx = Effects::default();
+    for i in 0..200 {
+        let other = Action::SendMessage {
+            session_id: "ABCDEF".into(),
+            message: format!("m{i}"),
+        };
+        e.apply(&cmd("alice", "c-alice", other), &mut fx);
+    }
+    let mut late = cmd("bob", "c-bob-3", say());
+    late.id = "k:bob:m1".into();
+    let mut fx = Effects::default();
+    e.apply(&late, &mut fx);
+    assert!(fx.messages.is_empty(), "a late retry is not stored again");
+    assert_eq!(frames_of(&fx, "new_message")[0]["seq"], seq);
 }
 
 fn rejoin(since_seq: Option<i64>) -> Action {
