@@ -43,11 +43,50 @@ impl Client {
         c
     }
 
+    /// [`connect`](Self::connect), or `None` when the server is not there (yet).
+    pub async fn try_connect(url: &str, token: &str) -> Option<Self> {
+        let url = format!("{url}?token={token}");
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url))
+            .await
+            .ok()?
+            .ok()?;
+        let mut c = Self::from_ws(ws);
+        let auth = c.recv_wire(WAIT).await?;
+        if auth["type"] != "authenticated" {
+            return None;
+        }
+        c.user = auth["userId"].as_str()?.to_string();
+        Some(c)
+    }
+
+    /// The frames read while waiting for something else, in order.
+    pub fn take_backlog(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.backlog)
+    }
+
+    /// Every frame read so far, in order: the backlog and whatever has arrived since.
+    pub fn take_pending(&mut self) -> Vec<Value> {
+        let mut out = std::mem::take(&mut self.backlog);
+        while let Ok(m) = self.rx.try_recv() {
+            match m {
+                Incoming::Text(v) => out.push(v),
+                Incoming::Closed(code) => {
+                    self.close_code = self.close_code.or(code).or(Some(1006));
+                }
+            }
+        }
+        out
+    }
+
     pub async fn raw(url: &str) -> Self {
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
             .await
             .expect("websocket handshake within the wait")
             .expect("websocket connects");
+        Self::from_ws(ws)
+    }
+
+    fn from_ws(ws: Ws) -> Self {
         let (ws, mut stream) = ws.split();
         let (tx, rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(async move {

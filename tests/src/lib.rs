@@ -1,6 +1,7 @@
 //! The end-to-end harness: real binaries as child processes, a private redis-server per
 //! test, a fresh PostgreSQL database per test, and a WebSocket client.
 
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod metrics;
