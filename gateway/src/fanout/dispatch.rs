@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use jam_shared::bus::BusMessage;
 use jam_shared::protocol::envelope::{splice_ref, Envelope};
 use tokio::sync::mpsc;
 
 use super::table::Table;
+use crate::ws::framing::OutFrame;
 
 /// Route bus messages until the bus closes.
 pub async fn run(table: Arc<Table>, mut rx: mpsc::Receiver<BusMessage>) {
@@ -52,9 +52,7 @@ pub fn resync_all(table: &Table) {
             "resync_required",
             &serde_json::json!({"sessionId": sid, "reason": "events_dropped"}),
         );
-        let Ok(f) = Utf8Bytes::try_from(f) else {
-            continue;
-        };
+        let f = OutFrame::text(&f);
         for m in &ch.members {
             if st.conns.get(m).is_some_and(|e| e.handle.push(f.clone())) {
                 told += 1;
@@ -77,13 +75,12 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
             return;
         }
     };
-    let frames: Vec<Utf8Bytes> = match frames.into_iter().map(Utf8Bytes::try_from).collect() {
-        Ok(f) => f,
-        Err(_) => {
-            metrics::counter!("jam_bus_malformed_total").increment(1);
-            return;
-        }
-    };
+    if frames.iter().any(|f| std::str::from_utf8(f).is_err()) {
+        metrics::counter!("jam_bus_malformed_total").increment(1);
+        return;
+    }
+    // Encoded once per event; every member's writer sends these same bytes.
+    let frames: Vec<OutFrame> = frames.iter().map(|f| OutFrame::text(f)).collect();
     if env.ts > 0 {
         let lat = (jam_shared::clock::now_us() - env.ts).max(0) as f64 / 1e6;
         metrics::histogram!("jam_delivery_latency_seconds").record(lat);
@@ -118,8 +115,7 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
                 let mut sent = 0;
                 for (i, f) in frames.iter().enumerate() {
                     let bytes = match &env.r#ref {
-                        Some(r) if i == 0 => Utf8Bytes::try_from(splice_ref(f.as_bytes(), r))
-                            .unwrap_or_else(|_| f.clone()),
+                        Some(r) if i == 0 => OutFrame::text(&splice_ref(f.payload(), r)),
                         _ => f.clone(),
                     };
                     if !entry.handle.push(bytes) {
@@ -142,8 +138,7 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
                 for (i, f) in frames.iter().enumerate() {
                     let bytes = match (&env.r#ref, env.ref_conn.as_deref()) {
                         (Some(r), Some(rc)) if i == 0 && rc == conn => {
-                            Utf8Bytes::try_from(splice_ref(f.as_bytes(), r))
-                                .unwrap_or_else(|_| f.clone())
+                            OutFrame::text(&splice_ref(f.payload(), r))
                         }
                         _ => f.clone(),
                     };
@@ -210,13 +205,13 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
     table.release(empty);
 }
 
-fn count_out(frame: &Utf8Bytes, deliveries: u64) {
+fn count_out(frame: &OutFrame, deliveries: u64) {
     if deliveries == 0 {
         return;
     }
-    metrics::counter!("jam_frames_out_total", "type" => frame_type(frame.as_bytes()))
+    metrics::counter!("jam_frames_out_total", "type" => frame_type(frame.payload()))
         .increment(deliveries);
-    metrics::counter!("jam_bytes_out_total").increment(frame.len() as u64 * deliveries);
+    metrics::counter!("jam_bytes_out_total").increment(frame.as_bytes().len() as u64 * deliveries);
 }
 
 /// The event type of a frame the worker serialized, without parsing it: producers write

@@ -2,20 +2,26 @@
 //! the one bus subscription per channel that has local members.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+
+/// Keys here are ids the server made (connections, channels), never chosen by a client,
+/// so the fast non-keyed Fx hash is safe; SipHash was 1.4 % of a fan-out's CPU profile.
+type Fx = BuildHasherDefault<rustc_hash::FxHasher>;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::Utf8Bytes;
 use jam_shared::bus::{BusError, Subscription};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::ws::framing::OutFrame;
 
 /// What the table needs to reach one connection.
 #[derive(Clone)]
 pub struct ConnHandle {
     pub id: Arc<str>,
     pub user_id: Arc<str>,
-    pub tx: mpsc::Sender<Utf8Bytes>,
+    pub tx: mpsc::Sender<OutFrame>,
     /// Cancelled to close the connection with `close_code`.
     pub kill: CancellationToken,
     pub close_code: Arc<AtomicU16>,
@@ -30,7 +36,7 @@ impl ConnHandle {
     }
 
     /// Queue a frame; a full queue closes the connection rather than slow anyone else.
-    pub fn push(&self, frame: Utf8Bytes) -> bool {
+    pub fn push(&self, frame: OutFrame) -> bool {
         match self.tx.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -41,13 +47,18 @@ impl ConnHandle {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
+
+    /// Queue serialized JSON as a text frame of its own.
+    pub fn push_json(&self, json: &[u8]) -> bool {
+        self.push(OutFrame::text(json))
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct Channel {
-    pub members: HashSet<Arc<str>>,
+    pub members: HashSet<Arc<str>, Fx>,
     /// Joins sent to the worker, not yet answered: subscribed, but not delivered to.
-    pub pending: HashSet<Arc<str>>,
+    pub pending: HashSet<Arc<str>, Fx>,
     pub subscribed: bool,
 }
 
@@ -59,13 +70,13 @@ impl Channel {
 
 pub(crate) struct ConnEntry {
     pub handle: ConnHandle,
-    pub channels: HashSet<String>,
+    pub channels: HashSet<String, Fx>,
 }
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub conns: HashMap<Arc<str>, ConnEntry>,
-    pub channels: HashMap<String, Channel>,
+    pub conns: HashMap<Arc<str>, ConnEntry, Fx>,
+    pub channels: HashMap<String, Channel, Fx>,
 }
 
 pub struct Table {
@@ -116,7 +127,7 @@ impl Table {
             handle.id.clone(),
             ConnEntry {
                 handle,
-                channels: HashSet::new(),
+                channels: HashSet::default(),
             },
         );
     }
@@ -131,7 +142,7 @@ impl Table {
                 id.clone(),
                 ConnEntry {
                     handle,
-                    channels: HashSet::from([user_channel.clone()]),
+                    channels: HashSet::from_iter([user_channel.clone()]),
                 },
             );
             let ch = s.channels.entry(user_channel.clone()).or_default();

@@ -118,7 +118,7 @@ pub async fn rpc(st: &AppState, who: &Identity, frame: ClientFrame) -> Result<Va
                 ApiError::new(ErrorCode::Unavailable, "the worker did not answer in time")
             })?
             .ok_or_else(|| ApiError::new(ErrorCode::Internal, "reply channel closed"))?;
-        let mut v: Value = serde_json::from_str(&frame)
+        let mut v: Value = serde_json::from_slice(frame.payload())
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         if v["type"] == "error" {
             let code = serde_json::from_value(v["code"].clone()).unwrap_or(ErrorCode::Internal);

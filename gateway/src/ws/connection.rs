@@ -6,21 +6,24 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use jam_shared::auth::Identity;
 use jam_shared::keys;
 use jam_shared::protocol::event::{error, error_with_ref, frame};
 use jam_shared::protocol::Action;
 use jam_shared::ErrorCode;
 use serde_json::json;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::close;
 use super::frames::{self, ConnLimits, Outcome};
+use super::framing::OutFrame;
 use super::ratelimit::TokenBucket;
+use super::upgrade::{FrameStream, FrameWriter};
 use crate::auth::Verified;
 use crate::fanout::ConnHandle;
 use crate::limits::Slot;
@@ -34,6 +37,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames read ahead of the one being handled.
 const INBOUND_QUEUE: usize = 64;
+/// Frames handed to one `writev(2)` at most.
+const WRITE_BATCH: usize = 64;
 
 /// What a connection holds while it lives: its admission and its per-IP slot.
 pub struct Admission {
@@ -41,44 +46,54 @@ pub struct Admission {
     pub ip_slot: Option<Slot>,
 }
 
-pub async fn run(mut socket: WebSocket, st: AppState, token: Option<String>, adm: Admission) {
-    let verified = match authenticate(&mut socket, &st, token).await {
+pub async fn run(
+    mut frames: FrameStream,
+    out: FrameWriter,
+    st: AppState,
+    token: Option<String>,
+    adm: Admission,
+) {
+    // Boxed: the hand-shake's state is not carried for the connection's whole life.
+    let verified = match Box::pin(authenticate(&mut frames, &st, token)).await {
         Ok(v) => v,
-        Err(msg) => return refuse(socket, ErrorCode::Unauthorized, &msg, close::POLICY).await,
+        Err(msg) => return refuse(out, ErrorCode::Unauthorized, &msg, close::POLICY).await,
     };
     let user_slot = match st.limits.user_slot(&verified.identity) {
         Ok(s) => s,
-        Err(r) => return refuse(socket, r.code, &r.message, close::TOO_MANY_CONNECTIONS).await,
+        Err(r) => return refuse(out, r.code, &r.message, close::TOO_MANY_CONNECTIONS).await,
     };
     let conn_id = jam_shared::ids::unique();
     let who = &verified.identity;
     let span =
         tracing::info_span!("conn", conn = %conn_id, user = %who.user_id, tenant = %who.tenant);
-    serve(socket, st, verified, conn_id).instrument(span).await;
+    serve(frames, out, st, verified, conn_id)
+        .instrument(span)
+        .await;
     drop((user_slot, adm));
 }
 
 /// An error frame, then the close code: the client learns why before the socket goes.
-async fn refuse(mut socket: WebSocket, code: ErrorCode, msg: &str, close_code: u16) {
+async fn refuse(mut out: FrameWriter, code: ErrorCode, msg: &str, close_code: u16) {
     metrics::counter!("jam_errors_total", "code" => code.as_str()).increment(1);
-    let _ = socket.send(text(error(code, msg))).await;
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: close_code,
-            reason: Utf8Bytes::from_static(close::describe(close_code).0),
-        })))
-        .await;
+    let goodbye = async {
+        out.write_all(OutFrame::text(&error(code, msg)).as_bytes())
+            .await?;
+        out.write_all(OutFrame::close(close_code, close::describe(close_code).0).as_bytes())
+            .await?;
+        out.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
 }
 
 async fn authenticate(
-    socket: &mut WebSocket,
+    frames: &mut FrameStream,
     st: &AppState,
     token: Option<String>,
 ) -> Result<Verified, String> {
     let token = match token {
         Some(t) => t,
         None => {
-            let first = tokio::time::timeout(st.cfg.auth_timeout, socket.recv())
+            let first = tokio::time::timeout(st.cfg.auth_timeout, frames.next())
                 .await
                 .map_err(|_| "authentication timed out".to_string())?;
             let Some(Ok(Message::Text(t))) = first else {
@@ -105,9 +120,15 @@ async fn authenticate(
     })
 }
 
-async fn serve(socket: WebSocket, st: AppState, verified: Verified, conn_id: String) {
+async fn serve(
+    stream: FrameStream,
+    sink: FrameWriter,
+    st: AppState,
+    verified: Verified,
+    conn_id: String,
+) {
     let who = verified.identity.clone();
-    let (tx, rx) = mpsc::channel::<Utf8Bytes>(st.cfg.outbound_queue);
+    let (tx, rx) = mpsc::channel::<OutFrame>(st.cfg.outbound_queue);
     let handle = ConnHandle {
         id: Arc::from(conn_id.as_str()),
         user_id: Arc::from(who.user_id.as_str()),
@@ -115,14 +136,8 @@ async fn serve(socket: WebSocket, st: AppState, verified: Verified, conn_id: Str
         kill: CancellationToken::new(),
         close_code: Arc::new(AtomicU16::new(0)),
     };
-    if let Err(e) = st
-        .table
-        .register(
-            handle.clone(),
-            keys::user_channel(&who.tenant, &who.user_id),
-        )
-        .await
-    {
+    let user_channel = keys::user_channel(&who.tenant, &who.user_id);
+    if let Err(e) = Box::pin(st.table.register(handle.clone(), user_channel)).await {
         tracing::warn!(error = %e, "could not subscribe the user channel");
         st.table.unregister(&conn_id);
         return;
@@ -130,7 +145,7 @@ async fn serve(socket: WebSocket, st: AppState, verified: Verified, conn_id: Str
     metrics::gauge!("jam_connections_open").increment(1.0);
     metrics::counter!("jam_connections_opened_total").increment(1);
     tracing::info!("connected");
-    handle.push(text_bytes(frame(
+    handle.push_json(&frame(
         "authenticated",
         &json!({
             "userId": who.user_id, "userName": who.user_name, "connectionId": conn_id,
@@ -138,16 +153,17 @@ async fn serve(socket: WebSocket, st: AppState, verified: Verified, conn_id: Str
             "serverTime": jam_shared::clock::now_ms(),
             "expiresAt": verified.expires_at,
         }),
-    )));
+    ));
 
-    let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
         handle.kill.clone(),
         handle.close_code.clone(),
     ));
-    let (in_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+    // flume's queue holds nothing until frames arrive (tokio's allocates a block of slots
+    // per channel up front: 2 KiB for every idle connection).
+    let (in_tx, inbound) = flume::bounded(INBOUND_QUEUE);
     let reader = tokio::spawn(read_frames(stream, in_tx));
     let mut r = Reader::new(&st, &handle, &who, &conn_id, verified.expires_at);
     let mut reason = r.run(inbound).await;
@@ -158,68 +174,71 @@ async fn serve(socket: WebSocket, st: AppState, verified: Verified, conn_id: Str
     handle.kill.cancel();
     reader.abort();
     let _ = writer.await;
-    for room in st.table.unregister(&conn_id) {
-        // Only rooms are sessions; a user channel has nobody to tell.
-        if let Some(sid) = keys::room_of(&room) {
-            let action = Action::Disconnect {
-                session_id: sid.to_string(),
-            };
-            if let Err(e) = st.send_command(&who, &conn_id, None, None, action).await {
-                tracing::warn!(error = %e, session = sid, "could not report the disconnect");
-            }
-        }
-    }
+    Box::pin(report_disconnects(&st, &who, &conn_id)).await;
     metrics::gauge!("jam_connections_open").decrement(1.0);
     metrics::counter!("jam_connections_closed_total", "reason" => reason).increment(1);
     tracing::info!(reason, "disconnected");
 }
 
-/// Send queued frames (a burst with one flush) and a ping every [`PING_EVERY`]; on `kill`,
+/// Tell the worker the connection left its rooms. Only rooms are sessions; a user channel
+/// has nobody to tell.
+async fn report_disconnects(st: &AppState, who: &Identity, conn_id: &str) {
+    for room in st.table.unregister(conn_id) {
+        if let Some(sid) = keys::room_of(&room) {
+            let action = Action::Disconnect {
+                session_id: sid.to_string(),
+            };
+            if let Err(e) = st.send_command(who, conn_id, None, None, action).await {
+                tracing::warn!(error = %e, session = sid, "could not report the disconnect");
+            }
+        }
+    }
+}
+
+/// Send queued frames (a burst in one `writev`) and a ping every [`PING_EVERY`]; on `kill`,
 /// send the close code set on the handle (1000 if none).
-pub async fn write_loop<S>(
-    mut sink: S,
-    mut rx: mpsc::Receiver<Utf8Bytes>,
+pub async fn write_loop<W>(
+    mut out: W,
+    mut rx: mpsc::Receiver<OutFrame>,
     kill: CancellationToken,
     code: Arc<AtomicU16>,
 ) where
-    S: futures_util::Sink<Message> + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let mut ping = tokio::time::interval(PING_EVERY);
+    // One wait for the whole loop: a fresh `cancelled()` per burst was 6 % of a fan-out's
+    // CPU profile.
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
     loop {
-        tokio::select! {
+        let sent = tokio::select! {
             biased;
-            _ = kill.cancelled() => break,
+            _ = &mut killed => break,
             f = rx.recv() => match f {
-                Some(f) => {
-                    let sent = tokio::time::timeout(WRITE_TIMEOUT, write_queued(&mut sink, f, &mut rx)).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        kill.cancel();
-                        return;
-                    }
-                }
+                Some(f) => tokio::time::timeout(WRITE_TIMEOUT, write_queued(&mut out, f, &mut rx)).await,
                 None => break,
             },
             _ = ping.tick() => {
                 let now = jam_shared::clock::now_us().to_be_bytes();
-                if sink.send(Message::Ping(now.to_vec().into())).await.is_err() {
-                    kill.cancel();
-                    return;
-                }
+                let ping = OutFrame::ping(&now);
+                tokio::time::timeout(WRITE_TIMEOUT, out.write_all(ping.as_bytes())).await
             }
+        };
+        if !matches!(sent, Ok(Ok(()))) {
+            kill.cancel();
+            return;
         }
     }
     let c = match code.load(Ordering::SeqCst) {
         0 => close::NORMAL,
         c => c,
     };
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        sink.send(Message::Close(Some(CloseFrame {
-            code: c,
-            reason: Utf8Bytes::from_static(close::describe(c).0),
-        }))),
-    )
-    .await;
+    let goodbye = async {
+        out.write_all(OutFrame::close(c, close::describe(c).0).as_bytes())
+            .await?;
+        out.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
 }
 
 /// The reading half: frames in order, the frame-rate limit, the token's expiry.
@@ -280,7 +299,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Until the connection ends; returns why (a metric label).
-    async fn run(&mut self, mut inbound: mpsc::Receiver<(Instant, Message)>) -> &'static str {
+    async fn run(&mut self, inbound: flume::Receiver<(Instant, Message)>) -> &'static str {
         loop {
             let deadline = self.next_deadline();
             let token_timer = async {
@@ -297,18 +316,18 @@ impl<'a> Reader<'a> {
                         return "token_expired";
                     }
                     self.warned = true;
-                    self.handle.push(text_bytes(frame(
+                    self.handle.push_json(&frame(
                         "token_expiring",
                         &json!({"expiresAt": self.expires_at}),
-                    )));
+                    ));
                     continue;
                 }
-                n = tokio::time::timeout(IDLE_TIMEOUT, inbound.recv()) => n,
+                n = tokio::time::timeout(IDLE_TIMEOUT, inbound.recv_async()) => n,
             };
             let (arrived, msg) = match next {
                 Err(_) => return "idle",
-                Ok(None) => return "client",
-                Ok(Some(m)) => m,
+                Ok(Err(_)) => return "client",
+                Ok(Ok(m)) => m,
             };
             match msg {
                 Message::Text(t) => {
@@ -317,14 +336,18 @@ impl<'a> Reader<'a> {
                     }
                 }
                 Message::Binary(_) => {
-                    self.handle.push(text_bytes(error(
+                    self.handle.push_json(&error(
                         ErrorCode::BadRequest,
                         "binary frames are not supported",
-                    )));
+                    ));
                 }
                 Message::Pong(p) => self.pong(&p),
-                Message::Ping(_) => {}
+                // Answered here: tungstenite's own answer goes nowhere (see `upgrade`).
+                Message::Ping(p) => {
+                    self.handle.push(OutFrame::pong(&p));
+                }
                 Message::Close(_) => return "client",
+                Message::Frame(_) => {}
             }
         }
     }
@@ -340,30 +363,40 @@ impl<'a> Reader<'a> {
                 self.handle.close(close::RATE_ABUSE);
                 return false;
             }
-            self.handle.push(text_bytes(error_with_ref(
+            self.handle.push_json(&error_with_ref(
                 ErrorCode::RateLimited,
                 "Too many frames, slow down",
                 frames::ref_of(t).as_ref(),
-            )));
+            ));
             return true;
         }
         let best_rtt = self.rtts.iter().min().map(|r| *r as f64);
         let st = self.st;
-        match frames::handle(st, self.who, self.conn_id, best_rtt, &mut self.limits, t).await {
+        // Boxed: an idle connection does not carry the state of handling a frame (most of
+        // a connection's memory before, see docs/benchmarks.md).
+        let handled = Box::pin(frames::handle(
+            st,
+            self.who,
+            self.conn_id,
+            best_rtt,
+            &mut self.limits,
+            t,
+        ));
+        match handled.await {
             Ok(Outcome::Reply(b)) => {
-                self.handle.push(text_bytes(b));
+                self.handle.push_json(&b);
             }
             Ok(Outcome::Forwarded) => {}
             Ok(Outcome::Refreshed { expires_at, reply }) => {
                 metrics::counter!("jam_token_refreshes_total").increment(1);
                 self.expires_at = expires_at;
                 self.warned = false;
-                self.handle.push(text_bytes(reply));
+                self.handle.push_json(&reply);
             }
             Err(e) => {
                 metrics::counter!("jam_errors_total", "code" => e.code.as_str()).increment(1);
                 tracing::debug!(code = %e.code, message = %e.message, "frame rejected");
-                self.handle.push(text_bytes(e.to_frame()));
+                self.handle.push_json(&e.to_frame());
             }
         }
         true
@@ -384,44 +417,71 @@ impl<'a> Reader<'a> {
 
 /// Read frames into `out`, each with the instant it arrived, until the stream ends or
 /// the receiver goes away. Bounded: a full queue stops reading (TCP pushes back).
-pub async fn read_frames<S, E>(mut stream: S, out: mpsc::Sender<(Instant, Message)>)
+pub async fn read_frames<S, E>(mut stream: S, out: flume::Sender<(Instant, Message)>)
 where
     S: futures_util::Stream<Item = Result<Message, E>> + Unpin,
 {
     while let Some(Ok(m)) = stream.next().await {
-        if out.send((Instant::now(), m)).await.is_err() {
+        if out.send_async((Instant::now(), m)).await.is_err() {
             return;
         }
     }
 }
 
-/// Write `first` and everything else already queued, then flush once: one syscall for a
-/// burst instead of one per frame.
-pub async fn write_queued<S>(
-    sink: &mut S,
-    first: Utf8Bytes,
-    rx: &mut mpsc::Receiver<Utf8Bytes>,
-) -> Result<(), S::Error>
+/// Write `first` and everything else already queued: one `writev(2)` for a burst (up to
+/// [`WRITE_BATCH`] frames) instead of one write per frame.
+pub async fn write_queued<W>(
+    out: &mut W,
+    first: OutFrame,
+    rx: &mut mpsc::Receiver<OutFrame>,
+) -> std::io::Result<()>
 where
-    S: futures_util::Sink<Message> + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    sink.feed(Message::Text(first)).await?;
+    let mut batch = vec![first];
     // Bounded: at most what the queue holds now.
-    let mut n = rx.len();
-    while n > 0 {
-        let Ok(f) = rx.try_recv() else { break };
-        sink.feed(Message::Text(f)).await?;
-        n -= 1;
+    let mut left = rx.len();
+    loop {
+        while left > 0 && batch.len() < WRITE_BATCH {
+            let Ok(f) = rx.try_recv() else {
+                left = 0;
+                break;
+            };
+            batch.push(f);
+            left -= 1;
+        }
+        write_all(out, &batch).await?;
+        if left == 0 {
+            return Ok(());
+        }
+        batch.clear();
     }
-    sink.flush().await
 }
 
-fn text(b: bytes::Bytes) -> Message {
-    Message::Text(text_bytes(b))
-}
-
-fn text_bytes(b: bytes::Bytes) -> Utf8Bytes {
-    Utf8Bytes::try_from(b).expect("frames are serialized JSON, hence UTF-8")
+/// Every byte of `frames`, in order, with as few `writev(2)` calls as the socket allows.
+async fn write_all<W: AsyncWrite + Unpin>(out: &mut W, frames: &[OutFrame]) -> std::io::Result<()> {
+    let (mut i, mut off) = (0, 0);
+    while i < frames.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&frames[i].as_bytes()[off..])
+            .chain(frames[i + 1..].iter().map(|f| f.as_bytes()))
+            .map(std::io::IoSlice::new)
+            .collect();
+        let mut n = out.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while i < frames.len() {
+            let rest = frames[i].as_bytes().len() - off;
+            if n < rest {
+                off += n;
+                break;
+            }
+            n -= rest;
+            i += 1;
+            off = 0;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -431,42 +491,72 @@ mod tests {
 
     use super::*;
 
-    /// A sink that records frames and counts flushes.
-    #[derive(Default)]
+    /// A socket that records what is written and counts the calls, taking at most
+    /// `chunk` bytes per call (a socket buffer that fills).
     struct Recorder {
-        frames: Vec<String>,
-        flushes: usize,
+        bytes: Vec<u8>,
+        calls: usize,
+        chunk: usize,
     }
 
-    impl futures_util::Sink<Message> for Recorder {
-        type Error = std::convert::Infallible;
-        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-        fn start_send(mut self: Pin<&mut Self>, m: Message) -> Result<(), Self::Error> {
-            if let Message::Text(t) = m {
-                self.frames.push(t.to_string());
+    impl Recorder {
+        fn new(chunk: usize) -> Self {
+            Self {
+                bytes: Vec::new(),
+                calls: 0,
+                chunk,
             }
-            Ok(())
         }
-        fn poll_flush(
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
-        ) -> Poll<Result<(), Self::Error>> {
-            self.flushes += 1;
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.calls += 1;
+            let n = buf.len().min(self.chunk);
+            self.bytes.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.calls += 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.chunk - n);
+                self.bytes.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.chunk {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
     }
 
     #[tokio::test]
     async fn frames_are_stamped_when_they_arrive_not_when_handled() {
-        let frames = futures_util::stream::iter(
-            ["a", "b", "c"].map(|t| Ok::<_, ()>(Message::Text(Utf8Bytes::from_static(t)))),
-        );
-        let (tx, mut rx) = mpsc::channel(8);
+        let frames =
+            futures_util::stream::iter(["a", "b", "c"].map(|t| Ok::<_, ()>(Message::text(t))));
+        let (tx, rx) = flume::bounded(8);
         let before = Instant::now();
         read_frames(frames, tx).await;
         // Handled later: the stamps still say when they came in.
@@ -479,18 +569,34 @@ mod tests {
         assert_eq!(got, ["a", "b", "c"]);
     }
 
-    #[tokio::test]
-    async fn everything_queued_goes_out_with_one_flush() {
-        let (tx, mut rx) = mpsc::channel(8);
-        for f in ["b", "c", "d"] {
-            tx.try_send(Utf8Bytes::from_static(f)).unwrap();
+    fn queued(texts: &[&str]) -> (OutFrame, mpsc::Receiver<OutFrame>, Vec<u8>) {
+        let (tx, rx) = mpsc::channel(texts.len() + 1);
+        let frames: Vec<OutFrame> = texts.iter().map(|t| OutFrame::text(t.as_bytes())).collect();
+        for f in &frames[1..] {
+            tx.try_send(f.clone()).unwrap();
         }
-        let mut sink = Recorder::default();
-        write_queued(&mut sink, Utf8Bytes::from_static("a"), &mut rx)
-            .await
-            .unwrap();
-        assert_eq!(sink.frames, ["a", "b", "c", "d"]);
-        assert_eq!(sink.flushes, 1);
+        let wire = frames.iter().flat_map(|f| f.as_bytes().to_vec()).collect();
+        (frames[0].clone(), rx, wire)
+    }
+
+    #[tokio::test]
+    async fn everything_queued_goes_out_in_one_write() {
+        let (first, mut rx, wire) = queued(&["a", "b", "c", "d"]);
+        let mut out = Recorder::new(usize::MAX);
+        write_queued(&mut out, first, &mut rx).await.unwrap();
+        assert_eq!(out.bytes, wire);
+        assert_eq!(out.calls, 1);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_short_write_resumes_where_it_stopped() {
+        let texts: Vec<String> = (0..200).map(|i| format!("{{\"n\":{i}}}")).collect();
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let (first, mut rx, wire) = queued(&refs);
+        let mut out = Recorder::new(7);
+        write_queued(&mut out, first, &mut rx).await.unwrap();
+        assert_eq!(out.bytes, wire, "every byte once, in order");
         assert!(rx.try_recv().is_err());
     }
 }

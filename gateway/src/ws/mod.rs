@@ -3,22 +3,28 @@
 pub mod close;
 pub mod connection;
 pub mod frames;
+pub mod framing;
 pub mod ratelimit;
+pub mod upgrade;
 pub mod wire;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::state::AppState;
 
 /// Frames above this size close the connection at the protocol level; frames between
 /// `JAM_MAX_FRAME_BYTES` and this get a BAD_REQUEST and the connection stays.
 const HARD_FRAME_LIMIT: usize = 4 << 20;
-const SOCKET_BUFFER: usize = 4 << 10;
+/// The read buffer a connection starts with: client frames are small, and a larger one
+/// grows the buffer for as long as it needs.
+const READ_BUFFER: usize = 512;
 
 /// The client's address, when the server was started with connection info.
 pub struct PeerIp(pub Option<IpAddr>);
@@ -40,7 +46,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
 }
 
 pub async fn handler(
-    ws: WebSocketUpgrade,
+    ws: upgrade::Upgrade,
     State(st): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
     PeerIp(ip): PeerIp,
@@ -77,10 +83,13 @@ pub async fn handler(
     let adm = connection::Admission { permit, ip_slot };
     let tracker = st.tracker.clone();
     // tungstenite's default 128 KiB read buffer per socket would make an idle connection
-    // cost ~140 KiB; buffers grow on demand for the rare large frame.
-    ws.read_buffer_size(SOCKET_BUFFER)
-        .write_buffer_size(SOCKET_BUFFER)
-        .max_message_size(HARD_FRAME_LIMIT)
-        .max_frame_size(HARD_FRAME_LIMIT)
-        .on_upgrade(move |socket| tracker.track_future(connection::run(socket, st, token, adm)))
+    // cost ~140 KiB; buffers grow on demand for the rare large frame. It only reads:
+    // frames out are encoded by `framing`.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(HARD_FRAME_LIMIT))
+        .max_frame_size(Some(HARD_FRAME_LIMIT));
+    ws.on_upgrade(config, move |frames, out| {
+        tracker.track_future(connection::run(frames, out, st, token, adm))
+    })
 }
