@@ -4,14 +4,15 @@
 /// The tenant of tokens without a `tenant` claim.
 pub const DEFAULT_TENANT: &str = "_";
 
-/// The channel a room's events travel on.
+/// The channel a room's events travel on. No `{hash tag}`: in a Redis Cluster each room's
+/// channel hashes to its own slot, so rooms spread over the shards (sharded pub/sub).
 pub fn room_channel(tenant: &str, session_id: &str) -> String {
-    format!("jam:{{{tenant}}}:room:{session_id}")
+    format!("jam:{tenant}:room:{session_id}")
 }
 
 /// The channel every connection of one user listens on.
 pub fn user_channel(tenant: &str, user_id: &str) -> String {
-    format!("jam:{{{tenant}}}:user:{user_id}")
+    format!("jam:{tenant}:user:{user_id}")
 }
 
 /// The inbox of one gateway node: replies and frames for one of its connections.

@@ -193,9 +193,20 @@ impl TcpGate {
 
     /// Start listening and forwarding.
     pub async fn open(&self) {
-        let l = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .unwrap();
+        // An aborted accept task drops its listener only when the runtime gets to it, and
+        // an outgoing connection may briefly hold the port: retry the bind for a while.
+        let mut tries = 0;
+        let l = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("gate port {} stays busy: {e}", self.port),
+            }
+        };
         let (target, tasks) = (self.target.clone(), self.tasks.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = l.accept().await {
@@ -222,5 +233,303 @@ impl TcpGate {
 impl Drop for TcpGate {
     fn drop(&mut self) {
         self.cut();
+    }
+}
+
+/// A redis-server with extra arguments on a free port (cluster nodes, replicas, sentinels),
+/// killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(extra: &[String], dir: &std::path::Path, sentinel: bool) -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut args: Vec<String> = Vec::new();
+            if sentinel {
+                let conf = dir.join(format!("sentinel-{port}.conf"));
+                std::fs::write(&conf, extra.join("\n") + "\n").unwrap();
+                args.push(conf.display().to_string());
+                args.push("--sentinel".into());
+            }
+            args.extend(
+                [
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                ]
+                .map(String::from),
+            );
+            args.push(dir.display().to_string());
+            if !sentinel {
+                args.extend(extra.iter().map(|a| a.replace("{port}", &port.to_string())));
+            }
+            let mut child = Command::new("redis-server")
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed");
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self { child, port };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The non-empty lines of a redis-cli answer (an empty array prints one empty line).
+fn cli_lines(port: u16, args: &[&str]) -> Vec<String> {
+    cli(port, args)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn scratch_dir(what: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("jam-{what}-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A Redis Cluster of three masters on free loopback ports, no replicas.
+pub struct RedisCluster {
+    nodes: Vec<Server>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = scratch_dir("cluster");
+        let nodes: Vec<Server> = (0..3)
+            .map(|i| {
+                let args = [
+                    "--cluster-enabled".to_string(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    format!("nodes-{i}-{{port}}.conf"),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ];
+                Server::start(&args, &dir, false)
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut create = vec!["--cluster", "create"];
+        create.extend(addrs.iter().map(|s| s.as_str()));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = Command::new("redis-cli").args(&create).output().unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t = Instant::now();
+        while !nodes
+            .iter()
+            .all(|n| cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "cluster never got ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { nodes, dir }
+    }
+
+    /// `redis-cluster://first?node=second&node=third`.
+    pub fn url(&self) -> String {
+        let p: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+        format!(
+            "redis-cluster://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}",
+            p[0], p[1], p[2]
+        )
+    }
+
+    /// How many sharded pub/sub channels matching `pattern` each master has subscribers on.
+    pub fn shard_channels_per_node(&self, pattern: &str) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .map(|n| cli_lines(n.port, &["PUBSUB", "SHARDCHANNELS", pattern]).len())
+            .collect()
+    }
+
+    /// How many plain pub/sub channels matching `pattern` have subscribers (per node).
+    pub fn plain_channels(&self, pattern: &str) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| cli_lines(n.port, &["PUBSUB", "CHANNELS", pattern]).len())
+            .sum()
+    }
+
+    pub fn plain_channel_names(&self, pattern: &str) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|n| cli_lines(n.port, &["PUBSUB", "CHANNELS", pattern]))
+            .collect()
+    }
+
+    /// How many keys matching `pattern` each master holds.
+    pub fn keys_per_node(&self, pattern: &str) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .map(|n| cli_lines(n.port, &["--scan", "--pattern", pattern]).len())
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A master, one replica and one sentinel (quorum 1) watching them as `mymaster`.
+pub struct RedisSentinel {
+    servers: Vec<Server>,
+    sentinel: Server,
+    dir: std::path::PathBuf,
+}
+
+impl RedisSentinel {
+    pub const SERVICE: &'static str = "mymaster";
+
+    pub fn start() -> Self {
+        let dir = scratch_dir("sentinel");
+        let master = Server::start(&[], &dir, false);
+        let replica = Server::start(
+            &[
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master.port.to_string(),
+            ],
+            &dir,
+            false,
+        );
+        let t = Instant::now();
+        while !cli(replica.port, &["INFO", "replication"]).contains("master_link_status:up") {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "replica never synced"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let conf = [
+            format!(
+                "sentinel monitor {} 127.0.0.1 {} 1",
+                Self::SERVICE,
+                master.port
+            ),
+            format!("sentinel down-after-milliseconds {} 1000", Self::SERVICE),
+            format!("sentinel failover-timeout {} 5000", Self::SERVICE),
+        ];
+        let sentinel = Server::start(&conf, &dir, true);
+        let s = Self {
+            servers: vec![master, replica],
+            sentinel,
+            dir,
+        };
+        let t = Instant::now();
+        while !cli(s.sentinel.port, &["SENTINEL", "replicas", Self::SERVICE]).contains("slave") {
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "sentinel never saw the replica"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}?sentinelServiceName={}",
+            self.sentinel.port,
+            Self::SERVICE
+        )
+    }
+
+    /// The port of the current master, as the sentinel sees it.
+    pub fn master_port(&self) -> u16 {
+        let out = cli(
+            self.sentinel.port,
+            &["SENTINEL", "get-master-addr-by-name", Self::SERVICE],
+        );
+        out.lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Ask the sentinel to fail over to the replica and wait until it has.
+    pub async fn failover(&self) {
+        let before = self.master_port();
+        let ok = cli(self.sentinel.port, &["SENTINEL", "failover", Self::SERVICE]);
+        assert!(ok.contains("OK"), "SENTINEL FAILOVER: {ok}");
+        let t = Instant::now();
+        loop {
+            let now = self.master_port();
+            if now != before
+                && now != 0
+                && cli(now, &["INFO", "replication"]).contains("role:master")
+            {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "failover did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.servers.iter().map(|s| s.port).collect()
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        self.servers.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,6 +1,14 @@
 //! The Redis bus (fred): PUBLISH/SUBSCRIBE for events, Streams with a consumer group for
 //! commands. One command client (auto-pipelined), one client for blocking reads, and one
 //! subscriber client per subscription set, which re-subscribes by itself after a reconnect.
+//!
+//! The URL picks the topology (fred parses it): `redis://` one server,
+//! `redis-sentinel://sentinel:26379?sentinelServiceName=mymaster&node=...` a master behind
+//! Sentinel (fred asks the sentinels for the master again after every reconnect, so a
+//! failover is followed), `redis-cluster://node:7000?node=...&node=...` a Redis Cluster.
+//! In a cluster, events use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7): a room's
+//! channel lives on the shard that owns its slot instead of being broadcast to every node.
+//! Every command here touches one key, so none crosses slots.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -91,6 +99,8 @@ fn err(e: fred::error::Error) -> BusError {
 pub struct RedisBus {
     builder: Builder,
     client: Client,
+    /// Redis Cluster: sharded pub/sub.
+    sharded: bool,
     /// One connection per stream set for blocking reads: Redis serves a connection's
     /// commands one after the other, so a shared one would queue every reader behind
     /// every other reader's BLOCK.
@@ -100,6 +110,7 @@ pub struct RedisBus {
 impl RedisBus {
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         let config = Config::from_url(url).map_err(err)?;
+        let sharded = config.server.is_clustered();
         let mut builder = Builder::from_config(config);
         builder
             .with_connection_config(|c| {
@@ -116,9 +127,20 @@ impl RedisBus {
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
         let client = builder.build().map_err(err)?;
         init(&client).await?;
+        tracing::info!(
+            topology = if sharded {
+                "cluster"
+            } else if config_is_sentinel(url) {
+                "sentinel"
+            } else {
+                "single"
+            },
+            "redis bus connected"
+        );
         Ok(Self {
             builder,
             client,
+            sharded,
             blocking: Default::default(),
         })
     }
@@ -136,6 +158,10 @@ impl RedisBus {
     }
 }
 
+fn config_is_sentinel(url: &str) -> bool {
+    Config::from_url(url).is_ok_and(|c| c.server.is_sentinel())
+}
+
 async fn init(c: &Client) -> Result<(), BusError> {
     c.init().await.map_err(err)?;
     let mut reconnects = c.reconnect_rx();
@@ -150,16 +176,25 @@ async fn init(c: &Client) -> Result<(), BusError> {
 
 struct RedisSubscription {
     client: SubscriberClient,
+    sharded: bool,
 }
 
 #[async_trait]
 impl Subscription for RedisSubscription {
     async fn subscribe(&self, channel: &str) -> Result<(), BusError> {
-        self.client.subscribe(channel).await.map_err(err)
+        if self.sharded {
+            self.client.ssubscribe(channel).await.map_err(err)
+        } else {
+            self.client.subscribe(channel).await.map_err(err)
+        }
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BusError> {
-        self.client.unsubscribe(channel).await.map_err(err)
+        if self.sharded {
+            self.client.sunsubscribe(channel).await.map_err(err)
+        } else {
+            self.client.unsubscribe(channel).await.map_err(err)
+        }
     }
 }
 
@@ -227,8 +262,7 @@ fn parse_autoclaim(stream: &str, v: Value) -> Vec<StreamEntry> {
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BusError> {
-        self.client
-            .publish::<(), _, _>(channel, payload)
+        publish_on(&self.client, self.sharded, channel.to_string(), payload)
             .await
             .map_err(err)
     }
@@ -237,7 +271,7 @@ impl Bus for RedisBus {
         // Concurrent commands on one fred client go out pipelined.
         let futs = msgs.into_iter().map(|(c, p)| {
             let client = self.client.clone();
-            async move { client.publish::<(), _, _>(c, p).await }
+            async move { publish_on(&client, self.sharded, c, p).await }
         });
         for r in futures::future::join_all(futs).await {
             r.map_err(err)?;
@@ -300,7 +334,13 @@ impl Bus for RedisBus {
                 }
             }
         });
-        Ok((Arc::new(RedisSubscription { client }), out))
+        Ok((
+            Arc::new(RedisSubscription {
+                client,
+                sharded: self.sharded,
+            }),
+            out,
+        ))
     }
 
     async fn xadd(&self, stream: &str, payload: Bytes) -> Result<String, BusError> {
@@ -495,6 +535,19 @@ impl Bus for RedisBus {
             .map_err(|_| BusError::Redis("ping timed out".into()))?
             .map(|_| ())
             .map_err(err)
+    }
+}
+
+async fn publish_on(
+    c: &Client,
+    sharded: bool,
+    channel: String,
+    payload: Bytes,
+) -> Result<(), fred::error::Error> {
+    if sharded {
+        c.spublish::<(), _, _>(channel, payload).await
+    } else {
+        c.publish::<(), _, _>(channel, payload).await
     }
 }
 
