@@ -6,6 +6,7 @@ use bytes::Bytes;
 use jam_shared::protocol::{Action, Command, Envelope};
 use serde_json::Value;
 
+use super::presence::JOINER_MEMBERS;
 use super::{Effects, Engine, EngineConfig};
 
 fn engine() -> Engine {
@@ -292,6 +293,7 @@ async fn large_rooms_get_coalesced_counts_not_a_frame_per_join() {
     }
     // Small while ≤ 3 participants: one user_joined each (u0, u1); then counts only.
     assert_eq!(frames_of(&fx, "user_joined").len(), 2);
+
     let last = frames_of(&fx, "session_update").pop().unwrap();
     assert_eq!(last["session"]["participants"].as_array().unwrap().len(), 0);
     assert_eq!(last["session"]["membersOmitted"], true);
@@ -475,4 +477,39 @@ async fn a_rejoin_too_far_back_gets_a_fresh_snapshot() {
     let mut fx = Effects::default();
     e.apply(&cmd("bob", "c-bob5", rejoin(None)), &mut fx);
     assert!(reply_of(&fx, "c-bob5")[0].get("recovered").is_none());
+}
+
+#[test]
+fn a_large_rooms_joiner_sees_a_short_page_of_members_and_the_count() {
+    let mut e = Engine::new(EngineConfig {
+        large_room: 3,
+        ..engine().cfg.clone()
+    });
+    let mut fx = Effects::default();
+    let create = Action::CreateSession {
+        name: "big".into(),
+        description: None,
+        is_private: None,
+        max_participants: Some(1000),
+        password_hash: None,
+        session_id: Some("ABCDEF".into()),
+    };
+    e.apply(&cmd("host", "c-host", create), &mut fx);
+    let n = JOINER_MEMBERS + 10;
+    for i in 0..n {
+        let join = Action::JoinSession {
+            session_id: "ABCDEF".into(),
+            password: None,
+            capabilities: None,
+            since_seq: None,
+        };
+        e.apply(&cmd(&format!("u{i}"), &format!("c-u{i}"), join), &mut fx);
+    }
+    let joiner = frames_of(&fx, "active_users").pop().unwrap();
+    assert_eq!(
+        joiner["activeUsers"].as_array().unwrap().len(),
+        JOINER_MEMBERS
+    );
+    assert_eq!(joiner["count"], n + 1);
+    assert_eq!(joiner["hasMore"], true);
 }
