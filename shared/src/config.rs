@@ -20,7 +20,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     (
         "JAM_REDIS_URL",
         "",
-        "Redis URL; empty = in-memory bus (standalone only)",
+        "Redis URL: redis://host:6379, redis-sentinel://sentinel:26379?sentinelServiceName=NAME[&node=host:port], redis-cluster://node:7000?node=host:port[&node=...] (sharded pub/sub); empty = in-memory bus (standalone only)",
     ),
     (
         "JAM_DATABASE_URL",

@@ -171,3 +171,37 @@ async fn chaos_full_matrix() {
         println!("{}", r.row());
     }
 }
+
+#[tokio::test]
+async fn chaos_full_redis_client_pause() {
+    if !full() {
+        eprintln!("skipped: set JAM_CHAOS_FULL=1 for the longer faults");
+        return;
+    }
+    run("Redis CLIENT PAUSE 8 s", async |s: &mut Stack| {
+        // Past the 5 s command timeout: reads and writes stall; none may be lost or
+        // applied out of order.
+        s.redis.pause(8000);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn chaos_full_redis_restarted_from_an_older_snapshot() {
+    if !full() {
+        eprintln!("skipped: set JAM_CHAOS_FULL=1 for the longer faults");
+        return;
+    }
+    run(
+        "Redis restarted from a 3 s old snapshot",
+        async |s: &mut Stack| {
+            // Commands applied and acknowledged after the snapshot come back to the
+            // streams: the workers' high-water marks must skip them.
+            s.redis.snapshot();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            s.redis.restart();
+        },
+    )
+    .await;
+}

@@ -12,10 +12,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A redis-server on a free port, killed on drop.
+/// A redis-server on a free port, killed on drop. It saves nothing by itself; a
+/// [`snapshot`](Self::snapshot) is loaded again by the next [`restart`](Self::restart).
 pub struct PrivateRedis {
     child: Option<Child>,
     pub port: u16,
+}
+
+fn redis_dir(port: u16) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("jam-redis-{}-{port}", std::process::id()))
 }
 
 impl PrivateRedis {
@@ -44,6 +49,8 @@ impl PrivateRedis {
     }
 
     fn spawn(port: u16) -> Child {
+        let dir = redis_dir(port);
+        std::fs::create_dir_all(&dir).unwrap();
         Command::new("redis-server")
             .args([
                 "--port",
@@ -54,6 +61,8 @@ impl PrivateRedis {
                 "",
                 "--appendonly",
                 "no",
+                "--dir",
+                &dir.display().to_string(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -94,6 +103,18 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Write the dataset to disk now (`SAVE`): a later restart comes back to this state.
+    pub fn snapshot(&self) {
+        let out = cli(self.port, &["SAVE"]);
+        assert!(out.contains("OK"), "SAVE: {out}");
+    }
+
+    /// `CLIENT PAUSE ms ALL`: every client's commands wait (a stalled Redis).
+    pub fn pause(&self, ms: u64) {
+        let out = cli(self.port, &["CLIENT", "PAUSE", &ms.to_string(), "ALL"]);
+        assert!(out.contains("OK"), "CLIENT PAUSE: {out}");
+    }
+
     fn wait_ready(&self) {
         let t = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -123,6 +144,7 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(redis_dir(self.port));
     }
 }
 
