@@ -273,6 +273,19 @@ async fn rest_changes_are_announced_like_websocket_ones() {
     assert_eq!(created["role"], "host");
     let sid = created["sessionId"].as_str().unwrap().to_string();
     assert!(created["expiresAt"].as_i64().unwrap() > created["createdAt"].as_i64().unwrap());
+    // spotify-sync's body: no name, a userId and userName that are not trusted.
+    let r = http
+        .post(a.http("/api/sessions"))
+        .header("authorization", bearer("carol"))
+        .json(&json!({"userId": "mallory", "userName": "Mallory"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let seeded: Value = r.json().await.unwrap();
+    assert_eq!(seeded["role"], "host");
+    assert_eq!(seeded["session"]["name"], "CAROL's session");
+    assert_eq!(seeded["session"]["hostId"], "carol", "{seeded}");
     let mut alice = Client::connect(&b.ws_url(), &token("alice", "ALICE", None)).await;
     assert_eq!(join(&mut alice, &sid, None).await["type"], "session_update");
 
@@ -338,7 +351,7 @@ async fn rest_changes_are_announced_like_websocket_ones() {
     let r = http
         .post(a.http("/api/sessions"))
         .header("authorization", bearer("alice"))
-        .json(&json!({"nam": "x"}))
+        .json(&json!({"name": 5}))
         .send()
         .await
         .unwrap();

@@ -49,7 +49,10 @@ pub async fn list_sessions(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateBody {
-    name: String,
+    /// Optional: spotify-sync's client sends only `{userId, userName}` (both ignored: the
+    /// identity is the token's); the session is then named after the caller.
+    #[serde(default)]
+    name: Option<String>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -67,8 +70,14 @@ pub async fn create_session(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let b = body(b)?;
     st.limits.session_created(&who).await?;
+    let name = b.name.unwrap_or_else(|| {
+        format!("{}'s session", who.user_name)
+            .chars()
+            .take(100)
+            .collect()
+    });
     let action = ClientFrame::CreateSession {
-        name: b.name,
+        name,
         description: b.description,
         is_private: b.is_private,
         password: b.password,
