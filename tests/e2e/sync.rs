@@ -368,3 +368,65 @@ async fn rest_changes_are_announced_like_websocket_ones() {
     let doc: Value = r.json().await.unwrap();
     assert_eq!(doc["openapi"], "3.0.3");
 }
+
+/// jam-server-reference.md's `sync_request` / `sync_response`, relayed across gateways:
+/// the member's question reaches the host with the member's real identity, the host's
+/// answer reaches the asker; nobody else answers for the host.
+#[tokio::test]
+async fn sync_requests_reach_the_host_and_answers_the_asker() {
+    let c = Cluster::start(&[], &[]).await;
+    let mut alice = Client::connect(&c.a.ws_url(), &token("alice", "Alice", None)).await;
+    let mut bob = Client::connect(&c.b.ws_url(), &token("bob", "Bob", None)).await;
+    let mut carol = Client::connect(&c.b.ws_url(), &token("carol", "Carol", None)).await;
+    let sid = create(&mut alice, json!({"name": "relay"})).await;
+    join(&mut bob, &sid, None).await;
+    join(&mut carol, &sid, None).await;
+
+    bob.send(
+        json!({"type": "sync_request", "sessionId": sid, "userId": "mallory", "position": 41000}),
+    )
+    .await;
+    let q = alice
+        .recv_where("the relayed request", |v| v["type"] == "sync_request")
+        .await;
+    assert_eq!(
+        (q["userId"].as_str(), q["userName"].as_str()),
+        (Some("bob"), Some("Bob"))
+    );
+    assert_eq!(q["position"], 41000);
+    // The asker also gets jam's own answer.
+    bob.recv_type("sync_status").await;
+
+    alice
+        .send(json!({"type": "sync_response", "sessionId": sid, "toUserId": "bob", "position": 42000}))
+        .await;
+    let a = bob
+        .recv_where("the host's answer", |v| v["type"] == "sync_response")
+        .await;
+    assert_eq!(
+        (a["userId"].as_str(), a["position"].as_i64()),
+        (Some("alice"), Some(42000))
+    );
+    assert!(
+        carol
+            .none_of_type("sync_response", Duration::from_millis(300))
+            .await,
+        "an answer to bob reaches bob only"
+    );
+    assert!(
+        carol
+            .none_of_type("sync_request", Duration::from_millis(100))
+            .await
+    );
+
+    // Only the host answers.
+    let r = bob
+        .request(json!({"type": "sync_response", "sessionId": sid, "position": 1}))
+        .await;
+    assert_eq!(r["code"], "FORBIDDEN", "{r}");
+    assert!(
+        alice
+            .none_of_type("sync_response", Duration::from_millis(300))
+            .await
+    );
+}

@@ -115,9 +115,26 @@ pub enum ClientFrame {
         #[serde(default)]
         position: Option<f64>,
     },
-    #[serde(rename_all = "camelCase", alias = "sync_request")]
+    #[serde(rename_all = "camelCase")]
     RequestSync {
         session_id: String,
+    },
+    /// jam-server-reference.md's relay: a member asks the host (and gets jam's own
+    /// `sync_command` as `request_sync` would); the other fields go along.
+    #[serde(rename_all = "camelCase")]
+    SyncRequest {
+        session_id: String,
+        #[serde(flatten)]
+        data: serde_json::Map<String, serde_json::Value>,
+    },
+    /// The host's answer to a `sync_request`: to `toUserId` when given, else the session.
+    #[serde(rename_all = "camelCase")]
+    SyncResponse {
+        session_id: String,
+        #[serde(default)]
+        to_user_id: Option<String>,
+        #[serde(flatten)]
+        data: serde_json::Map<String, serde_json::Value>,
     },
     #[serde(rename_all = "camelCase")]
     SetOffset {
@@ -274,6 +291,22 @@ impl ClientFrame {
                 position,
             },
             ClientFrame::RequestSync { session_id } => Action::RequestSync { session_id },
+            ClientFrame::SyncRequest { session_id, data } => Action::SyncRelay {
+                session_id,
+                response: false,
+                to_user_id: None,
+                data: relayed(data),
+            },
+            ClientFrame::SyncResponse {
+                session_id,
+                to_user_id,
+                data,
+            } => Action::SyncRelay {
+                session_id,
+                response: true,
+                to_user_id,
+                data: relayed(data),
+            },
             ClientFrame::SetOffset {
                 session_id,
                 offset_ms,
@@ -292,6 +325,25 @@ impl ClientFrame {
             ClientFrame::GetState { session_id } => Action::GetState { session_id },
         }
     }
+}
+
+/// What a relayed frame carries of the client's fields: everything but what the server
+/// sets (identity, type, session) or reads itself (`ref`, `idempotencyKey`).
+fn relayed(
+    mut data: serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    for k in [
+        "type",
+        "sessionId",
+        "userId",
+        "userName",
+        "ref",
+        "idempotencyKey",
+        "tenant",
+    ] {
+        data.remove(k);
+    }
+    data
 }
 
 #[cfg(test)]
@@ -316,12 +368,19 @@ mod tests {
                 since_seq: None,
             }
         );
-        let a = parse(json!({"type":"sync_request","sessionId":"ABC234"})).unwrap();
-        assert_eq!(
-            a,
-            ClientFrame::RequestSync {
-                session_id: "ABC234".into()
-            }
+        let a = parse(
+            json!({"type":"sync_request","sessionId":"ABC234","userId":"mallory","position":5}),
+        )
+        .unwrap();
+        let ClientFrame::SyncRequest { session_id, data } = a.clone() else {
+            panic!("{a:?}");
+        };
+        assert_eq!(session_id, "ABC234");
+        let relayed = super::relayed(data);
+        assert_eq!(relayed.get("position"), Some(&json!(5)));
+        assert!(
+            relayed.get("userId").is_none(),
+            "a client's userId is never relayed"
         );
         let a =
             parse(json!({"type":"join_session","sessionId":"ABC234","capabilities":{"rate":true}}))

@@ -162,9 +162,21 @@ pub enum Action {
         #[serde(default)]
         position: Option<f64>,
     },
-    #[serde(rename_all = "camelCase", alias = "sync_request")]
+    #[serde(rename_all = "camelCase")]
     RequestSync {
         session_id: String,
+    },
+    /// `sync_request` (a member to the host) or `sync_response` (the host to `to_user_id`,
+    /// or the session), relayed with the sender's identity; `data` is the client's other
+    /// fields, already stripped of server-set ones by the gateway.
+    #[serde(rename_all = "camelCase")]
+    SyncRelay {
+        session_id: String,
+        response: bool,
+        #[serde(default)]
+        to_user_id: Option<String>,
+        #[serde(default)]
+        data: serde_json::Map<String, serde_json::Value>,
     },
     #[serde(rename_all = "camelCase")]
     SetOffset {
@@ -209,6 +221,7 @@ impl Action {
             | Action::PlaybackReport { session_id, .. }
             | Action::TrackChange { session_id, .. }
             | Action::RequestSync { session_id }
+            | Action::SyncRelay { session_id, .. }
             | Action::SetOffset { session_id, .. }
             | Action::AddTrack { session_id, .. }
             | Action::RemoveTrack { session_id, .. }

@@ -11,6 +11,7 @@ mod presence;
 mod proptests;
 mod queue;
 mod recovery;
+mod relay;
 mod sessions;
 #[cfg(test)]
 mod tests;
@@ -234,6 +235,12 @@ impl Engine {
                 fx,
             ),
             Action::RequestSync { session_id } => self.request_sync(cmd, session_id, fx),
+            Action::SyncRelay {
+                session_id,
+                response,
+                to_user_id,
+                data,
+            } => self.sync_relay(cmd, session_id, *response, to_user_id.as_deref(), data, fx),
             Action::SetOffset {
                 session_id,
                 offset_ms,
@@ -311,6 +318,10 @@ pub fn action_name(a: &Action) -> &'static str {
         Action::PlaybackReport { .. } => "playback_report",
         Action::TrackChange { .. } => "track_change",
         Action::RequestSync { .. } => "request_sync",
+        Action::SyncRelay {
+            response: false, ..
+        } => "sync_request",
+        Action::SyncRelay { response: true, .. } => "sync_response",
         Action::SetOffset { .. } => "set_offset",
         Action::AddTrack { .. } => "add_track",
         Action::RemoveTrack { .. } => "remove_track",
