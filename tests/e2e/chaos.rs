@@ -4,11 +4,14 @@
 //! increasing, every process ready again, and reports the time to the first acknowledgement
 //! after the fault. `JAM_CHAOS_FULL=1` adds the longer faults.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jam_tests::chaos::{self, Report, Traffic};
 use jam_tests::procs::{self, Proc};
+use jam_tests::scenario::join;
 use jam_tests::services::{PrivateRedis, TcpGate, TestDb};
+use jam_tests::{token, Client};
+use serde_json::json;
 
 struct Stack {
     redis: PrivateRedis,
@@ -53,6 +56,32 @@ async fn ready_again(s: &Stack) {
     }
 }
 
+/// Session timers still fire after the fault: a typing indicator set through one gateway
+/// is cleared by the owning worker's timer (5 s TTL) and seen cleared through the other.
+async fn timers_fire(s: &Stack, sid: &str) -> Duration {
+    let (a, b) = (s.gateways[0].ws_url(), s.gateways[1].ws_url());
+    let mut x = Client::connect(&a, &token("timer-x", "Timer X", None)).await;
+    let mut y = Client::connect(&b, &token("timer-y", "Timer Y", None)).await;
+    assert_eq!(join(&mut x, sid, None).await["type"], "session_update");
+    assert_eq!(join(&mut y, sid, None).await["type"], "session_update");
+    x.send(json!({"type": "typing", "sessionId": sid, "isTyping": true}))
+        .await;
+    let from_x = |typing: bool| {
+        move |v: &serde_json::Value| {
+            v["type"] == "user_typing" && v["userId"] == "timer-x" && v["isTyping"] == typing
+        }
+    };
+    y.recv_where("timer-x typing", from_x(true)).await;
+    let t = Instant::now();
+    y.recv_where_within(
+        "typing cleared by the timer",
+        Duration::from_secs(10),
+        from_x(false),
+    )
+    .await;
+    t.elapsed()
+}
+
 /// Run the traffic with `fault` (and its repair) in the middle; audit; assert.
 async fn run<F>(name: &str, fault: F) -> Report
 where
@@ -74,7 +103,12 @@ where
     let (logs, at) = running.finish().await;
     ready_again(&s).await;
     let report = chaos::audit(name, &s.gateways[0].ws_url(), &logs, &sids, at).await;
-    println!("{}", report.row());
+    let timer = timers_fire(&s, &sids[0]).await;
+    println!(
+        "{} timers: typing cleared {:.1} s after it was set |",
+        report.row(),
+        timer.as_secs_f64()
+    );
     assert!(report.acked > 100, "{report:?}");
     assert_eq!(report.lost, 0, "acknowledged messages lost: {report:?}");
     assert_eq!(report.duplicates, 0, "stored twice: {report:?}");
