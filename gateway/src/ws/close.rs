@@ -15,6 +15,9 @@ pub const SLOW_CONSUMER: u16 = 4008;
 pub const TOO_MANY_CONNECTIONS: u16 = 4009;
 /// The client kept sending faster than its frame rate after being told: back off.
 pub const RATE_ABUSE: u16 = 4029;
+/// Not sent (RFC 6455 §7.4.1: 1006 never goes on the wire): writing to the socket failed,
+/// the peer is gone. Counted as the client's close.
+pub const GONE: u16 = 1006;
 
 /// (reason sent in the close frame, metric label) for a code.
 pub fn describe(code: u16) -> (&'static str, &'static str) {
@@ -25,6 +28,7 @@ pub fn describe(code: u16) -> (&'static str, &'static str) {
         SLOW_CONSUMER => ("slow consumer", "slow_consumer"),
         TOO_MANY_CONNECTIONS => ("too many connections", "connection_limit"),
         RATE_ABUSE => ("rate limit", "rate_abuse"),
+        GONE => ("connection lost", "client"),
         _ => ("bye", "server"),
     }
 }

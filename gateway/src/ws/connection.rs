@@ -224,10 +224,16 @@ pub async fn write_loop<W>(
                 tokio::time::timeout(WRITE_TIMEOUT, out.write_all(ping.as_bytes())).await
             }
         };
-        if !matches!(sent, Ok(Ok(()))) {
-            kill.cancel();
-            return;
-        }
+        // Nothing more can be sent: a failed write means the peer is gone, a write that
+        // never finished means it stopped reading.
+        let why = match sent {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => close::GONE,
+            Err(_) => close::SLOW_CONSUMER,
+        };
+        let _ = code.compare_exchange(0, why, Ordering::SeqCst, Ordering::SeqCst);
+        kill.cancel();
+        return;
     }
     let c = match code.load(Ordering::SeqCst) {
         0 => close::NORMAL,
@@ -577,6 +583,38 @@ mod tests {
         }
         let wire = frames.iter().flat_map(|f| f.as_bytes().to_vec()).collect();
         (frames[0].clone(), rx, wire)
+    }
+
+    /// A socket whose writes fail: the peer went away.
+    struct Broken;
+
+    impl AsyncWrite for Broken {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_ends_the_connection_as_the_peers_close() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(OutFrame::text(b"{}")).unwrap();
+        let (kill, code) = (CancellationToken::new(), Arc::new(AtomicU16::new(0)));
+        write_loop(Broken, rx, kill.clone(), code.clone()).await;
+        assert!(kill.is_cancelled(), "the reader is told to stop");
+        assert_eq!(code.load(Ordering::SeqCst), close::GONE);
+        assert_eq!(close::describe(close::GONE).1, "client");
     }
 
     #[tokio::test]
