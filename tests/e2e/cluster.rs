@@ -92,12 +92,7 @@ async fn acknowledged_messages_survive_a_worker_sigkill() {
     assert_eq!(names, ["alice", "bob", "carol"]);
     let hist = carol.recv_type("message_history").await;
     assert_eq!(scenario::history_texts(&hist), acked);
-    let seqs: Vec<i64> = hist["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap())
-        .collect();
+    let seqs = scenario::history_seqs(&hist);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     // And the others still get the room's events after the restart.
     let uj = alice

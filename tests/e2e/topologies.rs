@@ -4,13 +4,22 @@
 
 use std::time::Duration;
 
-use jam_tests::procs;
+use jam_tests::procs::{self, Proc};
 use jam_tests::scenario::{self, create, join, say};
 use jam_tests::services::{RedisCluster, RedisSentinel, TestDb};
 use jam_tests::{token, Client};
 use serde_json::json;
 
 const GW_ENV: &[(&str, &str)] = &[("JAM_RATE_LIMIT_PER_SEC", "1000")];
+
+/// A worker and two gateways over `redis` (any topology's URL) and a fresh database.
+async fn stack(redis: &str) -> (TestDb, Proc, Proc, Proc) {
+    let db = TestDb::create().await;
+    let worker = procs::worker(redis, &db.url, &[]).await;
+    let a = procs::gateway(redis, "gw-a", GW_ENV).await;
+    let b = procs::gateway(redis, "gw-b", GW_ENV).await;
+    (db, worker, a, b)
+}
 
 /// Every acknowledged text of `sid` is in its history exactly once, in seq order.
 async fn audit(c: &mut Client, sid: &str, acked: &[String]) {
@@ -22,22 +31,14 @@ async fn audit(c: &mut Client, sid: &str, acked: &[String]) {
         let n = texts.iter().filter(|x| *x == t).count();
         assert_eq!(n, 1, "{t:?} stored {n} times in {texts:?}");
     }
-    let seqs: Vec<i64> = hist["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap())
-        .collect();
+    let seqs = scenario::history_seqs(&hist);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq order: {seqs:?}");
 }
 
 #[tokio::test]
 async fn chat_works_over_a_redis_cluster_with_sessions_on_every_shard() {
     let rc = RedisCluster::start();
-    let db = TestDb::create().await;
-    let _worker = procs::worker(&rc.url(), &db.url, &[]).await;
-    let a = procs::gateway(&rc.url(), "gw-a", GW_ENV).await;
-    let b = procs::gateway(&rc.url(), "gw-b", GW_ENV).await;
+    let (_db, _worker, a, b) = stack(&rc.url()).await;
     scenario::sessions_and_chat(&a.ws_url(), &b.ws_url()).await;
 
     // Many sessions: their command streams and room channels hash to every shard.
@@ -83,10 +84,7 @@ async fn chat_works_over_a_redis_cluster_with_sessions_on_every_shard() {
 #[tokio::test]
 async fn chat_survives_a_sentinel_failover() {
     let rs = RedisSentinel::start();
-    let db = TestDb::create().await;
-    let _worker = procs::worker(&rs.url(), &db.url, &[]).await;
-    let a = procs::gateway(&rs.url(), "gw-a", GW_ENV).await;
-    let b = procs::gateway(&rs.url(), "gw-b", GW_ENV).await;
+    let (_db, _worker, a, b) = stack(&rs.url()).await;
 
     let mut alice = Client::connect(&a.ws_url(), &token("alice", "Alice", None)).await;
     let mut bob = Client::connect(&b.ws_url(), &token("bob", "Bob", None)).await;

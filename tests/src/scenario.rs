@@ -278,6 +278,16 @@ async fn alive(c: &mut Client) {
     assert_eq!(r["type"], "pong", "{r}");
 }
 
+/// The seqs of a `message_history` frame, in the order given.
+pub fn history_seqs(hist: &Value) -> Vec<i64> {
+    hist["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect()
+}
+
 /// The texts of a `message_history` frame, oldest first.
 pub fn history_texts(hist: &Value) -> Vec<String> {
     hist["messages"]

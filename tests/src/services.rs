@@ -23,29 +23,35 @@ fn redis_dir(port: u16) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("jam-redis-{}-{port}", std::process::id()))
 }
 
+/// Spawn a server on a free port and wait until it accepts connections. A port picked
+/// free may be taken before the server binds it: then try another.
+fn start_on_free_port(spawn: impl Fn(u16) -> Child) -> (Child, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = spawn(port);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (child, port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("redis-server did not start");
+}
+
 impl PrivateRedis {
     pub fn start() -> Self {
-        // A port picked free may be taken before redis binds it: then try another.
-        for _ in 0..5 {
-            let port = free_port();
-            let mut child = Self::spawn(port);
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self {
-                        child: Some(child),
-                        port,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        let (child, port) = start_on_free_port(Self::spawn);
+        Self {
+            child: Some(child),
+            port,
         }
-        panic!("redis-server did not start");
     }
 
     fn spawn(port: u16) -> Child {
@@ -267,8 +273,7 @@ struct Server {
 
 impl Server {
     fn start(extra: &[String], dir: &std::path::Path, sentinel: bool) -> Self {
-        for _ in 0..5 {
-            let port = free_port();
+        let (child, port) = start_on_free_port(|port| {
             let mut args: Vec<String> = Vec::new();
             if sentinel {
                 let conf = dir.join(format!("sentinel-{port}.conf"));
@@ -294,26 +299,14 @@ impl Server {
             if !sentinel {
                 args.extend(extra.iter().map(|a| a.replace("{port}", &port.to_string())));
             }
-            let mut child = Command::new("redis-server")
+            Command::new("redis-server")
                 .args(&args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("redis-server must be installed");
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self { child, port };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("redis-server did not start");
+                .expect("redis-server must be installed")
+        });
+        Self { child, port }
     }
 }
 

@@ -444,9 +444,13 @@ pub async fn write_queued<W>(
 where
     W: AsyncWrite + Unpin,
 {
-    let mut batch = vec![first];
     // Bounded: at most what the queue holds now.
     let mut left = rx.len();
+    if left == 0 {
+        // The usual delivery: one frame, no batch to build.
+        return out.write_all(first.as_bytes()).await;
+    }
+    let mut batch = vec![first];
     loop {
         while left > 0 && batch.len() < WRITE_BATCH {
             let Ok(f) = rx.try_recv() else {

@@ -111,6 +111,13 @@ impl RedisBus {
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         let config = Config::from_url(url).map_err(err)?;
         let sharded = config.server.is_clustered();
+        let topology = if sharded {
+            "cluster"
+        } else if config.server.is_sentinel() {
+            "sentinel"
+        } else {
+            "single"
+        };
         let mut builder = Builder::from_config(config);
         builder
             .with_connection_config(|c| {
@@ -127,16 +134,7 @@ impl RedisBus {
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
         let client = builder.build().map_err(err)?;
         init(&client).await?;
-        tracing::info!(
-            topology = if sharded {
-                "cluster"
-            } else if config_is_sentinel(url) {
-                "sentinel"
-            } else {
-                "single"
-            },
-            "redis bus connected"
-        );
+        tracing::info!(topology, "redis bus connected");
         Ok(Self {
             builder,
             client,
@@ -156,10 +154,6 @@ impl RedisBus {
         let mut map = self.blocking.lock().unwrap();
         Ok(map.entry(key).or_insert(c).clone())
     }
-}
-
-fn config_is_sentinel(url: &str) -> bool {
-    Config::from_url(url).is_ok_and(|c| c.server.is_sentinel())
 }
 
 async fn init(c: &Client) -> Result<(), BusError> {

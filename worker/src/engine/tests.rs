@@ -266,8 +266,9 @@ async fn typing_expires_and_skips_the_typist() {
     assert_eq!(frames_of(&fx, "user_typing")[0]["isTyping"], false);
 }
 
-#[tokio::test]
-async fn large_rooms_get_coalesced_counts_not_a_frame_per_join() {
+/// An engine whose rooms are large above 3 participants, with session ABCDEF created by
+/// "host" and joined by u0..u{n-1}; the effects of all of it.
+fn large_room_of(n: usize) -> (Engine, Effects) {
     let mut e = Engine::new(EngineConfig {
         large_room: 3,
         ..engine().cfg.clone()
@@ -282,7 +283,7 @@ async fn large_rooms_get_coalesced_counts_not_a_frame_per_join() {
         session_id: Some("ABCDEF".into()),
     };
     e.apply(&cmd("host", "c-host", create), &mut fx);
-    for i in 0..10 {
+    for i in 0..n {
         let join = Action::JoinSession {
             session_id: "ABCDEF".into(),
             password: None,
@@ -291,6 +292,12 @@ async fn large_rooms_get_coalesced_counts_not_a_frame_per_join() {
         };
         e.apply(&cmd(&format!("u{i}"), &format!("c-u{i}"), join), &mut fx);
     }
+    (e, fx)
+}
+
+#[tokio::test]
+async fn large_rooms_get_coalesced_counts_not_a_frame_per_join() {
+    let (mut e, mut fx) = large_room_of(10);
     // Small while ≤ 3 participants: one user_joined each (u0, u1); then counts only.
     assert_eq!(frames_of(&fx, "user_joined").len(), 2);
 
@@ -481,30 +488,8 @@ async fn a_rejoin_too_far_back_gets_a_fresh_snapshot() {
 
 #[test]
 fn a_large_rooms_joiner_sees_a_short_page_of_members_and_the_count() {
-    let mut e = Engine::new(EngineConfig {
-        large_room: 3,
-        ..engine().cfg.clone()
-    });
-    let mut fx = Effects::default();
-    let create = Action::CreateSession {
-        name: "big".into(),
-        description: None,
-        is_private: None,
-        max_participants: Some(1000),
-        password_hash: None,
-        session_id: Some("ABCDEF".into()),
-    };
-    e.apply(&cmd("host", "c-host", create), &mut fx);
     let n = JOINER_MEMBERS + 10;
-    for i in 0..n {
-        let join = Action::JoinSession {
-            session_id: "ABCDEF".into(),
-            password: None,
-            capabilities: None,
-            since_seq: None,
-        };
-        e.apply(&cmd(&format!("u{i}"), &format!("c-u{i}"), join), &mut fx);
-    }
+    let (_, fx) = large_room_of(n);
     let joiner = frames_of(&fx, "active_users").pop().unwrap();
     assert_eq!(
         joiner["activeUsers"].as_array().unwrap().len(),
