@@ -106,9 +106,15 @@ pub async fn run(
     let server_stop = CancellationToken::new();
     let stop = server_stop.clone();
     // Small frames go out at once: no Nagle delay waiting for the peer's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
+    let send_buffer = st.cfg.socket_send_buffer;
+    let listener = listener.tap_io(move |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY failed");
+        }
+        if send_buffer > 0 {
+            if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
+                tracing::debug!(error = %e, "SO_SNDBUF failed");
+            }
         }
     });
     let server = tokio::spawn(

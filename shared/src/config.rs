@@ -152,6 +152,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "frames queued per connection before it is dropped as too slow",
     ),
     (
+        "JAM_SOCKET_SEND_BUFFER",
+        "0",
+        "kernel send buffer per connection in bytes (SO_SNDBUF); 0 leaves it to the kernel's autotuning, which lets a client that stops reading hold megabytes before it is dropped as too slow",
+    ),
+    (
         "JAM_MAX_CONNECTIONS",
         "100000",
         "connections one gateway accepts at once",
@@ -247,6 +252,8 @@ pub struct Config {
     pub recovery_events: usize,
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
+    /// SO_SNDBUF of accepted sockets; 0: the kernel's autotuning.
+    pub socket_send_buffer: usize,
     pub bus_buffer: usize,
     pub max_connections: usize,
     pub auth_timeout: Duration,
@@ -420,6 +427,7 @@ impl Config {
             recovery_events: s.num("JAM_RECOVERY_EVENTS")?,
             max_frame_bytes: s.num("JAM_MAX_FRAME_BYTES")?,
             outbound_queue: s.num::<usize>("JAM_OUTBOUND_QUEUE")?.max(8),
+            socket_send_buffer: s.num("JAM_SOCKET_SEND_BUFFER")?,
             bus_buffer: s.num::<usize>("JAM_BUS_BUFFER")?.max(1),
             max_connections: s.num("JAM_MAX_CONNECTIONS")?,
             auth_timeout: secs("JAM_AUTH_TIMEOUT_SECS")?,

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use jam_tests::chaos::{self, Report, Traffic};
+use jam_tests::chaos::{self, Report, SlowReader, Traffic};
 use jam_tests::procs::{self, Proc};
 use jam_tests::scenario::join;
 use jam_tests::services::{PrivateRedis, TcpGate, TestDb};
@@ -19,9 +19,11 @@ struct Stack {
     pg: TcpGate,
     workers: Vec<Proc>,
     gateways: Vec<Proc>,
+    /// The sessions of the traffic, for faults aimed at one.
+    sids: Vec<String>,
 }
 
-async fn stack() -> Stack {
+async fn stack(gateway_env: &[(&str, &str)]) -> Stack {
     let redis = PrivateRedis::start();
     let db = TestDb::create().await;
     let (auth, rest) = db.url.split_once('@').unwrap();
@@ -34,9 +36,11 @@ async fn stack() -> Stack {
         procs::worker_named(&redis.url(), &url, "w1", &env).await,
         procs::worker_named(&redis.url(), &url, "w2", &env).await,
     ];
+    let mut gw_env = vec![("JAM_DRAIN_GRACE_SECS", "2")];
+    gw_env.extend_from_slice(gateway_env);
     let gateways = vec![
-        procs::gateway(&redis.url(), "gw-a", &[("JAM_DRAIN_GRACE_SECS", "2")]).await,
-        procs::gateway(&redis.url(), "gw-b", &[("JAM_DRAIN_GRACE_SECS", "2")]).await,
+        procs::gateway(&redis.url(), "gw-a", &gw_env).await,
+        procs::gateway(&redis.url(), "gw-b", &gw_env).await,
     ];
     Stack {
         redis,
@@ -44,6 +48,7 @@ async fn stack() -> Stack {
         pg,
         workers,
         gateways,
+        sids: Vec::new(),
     }
 }
 
@@ -82,27 +87,41 @@ async fn timers_fire(s: &Stack, sid: &str) -> Duration {
     t.elapsed()
 }
 
+/// How long after the fault every gateway may take to show the members as they are.
+const PRESENCE_WITHIN: Duration = Duration::from_secs(30);
+
 /// Run the traffic with `fault` (and its repair) in the middle; audit; assert.
 async fn run<F>(name: &str, fault: F) -> Report
 where
     F: AsyncFnOnce(&mut Stack),
 {
-    let mut s = stack().await;
-    let urls = s.gateways.iter().map(|g| g.ws_url()).collect();
+    run_with(name, &[], fault).await
+}
+
+/// [`run`] with gateways configured by `gateway_env`.
+async fn run_with<F>(name: &str, gateway_env: &[(&str, &str)], fault: F) -> Report
+where
+    F: AsyncFnOnce(&mut Stack),
+{
+    let mut s = stack(gateway_env).await;
+    let urls: Vec<String> = s.gateways.iter().map(|g| g.ws_url()).collect();
     let traffic = Traffic {
-        urls,
+        urls: urls.clone(),
         sessions: 3,
         per_session: 4,
         every: Duration::from_millis(200),
     };
-    let running = chaos::start(&traffic, TOTAL).await;
+    let mut running = chaos::start(&traffic, TOTAL).await;
+    s.sids = running.sids.clone();
     tokio::time::sleep(FAULT_AFTER).await;
     running.fault_now().await;
     fault(&mut s).await;
+    let presence = running.presence(&urls, PRESENCE_WITHIN).await;
     let sids = running.sids.clone();
     let (logs, at) = running.finish().await;
     ready_again(&s).await;
-    let report = chaos::audit(name, &s.gateways[0].ws_url(), &logs, &sids, at).await;
+    let mut report = chaos::audit(name, &s.gateways[0].ws_url(), &logs, &sids, at).await;
+    report.presence = presence;
     let timer = timers_fire(&s, &sids[0]).await;
     println!(
         "{} timers: typing cleared {:.1} s after it was set |",
@@ -113,6 +132,10 @@ where
     assert_eq!(report.lost, 0, "acknowledged messages lost: {report:?}");
     assert_eq!(report.duplicates, 0, "stored twice: {report:?}");
     assert_eq!(report.seq_errors, 0, "seq order: {report:?}");
+    assert!(
+        report.presence.is_some(),
+        "presence did not converge within {PRESENCE_WITHIN:?} of the fault's end: {report:?}"
+    );
     report
 }
 
@@ -153,6 +176,77 @@ async fn chaos_postgres_cut() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         s.pg.open().await;
     })
+    .await;
+}
+
+/// Slow consumers dropped by gateway `g` so far.
+async fn slow_consumers(g: &Proc) -> f64 {
+    let text = jam_tests::metrics::scrape(&g.http("/metrics")).await;
+    jam_tests::metrics::sum(&text, "jam_slow_consumers_total", &[])
+}
+
+#[tokio::test]
+async fn chaos_slow_consumer() {
+    // A small outbound queue and kernel send buffer, so that a member who stops reading
+    // overflows them in seconds (the kernel's autotuning lets loopback hold megabytes).
+    let env = [
+        ("JAM_OUTBOUND_QUEUE", "64"),
+        ("JAM_SOCKET_SEND_BUFFER", "16384"),
+    ];
+    run_with(
+        "a client that stops reading",
+        &env,
+        async |s: &mut Stack| {
+            let (sid, url) = (s.sids[0].clone(), s.gateways[0].ws_url());
+            let mut slow = SlowReader::join(&url, "chaos-slow", &sid).await;
+            let mut loud =
+                Client::connect(&s.gateways[1].ws_url(), &token("chaos-loud", "Loud", None)).await;
+            assert_eq!(join(&mut loud, &sid, None).await["type"], "session_update");
+            // Large messages into its room until its gateway gives up on it.
+            let big = "x".repeat(1900);
+            let t = Instant::now();
+            let mut sent = 0;
+            while slow_consumers(&s.gateways[0]).await < 1.0 {
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "never dropped ({sent} sent)"
+                );
+                let r = loud
+                    .request(json!({"type": "send_message", "sessionId": sid,
+                                "message": format!("loud-{sent} {big}")}))
+                    .await;
+                assert_eq!(r["type"], "new_message", "{r}");
+                sent += 1;
+                // Under the frame-rate limit.
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            let dropped_after = t.elapsed();
+            // It reads again: what the gateway had sent before dropping it, then the end.
+            let read = slow.read_to_end().await;
+            // Rejoined with its last seq, it has every message since it joined, once, in order.
+            let mut back = Client::connect(&url, &token("chaos-slow", "chaos-slow", None)).await;
+            let reply = back
+                .request(
+                    json!({"type": "join_session", "sessionId": sid, "sinceSeq": slow.view.seq}),
+                )
+                .await;
+            assert_eq!(reply["recovered"], true, "{reply}");
+            slow.view.rejoined(&reply);
+            let want: Vec<String> = chaos::history(&url, &sid)
+                .await
+                .into_iter()
+                .filter(|(seq, _)| *seq > slow.joined_at && *seq <= slow.view.seq)
+                .map(|(_, t)| t)
+                .collect();
+            assert_eq!(slow.view.texts, want, "every message once, in order");
+            println!(
+                "slow consumer: dropped {:.1} s after it stopped reading ({sent} large messages), \
+             {read} frames read afterwards, {} messages recovered in order",
+                dropped_after.as_secs_f64(),
+                want.len()
+            );
+        },
+    )
     .await;
 }
 

@@ -7,8 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::scenario::{create, RoomView};
 use crate::{token, Client};
@@ -42,12 +44,14 @@ pub struct Report {
     pub reconnects: usize,
     pub recovered: usize,
     pub snapshots: usize,
+    /// From the fault until every gateway showed every session's members as they were.
+    pub presence: Option<Duration>,
 }
 
 impl Report {
     pub fn row(&self) -> String {
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {}/{} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |",
             self.fault,
             self.acked,
             self.lost,
@@ -58,6 +62,8 @@ impl Report {
             self.reconnects,
             self.recovered,
             self.snapshots,
+            self.presence
+                .map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64())),
         )
     }
 }
@@ -167,6 +173,22 @@ impl Member {
         }
     }
 
+    /// Stay connected, as a careful client does, until told to stop: keep applying room
+    /// events and reconnect when the socket goes away.
+    async fn hold(&mut self, mut stop: watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            self.drain(None).await;
+            if self.client.close_code.is_some() {
+                self.reconnect().await;
+            }
+            if let Ok(Err(_)) =
+                tokio::time::timeout(Duration::from_millis(100), stop.changed()).await
+            {
+                return;
+            }
+        }
+    }
+
     async fn alive(&mut self) -> bool {
         let r = format!("{}-ping", self.user);
         if !self
@@ -183,11 +205,19 @@ impl Member {
     }
 }
 
-/// Traffic under way: mark the fault with [`Running::fault_now`], then [`Running::finish`].
+/// Traffic under way: mark the fault with [`Running::fault_now`], measure
+/// [`Running::presence`], then [`Running::finish`].
 pub struct Running {
     pub sids: Vec<String>,
     fault_at: Arc<Mutex<Option<Instant>>>,
     tasks: Vec<tokio::task::JoinHandle<UserLog>>,
+    stop: watch::Sender<bool>,
+    /// The senders of each session (always online: they reconnect).
+    senders: Vec<Vec<String>>,
+    /// One member per session that never reconnects: online exactly while its socket lives.
+    idle: Vec<Client>,
+    /// The last difference [`Running::presence`] saw.
+    mismatch: String,
     total: Duration,
 }
 
@@ -196,8 +226,63 @@ impl Running {
         *self.fault_at.lock().await = Some(Instant::now());
     }
 
-    /// Wait for every user to finish (each ends once all its messages are acknowledged).
+    /// Poll every gateway until each shows every session's members as they are (the
+    /// senders online, the idle member online exactly while its socket lives); the time
+    /// from the fault, or `None` when that did not happen within `within`.
+    pub async fn presence(&mut self, urls: &[String], within: Duration) -> Option<Duration> {
+        let fault = (*self.fault_at.lock().await)?;
+        let deadline = Instant::now() + within;
+        let mut probes: Vec<Option<Client>> = urls.iter().map(|_| None).collect();
+        while Instant::now() < deadline {
+            if self.presence_right(urls, &mut probes).await {
+                return Some(fault.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        eprintln!("presence still wrong: {}", self.mismatch);
+        None
+    }
+
+    async fn presence_right(&mut self, urls: &[String], probes: &mut [Option<Client>]) -> bool {
+        for (i, url) in urls.iter().enumerate() {
+            let probe = match &mut probes[i] {
+                Some(c) if c.close_code.is_none() => c,
+                slot => {
+                    let user = format!("chaos-probe-{i}");
+                    let Some(c) = Client::try_connect(url, &token(&user, &user, None)).await else {
+                        self.mismatch = format!("{url}: cannot connect");
+                        return false;
+                    };
+                    slot.insert(c)
+                }
+            };
+            for (s, sid) in self.sids.iter().enumerate() {
+                let idle = &mut self.idle[s];
+                idle.take_pending();
+                let idle_online = idle.close_code.is_none();
+                let Some(online) = online_members(probe, sid).await else {
+                    self.mismatch = format!("{url} {sid}: no snapshot");
+                    probe.close_code.get_or_insert(1006);
+                    return false;
+                };
+                let mut want: Vec<&str> = self.senders[s].iter().map(String::as_str).collect();
+                if idle_online {
+                    want.push(&idle.user);
+                }
+                want.sort();
+                if online != want {
+                    self.mismatch = format!("{url} {sid}: shown {online:?}, connected {want:?}");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Stop the users (each first gets all its messages acknowledged) and collect what
+    /// they saw.
     pub async fn finish(self) -> (Vec<UserLog>, Option<Instant>) {
+        let _ = self.stop.send(true);
         let mut logs = Vec::new();
         for t in self.tasks {
             let log = tokio::time::timeout(self.total * 6, t)
@@ -211,12 +296,39 @@ impl Running {
     }
 }
 
+/// The online members of `sid` as `probe` is shown them (a join is a snapshot), probes
+/// left out, sorted; `None` when no answer came.
+async fn online_members(probe: &mut Client, sid: &str) -> Option<Vec<String>> {
+    let r = format!("probe-{sid}-{}", jam_shared::clock::now_us());
+    let f = json!({"type": "join_session", "sessionId": sid, "ref": r});
+    if !probe.try_send(f).await {
+        return None;
+    }
+    let reply = probe
+        .try_recv_where(Duration::from_secs(2), |f| f["ref"] == r.as_str())
+        .await?;
+    probe.clear();
+    let mut online: Vec<String> = reply["session"]["participants"]
+        .as_array()?
+        .iter()
+        .filter(|p| p["isOnline"] == true)
+        .filter_map(|p| p["id"].as_str())
+        .filter(|id| !id.starts_with("chaos-probe"))
+        .map(str::to_string)
+        .collect();
+    online.sort();
+    Some(online)
+}
+
 /// Seat the users and start sending for `total`.
 pub async fn start(traffic: &Traffic, total: Duration) -> Running {
     let mut members = Vec::new();
     let mut sids = Vec::new();
+    let mut senders = Vec::new();
+    let mut idle = Vec::new();
     for s in 0..traffic.sessions {
         let mut sid = String::new();
+        let mut names = Vec::new();
         for u in 0..traffic.per_session {
             let user = format!("chaos-s{s}-u{u}");
             let url_idx = (s + u) % traffic.urls.len();
@@ -232,6 +344,7 @@ pub async fn start(traffic: &Traffic, total: Duration) -> Running {
                     .await;
                 log.view.rejoined(&reply);
             }
+            names.push(user.clone());
             members.push(Member {
                 user,
                 sid: sid.clone(),
@@ -241,14 +354,25 @@ pub async fn start(traffic: &Traffic, total: Duration) -> Running {
                 log,
             });
         }
+        names.sort();
+        senders.push(names);
+        let user = format!("chaos-s{s}-idle");
+        let mut c = Client::connect(&traffic.urls[0], &token(&user, &user, None)).await;
+        let reply = c
+            .request(json!({"type": "join_session", "sessionId": sid}))
+            .await;
+        assert_eq!(reply["type"], "session_update", "{reply}");
+        idle.push(c);
     }
     let fault_at = Arc::new(Mutex::new(None));
+    let (stop, stopped) = watch::channel(false);
     let start = Instant::now();
     let every = traffic.every;
     let tasks = members
         .into_iter()
         .map(|mut m| {
             let fault_at = fault_at.clone();
+            let stopped = stopped.clone();
             tokio::spawn(async move {
                 let mut i = 0;
                 while start.elapsed() < total {
@@ -257,6 +381,7 @@ pub async fn start(traffic: &Traffic, total: Duration) -> Running {
                     i += 1;
                     tokio::time::sleep(every).await;
                 }
+                m.hold(stopped).await;
                 m.drain(None).await;
                 m.log
             })
@@ -266,6 +391,10 @@ pub async fn start(traffic: &Traffic, total: Duration) -> Running {
         sids,
         fault_at,
         tasks,
+        stop,
+        senders,
+        idle,
+        mismatch: String::new(),
         total,
     }
 }
@@ -350,5 +479,76 @@ pub async fn audit(
         reconnects: logs.iter().map(|l| l.reconnects).sum(),
         recovered: logs.iter().map(|l| l.recovered).sum(),
         snapshots: logs.iter().map(|l| l.snapshots).sum(),
+        presence: None,
+    }
+}
+
+/// A member that stops reading: a socket with a small receive buffer, read only when told.
+pub struct SlowReader {
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    /// The room seq it joined at, and what it applied since.
+    pub joined_at: i64,
+    pub view: RoomView,
+}
+
+impl SlowReader {
+    /// Connect to `url` (`ws://host:port/path`) as `user`, join `sid`, and read no more.
+    pub async fn join(url: &str, user: &str, sid: &str) -> Self {
+        let addr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let full = format!("{url}?token={}", token(user, user, None));
+        let (ws, _) = tokio_tungstenite::client_async(full, stream).await.unwrap();
+        let mut me = Self {
+            ws,
+            joined_at: 0,
+            view: RoomView::default(),
+        };
+        assert_eq!(me.next().await.unwrap()["type"], "authenticated");
+        let f = json!({"type": "join_session", "sessionId": sid, "ref": "slow-join"});
+        me.ws
+            .send(Message::Text(f.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let f = me.next().await.expect("the join is answered");
+            if f["ref"] == "slow-join" {
+                me.view.rejoined(&f);
+                me.joined_at = me.view.seq;
+                return me;
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(crate::client::WAIT, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).ok(),
+                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => {
+                    return None
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Read again: apply what the server managed to send before it gave up on us; the
+    /// number of frames read.
+    pub async fn read_to_end(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(f) = self.next().await {
+            n += 1;
+            if !self.view.try_apply(&f) {
+                break;
+            }
+        }
+        n
     }
 }

@@ -24,6 +24,8 @@ pub struct Proc {
     /// host:port of its HTTP listener.
     pub addr: String,
     env: HashMap<String, String>,
+    /// The variable that tells the process where to listen.
+    addr_var: String,
     addr_file: PathBuf,
 }
 
@@ -40,6 +42,7 @@ impl Proc {
             name: name.to_string(),
             addr: String::new(),
             env,
+            addr_var: addr_var.to_string(),
             addr_file,
         };
         p.start();
@@ -165,6 +168,9 @@ impl Proc {
     pub async fn restart(&mut self) {
         self.kill();
         let _ = std::fs::remove_file(&self.addr_file);
+        if !self.addr.is_empty() {
+            self.env.insert(self.addr_var.clone(), self.addr.clone());
+        }
         self.start();
         self.wait_bound().await;
         self.wait_path("/health").await;

@@ -215,7 +215,16 @@ pub async fn write_loop<W>(
             biased;
             _ = &mut killed => break,
             f = rx.recv() => match f {
-                Some(f) => tokio::time::timeout(WRITE_TIMEOUT, write_queued(&mut out, f, &mut rx)).await,
+                Some(f) => {
+                    // A kill (a full queue, a drain) does not wait for a write the peer is
+                    // not reading: the connection is dropped, with no close frame after
+                    // what may be half a frame.
+                    tokio::select! {
+                        biased;
+                        _ = &mut killed => return,
+                        r = tokio::time::timeout(WRITE_TIMEOUT, write_queued(&mut out, f, &mut rx)) => r,
+                    }
+                }
                 None => break,
             },
             _ = ping.tick() => {
@@ -619,6 +628,45 @@ mod tests {
         assert!(kill.is_cancelled(), "the reader is told to stop");
         assert_eq!(code.load(Ordering::SeqCst), close::GONE);
         assert_eq!(close::describe(close::GONE).1, "client");
+    }
+
+    /// A peer that stopped reading: every write waits for ever.
+    struct Stuck;
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kill_does_not_wait_for_a_write_the_peer_is_not_reading() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(OutFrame::text(b"{}")).unwrap();
+        let (kill, code) = (CancellationToken::new(), Arc::new(AtomicU16::new(0)));
+        let writer = tokio::spawn(write_loop(Stuck, rx, kill.clone(), code.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!writer.is_finished(), "the write is still waiting");
+        let t = tokio::time::Instant::now();
+        // What a full queue does (ConnHandle::push).
+        code.store(close::SLOW_CONSUMER, Ordering::SeqCst);
+        kill.cancel();
+        writer.await.unwrap();
+        // Well inside the write timeout the writer would otherwise wait out.
+        assert!(t.elapsed() < WRITE_TIMEOUT / 4, "{:?}", t.elapsed());
+        assert_eq!(code.load(Ordering::SeqCst), close::SLOW_CONSUMER);
     }
 
     #[tokio::test]
