@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod fuzzing;
 pub mod http;
 pub mod limits;
+pub mod rpc;
 pub mod state;
 pub mod ws;
 
@@ -90,10 +91,12 @@ pub async fn run(
     let (sub, rx) = bus.subscription(cfg.bus_buffer).await?;
     let table = fanout::Table::new(sub, cfg.node_id()).await?;
     let dispatcher = tokio::spawn(fanout::dispatch::run(table.clone(), rx));
+    let rpc = Arc::new(rpc::Rpc::new(cfg.rpc.clone()));
     let st = AppState {
         cfg: Arc::new(cfg),
         auth,
         limits,
+        rpc,
         bus: bus.clone(),
         table: table.clone(),
         draining: CancellationToken::new(),

@@ -18,6 +18,8 @@ pub struct AppState {
     pub cfg: Arc<Config>,
     pub auth: Arc<crate::auth::Authenticator>,
     pub limits: Arc<crate::limits::Limiter>,
+    /// Custom events answered by the application's backend.
+    pub rpc: Arc<crate::rpc::Rpc>,
     pub bus: Arc<dyn Bus>,
     pub table: Arc<Table>,
     /// Cancelled on SIGTERM: not ready, no new connections.

@@ -111,6 +111,31 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "key for POST /api/publish; empty disables server-side publish",
     ),
     (
+        "JAM_RPC_URL",
+        "",
+        "the application backend's URL that custom events (JAM_RPC_EVENTS) are POSTed to, its JSON answer being the reply; empty: none are forwarded",
+    ),
+    (
+        "JAM_RPC_EVENTS",
+        "job:*",
+        "comma-separated event names forwarded to JAM_RPC_URL; a trailing * matches a prefix",
+    ),
+    (
+        "JAM_RPC_SECRET",
+        "",
+        "key forwarded calls are signed with (HMAC-SHA256 in X-Jam-Signature); empty: JAM_API_KEY",
+    ),
+    (
+        "JAM_RPC_TIMEOUT_MS",
+        "5000",
+        "how long a forwarded call may take before the client gets UNAVAILABLE",
+    ),
+    (
+        "JAM_RPC_CONCURRENCY",
+        "64",
+        "forwarded calls in flight per gateway; beyond, the client gets UNAVAILABLE at once",
+    ),
+    (
         "JAM_PARTITIONS",
         "16",
         "number of command-stream partitions",
@@ -244,6 +269,7 @@ pub struct Config {
     pub auth: AuthSettings,
     pub limits: Limits,
     pub api_key: Option<String>,
+    pub rpc: RpcSettings,
     pub partitions: u32,
     pub instance_id: String,
     pub session_id_len: usize,
@@ -292,6 +318,28 @@ impl fmt::Debug for Config {
             .field("partitions", &self.partitions)
             .field("instance_id", &self.instance_id)
             .finish_non_exhaustive()
+    }
+}
+
+/// Custom events forwarded to the application's backend (`JAM_RPC_*`).
+#[derive(Clone, Default)]
+pub struct RpcSettings {
+    pub url: Option<String>,
+    /// Exact names, or prefixes (`job:` from `job:*`).
+    pub events: Vec<String>,
+    pub secret: Option<String>,
+    pub timeout: Duration,
+    pub concurrency: usize,
+}
+
+impl RpcSettings {
+    /// Whether frames of type `ty` go to the backend.
+    pub fn forwards(&self, ty: &str) -> bool {
+        self.url.is_some()
+            && self.events.iter().any(|e| match e.strip_suffix('*') {
+                Some(prefix) => ty.starts_with(prefix),
+                None => ty == e,
+            })
     }
 }
 
@@ -419,6 +467,18 @@ impl Config {
                 rate_strikes: s.num("JAM_RATE_LIMIT_STRIKES")?,
             },
             api_key: s.opt("JAM_API_KEY"),
+            rpc: RpcSettings {
+                url: s.opt("JAM_RPC_URL"),
+                events: s
+                    .string("JAM_RPC_EVENTS")
+                    .split(',')
+                    .map(|e| e.trim().to_string())
+                    .filter(|e| !e.is_empty() && e != "*")
+                    .collect(),
+                secret: s.opt("JAM_RPC_SECRET").or_else(|| s.opt("JAM_API_KEY")),
+                timeout: ms("JAM_RPC_TIMEOUT_MS")?,
+                concurrency: s.num::<usize>("JAM_RPC_CONCURRENCY")?.max(1),
+            },
             partitions,
             instance_id: s.opt("JAM_INSTANCE_ID").unwrap_or_else(default_instance_id),
             session_id_len,

@@ -1,4 +1,4 @@
-//! Tracing set-up: human-readable or JSON logs, filter from config.
+//! Tracing set-up: human-readable or JSON logs, filter from config; the metrics recorder.
 
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -14,6 +14,8 @@ pub fn init(json: bool, filter: &str) {
     } else {
         builder.try_init()
     };
+    // The recorder from the start: what is counted before the first scrape counts too.
+    prometheus();
 }
 
 use std::sync::OnceLock;

@@ -261,6 +261,12 @@ impl Table {
         })
     }
 
+    /// The handle of connection `conn`, while it is registered.
+    pub fn handle(&self, conn: &str) -> Option<ConnHandle> {
+        let s = self.state.lock().unwrap();
+        s.conns.get(conn).map(|e| e.handle.clone())
+    }
+
     pub fn connections(&self) -> Vec<ConnHandle> {
         self.state
             .lock()

@@ -146,6 +146,9 @@ pub async fn handle(
             ))
         }
         "refresh_token" => return refresh(st, who, &v, r#ref).await,
+        t if known_type(t) == "unknown" && st.rpc.forwards(t) => {
+            return forward(st, who, conn, ty, v, r#ref);
+        }
         _ => {}
     }
     let key = idempotency_key(&v, &r#ref)?;
@@ -175,6 +178,39 @@ pub async fn handle(
         .map_err(|_| {
             FrameError::new(ErrorCode::Unavailable, "bus unavailable, try again", r#ref)
         })?;
+    Ok(Outcome::Forwarded)
+}
+
+/// A custom event for the application's backend: the call runs on its own task (bounded
+/// by `JAM_RPC_CONCURRENCY` and `JAM_RPC_TIMEOUT_MS`), so the connection's other frames
+/// go on; its answer comes back as `{"type": <event>, "ref", "result"}` or an error with the
+/// frame's `ref`.
+fn forward(
+    st: &AppState,
+    who: &Identity,
+    conn: &str,
+    event: String,
+    data: Value,
+    r#ref: Option<Value>,
+) -> Result<Outcome, FrameError> {
+    let Some(handle) = st.table.handle(conn) else {
+        return Err(FrameError::new(
+            ErrorCode::Unavailable,
+            "connection closing",
+            r#ref,
+        ));
+    };
+    let (rpc, who, conn) = (st.rpc.clone(), who.clone(), conn.to_string());
+    st.tracker.spawn(async move {
+        let reply = match rpc.call(&who, &conn, &event, data).await {
+            Ok(result) => with_ref(frame(&event, &json!({"result": result})), &r#ref),
+            Err(e) => {
+                tracing::debug!(error = %e, event, "forwarded call failed");
+                FrameError::new(e.code(), e.to_string(), r#ref).to_frame()
+            }
+        };
+        handle.push_json(&reply);
+    });
     Ok(Outcome::Forwarded)
 }
 
@@ -360,6 +396,7 @@ fn known_type(ty: &str) -> &'static str {
         "track_change",
         "request_sync",
         "sync_request",
+        "sync_response",
         "set_offset",
         "add_track",
         "remove_track",
