@@ -46,8 +46,9 @@ pub fn app(st: AppState) -> Router {
         )
         .route(
             "/api/sessions/{id}",
-            axum::routing::delete(http::api::end_session),
+            axum::routing::delete(http::api::end_session).put(http::api::register_session),
         )
+        .route("/api/sessions/{id}/attendance", get(http::api::attendance))
         .route(
             "/api/sessions/{id}/join",
             axum::routing::post(http::api::join_session),

@@ -10,12 +10,20 @@ use serde_json::json;
 
 #[tokio::test]
 async fn cluster_protocol_scenarios() {
-    let c = Cluster::start(&[], &[("JAM_RATE_LIMIT_PER_SEC", "1000")]).await;
+    let c = Cluster::start(
+        &[],
+        &[
+            ("JAM_RATE_LIMIT_PER_SEC", "1000"),
+            ("JAM_API_KEY", scenario::SHOW_API_KEY),
+        ],
+    )
+    .await;
     let (a, b) = (&c.a, &c.b);
     scenario::sessions_and_chat(&a.ws_url(), &b.ws_url()).await;
     scenario::bad_input(&b.ws_url()).await;
     scenario::tenants(&a.ws_url(), &b.ws_url()).await;
     scenario::reconnect_recovery(&a.ws_url(), &b.ws_url()).await;
+    scenario::shows_and_attendance(&a.ws_url(), &b.ws_url(), &a.http("")).await;
 }
 
 #[tokio::test]

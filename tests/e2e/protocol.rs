@@ -88,3 +88,9 @@ async fn a_lagging_subscription_makes_members_resync() {
     let want: Vec<String> = (0..sent).map(|i| format!("m{i}")).collect();
     assert_eq!(view.texts, want);
 }
+
+#[tokio::test]
+async fn standalone_shows_and_attendance() {
+    let jam = procs::standalone(&[("JAM_API_KEY", scenario::SHOW_API_KEY)]).await;
+    scenario::shows_and_attendance(&jam.ws_url(), &jam.ws_url(), &jam.http("")).await;
+}

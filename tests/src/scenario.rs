@@ -396,3 +396,179 @@ pub async fn reconnect_recovery(url_a: &str, url_b: &str) {
     let hist = bob.recv_type("message_history").await;
     assert_eq!(history_texts(&hist).last().unwrap(), "after");
 }
+
+/// The API key the show scenario's servers run with (`JAM_API_KEY`).
+pub const SHOW_API_KEY: &str = "show-backend-key";
+
+/// show-chat-socketio.md on jam: the backend registers show 123 under its own id; fans join
+/// it with `join_show {show_id: 123}` through either gateway, chat and type by `show_id`,
+/// leave with `leave_show`; the room stays when empty; attendance records each check-in and
+/// check-out and outlives the session; another tenant cannot see the show. `http_a` is
+/// gateway A's base URL (`http://host:port`).
+pub async fn shows_and_attendance(url_a: &str, url_b: &str, http_a: &str) {
+    let http = reqwest::Client::new();
+    let put = |body: Value| {
+        http.put(format!("{http_a}/api/sessions/123"))
+            .header("x-api-key", SHOW_API_KEY)
+            .json(&body)
+            .send()
+    };
+    let r = put(json!({"tenant": "venue", "name": "Friday show"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["session"]["id"], "123");
+    assert_eq!(v["session"]["managed"], true);
+    assert_eq!(v["session"]["hostId"], "", "nobody hosts a show's room");
+    assert!(v["session"]["expiresAt"].is_null(), "{v}");
+    let r = put(json!({"tenant": "venue", "name": "Friday show (late)"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "registering again updates");
+    let wrong = http
+        .put(format!("{http_a}/api/sessions/124"))
+        .header("x-api-key", "nope")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    let fan = |u: &str| token(u, &u.to_uppercase(), Some("venue"));
+    let mut ann = Client::connect(url_a, &fan("ann")).await;
+    let mut ben = Client::connect(url_b, &fan("ben")).await;
+    let missing = ann
+        .request(json!({"type": "join_show", "show_id": 999}))
+        .await;
+    assert_eq!(missing["code"], "SESSION_NOT_FOUND", "{missing}");
+    assert_eq!(missing["message"], "Show not found");
+    let joined = ann
+        .request(json!({"type": "join_show", "show_id": 123}))
+        .await;
+    assert_eq!(joined["type"], "session_update", "{joined}");
+    assert_eq!(joined["session"]["name"], "Friday show (late)");
+    ann.recv_type("message_history").await;
+    ann.recv_type("active_users").await;
+    let joined = ben
+        .request(json!({"type": "join_show", "show_id": "123"}))
+        .await;
+    assert_eq!(joined["type"], "session_update", "{joined}");
+    ann.recv_where("ben joined", |f| {
+        f["type"] == "user_joined" && f["userId"] == "ben"
+    })
+    .await;
+
+    // The seed's own field names: show_id and is_typing.
+    ben.send(json!({"type": "typing", "show_id": 123, "is_typing": true}))
+        .await;
+    ann.recv_where("ben typing", |f| {
+        f["type"] == "user_typing" && f["isTyping"] == true
+    })
+    .await;
+    let sent = ben
+        .request(json!({"type": "send_message", "show_id": 123, "message": "what an opener"}))
+        .await;
+    assert_eq!(sent["type"], "new_message", "{sent}");
+    ann.recv_where("ben's message", |f| {
+        f["type"] == "new_message" && f["message"] == "what an opener"
+    })
+    .await;
+
+    // Another tenant's fan does not find the show.
+    let mut eve = Client::connect(url_b, &token("eve", "Eve", Some("other"))).await;
+    let r = eve
+        .request(json!({"type": "join_show", "show_id": 123}))
+        .await;
+    assert_eq!(r["message"], "Show not found", "{r}");
+
+    // Both leave: the room stays, with its history.
+    for c in [&mut ann, &mut ben] {
+        let r = c
+            .request(json!({"type": "leave_show", "show_id": 123}))
+            .await;
+        assert_eq!(r["type"], "left_session", "{r}");
+    }
+    let mut cy = Client::connect(url_a, &fan("cy")).await;
+    let again = cy
+        .request(json!({"type": "join_show", "show_id": 123}))
+        .await;
+    assert_eq!(
+        again["type"], "session_update",
+        "the empty room is still there: {again}"
+    );
+    let hist = cy.recv_type("message_history").await;
+    assert_eq!(history_texts(&hist), ["what an opener"]);
+
+    // Attendance: ann and ben checked in and out, cy is in; only the backend or the host
+    // may read it (a show has no host: the backend).
+    let read = |key: Option<&str>, tenant: &str| {
+        let mut r = http.get(format!(
+            "{http_a}/api/sessions/123/attendance?tenant={tenant}"
+        ));
+        r = match key {
+            Some(k) => r.header("x-api-key", k),
+            None => r.bearer_auth(fan("cy")),
+        };
+        r.send()
+    };
+    let r = read(Some(SHOW_API_KEY), "venue").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let rows = v["attendance"].as_array().unwrap();
+    let row = |u: &str| rows.iter().find(|r| r["userId"] == u).cloned().unwrap();
+    assert_eq!(rows.len(), 3, "{v}");
+    for u in ["ann", "ben"] {
+        let r = row(u);
+        assert!(
+            r["checkedOutAt"].as_i64() >= r["checkedInAt"].as_i64(),
+            "{r}"
+        );
+    }
+    assert!(row("cy")["checkedOutAt"].is_null(), "{v}");
+    assert_eq!(
+        read(None, "venue").await.unwrap().status(),
+        403,
+        "cy is no host"
+    );
+    assert_eq!(
+        read(Some(SHOW_API_KEY), "other").await.unwrap().status(),
+        404,
+        "another tenant has no show 123"
+    );
+
+    // An ordinary session's attendance: its host reads it, and it outlives the session.
+    let mut host = Client::connect(url_a, &fan("hana")).await;
+    let sid = create(&mut host, json!({"name": "after party"})).await;
+    assert_eq!(join(&mut cy, &sid, None).await["type"], "session_update");
+    let ended = host
+        .request(json!({"type": "end_session", "sessionId": sid}))
+        .await;
+    assert_eq!(ended["type"], "session_ended", "{ended}");
+    let r = http
+        .get(format!("{http_a}/api/sessions/{sid}/attendance"))
+        .bearer_auth(fan("hana"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the host reads it after the end");
+    let v: Value = r.json().await.unwrap();
+    let rows = v["attendance"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    assert!(
+        rows.iter().all(|r| r["checkedOutAt"].is_i64()),
+        "the end checks everyone out: {v}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["userId"] == "hana" && r["host"] == true),
+        "{v}"
+    );
+    let r = http
+        .get(format!("{http_a}/api/sessions/{sid}/attendance"))
+        .bearer_auth(fan("cy"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a guest does not");
+}

@@ -114,6 +114,10 @@ pub struct SessionRecord {
     /// Last periodic sync check (ms); the next is due one interval later.
     #[serde(default)]
     pub last_check_at: i64,
+    /// Registered by the application's backend under its own id (a show's room): no host,
+    /// no expiry, kept when the last member leaves; only the backend ends it.
+    #[serde(default)]
+    pub managed: bool,
 }
 
 impl SessionRecord {
@@ -162,7 +166,8 @@ impl SessionRecord {
             participant_count: self.participants.len(),
             status: self.status,
             created_at: self.created_at,
-            expires_at: self.expires_at,
+            managed: self.managed,
+            expires_at: (!self.managed).then_some(self.expires_at),
             seq: self.last_seq,
             current_track: self.current_track.clone(),
             queue: self.queue.clone(),
@@ -214,9 +219,12 @@ pub struct SessionView {
     /// A large room: `participants` is empty; ask `get_active_users` for pages.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub members_omitted: bool,
+    /// Registered by the application's backend: no host, no expiry (`expiresAt` null).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub managed: bool,
     pub status: SessionStatus,
     pub created_at: i64,
-    pub expires_at: i64,
+    pub expires_at: Option<i64>,
     pub seq: i64,
     pub current_track: Option<Track>,
     pub queue: Vec<Track>,
@@ -259,6 +267,25 @@ pub struct ChatMessage {
     pub message: String,
     pub created_at: i64,
     pub seq: i64,
+}
+
+/// One user's presence in one session: checked in at the first join, checked out when
+/// they leave or the session ends (show-chat-socketio.md's ShowCheckin). Outlives the
+/// session. Written as an upsert: the first check-in (time, role) stays, the check-out is
+/// the latest (`None` again when they come back).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Attendance {
+    #[serde(skip)]
+    pub tenant: String,
+    #[serde(skip)]
+    pub session_id: String,
+    pub user_id: String,
+    pub user_name: String,
+    /// Whether they checked in as the session's host.
+    pub host: bool,
+    pub checked_in_at: i64,
+    pub checked_out_at: Option<i64>,
 }
 
 /// A committed direct message between two users of one tenant.
@@ -313,6 +340,7 @@ mod tests {
             current_track: None,
             queue: Vec::new(),
             last_check_at: 0,
+            managed: false,
         }
     }
 

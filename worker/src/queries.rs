@@ -69,6 +69,34 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             };
             (cmd, f)
         }
+        Query::Attendance {
+            cmd,
+            session_id,
+            require_host,
+            live,
+        } => {
+            let f = match store.attendance(&cmd.tenant, &session_id).await {
+                Ok(rows) if rows.is_empty() && !live => {
+                    error(ErrorCode::SessionNotFound, "Session not found")
+                }
+                Ok(rows)
+                    if require_host
+                        .as_ref()
+                        .is_some_and(|u| !rows.iter().any(|r| &r.user_id == u && r.host)) =>
+                {
+                    error(ErrorCode::Forbidden, "only the host can see who attended")
+                }
+                Ok(rows) => frame(
+                    "attendance",
+                    &json!({"sessionId": session_id, "attendance": rows}),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "attendance query failed");
+                    error(ErrorCode::Unavailable, "attendance unavailable, try again")
+                }
+            };
+            (cmd, f)
+        }
     };
     let (channel, payload) = reply_to(&cmd, &[reply]);
     if let Err(e) = bus.publish(&channel, payload).await {

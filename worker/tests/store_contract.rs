@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use jam_worker::model::{
-    ChatMessage, DirectMessage, ParticipantRecord, Role, SessionRecord, SessionStatus,
+    Attendance, ChatMessage, DirectMessage, ParticipantRecord, Role, SessionRecord, SessionStatus,
 };
 use jam_worker::store::memory::MemoryStore;
 use jam_worker::store::postgres::PgStore;
@@ -30,6 +30,7 @@ fn record(id: &str, tenant: &str) -> SessionRecord {
         current_track: None,
         queue: vec![],
         last_check_at: 0,
+        managed: false,
     }
 }
 
@@ -182,7 +183,73 @@ async fn store_contract(store: Arc<dyn Store>) {
         5,
         "4 chat + 1 direct"
     );
+    attendance_contract(&*store).await;
     store.ping().await.unwrap();
+}
+
+fn seen(tenant: &str, user: &str, at: i64, out: Option<i64>) -> Attendance {
+    Attendance {
+        tenant: tenant.into(),
+        session_id: "SHOW1".into(),
+        user_id: user.into(),
+        user_name: user.to_uppercase(),
+        host: user == "h",
+        checked_in_at: at,
+        checked_out_at: out,
+    }
+}
+
+/// Attendance is upserted: the first check-in stays, the check-out is the latest change
+/// in batch order, a return clears it; tenants apart.
+async fn attendance_contract(store: &dyn Store) {
+    let commit = |attendance: Vec<Attendance>| Batch {
+        attendance,
+        ..Default::default()
+    };
+    store
+        .commit(&commit(vec![
+            seen("t1", "h", 10, None),
+            seen("t1", "a", 11, None),
+        ]))
+        .await
+        .unwrap();
+    // a leaves and comes back in one batch; h leaves; b joins and leaves at once.
+    store
+        .commit(&commit(vec![
+            seen("t1", "a", 20, Some(21)),
+            seen("t1", "a", 22, None),
+            seen("t1", "h", 10, Some(30)),
+            seen("t1", "b", 31, None),
+            seen("t1", "b", 31, Some(32)),
+        ]))
+        .await
+        .unwrap();
+    store
+        .commit(&commit(vec![seen("t2", "x", 5, None)]))
+        .await
+        .unwrap();
+    let rows = store.attendance("t1", "SHOW1").await.unwrap();
+    let got: Vec<(&str, i64, Option<i64>, bool)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.user_id.as_str(),
+                r.checked_in_at,
+                r.checked_out_at,
+                r.host,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("h", 10, Some(30), true),
+            ("a", 11, None, false),
+            ("b", 31, Some(32), false)
+        ]
+    );
+    assert_eq!(store.attendance("t2", "SHOW1").await.unwrap().len(), 1);
+    assert!(store.attendance("t3", "SHOW1").await.unwrap().is_empty());
 }
 
 #[tokio::test]

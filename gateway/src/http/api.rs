@@ -9,7 +9,7 @@ use jam_shared::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::rest::{rpc, ApiError, Caller};
+use super::rest::{rpc, rpc_action, ApiError, Caller};
 use crate::state::AppState;
 
 type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
@@ -248,6 +248,85 @@ pub async fn session_state(
         o.remove("type");
     }
     Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterBody {
+    #[serde(default)]
+    tenant: Option<String>,
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    is_private: Option<bool>,
+    #[serde(default)]
+    max_participants: Option<u32>,
+}
+
+/// `PUT /api/sessions/{id}` (API key): the application's backend creates (201) or updates
+/// (200) a room under its own id (a show's chat), in its tenant. Clients join it by that id
+/// (`join_session`, or show-chat's `join_show`).
+pub async fn register_session(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+    b: Body<RegisterBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    super::publish::backend_key(&st, &headers)?;
+    let b = body(b)?;
+    let who = super::publish::backend_identity(super::publish::backend_tenant(b.tenant)?);
+    let action = jam_shared::protocol::Action::RegisterSession {
+        session_id: id,
+        name: b.name,
+        description: b.description,
+        is_private: b.is_private,
+        max_participants: b.max_participants,
+    };
+    let v = rpc_action(&st, &who, action).await?;
+    let status = if v["created"] == true {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({"session": v["session"], "created": v["created"]})),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct TenantQuery {
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+/// `GET /api/sessions/{id}/attendance`: who checked in and out, for the host (Bearer) or
+/// the backend (API key, `?tenant=`). Kept after the session ends.
+pub async fn attendance(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    req: axum::extract::Request,
+) -> Result<Json<Value>, ApiError> {
+    use axum::extract::FromRequestParts;
+    let (mut parts, _) = req.into_parts();
+    let backend = parts.headers.contains_key("x-api-key");
+    let who = if backend {
+        super::publish::backend_key(&st, &parts.headers)?;
+        let Query(q) = Query::<TenantQuery>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+        super::publish::backend_identity(super::publish::backend_tenant(q.tenant)?)
+    } else {
+        Caller::from_request_parts(&mut parts, &st).await?.0
+    };
+    let action = jam_shared::protocol::Action::GetAttendance {
+        session_id: id,
+        backend,
+    };
+    let v = rpc_action(&st, &who, action).await?;
+    Ok(Json(
+        json!({"sessionId": v["sessionId"], "attendance": v["attendance"]}),
+    ))
 }
 
 /// The OpenAPI document, kept beside the handlers; a test checks every route is in it.

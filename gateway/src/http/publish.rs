@@ -44,34 +44,29 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub async fn publish(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+/// A call from the application's backend: `X-API-Key: <JAM_API_KEY>` (or the key as a
+/// Bearer token). 403 when no key is configured, 401 for a wrong one.
+pub fn backend_key(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = st.cfg.api_key.as_deref() else {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
-            "server-side publish is disabled (JAM_API_KEY unset)",
+            "backend calls are disabled (JAM_API_KEY unset)",
         ));
     };
     let given = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-        .or_else(|| crate::auth::sources::bearer(&headers));
+        .or_else(|| crate::auth::sources::bearer(headers));
     if !given.is_some_and(|g| same(g.as_bytes(), key.as_bytes())) {
         return Err(ApiError::new(ErrorCode::Unauthorized, "invalid API key"));
     }
-    let Json(body) = body.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
-    if !valid_event(&body.event) {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            "event must be 1-64 characters of [A-Za-z0-9_:.-]",
-        ));
-    }
-    let tenant = body
-        .tenant
+    Ok(())
+}
+
+/// The tenant a backend call names (the default one when absent).
+pub fn backend_tenant(tenant: Option<String>) -> Result<String, ApiError> {
+    let tenant = tenant
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| keys::DEFAULT_TENANT.to_string());
     if tenant.len() > 64
@@ -81,6 +76,32 @@ pub async fn publish(
     {
         return Err(ApiError::new(ErrorCode::BadRequest, "bad tenant"));
     }
+    Ok(tenant)
+}
+
+/// Who a backend call acts as: no user (ids starting with `@` are the server's).
+pub fn backend_identity(tenant: String) -> jam_shared::auth::Identity {
+    jam_shared::auth::Identity {
+        user_id: "@backend".into(),
+        user_name: "backend".into(),
+        tenant,
+    }
+}
+
+pub async fn publish(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    backend_key(&st, &headers)?;
+    let Json(body) = body.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    if !valid_event(&body.event) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "event must be 1-64 characters of [A-Za-z0-9_:.-]",
+        ));
+    }
+    let tenant = backend_tenant(body.tenant)?;
     let channel = match (&body.target.user_id, &body.target.session_id) {
         (Some(u), None) if !u.is_empty() => keys::user_channel(&tenant, u),
         (None, Some(s)) if jam_shared::ids::is_valid_session_id(s) => {

@@ -96,6 +96,16 @@ pub async fn rpc(st: &AppState, who: &Identity, frame: ClientFrame) -> Result<Va
     let action = frames::prepare(st, frame)
         .await
         .map_err(|(c, m)| ApiError::new(c, m))?;
+    rpc_action(st, who, action).await
+}
+
+/// [`rpc`] for an action the server built (the backend's calls), checked field by field.
+pub async fn rpc_action(
+    st: &AppState,
+    who: &Identity,
+    action: jam_shared::protocol::Action,
+) -> Result<Value, ApiError> {
+    action.validate().map_err(|(c, m)| ApiError::new(c, m))?;
     let conn = format!("rest-{}", jam_shared::ids::unique());
     let (tx, mut rx) = mpsc::channel(8);
     let handle = ConnHandle {

@@ -35,6 +35,8 @@ const RTT_SAMPLES: usize = 8;
 /// A connection silent (no frame, no pong) for this long is dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a killed connection's write in progress may still take before it is dropped.
+const KILLED_WRITE_GRACE: Duration = Duration::from_millis(500);
 /// Frames read ahead of the one being handled.
 const INBOUND_QUEUE: usize = 64;
 /// Frames handed to one `writev(2)` at most.
@@ -216,13 +218,18 @@ pub async fn write_loop<W>(
             _ = &mut killed => break,
             f = rx.recv() => match f {
                 Some(f) => {
-                    // A kill (a full queue, a drain) does not wait for a write the peer is
-                    // not reading: the connection is dropped, with no close frame after
-                    // what may be half a frame.
+                    let write = tokio::time::timeout(WRITE_TIMEOUT, write_queued(&mut out, f, &mut rx));
+                    tokio::pin!(write);
                     tokio::select! {
                         biased;
-                        _ = &mut killed => return,
-                        r = tokio::time::timeout(WRITE_TIMEOUT, write_queued(&mut out, f, &mut rx)) => r,
+                        r = &mut write => r,
+                        // A kill (a full queue, a drain) waits for a write in progress only
+                        // briefly: then the close frame follows it; a peer that is not
+                        // reading is dropped, with no close frame after half a frame.
+                        _ = &mut killed => match tokio::time::timeout(KILLED_WRITE_GRACE, &mut write).await {
+                            Ok(Ok(Ok(()))) => break,
+                            _ => return,
+                        },
                     }
                 }
                 None => break,

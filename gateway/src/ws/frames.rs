@@ -379,6 +379,8 @@ fn known_type(ty: &str) -> &'static str {
     const KNOWN: &[&str] = &[
         "create_session",
         "join_session",
+        "join_show",
+        "leave_show",
         "leave_session",
         "get_sessions",
         "end_session",

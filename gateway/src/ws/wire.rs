@@ -46,11 +46,13 @@ pub enum ClientFrame {
     },
     #[serde(rename_all = "camelCase")]
     SendMessage {
+        #[serde(alias = "show_id", deserialize_with = "id_or_number")]
         session_id: String,
         message: String,
     },
     #[serde(rename_all = "camelCase")]
     GetActiveUsers {
+        #[serde(alias = "show_id", deserialize_with = "id_or_number")]
         session_id: String,
         /// Paging for large rooms: members from `offset`, at most `limit` (≤ 500).
         #[serde(default)]
@@ -60,8 +62,19 @@ pub enum ClientFrame {
     },
     #[serde(rename_all = "camelCase")]
     Typing {
+        #[serde(alias = "show_id", deserialize_with = "id_or_number")]
         session_id: String,
+        #[serde(alias = "is_typing")]
         is_typing: bool,
+    },
+    /// show-chat-socketio.md: join the room the application registered under its show id.
+    JoinShow {
+        #[serde(deserialize_with = "id_or_number")]
+        show_id: String,
+    },
+    LeaveShow {
+        #[serde(deserialize_with = "id_or_number")]
+        show_id: String,
     },
     #[serde(rename_all = "camelCase")]
     LoadHistory {
@@ -158,6 +171,20 @@ pub enum ClientFrame {
     },
 }
 
+/// An id sent as a string or as a number (show-chat sends `show_id: 123`).
+fn id_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Id::deserialize(d)? {
+        Id::Text(t) => t,
+        Id::Number(n) => n.to_string(),
+    })
+}
+
 /// What the server adds to a `create_session`: the new session's id and the password's hash.
 #[derive(Debug, Clone, Default)]
 pub struct Created {
@@ -203,6 +230,17 @@ impl ClientFrame {
                 password,
                 capabilities,
                 since_seq,
+                show: false,
+            },
+            ClientFrame::JoinShow { show_id } => Action::JoinSession {
+                session_id: show_id,
+                password: None,
+                capabilities: None,
+                since_seq: None,
+                show: true,
+            },
+            ClientFrame::LeaveShow { show_id } => Action::LeaveSession {
+                session_id: show_id,
             },
             ClientFrame::LeaveSession { session_id } => Action::LeaveSession { session_id },
             ClientFrame::GetSessions {} => Action::GetSessions {},
@@ -390,6 +428,39 @@ mod tests {
             parse(json!({"type":"get_sessions"})).unwrap(),
             ClientFrame::GetSessions {}
         ));
+    }
+
+    #[test]
+    fn parses_show_chat_frames() {
+        let a = parse(json!({"type":"join_show","show_id":123})).unwrap();
+        assert_eq!(
+            a.into_action(Created::default()),
+            Action::JoinSession {
+                session_id: "123".into(),
+                password: None,
+                capabilities: None,
+                since_seq: None,
+                show: true,
+            }
+        );
+        let a = parse(json!({"type":"send_message","show_id":123,"message":"hi"})).unwrap();
+        assert_eq!(
+            a,
+            ClientFrame::SendMessage {
+                session_id: "123".into(),
+                message: "hi".into()
+            }
+        );
+        let a = parse(json!({"type":"typing","show_id":"123","is_typing":true})).unwrap();
+        assert!(matches!(
+            a,
+            ClientFrame::Typing {
+                is_typing: true,
+                ..
+            }
+        ));
+        assert!(parse(json!({"type":"join_show","show_id":-1})).is_err());
+        assert!(parse(json!({"type":"join_show","show_id":{"a":1}})).is_err());
     }
 
     #[test]

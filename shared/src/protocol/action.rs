@@ -81,6 +81,9 @@ pub enum Action {
         /// The last room `seq` the client saw: rejoin with the events missed since.
         #[serde(default)]
         since_seq: Option<i64>,
+        /// Sent as show-chat's `join_show`: an unknown id is "Show not found".
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        show: bool,
     },
     #[serde(rename_all = "camelCase")]
     LeaveSession {
@@ -203,6 +206,27 @@ pub enum Action {
     Disconnect {
         session_id: String,
     },
+    /// The application's backend (API key) creates or updates a room under its own id
+    /// (a show's chat): no host, no expiry, kept when empty.
+    #[serde(rename_all = "camelCase")]
+    RegisterSession {
+        session_id: String,
+        name: String,
+        #[serde(default)]
+        description: Option<String>,
+        #[serde(default)]
+        is_private: Option<bool>,
+        #[serde(default)]
+        max_participants: Option<u32>,
+    },
+    /// Who checked in and out of a session; the host's or, with `backend`, the API key's.
+    #[serde(rename_all = "camelCase")]
+    GetAttendance {
+        session_id: String,
+        /// Set by the gateway for a call with the API key, never by a client.
+        #[serde(default)]
+        backend: bool,
+    },
 }
 
 impl Action {
@@ -226,7 +250,9 @@ impl Action {
             | Action::AddTrack { session_id, .. }
             | Action::RemoveTrack { session_id, .. }
             | Action::GetState { session_id }
-            | Action::Disconnect { session_id } => Some(session_id),
+            | Action::Disconnect { session_id }
+            | Action::RegisterSession { session_id, .. }
+            | Action::GetAttendance { session_id, .. } => Some(session_id),
             Action::GetSessions {} | Action::DirectMessage { .. } | Action::LoadDirect { .. } => {
                 None
             }
@@ -238,11 +264,24 @@ impl Action {
         let bad = |m: &str| Err((ErrorCode::BadRequest, m.to_string()));
         if let Some(id) = self.session_id() {
             if !crate::ids::is_valid_session_id(id) {
-                return Err((ErrorCode::SessionNotFound, "Session not found".into()));
+                if let Action::RegisterSession { .. } = self {
+                    return bad("the id must be 1 to 32 letters and digits");
+                }
+                let what = match self {
+                    Action::JoinSession { show: true, .. } => "Show not found",
+                    _ => "Session not found",
+                };
+                return Err((ErrorCode::SessionNotFound, what.into()));
             }
         }
         match self {
             Action::CreateSession {
+                name,
+                description,
+                max_participants,
+                ..
+            }
+            | Action::RegisterSession {
                 name,
                 description,
                 max_participants,
@@ -364,6 +403,7 @@ mod tests {
             password: None,
             capabilities: None,
             since_seq: None,
+            show: false,
         };
         let pos = |p: f64| Action::PlaybackState {
             session_id: "ABCDEF".into(),

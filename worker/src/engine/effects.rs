@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::model::{ChatMessage, DirectMessage};
+use crate::model::{Attendance, ChatMessage, DirectMessage};
 use bytes::Bytes;
 use jam_shared::keys;
 use jam_shared::protocol::event;
@@ -19,6 +19,7 @@ pub struct Effects {
     pub dirty: HashMap<SessionKey, bool>,
     pub messages: Vec<ChatMessage>,
     pub direct: Vec<DirectMessage>,
+    pub attendance: Vec<Attendance>,
     /// Reads answered after the commit, off the engine's thread.
     pub queries: Vec<Query>,
 }
@@ -42,6 +43,14 @@ pub enum Query {
     },
     /// The public sessions of the caller's tenant, across every partition.
     Sessions { cmd: Command },
+    /// Who attended a session; with `require_host`, only if that user checked in as host.
+    Attendance {
+        cmd: Command,
+        session_id: String,
+        require_host: Option<String>,
+        /// The session is live (an empty list is then an answer, not "not found").
+        live: bool,
+    },
 }
 
 /// The envelope for frames to the one connection that sent `cmd`, the first carrying its `ref`.

@@ -11,6 +11,7 @@ mod presence;
 mod proptests;
 mod queue;
 mod recovery;
+mod registered;
 mod relay;
 mod sessions;
 #[cfg(test)]
@@ -255,6 +256,11 @@ impl Engine {
                 let key = (cmd.tenant.clone(), session_id.clone());
                 self.drop_connection(&key, &cmd.user_id, &cmd.conn, fx);
             }
+            Action::RegisterSession { .. } => self.register_session(cmd, fx),
+            Action::GetAttendance {
+                session_id,
+                backend,
+            } => self.get_attendance(cmd, session_id, *backend, fx),
         }
     }
 
@@ -263,6 +269,7 @@ impl Engine {
         let mut batch = Batch {
             messages: std::mem::take(&mut fx.messages),
             direct: std::mem::take(&mut fx.direct),
+            attendance: std::mem::take(&mut fx.attendance),
             ..Default::default()
         };
         for (key, deleted) in fx.dirty.drain() {
@@ -327,6 +334,8 @@ pub fn action_name(a: &Action) -> &'static str {
         Action::RemoveTrack { .. } => "remove_track",
         Action::GetState { .. } => "get_state",
         Action::Disconnect { .. } => "disconnect",
+        Action::RegisterSession { .. } => "register_session",
+        Action::GetAttendance { .. } => "get_attendance",
     }
 }
 

@@ -128,6 +128,7 @@ fn apply(e: &mut Engine, s: &Step, fx: &mut Effects, now: &mut i64) {
                 password: None,
                 capabilities: None,
                 since_seq: None,
+                show: false,
             };
             return e.apply(&command(s, *conn, join), fx);
         }

@@ -8,6 +8,7 @@ use jam_shared::ErrorCode;
 use serde_json::json;
 
 use super::presence::online_count;
+use super::registered::attendance;
 use super::{Effects, Engine, EventLog, SessionKey};
 use jam_shared::protocol::action::DEFAULT_MAX_PARTICIPANTS;
 
@@ -64,8 +65,11 @@ impl Engine {
             current_track: None,
             queue: Vec::new(),
             last_check_at: now,
+            managed: false,
         };
         let created = frame("session_created", &json!({ "session": rec.view() }));
+        fx.attendance
+            .push(attendance(&key, &rec.host_id, &rec.participants[0], None));
         self.sessions.insert(key.clone(), rec);
         metrics::gauge!("jam_sessions_active").increment(1.0);
         self.recent.insert(key.clone(), Default::default());
@@ -86,7 +90,11 @@ impl Engine {
     ) {
         let key = (cmd.tenant.clone(), sid.to_string());
         let Some(rec) = self.sessions.get(&key) else {
-            return fx.error(cmd, ErrorCode::SessionNotFound, "Session not found");
+            let what = match &cmd.action {
+                Action::JoinSession { show: true, .. } => "Show not found",
+                _ => "Session not found",
+            };
+            return fx.error(cmd, ErrorCode::SessionNotFound, what);
         };
         let already = rec.is_member(&cmd.user_id);
         if !already {
@@ -134,6 +142,7 @@ impl Engine {
             );
             p.can_rate = can_rate;
             let view = p.view();
+            fx.attendance.push(attendance(&key, &rec.host_id, &p, None));
             rec.participants.push(p);
             if large {
                 coalesced = true;
@@ -261,6 +270,13 @@ impl Engine {
             Some(cmd) => fx.room_acked(key, cmd, env, vec![ended]),
             None => fx.room(key, env, vec![ended]),
         }
+        if let Some(rec) = self.sessions.get(key) {
+            let now = now_ms();
+            for p in &rec.participants {
+                fx.attendance
+                    .push(attendance(key, &rec.host_id, p, Some(now)));
+            }
+        }
         self.remove_session(key, fx);
         metrics::counter!("jam_sessions_ended_total", "reason" => reason.to_string()).increment(1);
         tracing::info!(session = %key.1, reason, "session ended");
@@ -279,6 +295,8 @@ impl Engine {
         let large = rec.participants.len() > self.cfg.large_room;
         let large_room = self.cfg.large_room;
         let gone = rec.participants.remove(idx);
+        fx.attendance
+            .push(attendance(key, &rec.host_id, &gone, Some(now_ms())));
         if rec.participants.is_empty() {
             let env = Envelope {
                 leave_user: Some(user_id.to_string()),
@@ -286,7 +304,12 @@ impl Engine {
                 ..Default::default()
             };
             fx.room(key, env, vec![]);
-            self.remove_session(key, fx);
+            // A room the backend registered waits for its next member.
+            if rec.managed {
+                fx.touch(key);
+            } else {
+                self.remove_session(key, fx);
+            }
             return;
         }
         let mut frames = Vec::new();

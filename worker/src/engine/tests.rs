@@ -81,6 +81,7 @@ async fn session_with(e: &mut Engine, users: &[&str]) -> String {
             password: None,
             capabilities: None,
             since_seq: None,
+            show: false,
         };
         e.apply(&cmd(u, &format!("c-{u}"), join), &mut fx);
     }
@@ -97,6 +98,7 @@ async fn join_sends_a_delta_to_the_room_and_a_snapshot_to_the_joiner() {
         password: None,
         capabilities: None,
         since_seq: None,
+        show: false,
     };
     e.apply(&cmd("bob", "c-bob", join), &mut fx);
     let p = published(&fx);
@@ -126,6 +128,7 @@ async fn full_sessions_and_strangers_are_refused() {
         password: None,
         capabilities: None,
         since_seq: None,
+        show: false,
     };
     e.apply(&cmd("dave", "c-dave", join), &mut fx);
     assert_eq!(frames_of(&fx, "error")[0]["code"], "SESSION_FULL");
@@ -289,6 +292,7 @@ fn large_room_of(n: usize) -> (Engine, Effects) {
             password: None,
             capabilities: None,
             since_seq: None,
+            show: false,
         };
         e.apply(&cmd(&format!("u{i}"), &format!("c-u{i}"), join), &mut fx);
     }
@@ -380,6 +384,7 @@ fn rejoin(since_seq: Option<i64>) -> Action {
         password: None,
         capabilities: None,
         since_seq,
+        show: false,
     }
 }
 
@@ -497,4 +502,76 @@ fn a_large_rooms_joiner_sees_a_short_page_of_members_and_the_count() {
     );
     assert_eq!(joiner["count"], n + 1);
     assert_eq!(joiner["hasMore"], true);
+}
+
+#[test]
+fn a_registered_room_has_no_host_never_expires_and_stays_when_empty() {
+    let mut e = engine();
+    let mut fx = Effects::default();
+    let register = Action::RegisterSession {
+        session_id: "123".into(),
+        name: "show".into(),
+        description: None,
+        is_private: None,
+        max_participants: None,
+    };
+    e.apply(&cmd("@backend", "rest-1", register.clone()), &mut fx);
+    assert_eq!(frames_of(&fx, "session_registered")[0]["created"], true);
+    let join = Action::JoinSession {
+        session_id: "123".into(),
+        password: None,
+        capabilities: None,
+        since_seq: None,
+        show: true,
+    };
+    e.apply(&cmd("ann", "c1", join), &mut fx);
+    let rec = e.session("_", "123").unwrap();
+    assert_eq!(rec.host_id, "", "the first fan is no host");
+    assert_eq!(fx.attendance.len(), 1, "ann checked in");
+    e.apply(
+        &cmd(
+            "ann",
+            "c1",
+            Action::LeaveSession {
+                session_id: "123".into(),
+            },
+        ),
+        &mut fx,
+    );
+    assert!(e.session("_", "123").is_some(), "empty, and still there");
+    assert!(fx.attendance[1].checked_out_at.is_some(), "ann checked out");
+    // A day later, nothing has ended it.
+    let mut fx = Effects::default();
+    e.tick(jam_shared::clock::now_ms() + 86_400_000, &|_| true, &mut fx);
+    assert!(e.session("_", "123").is_some());
+    // Registering again updates; an unknown show is "Show not found".
+    e.apply(&cmd("@backend", "rest-2", register), &mut fx);
+    assert_eq!(frames_of(&fx, "session_registered")[0]["created"], false);
+    let mut fx = Effects::default();
+    let unknown = Action::JoinSession {
+        session_id: "999".into(),
+        password: None,
+        capabilities: None,
+        since_seq: None,
+        show: true,
+    };
+    e.apply(&cmd("ann", "c1", unknown), &mut fx);
+    assert_eq!(frames_of(&fx, "error")[0]["message"], "Show not found");
+}
+
+#[tokio::test]
+async fn a_session_id_that_was_not_registered_cannot_be_taken_over() {
+    let mut e = engine();
+    let sid = session_with(&mut e, &["alice"]).await;
+    let mut fx = Effects::default();
+    let register = Action::RegisterSession {
+        session_id: sid.clone(),
+        name: "mine now".into(),
+        description: None,
+        is_private: None,
+        max_participants: None,
+    };
+    e.apply(&cmd("@backend", "rest-1", register), &mut fx);
+    assert_eq!(frames_of(&fx, "error")[0]["code"], "SESSION_EXISTS");
+    assert_eq!(e.session("_", &sid).unwrap().name, "s");
 }

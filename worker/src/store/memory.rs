@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{Batch, Claim, Store, StoreError};
-use crate::model::{ChatMessage, DirectMessage, SessionRecord};
+use crate::model::{Attendance, ChatMessage, DirectMessage, SessionRecord};
 
 type Key = (String, String);
 
@@ -17,6 +17,8 @@ struct State {
     /// Messages by session, ordered by (seq, id): messages outlive their session.
     messages: HashMap<Key, BTreeMap<(i64, String), ChatMessage>>,
     direct: Vec<DirectMessage>,
+    /// Session → its attendance rows, first check-in first.
+    attendance: HashMap<Key, Vec<Attendance>>,
     /// Partition → (fence, applied).
     partitions: HashMap<u32, (i64, Option<String>)>,
 }
@@ -112,7 +114,22 @@ impl Store for MemoryStore {
                 s.direct.push(d.clone());
             }
         }
+        for change in &batch.attendance {
+            apply_attendance(&mut s.attendance, change);
+        }
         Ok(())
+    }
+
+    async fn attendance(
+        &self,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Vec<Attendance>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.attendance
+            .get(&(tenant.to_string(), session_id.to_string()))
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn history(
@@ -185,5 +202,18 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+fn apply_attendance(rows: &mut HashMap<Key, Vec<Attendance>>, a: &Attendance) {
+    let list = rows
+        .entry((a.tenant.clone(), a.session_id.clone()))
+        .or_default();
+    match list.iter_mut().find(|r| r.user_id == a.user_id) {
+        Some(r) => {
+            r.checked_out_at = a.checked_out_at;
+            r.user_name = a.user_name.clone();
+        }
+        None => list.push(a.clone()),
     }
 }

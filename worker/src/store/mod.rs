@@ -7,7 +7,7 @@ pub mod postgres;
 
 use async_trait::async_trait;
 
-use crate::model::{ChatMessage, DirectMessage, SessionRecord};
+use crate::model::{Attendance, ChatMessage, DirectMessage, SessionRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -56,6 +56,8 @@ pub struct Batch {
     pub deletes: Vec<(String, String)>,
     pub messages: Vec<ChatMessage>,
     pub direct: Vec<DirectMessage>,
+    /// Check-ins and check-outs, in the order they happened (upserts: see [`Attendance`]).
+    pub attendance: Vec<Attendance>,
 }
 
 impl Batch {
@@ -64,6 +66,7 @@ impl Batch {
             && self.deletes.is_empty()
             && self.messages.is_empty()
             && self.direct.is_empty()
+            && self.attendance.is_empty()
             && self.fence.as_ref().is_none_or(|f| f.applied.is_none())
     }
 }
@@ -107,6 +110,13 @@ pub trait Store: Send + Sync + 'static {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<DirectMessage>, StoreError>;
+
+    /// Who attended a session (live or ended), first check-in first.
+    async fn attendance(
+        &self,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Vec<Attendance>, StoreError>;
 
     /// Delete chat and direct messages created before `before` (ms): the retention purge.
     /// Nothing else ever deletes a message. Returns how many went.

@@ -9,7 +9,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{Batch, Claim, Store, StoreError};
-use crate::model::{ChatMessage, DirectMessage, SessionRecord};
+use crate::model::{Attendance, ChatMessage, DirectMessage, SessionRecord};
 
 /// Applied in order, each once; never edit one that has shipped, add the next.
 const MIGRATIONS: &[&str] = &[
@@ -70,6 +70,19 @@ CREATE INDEX jam_messages_seq ON jam_messages (tenant, session_id, seq);
 CREATE INDEX jam_messages_created ON jam_messages (created_at);
 CREATE INDEX jam_direct_messages_created ON jam_direct_messages (created_at);
 "#,
+    // Attendance (show-chat's ShowCheckin): outlives the session, like its messages.
+    r#"
+CREATE TABLE jam_attendance (
+    tenant          text    NOT NULL,
+    session_id      text    NOT NULL,
+    user_id         text    NOT NULL,
+    user_name       text    NOT NULL,
+    host            boolean NOT NULL,
+    checked_in_at   bigint  NOT NULL,
+    checked_out_at  bigint,
+    PRIMARY KEY (tenant, session_id, user_id)
+);
+"#,
 ];
 
 /// How long a transaction may sit idle (its client paused or gone) before the server ends it.
@@ -95,6 +108,13 @@ const DELETE_SQL: &str = "DELETE FROM jam_sessions
 const DIRECT_SQL: &str = "INSERT INTO jam_direct_messages (tenant, id, sender_id, sender_name, receiver_id, content, created_at)
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
      ON CONFLICT DO NOTHING";
+
+/// One row per (tenant, session, user) in the batch: the last change of each (see
+/// `last_per_user`), so one statement applies them in order.
+const ATTENDANCE_SQL: &str = "INSERT INTO jam_attendance (tenant, session_id, user_id, user_name, host, checked_in_at, checked_out_at)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::bigint[], $7::bigint[])
+     ON CONFLICT (tenant, session_id, user_id) DO UPDATE
+     SET checked_out_at = excluded.checked_out_at, user_name = excluded.user_name";
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -335,8 +355,33 @@ impl Store for PgStore {
             )
             .await
         };
+        let attendance = async {
+            let a = last_per_user(&batch.attendance);
+            if a.is_empty() {
+                return Ok(0);
+            }
+            let col = |f: fn(&Attendance) -> String| a.iter().map(f).collect::<Vec<String>>();
+            let hosts: Vec<bool> = a.iter().map(|x| x.host).collect();
+            let ins: Vec<i64> = a.iter().map(|x| x.checked_in_at).collect();
+            let outs: Vec<Option<i64>> = a.iter().map(|x| x.checked_out_at).collect();
+            let st = tx.prepare_cached(ATTENDANCE_SQL).await?;
+            tx.execute(
+                &st,
+                &[
+                    &col(|x| x.tenant.clone()),
+                    &col(|x| x.session_id.clone()),
+                    &col(|x| x.user_id.clone()),
+                    &col(|x| x.user_name.clone()),
+                    &hosts,
+                    &ins,
+                    &outs,
+                ],
+            )
+            .await
+        };
         let (fenced, ..) =
-            futures::try_join!(fence, upserts, messages, deletes, direct).map_err(db)?;
+            futures::try_join!(fence, upserts, messages, deletes, direct, attendance)
+                .map_err(db)?;
         if fenced == 0 {
             let p = batch.fence.as_ref().map_or(0, |f| f.partition);
             return Err(StoreError::Fenced(p));
@@ -420,6 +465,36 @@ impl Store for PgStore {
         Ok(out)
     }
 
+    async fn attendance(
+        &self,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Vec<Attendance>, StoreError> {
+        let t = Instant::now();
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT user_id, user_name, host, checked_in_at, checked_out_at FROM jam_attendance
+                 WHERE tenant = $1 AND session_id = $2 ORDER BY checked_in_at, user_id",
+                &[&tenant, &session_id],
+            )
+            .await
+            .map_err(db)?;
+        observe("attendance", t);
+        Ok(rows
+            .into_iter()
+            .map(|r| Attendance {
+                tenant: tenant.to_string(),
+                session_id: session_id.to_string(),
+                user_id: r.get(0),
+                user_name: r.get(1),
+                host: r.get(2),
+                checked_in_at: r.get(3),
+                checked_out_at: r.get(4),
+            })
+            .collect())
+    }
+
     async fn purge_messages(&self, before: i64) -> Result<u64, StoreError> {
         let c = self.conn().await?;
         let a = c
@@ -441,4 +516,22 @@ impl Store for PgStore {
         c.simple_query("SELECT 1").await.map_err(db)?;
         Ok(())
     }
+}
+
+/// The last change of each (tenant, session, user) in a batch, keeping its first check-in:
+/// a join and a leave in one batch end checked out, a leave and a rejoin checked in.
+fn last_per_user(changes: &[Attendance]) -> Vec<Attendance> {
+    let mut out: Vec<Attendance> = Vec::new();
+    for a in changes {
+        match out.iter_mut().find(|x| {
+            x.tenant == a.tenant && x.session_id == a.session_id && x.user_id == a.user_id
+        }) {
+            Some(x) => {
+                x.checked_out_at = a.checked_out_at;
+                x.user_name = a.user_name.clone();
+            }
+            None => out.push(a.clone()),
+        }
+    }
+    out
 }
