@@ -65,6 +65,10 @@ pub fn app(st: AppState) -> Router {
         .route("/api/openapi.json", get(http::api::openapi))
         .route("/api/messages/direct", get(http::api::direct_messages))
         .route("/api/publish", axum::routing::post(http::publish::publish))
+        .route(
+            "/api/notifications",
+            get(http::notifications::list).post(http::notifications::create),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(
             st.cfg.limits.body_bytes,
         ))

@@ -24,6 +24,7 @@ async fn cluster_protocol_scenarios() {
     scenario::tenants(&a.ws_url(), &b.ws_url()).await;
     scenario::reconnect_recovery(&a.ws_url(), &b.ws_url()).await;
     scenario::shows_and_attendance(&a.ws_url(), &b.ws_url(), &a.http("")).await;
+    scenario::notifications(&a.ws_url(), &b.ws_url(), &a.http("")).await;
 }
 
 #[tokio::test]
@@ -109,4 +110,45 @@ async fn acknowledged_messages_survive_a_worker_sigkill() {
         })
         .await;
     assert_eq!(uj["count"], 3);
+}
+
+/// An inbox is kept by the worker that owns its user's partition: after that worker is
+/// killed, the next one loads it from PostgreSQL with the same count and ids.
+#[tokio::test]
+async fn an_inbox_survives_a_worker_sigkill() {
+    let mut c = Cluster::start(&[], &[("JAM_API_KEY", scenario::SHOW_API_KEY)]).await;
+    let http = reqwest::Client::new();
+    let notify = |title: &str| {
+        http.post(c.a.http("/api/notifications"))
+            .header("x-api-key", scenario::SHOW_API_KEY)
+            .json(&json!({"userId": "dana", "type": "t", "title": title}))
+            .send()
+    };
+    for t in ["one", "two", "three"] {
+        assert_eq!(notify(t).await.unwrap().status(), 201);
+    }
+    let mut dana = Client::connect(&c.b.ws_url(), &token("dana", "Dana", None)).await;
+    let r = dana
+        .request(json!({"type": "notification:read", "notificationId": 2}))
+        .await;
+    assert_eq!(r["unreadCount"], 2, "{r}");
+    c.worker.signal("KILL");
+    assert!(c.worker.wait_exit(Duration::from_secs(5)).await);
+    c.worker.restart().await;
+    let v = dana.request(json!({"type": "notification:list"})).await;
+    assert_eq!(v["unreadCount"], 2, "{v}");
+    let read: Vec<bool> = v["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["readAt"].is_i64())
+        .collect();
+    assert_eq!(read, [false, true, false], "newest first: {v}");
+    let r = notify("four").await.unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["notifications"][0]["id"], 4, "ids go on: {v}");
+    dana.recv_where("the count after the fourth", |f| {
+        f["type"] == "notification:unread-count" && f["count"] == 3
+    })
+    .await;
 }

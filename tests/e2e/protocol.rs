@@ -94,3 +94,9 @@ async fn standalone_shows_and_attendance() {
     let jam = procs::standalone(&[("JAM_API_KEY", scenario::SHOW_API_KEY)]).await;
     scenario::shows_and_attendance(&jam.ws_url(), &jam.ws_url(), &jam.http("")).await;
 }
+
+#[tokio::test]
+async fn standalone_notifications() {
+    let jam = procs::standalone(&[("JAM_API_KEY", scenario::SHOW_API_KEY)]).await;
+    scenario::notifications(&jam.ws_url(), &jam.ws_url(), &jam.http("")).await;
+}

@@ -572,3 +572,184 @@ pub async fn shows_and_attendance(url_a: &str, url_b: &str, http_a: &str) {
         .unwrap();
     assert_eq!(r.status(), 403, "a guest does not");
 }
+
+/// dj-system-socketio.md's inbox: the backend notifies users (API key `SHOW_API_KEY`);
+/// each of a user's connections, on either gateway, gets `notification:new` and the unread
+/// count; reads, read-all and deletes update every connection; pages over REST and WS;
+/// nobody reaches another user's or tenant's inbox.
+pub async fn notifications(url_a: &str, url_b: &str, http_a: &str) {
+    let http = reqwest::Client::new();
+    let notify = |body: Value| {
+        http.post(format!("{http_a}/api/notifications"))
+            .header("x-api-key", SHOW_API_KEY)
+            .json(&body)
+            .send()
+    };
+    let mut bob_a = Client::connect(url_a, &token("nbob", "Bob", None)).await;
+    let mut bob_b = Client::connect(url_b, &token("nbob", "Bob", None)).await;
+    let mut alice = Client::connect(url_b, &token("nalice", "Alice", None)).await;
+    let r = notify(
+        json!({"userIds": ["nbob", "ncarol"], "type": "job_assigned", "priority": "HIGH",
+                          "title": "Job 5", "message": "You have a job", "data": {"jobId": 5}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["count"], 2);
+    for c in [&mut bob_a, &mut bob_b] {
+        let n = c.recv_type("notification:new").await["notification"].clone();
+        assert_eq!(
+            (n["id"].as_i64(), n["data"]["jobId"].as_i64()),
+            (Some(1), Some(5)),
+            "{n}"
+        );
+        assert_eq!(n["type"], "job_assigned");
+        assert_eq!(n["priority"], "HIGH");
+        assert_eq!(c.recv_type("notification:unread-count").await["count"], 1);
+    }
+    assert!(
+        alice
+            .none_of_type("notification:new", Duration::from_millis(300))
+            .await,
+        "only the addressed users"
+    );
+    notify(json!({"userId": "nbob", "type": "job_started", "title": "Job 5 started"}))
+        .await
+        .unwrap();
+    for c in [&mut bob_a, &mut bob_b] {
+        assert_eq!(
+            c.recv_type("notification:new").await["notification"]["id"],
+            2
+        );
+        assert_eq!(c.recv_type("notification:unread-count").await["count"], 2);
+    }
+
+    // A read: answered by ref, and every connection's count follows.
+    let r = bob_a
+        .request(json!({"type": "notification:read", "notificationId": 1}))
+        .await;
+    assert_eq!(r["type"], "notification:marked-read", "{r}");
+    assert_eq!(
+        (r["notificationId"].as_i64(), r["unreadCount"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        bob_b.recv_type("notification:marked-read").await["notificationId"],
+        1
+    );
+    assert_eq!(
+        bob_b.recv_type("notification:unread-count").await["count"],
+        1
+    );
+    let again = bob_a
+        .request(json!({"type": "notification:read", "notificationId": 1}))
+        .await;
+    assert_eq!(
+        again["unreadCount"], 1,
+        "reading twice counts once: {again}"
+    );
+    let none = bob_a
+        .request(json!({"type": "notification:read", "notificationId": 99}))
+        .await;
+    assert_eq!(none["code"], "BAD_REQUEST", "{none}");
+
+    // Pages over REST: newest first, unread only, by id.
+    let page = |q: &str| {
+        http.get(format!("{http_a}/api/notifications?{q}"))
+            .bearer_auth(token("nbob", "Bob", None))
+            .send()
+    };
+    let v: Value = page("unread=true").await.unwrap().json().await.unwrap();
+    let ids = |v: &Value| -> Vec<i64> {
+        v["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        (ids(&v), v["unreadCount"].as_i64()),
+        (vec![2], Some(1)),
+        "{v}"
+    );
+    let v: Value = page("limit=1").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (ids(&v), v["hasMore"].as_bool()),
+        (vec![2], Some(true)),
+        "{v}"
+    );
+    let v: Value = page("before=2").await.unwrap().json().await.unwrap();
+    assert_eq!(ids(&v), [1]);
+    assert!(v["notifications"][0]["readAt"].is_i64(), "{v}");
+
+    // Delete an unread one, then read everything else.
+    let d = bob_b
+        .request(json!({"type": "notification:delete", "notificationId": 2}))
+        .await;
+    assert_eq!(
+        (d["type"].as_str(), d["unreadCount"].as_i64()),
+        (Some("notification:deleted"), Some(0)),
+        "{d}"
+    );
+    // The other connection's count follows (after the earlier counts it was sent).
+    bob_a
+        .recv_where("unread count 0", |f| {
+            f["type"] == "notification:unread-count" && f["count"] == 0
+        })
+        .await;
+    for t in ["a", "b"] {
+        notify(json!({"userId": "nbob", "type": "note", "title": t}))
+            .await
+            .unwrap();
+    }
+    let all = bob_a
+        .request(json!({"type": "notification:read-all"}))
+        .await;
+    assert_eq!(
+        (all["marked"].as_i64(), all["unreadCount"].as_i64()),
+        (Some(2), Some(0)),
+        "{all}"
+    );
+    let v = bob_b.request(json!({"type": "notification:list"})).await;
+    assert_eq!(ids(&v), [4, 3, 1], "ids keep counting after a delete: {v}");
+    assert_eq!(v["unreadCount"], 0);
+
+    // Carol was offline: her inbox waited. Another tenant's nbob has an inbox of his own.
+    let mut carol = Client::connect(url_a, &token("ncarol", "Carol", None)).await;
+    let v = carol
+        .request(json!({"type": "notification:list", "unread": true}))
+        .await;
+    assert_eq!(
+        (ids(&v), v["unreadCount"].as_i64()),
+        (vec![1], Some(1)),
+        "{v}"
+    );
+    let mut other = Client::connect(url_a, &token("nbob", "Bob", Some("elsewhere"))).await;
+    let v = other.request(json!({"type": "notification:list"})).await;
+    assert_eq!(ids(&v), Vec::<i64>::new(), "{v}");
+    let r = other
+        .request(json!({"type": "notification:read", "notificationId": 1}))
+        .await;
+    assert_eq!(r["code"], "BAD_REQUEST", "{r}");
+
+    // Bad calls change nothing.
+    let bad = |body: Value, key: &'static str| {
+        http.post(format!("{http_a}/api/notifications"))
+            .header("x-api-key", key)
+            .json(&body)
+            .send()
+    };
+    let ok = json!({"userId": "nbob", "type": "t", "title": "x"});
+    assert_eq!(bad(ok.clone(), "wrong").await.unwrap().status(), 401);
+    let mut p = ok.clone();
+    p["priority"] = json!("SHOUTING");
+    assert_eq!(bad(p, SHOW_API_KEY).await.unwrap().status(), 400);
+    let many: Vec<String> = (0..1001).map(|i| format!("u{i}")).collect();
+    let mut m = ok.clone();
+    m.as_object_mut().unwrap().remove("userId");
+    m["userIds"] = json!(many);
+    assert_eq!(bad(m, SHOW_API_KEY).await.unwrap().status(), 400);
+    let v = bob_b.request(json!({"type": "notification:list"})).await;
+    assert_eq!(ids(&v), [4, 3, 1], "{v}");
+}

@@ -288,6 +288,48 @@ pub struct Attendance {
     pub checked_out_at: Option<i64>,
 }
 
+/// One notification in a user's inbox (dj-system-socketio.md). `id` counts per user from 1.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    pub id: i64,
+    #[serde(skip)]
+    pub tenant: String,
+    #[serde(skip)]
+    pub user_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub priority: String,
+    pub title: String,
+    pub message: String,
+    pub data: serde_json::Value,
+    pub created_at: i64,
+    pub read_at: Option<i64>,
+}
+
+/// A change to an inbox, committed with its batch. The engine folds changes to a
+/// notification created in the same batch into its insert, so the kinds commute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboxChange {
+    Insert(Notification),
+    Read {
+        tenant: String,
+        user_id: String,
+        id: i64,
+        at: i64,
+    },
+    ReadAll {
+        tenant: String,
+        user_id: String,
+        at: i64,
+    },
+    Delete {
+        tenant: String,
+        user_id: String,
+        id: i64,
+    },
+}
+
 /// A committed direct message between two users of one tenant.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

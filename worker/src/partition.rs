@@ -215,7 +215,11 @@ impl Partition {
                     if from_pending && entries.is_empty() {
                         from_pending = false;
                     }
-                    acks = self.apply_entries(entries, &mut fx);
+                    match self.apply_entries(entries, &mut fx, &stop).await {
+                        Some(a) => acks = a,
+                        // Stopped while the store was away: they stay pending.
+                        None => from_pending = true,
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(partition = self.id, error = %e, "reading commands failed; retrying");
@@ -297,39 +301,72 @@ impl Partition {
         }
     }
 
-    /// Apply entries in stream order; returns what to acknowledge after the commit.
-    fn apply_entries(
+    /// Apply entries in stream order; returns what to acknowledge after the commit, or
+    /// `None` when stopped before they could be applied (they stay pending in the stream).
+    async fn apply_entries(
         &mut self,
         entries: Vec<StreamEntry>,
         fx: &mut Effects,
-    ) -> Vec<(String, String)> {
+        stop: &CancellationToken,
+    ) -> Option<Vec<(String, String)>> {
         let now = jam_shared::clock::now_ms();
         let mut acks = Vec::with_capacity(entries.len());
+        let mut cmds = Vec::with_capacity(entries.len());
+        let mut last = self.applied;
         for e in entries {
             let id = EntryId::parse(&e.id).unwrap_or_default();
             acks.push((e.stream.clone(), e.id.clone()));
-            if id <= self.applied {
+            if id <= last {
                 metrics::counter!("jam_commands_deduplicated_total").increment(1);
                 continue;
             }
-            self.applied = id;
+            last = id;
             if id.0 > 1_000_000_000_000 {
                 metrics::histogram!("jam_command_lag_seconds")
                     .record((now - id.0 as i64).max(0) as f64 / 1000.0);
             }
-            let cmd = match serde_json::from_slice::<Command>(&e.payload) {
-                Ok(c) => c,
+            match serde_json::from_slice::<Command>(&e.payload) {
+                Ok(c) => cmds.push(c),
                 Err(err) => {
                     metrics::counter!("jam_command_errors_total", "code" => "MALFORMED")
                         .increment(1);
                     tracing::error!(stream = %e.stream, id = %e.id, error = %err, "dropping malformed command");
-                    continue;
                 }
-            };
+            }
+        }
+        self.prefetch(&cmds, stop).await?;
+        self.applied = last;
+        for cmd in cmds {
             self.apply_one(cmd, fx);
         }
         metrics::histogram!("jam_command_batch_size").record(acks.len() as f64);
-        acks
+        Some(acks)
+    }
+
+    /// Load what the commands need from the store before they apply (users' inboxes),
+    /// retrying with back-off while the store is away; `None` when stopped meanwhile.
+    async fn prefetch(&mut self, cmds: &[Command], stop: &CancellationToken) -> Option<()> {
+        for key in self.engine.inboxes_needed(cmds) {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match self.sh.store.inbox(&key.0, &key.1).await {
+                    Ok(rows) => {
+                        self.engine.add_inbox(key, rows);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = self.id, error = %e, "loading an inbox failed; retrying");
+                        self.sh.health.store_ok(self.id, false);
+                        tokio::select! {
+                            _ = stop.cancelled() => return None,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        Some(())
     }
 
     fn apply_one(&mut self, cmd: Command, fx: &mut Effects) {
@@ -359,6 +396,8 @@ impl Partition {
         if acks.is_empty() && fx.publishes.is_empty() && fx.queries.is_empty() && batch.is_empty() {
             return None;
         }
+        // Counted per batch handed to the committer: what settles an inbox.
+        self.engine.settle_inboxes();
         Some(Work {
             batch,
             publishes: std::mem::take(&mut fx.publishes),

@@ -69,6 +69,35 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             };
             (cmd, f)
         }
+        Query::Notifications {
+            cmd,
+            before,
+            limit,
+            unread_only,
+            unread_count,
+        } => {
+            let r = store
+                .notifications(&cmd.tenant, &cmd.user_id, before, limit + 1, unread_only)
+                .await;
+            let f = match r {
+                Ok(mut rows) => {
+                    let has_more = rows.len() > limit;
+                    rows.truncate(limit);
+                    frame(
+                        "notifications",
+                        &json!({"notifications": rows, "hasMore": has_more, "unreadCount": unread_count}),
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "notifications query failed");
+                    error(
+                        ErrorCode::Unavailable,
+                        "notifications unavailable, try again",
+                    )
+                }
+            };
+            (cmd, f)
+        }
         Query::Attendance {
             cmd,
             session_id,

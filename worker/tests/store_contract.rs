@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use jam_worker::model::{
-    Attendance, ChatMessage, DirectMessage, ParticipantRecord, Role, SessionRecord, SessionStatus,
+    Attendance, ChatMessage, DirectMessage, InboxChange, Notification, ParticipantRecord, Role,
+    SessionRecord, SessionStatus,
 };
 use jam_worker::store::memory::MemoryStore;
 use jam_worker::store::postgres::PgStore;
@@ -184,6 +185,7 @@ async fn store_contract(store: Arc<dyn Store>) {
         "4 chat + 1 direct"
     );
     attendance_contract(&*store).await;
+    inbox_contract(&*store).await;
     store.ping().await.unwrap();
 }
 
@@ -280,4 +282,89 @@ async fn postgres_store_meets_the_contract() {
     let _ = client
         .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .await;
+}
+
+fn note(tenant: &str, id: i64) -> InboxChange {
+    InboxChange::Insert(Notification {
+        id,
+        tenant: tenant.into(),
+        user_id: "u".into(),
+        kind: "job_assigned".into(),
+        priority: "HIGH".into(),
+        title: format!("n{id}"),
+        message: String::new(),
+        data: serde_json::json!({"jobId": id}),
+        created_at: 100 + id,
+        read_at: None,
+    })
+}
+
+/// Inbox changes of one batch commute (the engine folds same-batch ones); pages are
+/// newest first by id; tenants apart.
+async fn inbox_contract(store: &dyn Store) {
+    let commit = |inbox: Vec<InboxChange>| Batch {
+        inbox,
+        ..Default::default()
+    };
+    let (t, u) = ("t1".to_string(), "u".to_string());
+    store
+        .commit(&commit(vec![
+            note("t1", 1),
+            note("t1", 2),
+            note("t1", 3),
+            note("t2", 1),
+        ]))
+        .await
+        .unwrap();
+    store
+        .commit(&commit(vec![
+            InboxChange::Read {
+                tenant: t.clone(),
+                user_id: u.clone(),
+                id: 2,
+                at: 500,
+            },
+            InboxChange::Delete {
+                tenant: t.clone(),
+                user_id: u.clone(),
+                id: 3,
+            },
+            note("t1", 4),
+        ]))
+        .await
+        .unwrap();
+    let mut state = store.inbox("t1", "u").await.unwrap();
+    state.sort();
+    assert_eq!(state, [(1, false), (2, true), (4, false)]);
+    let page = store
+        .notifications("t1", "u", None, 2, false)
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|n| n.id).collect::<Vec<_>>(), [4, 2]);
+    assert_eq!(page[1].read_at, Some(500));
+    assert_eq!(page[0].data["jobId"], 4);
+    let unread = store
+        .notifications("t1", "u", Some(4), 10, true)
+        .await
+        .unwrap();
+    assert_eq!(unread.iter().map(|n| n.id).collect::<Vec<_>>(), [1]);
+    store
+        .commit(&commit(vec![InboxChange::ReadAll {
+            tenant: t,
+            user_id: u,
+            at: 600,
+        }]))
+        .await
+        .unwrap();
+    assert!(store
+        .inbox("t1", "u")
+        .await
+        .unwrap()
+        .iter()
+        .all(|(_, read)| *read));
+    assert_eq!(
+        store.inbox("t2", "u").await.unwrap(),
+        [(1, false)],
+        "tenants apart"
+    );
 }

@@ -169,6 +169,27 @@ pub enum ClientFrame {
     GetState {
         session_id: String,
     },
+    /// dj-system-socketio.md's inbox.
+    #[serde(rename = "notification:read", rename_all = "camelCase")]
+    NotificationRead {
+        notification_id: i64,
+    },
+    #[serde(rename = "notification:read-all")]
+    NotificationReadAll {},
+    #[serde(rename = "notification:delete", rename_all = "camelCase")]
+    NotificationDelete {
+        notification_id: i64,
+    },
+    /// A page of the inbox (REST `GET /api/notifications`).
+    #[serde(rename = "notification:list")]
+    LoadNotifications {
+        #[serde(default)]
+        before: Option<i64>,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        unread: Option<bool>,
+    },
 }
 
 /// An id sent as a string or as a number (show-chat sends `show_id: 123`).
@@ -241,6 +262,22 @@ impl ClientFrame {
             },
             ClientFrame::LeaveShow { show_id } => Action::LeaveSession {
                 session_id: show_id,
+            },
+            ClientFrame::NotificationRead { notification_id } => {
+                Action::NotificationRead { notification_id }
+            }
+            ClientFrame::NotificationReadAll {} => Action::NotificationReadAll {},
+            ClientFrame::NotificationDelete { notification_id } => {
+                Action::NotificationDelete { notification_id }
+            }
+            ClientFrame::LoadNotifications {
+                before,
+                limit,
+                unread,
+            } => Action::LoadNotifications {
+                before,
+                limit,
+                unread,
             },
             ClientFrame::LeaveSession { session_id } => Action::LeaveSession { session_id },
             ClientFrame::GetSessions {} => Action::GetSessions {},

@@ -8,6 +8,8 @@ use super::sync::{Capabilities, TrackInput};
 use crate::ErrorCode;
 
 pub const MAX_MESSAGE_CHARS: usize = 2000;
+/// A notification's `priority`; the seed sends `HIGH`.
+pub const NOTIFICATION_PRIORITIES: [&str; 4] = ["LOW", "NORMAL", "HIGH", "URGENT"];
 pub const MAX_NAME_CHARS: usize = 100;
 pub const MAX_DESCRIPTION_CHARS: usize = 500;
 pub const MAX_PASSWORD_CHARS: usize = 128;
@@ -219,6 +221,38 @@ pub enum Action {
         #[serde(default)]
         max_participants: Option<u32>,
     },
+    /// The application's backend (API key) puts a notification in the command's user's
+    /// inbox (dj-system-socketio.md); the server numbers it.
+    #[serde(rename_all = "camelCase")]
+    Notify {
+        kind: String,
+        priority: String,
+        title: String,
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        data: serde_json::Value,
+    },
+    #[serde(rename_all = "camelCase")]
+    NotificationRead {
+        notification_id: i64,
+    },
+    NotificationReadAll {},
+    #[serde(rename_all = "camelCase")]
+    NotificationDelete {
+        notification_id: i64,
+    },
+    /// A page of the caller's inbox, newest first: ids below `before`, unread ones only
+    /// with `unread`.
+    #[serde(rename_all = "camelCase")]
+    LoadNotifications {
+        #[serde(default)]
+        before: Option<i64>,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        unread: Option<bool>,
+    },
     /// Who checked in and out of a session; the host's or, with `backend`, the API key's.
     #[serde(rename_all = "camelCase")]
     GetAttendance {
@@ -253,9 +287,14 @@ impl Action {
             | Action::Disconnect { session_id }
             | Action::RegisterSession { session_id, .. }
             | Action::GetAttendance { session_id, .. } => Some(session_id),
-            Action::GetSessions {} | Action::DirectMessage { .. } | Action::LoadDirect { .. } => {
-                None
-            }
+            Action::GetSessions {}
+            | Action::DirectMessage { .. }
+            | Action::LoadDirect { .. }
+            | Action::Notify { .. }
+            | Action::NotificationRead { .. }
+            | Action::NotificationReadAll {}
+            | Action::NotificationDelete { .. }
+            | Action::LoadNotifications { .. } => None,
         }
     }
 
@@ -364,7 +403,42 @@ impl Action {
                 }
                 Ok(())
             }
-            Action::LoadHistory { limit, .. } | Action::LoadDirect { limit, .. } => {
+            Action::Notify {
+                kind,
+                priority,
+                title,
+                message,
+                ..
+            } => {
+                let word = |w: &str| {
+                    !w.is_empty()
+                        && w.len() <= 64
+                        && w.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_:.-".contains(&b))
+                };
+                if !word(kind) {
+                    return bad("type must be 1-64 characters of [A-Za-z0-9_:.-]");
+                }
+                if !NOTIFICATION_PRIORITIES.contains(&priority.as_str()) {
+                    return bad("priority must be LOW, NORMAL, HIGH or URGENT");
+                }
+                if title.trim().is_empty() || title.chars().count() > MAX_NAME_CHARS * 2 {
+                    return bad("title must be 1 to 200 characters");
+                }
+                if message.chars().count() > MAX_MESSAGE_CHARS {
+                    return bad("message must be at most 2000 characters");
+                }
+                Ok(())
+            }
+            Action::NotificationRead { notification_id }
+            | Action::NotificationDelete { notification_id }
+                if *notification_id < 1 =>
+            {
+                bad("notificationId must be a positive number")
+            }
+            Action::LoadNotifications { limit, .. }
+            | Action::LoadHistory { limit, .. }
+            | Action::LoadDirect { limit, .. } => {
                 if limit.is_some_and(|l| l == 0 || l > MAX_HISTORY_PAGE) {
                     return bad("limit must be 1 to 100");
                 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::model::{Attendance, ChatMessage, DirectMessage};
+use crate::model::{Attendance, ChatMessage, DirectMessage, InboxChange};
 use bytes::Bytes;
 use jam_shared::keys;
 use jam_shared::protocol::event;
@@ -20,6 +20,7 @@ pub struct Effects {
     pub messages: Vec<ChatMessage>,
     pub direct: Vec<DirectMessage>,
     pub attendance: Vec<Attendance>,
+    pub inbox: Vec<InboxChange>,
     /// Reads answered after the commit, off the engine's thread.
     pub queries: Vec<Query>,
 }
@@ -43,6 +44,14 @@ pub enum Query {
     },
     /// The public sessions of the caller's tenant, across every partition.
     Sessions { cmd: Command },
+    /// A page of the caller's notifications; `unread_count` as the engine keeps it.
+    Notifications {
+        cmd: Command,
+        before: Option<i64>,
+        limit: usize,
+        unread_only: bool,
+        unread_count: usize,
+    },
     /// Who attended a session; with `require_host`, only if that user checked in as host.
     Attendance {
         cmd: Command,

@@ -5,6 +5,7 @@
 mod chat;
 mod direct;
 pub mod effects;
+mod notifications;
 mod playback;
 mod presence;
 #[cfg(test)]
@@ -60,6 +61,8 @@ pub struct Engine {
     /// Large rooms' presence changes since the last `presence_diff`: (joined, left).
     presence: HashMap<SessionKey, (usize, usize)>,
     last_presence_flush: i64,
+    /// Users' notification inboxes touched on this partition.
+    inboxes: notifications::Inboxes,
 }
 
 impl Engine {
@@ -72,6 +75,7 @@ impl Engine {
             typing: HashMap::new(),
             presence: HashMap::new(),
             last_presence_flush: 0,
+            inboxes: Default::default(),
         }
     }
 
@@ -257,6 +261,19 @@ impl Engine {
                 self.drop_connection(&key, &cmd.user_id, &cmd.conn, fx);
             }
             Action::RegisterSession { .. } => self.register_session(cmd, fx),
+            Action::Notify { .. } => self.notify(cmd, fx),
+            Action::NotificationRead { notification_id } => {
+                self.notification_read(cmd, *notification_id, fx)
+            }
+            Action::NotificationReadAll {} => self.notification_read_all(cmd, fx),
+            Action::NotificationDelete { notification_id } => {
+                self.notification_delete(cmd, *notification_id, fx)
+            }
+            Action::LoadNotifications {
+                before,
+                limit,
+                unread,
+            } => self.load_notifications(cmd, *before, *limit, unread.unwrap_or(false), fx),
             Action::GetAttendance {
                 session_id,
                 backend,
@@ -270,6 +287,7 @@ impl Engine {
             messages: std::mem::take(&mut fx.messages),
             direct: std::mem::take(&mut fx.direct),
             attendance: std::mem::take(&mut fx.attendance),
+            inbox: std::mem::take(&mut fx.inbox),
             ..Default::default()
         };
         for (key, deleted) in fx.dirty.drain() {
@@ -335,6 +353,11 @@ pub fn action_name(a: &Action) -> &'static str {
         Action::GetState { .. } => "get_state",
         Action::Disconnect { .. } => "disconnect",
         Action::RegisterSession { .. } => "register_session",
+        Action::Notify { .. } => "notify",
+        Action::NotificationRead { .. } => "notification_read",
+        Action::NotificationReadAll {} => "notification_read_all",
+        Action::NotificationDelete { .. } => "notification_delete",
+        Action::LoadNotifications { .. } => "load_notifications",
         Action::GetAttendance { .. } => "get_attendance",
     }
 }

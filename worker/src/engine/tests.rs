@@ -575,3 +575,55 @@ async fn a_session_id_that_was_not_registered_cannot_be_taken_over() {
     assert_eq!(frames_of(&fx, "error")[0]["code"], "SESSION_EXISTS");
     assert_eq!(e.session("_", &sid).unwrap().name, "s");
 }
+
+#[test]
+fn inbox_changes_in_one_batch_fold_into_the_insert() {
+    use crate::model::InboxChange;
+    let mut e = engine();
+    let notify = Action::Notify {
+        kind: "t".into(),
+        priority: "NORMAL".into(),
+        title: "x".into(),
+        message: String::new(),
+        data: Value::Null,
+    };
+    let mut fx = Effects::default();
+    e.apply(&cmd("bob", "c1", notify.clone()), &mut fx);
+    assert_eq!(
+        frames_of(&fx, "error")[0]["code"],
+        "UNAVAILABLE",
+        "not loaded: refused"
+    );
+    e.add_inbox(("_".into(), "bob".into()), vec![(1, true), (2, false)]);
+    let mut fx = Effects::default();
+    e.apply(&cmd("bob", "c1", notify.clone()), &mut fx);
+    e.apply(&cmd("bob", "c1", notify), &mut fx);
+    e.apply(
+        &cmd("bob", "c1", Action::NotificationRead { notification_id: 3 }),
+        &mut fx,
+    );
+    e.apply(
+        &cmd(
+            "bob",
+            "c1",
+            Action::NotificationDelete { notification_id: 4 },
+        ),
+        &mut fx,
+    );
+    e.apply(
+        &cmd("bob", "c1", Action::NotificationRead { notification_id: 2 }),
+        &mut fx,
+    );
+    let counts: Vec<i64> = frames_of(&fx, "notification:unread-count")
+        .iter()
+        .map(|f| f["count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts, [2, 3, 2, 1, 0]);
+    match fx.inbox.as_slice() {
+        [InboxChange::Insert(n), InboxChange::Read { id: 2, .. }] => {
+            assert_eq!(n.id, 3);
+            assert!(n.read_at.is_some(), "read in the batch that made it");
+        }
+        other => panic!("{other:?}"),
+    }
+}

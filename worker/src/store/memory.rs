@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{Batch, Claim, Store, StoreError};
-use crate::model::{Attendance, ChatMessage, DirectMessage, SessionRecord};
+use crate::model::{
+    Attendance, ChatMessage, DirectMessage, InboxChange, Notification, SessionRecord,
+};
 
 type Key = (String, String);
 
@@ -19,6 +21,8 @@ struct State {
     direct: Vec<DirectMessage>,
     /// Session → its attendance rows, first check-in first.
     attendance: HashMap<Key, Vec<Attendance>>,
+    /// (tenant, user) → notifications by id.
+    inbox: HashMap<Key, BTreeMap<i64, Notification>>,
     /// Partition → (fence, applied).
     partitions: HashMap<u32, (i64, Option<String>)>,
 }
@@ -117,7 +121,39 @@ impl Store for MemoryStore {
         for change in &batch.attendance {
             apply_attendance(&mut s.attendance, change);
         }
+        for change in &batch.inbox {
+            apply_inbox(&mut s.inbox, change);
+        }
         Ok(())
+    }
+
+    async fn inbox(&self, tenant: &str, user_id: &str) -> Result<Vec<(i64, bool)>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.inbox
+            .get(&(tenant.to_string(), user_id.to_string()))
+            .map(|m| m.values().map(|n| (n.id, n.read_at.is_some())).collect())
+            .unwrap_or_default())
+    }
+
+    async fn notifications(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        before: Option<i64>,
+        limit: usize,
+        unread_only: bool,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let s = self.state.lock().unwrap();
+        let Some(m) = s.inbox.get(&(tenant.to_string(), user_id.to_string())) else {
+            return Ok(Vec::new());
+        };
+        Ok(m.range(..before.unwrap_or(i64::MAX))
+            .rev()
+            .map(|(_, n)| n)
+            .filter(|n| !unread_only || n.read_at.is_none())
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn attendance(
@@ -215,5 +251,52 @@ fn apply_attendance(rows: &mut HashMap<Key, Vec<Attendance>>, a: &Attendance) {
             r.user_name = a.user_name.clone();
         }
         None => list.push(a.clone()),
+    }
+}
+
+fn apply_inbox(inbox: &mut HashMap<Key, BTreeMap<i64, Notification>>, change: &InboxChange) {
+    match change {
+        InboxChange::Insert(n) => {
+            inbox
+                .entry((n.tenant.clone(), n.user_id.clone()))
+                .or_default()
+                .entry(n.id)
+                .or_insert_with(|| n.clone());
+        }
+        InboxChange::Read {
+            tenant,
+            user_id,
+            id,
+            at,
+        } => {
+            if let Some(n) = inbox
+                .get_mut(&(tenant.clone(), user_id.clone()))
+                .and_then(|m| m.get_mut(id))
+            {
+                n.read_at.get_or_insert(*at);
+            }
+        }
+        InboxChange::ReadAll {
+            tenant,
+            user_id,
+            at,
+        } => {
+            for n in inbox
+                .get_mut(&(tenant.clone(), user_id.clone()))
+                .into_iter()
+                .flat_map(|m| m.values_mut())
+            {
+                n.read_at.get_or_insert(*at);
+            }
+        }
+        InboxChange::Delete {
+            tenant,
+            user_id,
+            id,
+        } => {
+            if let Some(m) = inbox.get_mut(&(tenant.clone(), user_id.clone())) {
+                m.remove(id);
+            }
+        }
     }
 }

@@ -7,7 +7,9 @@ pub mod postgres;
 
 use async_trait::async_trait;
 
-use crate::model::{Attendance, ChatMessage, DirectMessage, SessionRecord};
+use crate::model::{
+    Attendance, ChatMessage, DirectMessage, InboxChange, Notification, SessionRecord,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,6 +60,7 @@ pub struct Batch {
     pub direct: Vec<DirectMessage>,
     /// Check-ins and check-outs, in the order they happened (upserts: see [`Attendance`]).
     pub attendance: Vec<Attendance>,
+    pub inbox: Vec<InboxChange>,
 }
 
 impl Batch {
@@ -67,6 +70,7 @@ impl Batch {
             && self.messages.is_empty()
             && self.direct.is_empty()
             && self.attendance.is_empty()
+            && self.inbox.is_empty()
             && self.fence.as_ref().is_none_or(|f| f.applied.is_none())
     }
 }
@@ -117,6 +121,21 @@ pub trait Store: Send + Sync + 'static {
         tenant: &str,
         session_id: &str,
     ) -> Result<Vec<Attendance>, StoreError>;
+
+    /// Every notification id of a user and whether it was read: the engine's inbox state,
+    /// loaded when the user's first inbox command of an ownership arrives.
+    async fn inbox(&self, tenant: &str, user_id: &str) -> Result<Vec<(i64, bool)>, StoreError>;
+
+    /// A page of a user's notifications, newest first: ids below `before`, at most `limit`,
+    /// unread ones only with `unread_only`.
+    async fn notifications(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        before: Option<i64>,
+        limit: usize,
+        unread_only: bool,
+    ) -> Result<Vec<Notification>, StoreError>;
 
     /// Delete chat and direct messages created before `before` (ms): the retention purge.
     /// Nothing else ever deletes a message. Returns how many went.

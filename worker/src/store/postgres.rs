@@ -9,7 +9,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{Batch, Claim, Store, StoreError};
-use crate::model::{Attendance, ChatMessage, DirectMessage, SessionRecord};
+use crate::model::{
+    Attendance, ChatMessage, DirectMessage, InboxChange, Notification, SessionRecord,
+};
 
 /// Applied in order, each once; never edit one that has shipped, add the next.
 const MIGRATIONS: &[&str] = &[
@@ -83,6 +85,22 @@ CREATE TABLE jam_attendance (
     PRIMARY KEY (tenant, session_id, user_id)
 );
 "#,
+    // Notification inboxes (dj-system's notifications): ids count per user.
+    r#"
+CREATE TABLE jam_notifications (
+    tenant      text   NOT NULL,
+    user_id     text   NOT NULL,
+    id          bigint NOT NULL,
+    type        text   NOT NULL,
+    priority    text   NOT NULL,
+    title       text   NOT NULL,
+    message     text   NOT NULL,
+    data        jsonb  NOT NULL,
+    created_at  bigint NOT NULL,
+    read_at     bigint,
+    PRIMARY KEY (tenant, user_id, id)
+);
+"#,
 ];
 
 /// How long a transaction may sit idle (its client paused or gone) before the server ends it.
@@ -115,6 +133,18 @@ const ATTENDANCE_SQL: &str = "INSERT INTO jam_attendance (tenant, session_id, us
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::bigint[], $7::bigint[])
      ON CONFLICT (tenant, session_id, user_id) DO UPDATE
      SET checked_out_at = excluded.checked_out_at, user_name = excluded.user_name";
+
+const NOTIFY_SQL: &str = "INSERT INTO jam_notifications (tenant, user_id, id, type, priority, title, message, data, created_at, read_at)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::bigint[], $10::bigint[])
+     ON CONFLICT DO NOTHING";
+const READ_SQL: &str = "UPDATE jam_notifications n SET read_at = u.at
+     FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS u(t, usr, i, at)
+     WHERE n.tenant = u.t AND n.user_id = u.usr AND n.id = u.i AND n.read_at IS NULL";
+const READ_ALL_SQL: &str = "UPDATE jam_notifications n SET read_at = u.at
+     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS u(t, usr, at)
+     WHERE n.tenant = u.t AND n.user_id = u.usr AND n.read_at IS NULL";
+const UNNOTIFY_SQL: &str = "DELETE FROM jam_notifications
+     WHERE (tenant, user_id, id) IN (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]))";
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -379,8 +409,9 @@ impl Store for PgStore {
             )
             .await
         };
+        let inbox = inbox_changes(&tx, &batch.inbox);
         let (fenced, ..) =
-            futures::try_join!(fence, upserts, messages, deletes, direct, attendance)
+            futures::try_join!(fence, upserts, messages, deletes, direct, attendance, inbox)
                 .map_err(db)?;
         if fenced == 0 {
             let p = batch.fence.as_ref().map_or(0, |f| f.partition);
@@ -495,6 +526,57 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn inbox(&self, tenant: &str, user_id: &str) -> Result<Vec<(i64, bool)>, StoreError> {
+        let t = Instant::now();
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT id, read_at IS NOT NULL FROM jam_notifications WHERE tenant = $1 AND user_id = $2",
+                &[&tenant, &user_id],
+            )
+            .await
+            .map_err(db)?;
+        observe("inbox", t);
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn notifications(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        before: Option<i64>,
+        limit: usize,
+        unread_only: bool,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let t = Instant::now();
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT id, type, priority, title, message, data, created_at, read_at FROM jam_notifications
+                 WHERE tenant = $1 AND user_id = $2 AND id < $3 AND (NOT $5 OR read_at IS NULL)
+                 ORDER BY id DESC LIMIT $4",
+                &[&tenant, &user_id, &before.unwrap_or(i64::MAX), &(limit as i64), &unread_only],
+            )
+            .await
+            .map_err(db)?;
+        observe("notifications", t);
+        Ok(rows
+            .into_iter()
+            .map(|r| Notification {
+                id: r.get(0),
+                tenant: tenant.to_string(),
+                user_id: user_id.to_string(),
+                kind: r.get(1),
+                priority: r.get(2),
+                title: r.get(3),
+                message: r.get(4),
+                data: r.get(5),
+                created_at: r.get(6),
+                read_at: r.get(7),
+            })
+            .collect())
+    }
+
     async fn purge_messages(&self, before: i64) -> Result<u64, StoreError> {
         let c = self.conn().await?;
         let a = c
@@ -534,4 +616,99 @@ fn last_per_user(changes: &[Attendance]) -> Vec<Attendance> {
         }
     }
     out
+}
+
+/// An inbox's changes in one batch: inserts, reads, read-alls and deletes (they commute:
+/// the engine folds changes to a notification created in the batch into its insert).
+async fn inbox_changes(
+    tx: &deadpool_postgres::Transaction<'_>,
+    changes: &[InboxChange],
+) -> Result<u64, tokio_postgres::Error> {
+    if changes.is_empty() {
+        return Ok(0);
+    }
+    let inserts: Vec<&Notification> = changes
+        .iter()
+        .filter_map(|c| match c {
+            InboxChange::Insert(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let (mut rt, mut ru, mut ri, mut ra) = (vec![], vec![], vec![], vec![]);
+    let (mut at, mut au, mut aa) = (vec![], vec![], vec![]);
+    let (mut dt, mut du, mut di) = (vec![], vec![], vec![]);
+    for c in changes {
+        match c {
+            InboxChange::Insert(_) => {}
+            InboxChange::Read {
+                tenant,
+                user_id,
+                id,
+                at: when,
+            } => {
+                rt.push(tenant.as_str());
+                ru.push(user_id.as_str());
+                ri.push(*id);
+                ra.push(*when);
+            }
+            InboxChange::ReadAll {
+                tenant,
+                user_id,
+                at: when,
+            } => {
+                at.push(tenant.as_str());
+                au.push(user_id.as_str());
+                aa.push(*when);
+            }
+            InboxChange::Delete {
+                tenant,
+                user_id,
+                id,
+            } => {
+                dt.push(tenant.as_str());
+                du.push(user_id.as_str());
+                di.push(*id);
+            }
+        }
+    }
+    let mut n = 0;
+    if !inserts.is_empty() {
+        let col =
+            |f: fn(&Notification) -> String| inserts.iter().map(|x| f(x)).collect::<Vec<String>>();
+        let ids: Vec<i64> = inserts.iter().map(|x| x.id).collect();
+        let data: Vec<&serde_json::Value> = inserts.iter().map(|x| &x.data).collect();
+        let created: Vec<i64> = inserts.iter().map(|x| x.created_at).collect();
+        let read: Vec<Option<i64>> = inserts.iter().map(|x| x.read_at).collect();
+        let st = tx.prepare_cached(NOTIFY_SQL).await?;
+        n += tx
+            .execute(
+                &st,
+                &[
+                    &col(|x| x.tenant.clone()),
+                    &col(|x| x.user_id.clone()),
+                    &ids,
+                    &col(|x| x.kind.clone()),
+                    &col(|x| x.priority.clone()),
+                    &col(|x| x.title.clone()),
+                    &col(|x| x.message.clone()),
+                    &data,
+                    &created,
+                    &read,
+                ],
+            )
+            .await?;
+    }
+    if !rt.is_empty() {
+        let st = tx.prepare_cached(READ_SQL).await?;
+        n += tx.execute(&st, &[&rt, &ru, &ri, &ra]).await?;
+    }
+    if !at.is_empty() {
+        let st = tx.prepare_cached(READ_ALL_SQL).await?;
+        n += tx.execute(&st, &[&at, &au, &aa]).await?;
+    }
+    if !dt.is_empty() {
+        let st = tx.prepare_cached(UNNOTIFY_SQL).await?;
+        n += tx.execute(&st, &[&dt, &du, &di]).await?;
+    }
+    Ok(n)
 }
