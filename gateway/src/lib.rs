@@ -66,8 +66,12 @@ pub fn app(st: AppState) -> Router {
         .route("/api/messages/direct", get(http::api::direct_messages))
         .route("/api/publish", axum::routing::post(http::publish::publish))
         .route(
+            "/api/users/{id}/contacts",
+            axum::routing::put(http::backend::set_contacts),
+        )
+        .route(
             "/api/notifications",
-            get(http::notifications::list).post(http::notifications::create),
+            get(http::backend::list).post(http::backend::create),
         )
         .layer(axum::extract::DefaultBodyLimit::max(
             st.cfg.limits.body_bytes,

@@ -25,6 +25,7 @@ async fn cluster_protocol_scenarios() {
     scenario::reconnect_recovery(&a.ws_url(), &b.ws_url()).await;
     scenario::shows_and_attendance(&a.ws_url(), &b.ws_url(), &a.http("")).await;
     scenario::notifications(&a.ws_url(), &b.ws_url(), &a.http("")).await;
+    scenario::contacts_presence(&a.ws_url(), &b.ws_url(), &a.http("")).await;
 }
 
 #[tokio::test]

@@ -460,3 +460,28 @@ async fn a_second_tenant_sees_nothing_of_the_first() {
             .await
     );
 }
+
+/// Contacts' presence survives a gateway's death: the worker drops its connections when it
+/// stops heartbeating and tells the watchers, on the other gateway.
+#[tokio::test]
+async fn a_killed_gateways_users_go_offline_to_their_contacts() {
+    let mut c = cluster().await;
+    let mut ann = Client::connect(&c.a.ws_url(), &token("ann", "Ann", None)).await;
+    let mut ben = Client::connect(&c.b.ws_url(), &token("ben", "Ben", None)).await;
+    // Ann writes to Ben while Ben is online: Ben's partition learns of it only from the
+    // store, when it has something to announce.
+    let r = ann
+        .request(json!({"type": "direct_message", "receiverId": "ben", "content": "hey"}))
+        .await;
+    assert_eq!(r["type"], "direct_message", "{r}");
+    ben.recv_type("direct_message").await;
+    let t = std::time::Instant::now();
+    c.b.kill();
+    let off = ann
+        .recv_where_within("ben offline", Duration::from_secs(15), |v| {
+            v["type"] == "user_offline" && v["userId"] == "ben"
+        })
+        .await;
+    assert!(off.get("sessionId").is_none(), "{off}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+}

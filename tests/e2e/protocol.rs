@@ -100,3 +100,9 @@ async fn standalone_notifications() {
     let jam = procs::standalone(&[("JAM_API_KEY", scenario::SHOW_API_KEY)]).await;
     scenario::notifications(&jam.ws_url(), &jam.ws_url(), &jam.http("")).await;
 }
+
+#[tokio::test]
+async fn standalone_contacts_presence() {
+    let jam = procs::standalone(&[("JAM_API_KEY", scenario::SHOW_API_KEY)]).await;
+    scenario::contacts_presence(&jam.ws_url(), &jam.ws_url(), &jam.http("")).await;
+}

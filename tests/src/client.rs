@@ -253,6 +253,11 @@ impl Client {
         None
     }
 
+    /// Whether a frame matching `pred` was read and kept for later.
+    pub fn backlog_has(&self, pred: impl Fn(&Value) -> bool) -> bool {
+        self.backlog.iter().any(pred)
+    }
+
     pub fn clear(&mut self) {
         self.backlog.clear();
     }

@@ -753,3 +753,127 @@ pub async fn notifications(url_a: &str, url_b: &str, http_a: &str) {
     let v = bob_b.request(json!({"type": "notification:list"})).await;
     assert_eq!(ids(&v), [4, 3, 1], "{v}");
 }
+
+/// ws-chat-server.md on jam: people who exchanged direct messages, and the contacts the
+/// backend sets (API key `SHOW_API_KEY`), are told `user_online` / `user_offline` about
+/// each other on every gateway, without joining a session; `typing_start` / `typing_stop`
+/// reach the friend as `typing` and clear by themselves after 5 s; the seed's `data`
+/// envelope and `message` frame work; `get_presence` answers for contacts only.
+pub async fn contacts_presence(url_a: &str, url_b: &str, http_a: &str) {
+    let http = reqwest::Client::new();
+    let t = |u: &str| token(u, &u.to_uppercase(), Some("chat"));
+    let mut ann = Client::connect(url_a, &t("pann")).await;
+    let mut ben = Client::connect(url_b, &t("pben")).await;
+    // The seed's envelope and event name: a direct message makes them contacts.
+    ann.send(json!({"type": "message", "data": {"receiverId": "pben", "content": "hi", "messageType": "TEXT"}}))
+        .await;
+    let dm = ben.recv_type("direct_message").await;
+    assert_eq!(dm["content"], "hi", "{dm}");
+    ann.recv_type("direct_message").await;
+
+    // The backend: ann also watches cy.
+    let r = http
+        .put(format!("{http_a}/api/users/pann/contacts"))
+        .header("x-api-key", SHOW_API_KEY)
+        .json(&json!({"tenant": "chat", "contacts": ["pcy"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cy = Client::connect(url_b, &t("pcy")).await;
+    let on = ann
+        .recv_where("cy online", |f| {
+            f["type"] == "user_online" && f["userId"] == "pcy"
+        })
+        .await;
+    assert!(on.get("sessionId").is_none(), "not a room's presence: {on}");
+    assert!(
+        ben.none_of_type("user_online", Duration::from_millis(300))
+            .await,
+        "ben does not watch cy"
+    );
+
+    // Typing to a friend: the seed's envelope, then the 5 s clear.
+    ann.send(json!({"type": "typing_start", "data": {"userId": "pann", "friendId": "pben"}}))
+        .await;
+    let typing = ben.recv_type("typing").await;
+    assert_eq!(
+        (typing["userId"].as_str(), typing["isTyping"].as_bool()),
+        (Some("pann"), Some(true))
+    );
+    let t0 = std::time::Instant::now();
+    let cleared = ben
+        .recv_where_within("typing cleared", Duration::from_secs(8), |f| {
+            f["type"] == "typing" && f["isTyping"] == false
+        })
+        .await;
+    assert_eq!(cleared["userId"], "pann");
+    assert!(t0.elapsed() >= Duration::from_secs(3), "{:?}", t0.elapsed());
+    ann.send(json!({"type": "typing_start", "friendId": "pben"}))
+        .await;
+    ben.recv_where("typing again", |f| {
+        f["type"] == "typing" && f["isTyping"] == true
+    })
+    .await;
+    ann.send(json!({"type": "typing_stop", "friendId": "pben"}))
+        .await;
+    ben.recv_where("stopped", |f| {
+        f["type"] == "typing" && f["isTyping"] == false
+    })
+    .await;
+
+    // Presence on request: contacts only.
+    let p = ann
+        .request(json!({"type": "get_presence", "userIds": ["pben", "pcy", "pzed"]}))
+        .await;
+    assert_eq!(
+        p["users"],
+        json!([{"userId": "pben", "online": true}, {"userId": "pcy", "online": true}]),
+        "{p}"
+    );
+
+    // Another tenant's watcher of "pann" hears nothing of this tenant's pann.
+    let r = http
+        .put(format!("{http_a}/api/users/peve/contacts"))
+        .header("x-api-key", SHOW_API_KEY)
+        .json(&json!({"tenant": "other", "contacts": ["pann"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut eve = Client::connect(url_a, &token("peve", "Eve", Some("other"))).await;
+
+    // A second connection is no news; the last one going is.
+    let ben2 = Client::connect(url_a, &t("pben")).await;
+    drop(ben2);
+    drop(ben);
+    let off = ann
+        .recv_where("ben offline", |f| {
+            f["type"] == "user_offline" && f["userId"] == "pben"
+        })
+        .await;
+    assert!(off.get("sessionId").is_none(), "{off}");
+    assert!(
+        !ann.backlog_has(|f| f["type"] == "user_online" && f["userId"] == "pben"),
+        "ben's second connection was no news"
+    );
+    let p = ann
+        .request(json!({"type": "get_presence", "userIds": ["pben"]}))
+        .await;
+    assert_eq!(
+        p["users"],
+        json!([{"userId": "pben", "online": false}]),
+        "{p}"
+    );
+    drop(cy);
+    ann.recv_where("cy offline", |f| {
+        f["type"] == "user_offline" && f["userId"] == "pcy"
+    })
+    .await;
+    drop(ann);
+    assert!(
+        eve.none_of_type("user_offline", Duration::from_millis(500))
+            .await,
+        "tenants apart"
+    );
+}

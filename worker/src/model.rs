@@ -330,6 +330,34 @@ pub enum InboxChange {
     },
 }
 
+/// A user with at least one open connection (any session or none), and who watches them:
+/// persisted so that a partition's next owner announces them offline when their gateway dies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnlineUser {
+    pub tenant: String,
+    pub user_id: String,
+    pub conns: Vec<ConnRef>,
+    /// The users whose contacts include this one (told of its online/offline changes).
+    pub watchers: Vec<String>,
+}
+
+/// A change to who watches whom, committed with its batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContactsChange {
+    /// Two users exchanged a direct message: each is the other's contact from now on.
+    Direct {
+        tenant: String,
+        a: String,
+        b: String,
+    },
+    /// The backend's list of the people `user_id` watches (replaces the earlier list).
+    Set {
+        tenant: String,
+        user_id: String,
+        contacts: Vec<String>,
+    },
+}
+
 /// A committed direct message between two users of one tenant.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -339,6 +339,7 @@ impl Partition {
         for cmd in cmds {
             self.apply_one(cmd, fx);
         }
+        self.engine.end_batch(fx);
         metrics::histogram!("jam_command_batch_size").record(acks.len() as f64);
         Some(acks)
     }
@@ -346,27 +347,44 @@ impl Partition {
     /// Load what the commands need from the store before they apply (users' inboxes),
     /// retrying with back-off while the store is away; `None` when stopped meanwhile.
     async fn prefetch(&mut self, cmds: &[Command], stop: &CancellationToken) -> Option<()> {
+        let store = self.sh.store.clone();
         for key in self.engine.inboxes_needed(cmds) {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match self.sh.store.inbox(&key.0, &key.1).await {
-                    Ok(rows) => {
-                        self.engine.add_inbox(key, rows);
-                        break;
+            let rows = self
+                .retrying("an inbox", stop, || store.inbox(&key.0, &key.1))
+                .await?;
+            self.engine.add_inbox(key, rows);
+        }
+        for key in self.engine.watchers_needed(cmds) {
+            let w = self
+                .retrying("watchers", stop, || store.watchers(&key.0, &key.1))
+                .await?;
+            self.engine.add_watchers(key, w);
+        }
+        Some(())
+    }
+
+    /// A store read, retried with back-off (readiness false meanwhile) until it works or
+    /// `stop`.
+    async fn retrying<T, F, Fut>(&self, what: &str, stop: &CancellationToken, read: F) -> Option<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match read().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    tracing::warn!(partition = self.id, error = %e, what, "loading before apply failed; retrying");
+                    self.sh.health.store_ok(self.id, false);
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
                     }
-                    Err(e) => {
-                        tracing::warn!(partition = self.id, error = %e, "loading an inbox failed; retrying");
-                        self.sh.health.store_ok(self.id, false);
-                        tokio::select! {
-                            _ = stop.cancelled() => return None,
-                            _ = tokio::time::sleep(delay) => {}
-                        }
-                        delay = (delay * 2).min(Duration::from_secs(2));
-                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
         }
-        Some(())
     }
 
     fn apply_one(&mut self, cmd: Command, fx: &mut Effects) {

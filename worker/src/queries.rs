@@ -98,6 +98,25 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             };
             (cmd, f)
         }
+        Query::Presence { cmd, user_ids } => {
+            let f = match store
+                .contacts_online(&cmd.tenant, &cmd.user_id, &user_ids)
+                .await
+            {
+                Ok(rows) => {
+                    let users: Vec<_> = rows
+                        .into_iter()
+                        .map(|(id, online)| json!({"userId": id, "online": online}))
+                        .collect();
+                    frame("presence", &json!({ "users": users }))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence query failed");
+                    error(ErrorCode::Unavailable, "presence unavailable, try again")
+                }
+            };
+            (cmd, f)
+        }
         Query::Attendance {
             cmd,
             session_id,

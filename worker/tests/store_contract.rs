@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use jam_worker::model::{
-    Attendance, ChatMessage, DirectMessage, InboxChange, Notification, ParticipantRecord, Role,
-    SessionRecord, SessionStatus,
+    Attendance, ChatMessage, ConnRef, ContactsChange, DirectMessage, InboxChange, Notification,
+    OnlineUser, ParticipantRecord, Role, SessionRecord, SessionStatus,
 };
 use jam_worker::store::memory::MemoryStore;
 use jam_worker::store::postgres::PgStore;
@@ -186,6 +186,7 @@ async fn store_contract(store: Arc<dyn Store>) {
     );
     attendance_contract(&*store).await;
     inbox_contract(&*store).await;
+    people_contract(&*store).await;
     store.ping().await.unwrap();
 }
 
@@ -367,4 +368,84 @@ async fn inbox_contract(store: &dyn Store) {
         [(1, false)],
         "tenants apart"
     );
+}
+
+fn online(tenant: &str, user: &str, conns: &[&str]) -> OnlineUser {
+    OnlineUser {
+        tenant: tenant.into(),
+        user_id: user.into(),
+        conns: conns
+            .iter()
+            .map(|c| ConnRef {
+                conn: c.to_string(),
+                gateway: "gw#1".into(),
+            })
+            .collect(),
+        watchers: vec![],
+    }
+}
+
+/// Contacts: a direct message makes both watch each other, a backend list replaces the
+/// earlier backend list only; who is online is per partition, with fresh watchers.
+async fn people_contract(store: &dyn Store) {
+    let claim = store.claim_partition(5).await.unwrap();
+    let commit = |online: Vec<OnlineUser>, contacts: Vec<ContactsChange>| Batch {
+        fence: Some(Fence {
+            partition: 5,
+            token: claim.token,
+            applied: None,
+        }),
+        online,
+        contacts,
+        ..Default::default()
+    };
+    let set = |user: &str, list: &[&str]| ContactsChange::Set {
+        tenant: "t1".into(),
+        user_id: user.into(),
+        contacts: list.iter().map(|s| s.to_string()).collect(),
+    };
+    let dm = ContactsChange::Direct {
+        tenant: "t1".into(),
+        a: "ann".into(),
+        b: "ben".into(),
+    };
+    store
+        .commit(&commit(
+            vec![online("t1", "ben", &["c1"]), online("t1", "cy", &["c2"])],
+            vec![dm, set("ann", &["cy", "ben"])],
+        ))
+        .await
+        .unwrap();
+    store
+        .commit(&commit(
+            vec![online("t1", "cy", &[])],
+            vec![set("ann", &["cy"])],
+        ))
+        .await
+        .unwrap();
+    let mut w = store.watchers("t1", "ben").await.unwrap();
+    w.sort();
+    assert_eq!(
+        w,
+        ["ann"],
+        "the message's contact stays when the backend list drops ben"
+    );
+    assert_eq!(store.watchers("t1", "ann").await.unwrap(), ["ben"]);
+    assert_eq!(
+        store.watchers("t2", "ben").await.unwrap(),
+        Vec::<String>::new()
+    );
+    let ids: Vec<String> = ["ben", "cy", "zed"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        store.contacts_online("t1", "ann", &ids).await.unwrap(),
+        [("ben".to_string(), true), ("cy".to_string(), false)]
+    );
+    let loaded = store.load_online(5).await.unwrap();
+    assert_eq!(loaded.len(), 1, "{loaded:?}");
+    assert_eq!(
+        (loaded[0].user_id.as_str(), loaded[0].watchers.clone()),
+        ("ben", vec!["ann".to_string()])
+    );
+    assert_eq!(loaded[0].conns[0].conn, "c1");
+    assert!(store.load_online(6).await.unwrap().is_empty());
 }

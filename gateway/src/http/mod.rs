@@ -1,7 +1,7 @@
 //! HTTP routes besides the WebSocket: health, readiness, metrics, the REST API.
 
 pub mod api;
-pub mod notifications;
+pub mod backend;
 pub mod publish;
 pub mod rest;
 

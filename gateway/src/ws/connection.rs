@@ -147,6 +147,13 @@ async fn serve(
     metrics::gauge!("jam_connections_open").increment(1.0);
     metrics::counter!("jam_connections_opened_total").increment(1);
     tracing::info!("connected");
+    // Online to the people who watch this user (contacts' presence).
+    if let Err(e) = st
+        .send_command(&who, &conn_id, None, None, Action::UserOnline {})
+        .await
+    {
+        tracing::warn!(error = %e, "could not report the connection");
+    }
     handle.push_json(&frame(
         "authenticated",
         &json!({
@@ -182,8 +189,8 @@ async fn serve(
     tracing::info!(reason, "disconnected");
 }
 
-/// Tell the worker the connection left its rooms. Only rooms are sessions; a user channel
-/// has nobody to tell.
+/// Tell the workers the connection left its rooms, and its user's partition that it is
+/// gone (the last one makes the user offline to their watchers).
 async fn report_disconnects(st: &AppState, who: &Identity, conn_id: &str) {
     for room in st.table.unregister(conn_id) {
         if let Some(sid) = keys::room_of(&room) {
@@ -194,6 +201,12 @@ async fn report_disconnects(st: &AppState, who: &Identity, conn_id: &str) {
                 tracing::warn!(error = %e, session = sid, "could not report the disconnect");
             }
         }
+    }
+    if let Err(e) = st
+        .send_command(who, conn_id, None, None, Action::UserOffline {})
+        .await
+    {
+        tracing::warn!(error = %e, "could not report the disconnect");
     }
 }
 

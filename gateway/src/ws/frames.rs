@@ -77,7 +77,28 @@ pub fn parse(text: &str) -> Result<(Option<Value>, String, Value), FrameError> {
             ))
         }
     };
-    Ok((r#ref, ty, v))
+    Ok((r#ref, ty, seed_envelope(v)))
+}
+
+/// ws-chat-server.md wraps its frames' fields in `data` (`{"type": "typing_start",
+/// "data": {"friendId": ...}}`): for its frame types, the fields come out of `data`
+/// (what the frame has beside `data` wins).
+fn seed_envelope(mut v: Value) -> Value {
+    const WRAPPED: [&str; 3] = ["typing_start", "typing_stop", "message"];
+    let wrapped = v
+        .get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| WRAPPED.contains(&t));
+    if !wrapped {
+        return v;
+    }
+    let o = v.as_object_mut().expect("checked to be an object");
+    if let Some(Value::Object(data)) = o.remove("data") {
+        for (k, val) in data {
+            o.entry(k).or_insert(val);
+        }
+    }
+    v
 }
 
 /// Parse a client frame into its wire type: only what a client may set.
@@ -381,6 +402,10 @@ fn known_type(ty: &str) -> &'static str {
         "join_session",
         "join_show",
         "leave_show",
+        "typing_start",
+        "typing_stop",
+        "message",
+        "get_presence",
         "notification:read",
         "notification:read-all",
         "notification:delete",

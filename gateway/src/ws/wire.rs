@@ -169,6 +169,26 @@ pub enum ClientFrame {
     GetState {
         session_id: String,
     },
+    /// ws-chat-server.md: typing in a direct conversation with `friendId`.
+    #[serde(rename_all = "camelCase")]
+    TypingStart {
+        friend_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    TypingStop {
+        friend_id: String,
+    },
+    /// ws-chat-server.md's `message`: a direct message (`messageType` is ignored).
+    #[serde(rename = "message", rename_all = "camelCase")]
+    ChatMessage {
+        receiver_id: String,
+        content: String,
+    },
+    /// Whether some of your contacts are online.
+    #[serde(rename_all = "camelCase")]
+    GetPresence {
+        user_ids: Vec<String>,
+    },
     /// dj-system-socketio.md's inbox.
     #[serde(rename = "notification:read", rename_all = "camelCase")]
     NotificationRead {
@@ -263,6 +283,22 @@ impl ClientFrame {
             ClientFrame::LeaveShow { show_id } => Action::LeaveSession {
                 session_id: show_id,
             },
+            ClientFrame::TypingStart { friend_id } => Action::TypingTo {
+                friend_id,
+                is_typing: true,
+            },
+            ClientFrame::TypingStop { friend_id } => Action::TypingTo {
+                friend_id,
+                is_typing: false,
+            },
+            ClientFrame::ChatMessage {
+                receiver_id,
+                content,
+            } => Action::DirectMessage {
+                receiver_id,
+                content,
+            },
+            ClientFrame::GetPresence { user_ids } => Action::GetPresence { user_ids },
             ClientFrame::NotificationRead { notification_id } => {
                 Action::NotificationRead { notification_id }
             }

@@ -8,6 +8,10 @@ use super::sync::{Capabilities, TrackInput};
 use crate::ErrorCode;
 
 pub const MAX_MESSAGE_CHARS: usize = 2000;
+/// Most users one `get_presence` may ask about.
+pub const MAX_PRESENCE_QUERY: usize = 100;
+/// Most contacts a backend may set for one user.
+pub const MAX_CONTACTS: usize = 1000;
 /// A notification's `priority`; the seed sends `HIGH`.
 pub const NOTIFICATION_PRIORITIES: [&str; 4] = ["LOW", "NORMAL", "HIGH", "URGENT"];
 pub const MAX_NAME_CHARS: usize = 100;
@@ -253,6 +257,27 @@ pub enum Action {
         #[serde(default)]
         unread: Option<bool>,
     },
+    /// Internal: a connection of the command's user opened (sent by its gateway). The
+    /// user's first connection anywhere makes them online to the people who watch them.
+    UserOnline {},
+    /// Internal: that connection closed; the last one makes them offline.
+    UserOffline {},
+    /// ws-chat-server.md's `typing_start` / `typing_stop` to one user; cleared by the
+    /// server after 5 s.
+    #[serde(rename_all = "camelCase")]
+    TypingTo {
+        friend_id: String,
+        is_typing: bool,
+    },
+    /// Whether some of the caller's contacts are online (at most 100 asked).
+    #[serde(rename_all = "camelCase")]
+    GetPresence {
+        user_ids: Vec<String>,
+    },
+    /// The application's backend (API key) sets the people the command's user watches.
+    SetContacts {
+        contacts: Vec<String>,
+    },
     /// Who checked in and out of a session; the host's or, with `backend`, the API key's.
     #[serde(rename_all = "camelCase")]
     GetAttendance {
@@ -294,7 +319,12 @@ impl Action {
             | Action::NotificationRead { .. }
             | Action::NotificationReadAll {}
             | Action::NotificationDelete { .. }
-            | Action::LoadNotifications { .. } => None,
+            | Action::LoadNotifications { .. }
+            | Action::UserOnline {}
+            | Action::UserOffline {}
+            | Action::TypingTo { .. }
+            | Action::GetPresence { .. }
+            | Action::SetContacts { .. } => None,
         }
     }
 
@@ -429,6 +459,20 @@ impl Action {
                     return bad("message must be at most 2000 characters");
                 }
                 Ok(())
+            }
+            Action::TypingTo { friend_id, .. } if friend_id.is_empty() || friend_id.len() > 256 => {
+                bad("friendId must be 1 to 256 characters")
+            }
+            Action::GetPresence { user_ids }
+                if user_ids.is_empty() || user_ids.len() > MAX_PRESENCE_QUERY =>
+            {
+                bad("userIds: 1 to 100 users")
+            }
+            Action::SetContacts { contacts }
+                if contacts.len() > MAX_CONTACTS
+                    || contacts.iter().any(|c| c.is_empty() || c.len() > 256) =>
+            {
+                bad("contacts: at most 1000 user ids of 1 to 256 characters")
             }
             Action::NotificationRead { notification_id }
             | Action::NotificationDelete { notification_id }

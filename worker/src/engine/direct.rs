@@ -37,6 +37,7 @@ impl Engine {
         fx.user(&cmd.tenant, receiver, Envelope::default(), vec![f.clone()]);
         fx.reply(cmd, vec![f]);
         fx.direct.push(dm);
+        self.direct_contacts(cmd, receiver, fx);
         metrics::counter!("jam_direct_messages_total").increment(1);
     }
 }

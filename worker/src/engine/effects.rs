@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::model::{Attendance, ChatMessage, DirectMessage, InboxChange};
+use crate::model::{
+    Attendance, ChatMessage, ContactsChange, DirectMessage, InboxChange, OnlineUser,
+};
 use bytes::Bytes;
 use jam_shared::keys;
 use jam_shared::protocol::event;
@@ -21,6 +23,9 @@ pub struct Effects {
     pub direct: Vec<DirectMessage>,
     pub attendance: Vec<Attendance>,
     pub inbox: Vec<InboxChange>,
+    /// Online users whose connections changed (the last one per user counts).
+    pub online: Vec<OnlineUser>,
+    pub contacts: Vec<ContactsChange>,
     /// Reads answered after the commit, off the engine's thread.
     pub queries: Vec<Query>,
 }
@@ -52,6 +57,8 @@ pub enum Query {
         unread_only: bool,
         unread_count: usize,
     },
+    /// Which of `user_ids` are the caller's contacts, and online.
+    Presence { cmd: Command, user_ids: Vec<String> },
     /// Who attended a session; with `require_host`, only if that user checked in as host.
     Attendance {
         cmd: Command,

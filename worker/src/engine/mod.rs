@@ -3,6 +3,7 @@
 //! then publishes, then acknowledges.
 
 mod chat;
+mod contacts;
 mod direct;
 pub mod effects;
 mod notifications;
@@ -63,6 +64,8 @@ pub struct Engine {
     last_presence_flush: i64,
     /// Users' notification inboxes touched on this partition.
     inboxes: notifications::Inboxes,
+    /// Who is online, who watches them, direct typing.
+    people: contacts::People,
 }
 
 impl Engine {
@@ -76,6 +79,7 @@ impl Engine {
             presence: HashMap::new(),
             last_presence_flush: 0,
             inboxes: Default::default(),
+            people: Default::default(),
         }
     }
 
@@ -111,6 +115,7 @@ impl Engine {
             self.sessions.insert(key, rec);
         }
         metrics::gauge!("jam_sessions_active").increment(self.sessions.len() as f64);
+        self.load_online(store.load_online(partition).await?);
         tracing::info!(
             partition,
             sessions = self.sessions.len(),
@@ -274,6 +279,14 @@ impl Engine {
                 limit,
                 unread,
             } => self.load_notifications(cmd, *before, *limit, unread.unwrap_or(false), fx),
+            Action::UserOnline {} => self.user_online(cmd, fx),
+            Action::UserOffline {} => self.user_offline(cmd, fx),
+            Action::TypingTo {
+                friend_id,
+                is_typing,
+            } => self.typing_to(cmd, friend_id, *is_typing, jam_shared::clock::now_ms(), fx),
+            Action::GetPresence { user_ids } => self.get_presence(cmd, user_ids, fx),
+            Action::SetContacts { contacts } => self.set_contacts(cmd, contacts, fx),
             Action::GetAttendance {
                 session_id,
                 backend,
@@ -288,8 +301,19 @@ impl Engine {
             direct: std::mem::take(&mut fx.direct),
             attendance: std::mem::take(&mut fx.attendance),
             inbox: std::mem::take(&mut fx.inbox),
+            contacts: std::mem::take(&mut fx.contacts),
             ..Default::default()
         };
+        // A user's last state in the batch is the one to write.
+        for u in std::mem::take(&mut fx.online).into_iter().rev() {
+            if !batch
+                .online
+                .iter()
+                .any(|o| o.tenant == u.tenant && o.user_id == u.user_id)
+            {
+                batch.online.push(u);
+            }
+        }
         for (key, deleted) in fx.dirty.drain() {
             match (deleted, self.sessions.get(&key)) {
                 (false, Some(rec)) => batch.upserts.push(rec.clone()),
@@ -358,6 +382,11 @@ pub fn action_name(a: &Action) -> &'static str {
         Action::NotificationReadAll {} => "notification_read_all",
         Action::NotificationDelete { .. } => "notification_delete",
         Action::LoadNotifications { .. } => "load_notifications",
+        Action::UserOnline {} => "user_online",
+        Action::UserOffline {} => "user_offline",
+        Action::TypingTo { .. } => "typing_to",
+        Action::GetPresence { .. } => "get_presence",
+        Action::SetContacts { .. } => "set_contacts",
         Action::GetAttendance { .. } => "get_attendance",
     }
 }

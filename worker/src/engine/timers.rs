@@ -41,6 +41,8 @@ impl Engine {
             self.end(&key, "host_disconnected", None, fx);
         }
         self.expire_typing(now, fx);
+        self.expire_direct_typing(now, fx);
+        self.drop_dead_user_conns(alive, fx);
         self.periodic_checks(now, fx);
         for (key, user, conn) in dead_conns {
             tracing::info!(session = %key.1, user = %user, "connection of a silent gateway dropped");

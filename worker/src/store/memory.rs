@@ -1,13 +1,14 @@
 //! The in-memory store (standalone mode): the same contract as PostgreSQL, in a mutex.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use super::{Batch, Claim, Store, StoreError};
 use crate::model::{
-    Attendance, ChatMessage, DirectMessage, InboxChange, Notification, SessionRecord,
+    Attendance, ChatMessage, ContactsChange, DirectMessage, InboxChange, Notification, OnlineUser,
+    SessionRecord,
 };
 
 type Key = (String, String);
@@ -23,6 +24,10 @@ struct State {
     attendance: HashMap<Key, Vec<Attendance>>,
     /// (tenant, user) → notifications by id.
     inbox: HashMap<Key, BTreeMap<i64, Notification>>,
+    /// (tenant, user) → (partition, who is online).
+    online: HashMap<Key, (i64, OnlineUser)>,
+    /// (tenant, user, contact, source): `user` watches `contact`.
+    contacts: BTreeSet<(String, String, String, &'static str)>,
     /// Partition → (fence, applied).
     partitions: HashMap<u32, (i64, Option<String>)>,
 }
@@ -124,7 +129,79 @@ impl Store for MemoryStore {
         for change in &batch.inbox {
             apply_inbox(&mut s.inbox, change);
         }
+        for u in &batch.online {
+            let key = (u.tenant.clone(), u.user_id.clone());
+            if u.conns.is_empty() {
+                s.online.remove(&key);
+            } else {
+                s.online.insert(key, (part, u.clone()));
+            }
+        }
+        for c in &batch.contacts {
+            match c {
+                ContactsChange::Direct { tenant, a, b } => {
+                    s.contacts
+                        .insert((tenant.clone(), a.clone(), b.clone(), "dm"));
+                    s.contacts
+                        .insert((tenant.clone(), b.clone(), a.clone(), "dm"));
+                }
+                ContactsChange::Set {
+                    tenant,
+                    user_id,
+                    contacts,
+                } => {
+                    s.contacts.retain(|(t, u, _, src)| {
+                        !(t == tenant && u == user_id && *src == "backend")
+                    });
+                    for c in contacts {
+                        s.contacts
+                            .insert((tenant.clone(), user_id.clone(), c.clone(), "backend"));
+                    }
+                }
+            }
+        }
         Ok(())
+    }
+
+    async fn load_online(&self, partition: u32) -> Result<Vec<OnlineUser>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.online
+            .values()
+            .filter(|(p, _)| *p == partition as i64)
+            .map(|(_, u)| OnlineUser {
+                watchers: watchers_of(&s.contacts, &u.tenant, &u.user_id),
+                ..u.clone()
+            })
+            .collect())
+    }
+
+    async fn watchers(&self, tenant: &str, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(watchers_of(&s.contacts, tenant, user_id))
+    }
+
+    async fn contacts_online(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, bool)>, StoreError> {
+        let s = self.state.lock().unwrap();
+        let mut out: Vec<(String, bool)> = ids
+            .iter()
+            .filter(|id| {
+                s.contacts
+                    .iter()
+                    .any(|(t, u, c, _)| t == tenant && u == user_id && c == *id)
+            })
+            .map(|id| {
+                let on = s.online.contains_key(&(tenant.to_string(), id.clone()));
+                (id.clone(), on)
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     async fn inbox(&self, tenant: &str, user_id: &str) -> Result<Vec<(i64, bool)>, StoreError> {
@@ -299,4 +376,18 @@ fn apply_inbox(inbox: &mut HashMap<Key, BTreeMap<i64, Notification>>, change: &I
             }
         }
     }
+}
+
+fn watchers_of(
+    contacts: &BTreeSet<(String, String, String, &'static str)>,
+    tenant: &str,
+    user_id: &str,
+) -> Vec<String> {
+    let mut out: Vec<String> = contacts
+        .iter()
+        .filter(|(t, _, c, _)| t == tenant && c == user_id)
+        .map(|(_, u, _, _)| u.clone())
+        .collect();
+    out.dedup();
+    out
 }

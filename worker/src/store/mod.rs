@@ -8,7 +8,8 @@ pub mod postgres;
 use async_trait::async_trait;
 
 use crate::model::{
-    Attendance, ChatMessage, DirectMessage, InboxChange, Notification, SessionRecord,
+    Attendance, ChatMessage, ContactsChange, DirectMessage, InboxChange, Notification, OnlineUser,
+    SessionRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,9 @@ pub struct Batch {
     /// Check-ins and check-outs, in the order they happened (upserts: see [`Attendance`]).
     pub attendance: Vec<Attendance>,
     pub inbox: Vec<InboxChange>,
+    /// Online users to write (`conns` empty: offline, deleted).
+    pub online: Vec<OnlineUser>,
+    pub contacts: Vec<ContactsChange>,
 }
 
 impl Batch {
@@ -71,6 +75,8 @@ impl Batch {
             && self.direct.is_empty()
             && self.attendance.is_empty()
             && self.inbox.is_empty()
+            && self.online.is_empty()
+            && self.contacts.is_empty()
             && self.fence.as_ref().is_none_or(|f| f.applied.is_none())
     }
 }
@@ -136,6 +142,20 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         unread_only: bool,
     ) -> Result<Vec<Notification>, StoreError>;
+
+    /// The online users of a partition (claim), with their watchers.
+    async fn load_online(&self, partition: u32) -> Result<Vec<OnlineUser>, StoreError>;
+
+    /// The users who watch `user_id` (whose contacts include it).
+    async fn watchers(&self, tenant: &str, user_id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Which of `ids` are contacts of `user_id`, and whether each is online.
+    async fn contacts_online(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, bool)>, StoreError>;
 
     /// Delete chat and direct messages created before `before` (ms): the retention purge.
     /// Nothing else ever deletes a message. Returns how many went.

@@ -10,7 +10,8 @@ use tokio_postgres::NoTls;
 
 use super::{Batch, Claim, Store, StoreError};
 use crate::model::{
-    Attendance, ChatMessage, DirectMessage, InboxChange, Notification, SessionRecord,
+    Attendance, ChatMessage, ConnRef, ContactsChange, DirectMessage, InboxChange, Notification,
+    OnlineUser, SessionRecord,
 };
 
 /// Applied in order, each once; never edit one that has shipped, add the next.
@@ -100,6 +101,25 @@ CREATE TABLE jam_notifications (
     read_at     bigint,
     PRIMARY KEY (tenant, user_id, id)
 );
+"#,
+    // Contacts (who watches whom) and who is online, for ws-chat-server's presence.
+    r#"
+CREATE TABLE jam_contacts (
+    tenant      text NOT NULL,
+    user_id     text NOT NULL,
+    contact_id  text NOT NULL,
+    source      text NOT NULL,
+    PRIMARY KEY (tenant, user_id, contact_id, source)
+);
+CREATE INDEX jam_contacts_watchers ON jam_contacts (tenant, contact_id);
+CREATE TABLE jam_online (
+    tenant   text  NOT NULL,
+    user_id  text  NOT NULL,
+    part     int   NOT NULL,
+    conns    jsonb NOT NULL,
+    PRIMARY KEY (tenant, user_id)
+);
+CREATE INDEX jam_online_part ON jam_online (part);
 "#,
 ];
 
@@ -410,9 +430,11 @@ impl Store for PgStore {
             .await
         };
         let inbox = inbox_changes(&tx, &batch.inbox);
-        let (fenced, ..) =
-            futures::try_join!(fence, upserts, messages, deletes, direct, attendance, inbox)
-                .map_err(db)?;
+        let people = online_and_contacts(&tx, &batch.online, &batch.contacts, part);
+        let (fenced, ..) = futures::try_join!(
+            fence, upserts, messages, deletes, direct, attendance, inbox, people
+        )
+        .map_err(db)?;
         if fenced == 0 {
             let p = batch.fence.as_ref().map_or(0, |f| f.partition);
             return Err(StoreError::Fenced(p));
@@ -577,6 +599,66 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn load_online(&self, partition: u32) -> Result<Vec<OnlineUser>, StoreError> {
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT o.tenant, o.user_id, o.conns,
+                        coalesce((SELECT array_agg(DISTINCT w.user_id) FROM jam_contacts w
+                                  WHERE w.tenant = o.tenant AND w.contact_id = o.user_id), '{}')
+                 FROM jam_online o WHERE o.part = $1",
+                &[&(partition as i32)],
+            )
+            .await
+            .map_err(db)?;
+        rows.into_iter()
+            .map(|r| {
+                let conns: serde_json::Value = r.get(2);
+                Ok(OnlineUser {
+                    tenant: r.get(0),
+                    user_id: r.get(1),
+                    conns: serde_json::from_value::<Vec<ConnRef>>(conns)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    watchers: r.get(3),
+                })
+            })
+            .collect()
+    }
+
+    async fn watchers(&self, tenant: &str, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let t = Instant::now();
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT DISTINCT user_id FROM jam_contacts WHERE tenant = $1 AND contact_id = $2",
+                &[&tenant, &user_id],
+            )
+            .await
+            .map_err(db)?;
+        observe("watchers", t);
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn contacts_online(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, bool)>, StoreError> {
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT DISTINCT c.contact_id, o.user_id IS NOT NULL FROM jam_contacts c
+                 LEFT JOIN jam_online o ON o.tenant = c.tenant AND o.user_id = c.contact_id
+                 WHERE c.tenant = $1 AND c.user_id = $2 AND c.contact_id = ANY($3)
+                 ORDER BY 1",
+                &[&tenant, &user_id, &ids],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     async fn purge_messages(&self, before: i64) -> Result<u64, StoreError> {
         let c = self.conn().await?;
         let a = c
@@ -709,6 +791,74 @@ async fn inbox_changes(
     if !dt.is_empty() {
         let st = tx.prepare_cached(UNNOTIFY_SQL).await?;
         n += tx.execute(&st, &[&dt, &du, &di]).await?;
+    }
+    Ok(n)
+}
+
+/// Who is online (upserted, or deleted when offline) and who watches whom.
+async fn online_and_contacts(
+    tx: &deadpool_postgres::Transaction<'_>,
+    online: &[OnlineUser],
+    contacts: &[ContactsChange],
+    part: i32,
+) -> Result<u64, tokio_postgres::Error> {
+    let mut n = 0;
+    let (on, off): (Vec<&OnlineUser>, Vec<&OnlineUser>) =
+        online.iter().partition(|u| !u.conns.is_empty());
+    if !on.is_empty() {
+        let tenants: Vec<&str> = on.iter().map(|u| u.tenant.as_str()).collect();
+        let users: Vec<&str> = on.iter().map(|u| u.user_id.as_str()).collect();
+        let conns: Vec<serde_json::Value> = on
+            .iter()
+            .map(|u| serde_json::to_value(&u.conns).expect("conns serialize"))
+            .collect();
+        n += tx
+            .execute(
+                "INSERT INTO jam_online (tenant, user_id, part, conns)
+                 SELECT t, u, $4, c FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS x(t, u, c)
+                 ON CONFLICT (tenant, user_id) DO UPDATE SET conns = excluded.conns, part = excluded.part",
+                &[&tenants, &users, &conns, &part],
+            )
+            .await?;
+    }
+    if !off.is_empty() {
+        let tenants: Vec<&str> = off.iter().map(|u| u.tenant.as_str()).collect();
+        let users: Vec<&str> = off.iter().map(|u| u.user_id.as_str()).collect();
+        n += tx
+            .execute(
+                "DELETE FROM jam_online WHERE (tenant, user_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+                &[&tenants, &users],
+            )
+            .await?;
+    }
+    for c in contacts {
+        n += match c {
+            ContactsChange::Direct { tenant, a, b } => {
+                tx.execute(
+                    "INSERT INTO jam_contacts (tenant, user_id, contact_id, source)
+                     VALUES ($1, $2, $3, 'dm'), ($1, $3, $2, 'dm') ON CONFLICT DO NOTHING",
+                    &[tenant, a, b],
+                )
+                .await?
+            }
+            ContactsChange::Set {
+                tenant,
+                user_id,
+                contacts,
+            } => {
+                tx.execute(
+                    "DELETE FROM jam_contacts WHERE tenant = $1 AND user_id = $2 AND source = 'backend'",
+                    &[tenant, user_id],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO jam_contacts (tenant, user_id, contact_id, source)
+                     SELECT $1, $2, c, 'backend' FROM UNNEST($3::text[]) AS c ON CONFLICT DO NOTHING",
+                    &[tenant, user_id, contacts],
+                )
+                .await?
+            }
+        };
     }
     Ok(n)
 }

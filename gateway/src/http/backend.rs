@@ -1,5 +1,6 @@
-//! The notification inbox over REST (dj-system-socketio.md): the application's backend
-//! creates notifications for users (API key); a user pages through their own (Bearer).
+//! REST calls for the application's backend beside publish: notifications
+//! (dj-system-socketio.md: the backend creates them with the API key, a user pages through
+//! their own with a Bearer token) and the contacts a user watches (ws-chat-server.md).
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -138,4 +139,44 @@ pub async fn list(
     Ok(Json(json!({
         "notifications": v["notifications"], "hasMore": v["hasMore"], "unreadCount": v["unreadCount"],
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactsBody {
+    #[serde(default)]
+    tenant: Option<String>,
+    contacts: Vec<String>,
+}
+
+/// `PUT /api/users/{id}/contacts` (API key): the people user `id` watches (replacing the
+/// earlier list; direct-message partners are contacts anyway). They are told `user_online`
+/// / `user_offline` about them from their next change on.
+pub async fn set_contacts(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    b: Result<Json<ContactsBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    backend_key(&st, &headers)?;
+    let Json(b) = b.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    if id.is_empty() || id.len() > 256 {
+        return Err(ApiError::new(ErrorCode::BadRequest, "bad user id"));
+    }
+    let who = jam_shared::auth::Identity {
+        user_id: id,
+        user_name: String::new(),
+        tenant: backend_tenant(b.tenant)?,
+    };
+    let v = rpc_action(
+        &st,
+        &who,
+        Action::SetContacts {
+            contacts: b.contacts,
+        },
+    )
+    .await?;
+    Ok(Json(
+        json!({"userId": v["userId"], "contacts": v["contacts"]}),
+    ))
 }
