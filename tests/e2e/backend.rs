@@ -95,23 +95,48 @@ async fn backend(calls: Calls, jam: Arc<Mutex<String>>) -> String {
     format!("http://{addr}/rpc")
 }
 
+/// The gateways' settings for the stub backend at `url`.
+fn rpc_env(url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("JAM_API_KEY", API_KEY.into()),
+        ("JAM_RPC_URL", url.into()),
+        ("JAM_RPC_SECRET", SECRET.into()),
+        ("JAM_RPC_EVENTS", "job:*,poll".into()),
+        ("JAM_RPC_TIMEOUT_MS", "800".into()),
+        ("JAM_RPC_CONCURRENCY", "1".into()),
+    ]
+}
+
+fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 #[tokio::test]
 async fn custom_events_are_answered_by_the_apps_backend() {
     let calls = Calls::default();
     let publish = Arc::new(Mutex::new(String::new()));
     let url = backend(calls.clone(), publish.clone()).await;
-    let jam = procs::standalone(&[
-        ("JAM_API_KEY", API_KEY),
-        ("JAM_RPC_URL", &url),
-        ("JAM_RPC_SECRET", SECRET),
-        ("JAM_RPC_EVENTS", "job:*,poll"),
-        ("JAM_RPC_TIMEOUT_MS", "800"),
-        ("JAM_RPC_CONCURRENCY", "1"),
-    ])
-    .await;
+    let jam = procs::standalone(&pairs(&rpc_env(&url))).await;
     *publish.lock().unwrap() = jam.http("/api/publish");
+    custom_events(&jam.ws_url(), &jam.http("/metrics"), &calls).await;
+}
+
+/// The same through the cluster: the answer comes from gateway B's forward, the pushed
+/// `job:started` through the publish API of gateway A and Redis.
+#[tokio::test]
+async fn custom_events_on_the_cluster() {
+    let calls = Calls::default();
+    let publish = Arc::new(Mutex::new(String::new()));
+    let url = backend(calls.clone(), publish.clone()).await;
+    let c = jam_tests::cluster::Cluster::start(&[], &pairs(&rpc_env(&url))).await;
+    *publish.lock().unwrap() = c.a.http("/api/publish");
+    custom_events(&c.b.ws_url(), &c.b.http("/metrics"), &calls).await;
+}
+
+/// dj-system's job events against a jam at `ws` whose backend records into `calls`.
+async fn custom_events(ws: &str, metrics_url: &str, calls: &Calls) {
     let tok = token("alice", "Alice", Some("acme"));
-    let mut alice = Client::connect(&jam.ws_url(), &tok).await;
+    let mut alice = Client::connect(ws, &tok).await;
 
     // The backend's answer is the reply, by ref.
     let r = alice
@@ -180,7 +205,7 @@ async fn custom_events_are_answered_by_the_apps_backend() {
     assert_eq!(r["code"], "BAD_REQUEST", "{r}");
     assert_eq!(calls.lock().unwrap().len(), n);
 
-    let m = metrics::scrape(&jam.http("/metrics")).await;
+    let m = metrics::scrape(metrics_url).await;
     for (outcome, at_least) in [
         ("ok", 2.0),
         ("rejected", 1.0),

@@ -80,20 +80,25 @@ pub fn parse(text: &str) -> Result<(Option<Value>, String, Value), FrameError> {
     Ok((r#ref, ty, seed_envelope(v)))
 }
 
-/// ws-chat-server.md wraps its frames' fields in `data` (`{"type": "typing_start",
-/// "data": {"friendId": ...}}`): for its frame types, the fields come out of `data`
-/// (what the frame has beside `data` wins).
+/// Seeds that wrap a frame's fields: ws-chat-server.md in `data` (`{"type":
+/// "typing_start", "data": {"friendId": ...}}`), the reference server's `create_session`
+/// in `session`. For those frame types the fields come out (what the frame has beside the
+/// wrapper wins; a client's `hostId` or `participants` in it are ignored like any unknown
+/// field).
 fn seed_envelope(mut v: Value) -> Value {
-    const WRAPPED: [&str; 3] = ["typing_start", "typing_stop", "message"];
-    let wrapped = v
-        .get("type")
-        .and_then(Value::as_str)
-        .is_some_and(|t| WRAPPED.contains(&t));
-    if !wrapped {
+    const WRAPPED: [(&str, &str); 4] = [
+        ("typing_start", "data"),
+        ("typing_stop", "data"),
+        ("message", "data"),
+        // jam-server-reference.md: `{"type": "create_session", "session": {"name": ...}}`.
+        ("create_session", "session"),
+    ];
+    let ty = v.get("type").and_then(Value::as_str).unwrap_or_default();
+    let Some((_, field)) = WRAPPED.iter().find(|(t, _)| *t == ty) else {
         return v;
-    }
+    };
     let o = v.as_object_mut().expect("checked to be an object");
-    if let Some(Value::Object(data)) = o.remove("data") {
+    if let Some(Value::Object(data)) = o.remove(*field) {
         for (k, val) in data {
             o.entry(k).or_insert(val);
         }
@@ -444,6 +449,28 @@ fn known_type(ty: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seed_wrappers_are_unwrapped() {
+        let (_, _, v) = parse(
+            r#"{"type":"create_session","session":{"name":"n","hostId":"mallory","participants":[1]},"ref":1}"#,
+        )
+        .ok()
+        .unwrap();
+        let f = to_frame("create_session", v, &None).ok().unwrap();
+        assert!(matches!(f, ClientFrame::CreateSession { ref name, .. } if name == "n"));
+        let (_, _, v) = parse(r#"{"type":"typing_start","data":{"friendId":"b"},"friendId":"c"}"#)
+            .ok()
+            .unwrap();
+        assert_eq!(v["friendId"], "c", "the frame's own field wins");
+        let (_, _, v) = parse(r#"{"type":"send_message","data":{"message":"x"}}"#)
+            .ok()
+            .unwrap();
+        assert!(
+            v.get("message").is_none(),
+            "other types are left as they are"
+        );
+    }
 
     #[test]
     fn parse_errors_keep_ref() {
