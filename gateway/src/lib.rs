@@ -9,6 +9,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod limits;
 pub mod rpc;
+pub mod sio;
 pub mod state;
 pub mod ws;
 
@@ -77,13 +78,19 @@ pub fn app(st: AppState) -> Router {
             st.cfg.limits.body_bytes,
         ))
         .layer(http::cors(&st.cfg.auth.allowed_origins));
-    Router::new()
+    let router = Router::new()
         .route("/ws", get(ws::handler))
         .route("/health", get(http::health))
         .route("/ready", get(http::ready))
         .route("/metrics", get(http::metrics))
-        .merge(api)
-        .with_state(st)
+        .merge(api);
+    // Socket.IO clients on /socket.io/ (the layer answers only that path).
+    let router = if st.cfg.socketio {
+        router.layer(sio::layer(st.clone()))
+    } else {
+        router
+    };
+    router.with_state(st)
 }
 
 /// Serve until `shutdown`, then drain: not ready, every client told 1012 (service

@@ -182,6 +182,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "kernel send buffer per connection in bytes (SO_SNDBUF); 0 leaves it to the kernel's autotuning, which lets a client that stops reading hold megabytes before it is dropped as too slow",
     ),
     (
+        "JAM_SOCKETIO",
+        "true",
+        "serve Socket.IO clients (Engine.IO v4, WebSocket and long-polling) on /socket.io/",
+    ),
+    (
         "JAM_MAX_CONNECTIONS",
         "100000",
         "connections one gateway accepts at once",
@@ -278,6 +283,8 @@ pub struct Config {
     pub recovery_events: usize,
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
+    /// Socket.IO on /socket.io/.
+    pub socketio: bool,
     /// SO_SNDBUF of accepted sockets; 0: the kernel's autotuning.
     pub socket_send_buffer: usize,
     pub bus_buffer: usize,
@@ -395,6 +402,16 @@ impl Src<'_> {
             reason: format!("not a number: {s:?}"),
         })
     }
+    fn flag(&self, var: &'static str) -> Result<bool, ConfigError> {
+        match self.raw(var).unwrap_or(Self::default(var)) {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            s => Err(ConfigError {
+                var,
+                reason: format!("not true or false: {s:?}"),
+            }),
+        }
+    }
 }
 
 impl Config {
@@ -488,6 +505,7 @@ impl Config {
             max_frame_bytes: s.num("JAM_MAX_FRAME_BYTES")?,
             outbound_queue: s.num::<usize>("JAM_OUTBOUND_QUEUE")?.max(8),
             socket_send_buffer: s.num("JAM_SOCKET_SEND_BUFFER")?,
+            socketio: s.flag("JAM_SOCKETIO")?,
             bus_buffer: s.num::<usize>("JAM_BUS_BUFFER")?.max(1),
             max_connections: s.num("JAM_MAX_CONNECTIONS")?,
             auth_timeout: secs("JAM_AUTH_TIMEOUT_SECS")?,

@@ -191,7 +191,7 @@ async fn serve(
 
 /// Tell the workers the connection left its rooms, and its user's partition that it is
 /// gone (the last one makes the user offline to their watchers).
-async fn report_disconnects(st: &AppState, who: &Identity, conn_id: &str) {
+pub(crate) async fn report_disconnects(st: &AppState, who: &Identity, conn_id: &str) {
     for room in st.table.unregister(conn_id) {
         if let Some(sid) = keys::room_of(&room) {
             let action = Action::Disconnect {

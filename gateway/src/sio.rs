@@ -1,0 +1,340 @@
+//! Socket.IO clients (Engine.IO v4, WebSocket and long-polling) on `/socket.io/`, through
+//! socketioxide: the seeds' Socket.IO clients (show-chat, dj-system, spotify-sync) work
+//! unchanged. A Socket.IO connection is a jam connection like a WebSocket one: the same
+//! frame handling (`ws::frames::handle`: wire types, limits, commands to the workers), the
+//! same routing table and user channel. Only the edges differ:
+//!
+//! - in: an event `name` with `data` is the frame `{"type": name, ...data}`; an
+//!   acknowledgement callback gets the reply that carries the frame's `ref`;
+//! - out: every frame is emitted as its `type` with the other fields (the `ref`
+//!   stripped); `notification:new` carries the notification itself, as the seed does.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jam_shared::auth::Identity;
+use jam_shared::keys;
+use jam_shared::protocol::Action;
+use serde_json::{json, Map, Value};
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::SocketIo;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::ConnHandle;
+use crate::state::AppState;
+use crate::ws::frames::{self, ConnLimits, Outcome};
+use crate::ws::framing::OutFrame;
+use crate::ws::ratelimit::TokenBucket;
+
+/// Acknowledgements waiting for their reply, per socket; older ones are dropped.
+const PENDING_ACKS: usize = 256;
+const ACK_TTL: Duration = Duration::from_secs(60);
+
+/// The layer serving `/socket.io/` for `st`'s gateway.
+pub fn layer(st: AppState) -> SocketIoLayer {
+    let (layer, io) = SocketIo::builder()
+        .max_payload(st.cfg.max_frame_bytes as u64)
+        .build_layer();
+    let auth_st = st.clone();
+    // A refused token is the client's `connect_error` with the reason, as Socket.IO
+    // servers refuse.
+    let authenticate = move |s: SocketRef, TryData(auth): TryData<Value>| {
+        let st = auth_st.clone();
+        async move { authenticate(&st, &s, auth.ok()).await }
+    };
+    let connected = move |s: SocketRef| {
+        let st = st.clone();
+        async move { connect(st, s).await }
+    };
+    io.ns("/", connected.with(authenticate));
+    layer
+}
+
+/// The verified token of a connecting socket, from the middleware to the handler.
+#[derive(Clone)]
+struct Authenticated(Arc<crate::auth::Verified>);
+
+async fn authenticate(st: &AppState, s: &SocketRef, auth: Option<Value>) -> Result<(), String> {
+    if st.draining.is_cancelled() {
+        return Err("UNAVAILABLE: draining".into());
+    }
+    let token = token_of(st, s, auth.as_ref()).ok_or("UNAUTHORIZED: missing token")?;
+    let verified = st.auth.verify(&token).await.map_err(|e| {
+        metrics::counter!("jam_auth_failures_total", "route" => "socket.io").increment(1);
+        format!("UNAUTHORIZED: {e}")
+    })?;
+    s.extensions.insert(Authenticated(Arc::new(verified)));
+    Ok(())
+}
+
+/// Client events queued per connection before it is told to slow down.
+const INBOUND: usize = 64;
+
+/// A client event: its name, its data and its acknowledgement.
+type Incoming = (String, Value, AckSender);
+
+/// One Socket.IO connection's jam side.
+struct Conn {
+    st: AppState,
+    who: Identity,
+    id: String,
+    acks: Mutex<HashMap<String, (Instant, AckSender)>>,
+    next_ref: AtomicU64,
+    handle: ConnHandle,
+}
+
+/// The token: the handshake's `auth.token`, else `?token=`, a Bearer header or the cookie
+/// (the cookie only from an allowed origin).
+fn token_of(st: &AppState, s: &SocketRef, auth: Option<&Value>) -> Option<String> {
+    if let Some(t) = auth.and_then(|a| a.get("token")).and_then(Value::as_str) {
+        return Some(t.to_string());
+    }
+    let parts = s.req_parts();
+    let query: HashMap<String, String> = parts
+        .uri
+        .query()
+        .map(|q| {
+            url_pairs(q)
+                .filter(|(k, _)| k == "token")
+                .collect::<HashMap<_, _>>()
+        })
+        .unwrap_or_default();
+    let (t, source) = crate::auth::sources::token_from_request(&query, &parts.headers)?;
+    if matches!(source, crate::auth::sources::Source::Cookie)
+        && !crate::auth::origin::cookie_origin_allowed(&parts.headers, &st.cfg.auth.allowed_origins)
+    {
+        metrics::counter!("jam_origin_rejected_total", "route" => "socket.io").increment(1);
+        return None;
+    }
+    Some(t)
+}
+
+/// `a=b&c=d` pairs, percent-decoded where it matters for tokens (`%2B`, `%2F`, `%3D`).
+fn url_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    q.split('&').filter_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        let v = v
+            .replace("%2B", "+")
+            .replace("%2F", "/")
+            .replace("%3D", "=");
+        Some((k.to_string(), v))
+    })
+}
+
+async fn connect(st: AppState, s: SocketRef) {
+    let Some(Authenticated(verified)) = s.extensions.get::<Authenticated>() else {
+        refuse(&s, "UNAUTHORIZED", "Unauthorized");
+        return;
+    };
+    let Ok(permit) = st.conn_limit.clone().try_acquire_owned() else {
+        refuse(&s, "UNAVAILABLE", "too many connections");
+        return;
+    };
+    let who = verified.identity.clone();
+    let id = format!("sio-{}", jam_shared::ids::unique());
+    let (tx, rx) = mpsc::channel::<OutFrame>(st.cfg.outbound_queue);
+    let handle = ConnHandle {
+        id: Arc::from(id.as_str()),
+        user_id: Arc::from(who.user_id.as_str()),
+        tx,
+        kill: CancellationToken::new(),
+        close_code: Arc::new(AtomicU16::new(0)),
+    };
+    let user_channel = keys::user_channel(&who.tenant, &who.user_id);
+    if st
+        .table
+        .register(handle.clone(), user_channel)
+        .await
+        .is_err()
+    {
+        refuse(&s, "UNAVAILABLE", "bus unavailable, try again");
+        return;
+    }
+    metrics::gauge!("jam_connections_open").increment(1.0);
+    metrics::counter!("jam_connections_opened_total").increment(1);
+    let conn = Arc::new(Conn {
+        acks: Mutex::new(HashMap::new()),
+        next_ref: AtomicU64::new(0),
+        st: st.clone(),
+        who: who.clone(),
+        id: id.clone(),
+        handle: handle.clone(),
+    });
+    if let Err(e) = st
+        .send_command(&who, &id, None, None, Action::UserOnline {})
+        .await
+    {
+        tracing::warn!(error = %e, "could not report the connection");
+    }
+    let hello = json!({
+        "userId": who.user_id, "userName": who.user_name, "username": who.user_name,
+        "connectionId": id, "expiresAt": verified.expires_at,
+    });
+    let _ = s.emit("authenticated", &hello);
+    // show-chat-socketio.md's greeting.
+    let mut connected = hello.clone();
+    connected["message"] = json!("Connected");
+    let _ = s.emit("connected", &connected);
+
+    // socketioxide calls a handler in arrival order and spawns the future it returns: the
+    // event is queued before that, so one task handles a connection's events in order.
+    let (in_tx, in_rx) = mpsc::channel::<Incoming>(INBOUND);
+    s.on_fallback(
+        move |Event(ev): Event, TryData(data): TryData<Value>, ack: AckSender| {
+            if let Err(mpsc::error::TrySendError::Full((_, _, ack))) =
+                in_tx.try_send((ev, data.unwrap_or(Value::Null), ack))
+            {
+                metrics::counter!("jam_rate_limited_total", "limit" => "socket.io").increment(1);
+                let _ = ack.send(
+                    &json!({"code": "RATE_LIMITED", "message": "Too many frames, slow down"}),
+                );
+            }
+            std::future::ready(())
+        },
+    );
+    let c = conn.clone();
+    s.on_disconnect(move || {
+        let c = c.clone();
+        async move { c.handle.kill.cancel() }
+    });
+    let reader = conn.clone();
+    st.tracker.spawn(async move { reader.read(in_rx).await });
+    let pump = conn.clone();
+    st.tracker.spawn(async move {
+        let _permit = permit;
+        pump.pump(s, rx).await;
+    });
+}
+
+fn refuse(s: &SocketRef, code: &str, message: &str) {
+    let _ = s.emit("error", &json!({"code": code, "message": message}));
+    let _ = s.clone().disconnect();
+}
+
+impl Conn {
+    /// The connection's events, in order, until it closes: each is the jam frame
+    /// `{"type": ev, ...data, "ref"}`, handled as a WebSocket frame is; replies go out
+    /// through the connection's queue like every other frame.
+    async fn read(&self, mut rx: mpsc::Receiver<Incoming>) {
+        let rate = self.st.cfg.rate_limit_per_sec;
+        let dm = self.st.cfg.limits.dm_per_sec;
+        let mut bucket = TokenBucket::new(rate, rate * 2.0);
+        let mut limits = ConnLimits {
+            dm: TokenBucket::new(dm, dm * 2.0),
+        };
+        let kill = self.handle.kill.clone();
+        loop {
+            let (ev, data, ack) = tokio::select! {
+                _ = kill.cancelled() => return,
+                e = rx.recv() => match e {
+                    Some(e) => e,
+                    None => return,
+                },
+            };
+            let text = self.frame_of(ev, data, ack);
+            let out = if bucket.take() {
+                frames::handle(&self.st, &self.who, &self.id, None, &mut limits, &text).await
+            } else {
+                Err(frames::FrameError::new(
+                    jam_shared::ErrorCode::RateLimited,
+                    "Too many frames, slow down",
+                    frames::ref_of(&text),
+                ))
+            };
+            match out {
+                Ok(Outcome::Reply(b)) | Ok(Outcome::Refreshed { reply: b, .. }) => {
+                    self.handle.push_json(&b);
+                }
+                Ok(Outcome::Forwarded) => {}
+                Err(e) => {
+                    self.handle.push_json(&e.to_frame());
+                }
+            }
+        }
+    }
+
+    /// The jam frame for an event, with a `ref` of ours that its acknowledgement waits on.
+    fn frame_of(&self, ev: String, data: Value, ack: AckSender) -> String {
+        let mut f = match data {
+            Value::Object(o) => o,
+            Value::Null => Map::new(),
+            other => Map::from_iter([("data".to_string(), other)]),
+        };
+        f.insert("type".into(), Value::String(ev));
+        let r = format!("sio-{}", self.next_ref.fetch_add(1, Ordering::Relaxed));
+        f.insert("ref".into(), Value::String(r.clone()));
+        self.remember(r, ack);
+        Value::Object(f).to_string()
+    }
+
+    fn remember(&self, r: String, ack: AckSender) {
+        let mut acks = self.acks.lock().unwrap();
+        if acks.len() >= PENDING_ACKS {
+            acks.retain(|_, (at, _)| at.elapsed() < ACK_TTL);
+        }
+        if acks.len() < PENDING_ACKS {
+            acks.insert(r, (Instant::now(), ack));
+        }
+    }
+
+    /// Frames for this connection, until it closes or jam closes it.
+    async fn pump(&self, s: SocketRef, mut rx: mpsc::Receiver<OutFrame>) {
+        let kill = self.handle.kill.clone();
+        loop {
+            tokio::select! {
+                _ = kill.cancelled() => break,
+                f = rx.recv() => match f {
+                    Some(f) => self.deliver(&s, f.payload()),
+                    None => break,
+                },
+            }
+        }
+        let _ = s.disconnect();
+        self.closed().await;
+    }
+
+    /// Emit one jam frame: as its `type`, and to the acknowledgement of its `ref`.
+    fn deliver(&self, s: &SocketRef, json: &[u8]) {
+        let Ok(Value::Object(mut f)) = serde_json::from_slice::<Value>(json) else {
+            return;
+        };
+        let ty = match f.remove("type") {
+            Some(Value::String(t)) => t,
+            _ => return,
+        };
+        let r = f.remove("ref");
+        let body = match (ty.as_str(), f.remove("notification")) {
+            ("notification:new", Some(n)) => n,
+            (_, Some(n)) => {
+                f.insert("notification".into(), n);
+                Value::Object(f)
+            }
+            (_, None) => Value::Object(f),
+        };
+        if let Some(Value::String(r)) = r {
+            let ack = self.acks.lock().unwrap().remove(&r);
+            if let Some((_, ack)) = ack {
+                // A forwarded call's ack gets the backend's answer itself.
+                let answer = match &body {
+                    Value::Object(o) if o.len() == 1 && o.contains_key("result") => {
+                        o["result"].clone()
+                    }
+                    b => b.clone(),
+                };
+                let _ = ack.send(&answer);
+            }
+        }
+        let _ = s.emit(ty, &body);
+    }
+
+    async fn closed(&self) {
+        crate::ws::connection::report_disconnects(&self.st, &self.who, &self.id).await;
+        metrics::gauge!("jam_connections_open").decrement(1.0);
+        metrics::counter!("jam_connections_closed_total", "reason" => "socket.io").increment(1);
+    }
+}
