@@ -1,0 +1,164 @@
+// The TypeScript client against the standalone binary started here (target/debug/jam):
+// requests answered by ref, reconnect with recovery by seq, close codes that stop it,
+// clock sync, and synced playback through the helper.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Jam, JamError, PlaybackSync } from "../dist/index.js";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+const bin = join(root, "target", "debug", "jam");
+const SECRET = "ts-client-secret";
+let jam;
+let url;
+
+function token(sub, ttl) {
+  const args = ["gentoken", "--sub", sub, "--name", sub.toUpperCase()];
+  if (ttl) args.push("--ttl", String(ttl));
+  return execFileSync(bin, args, { env: { ...process.env, JAM_JWT_SECRET: SECRET } }).toString().trim();
+}
+
+const until = (fn, ms = 10_000) =>
+  new Promise((resolve, reject) => {
+    const t0 = Date.now();
+    const tick = () => {
+      const v = fn();
+      if (v) return resolve(v);
+      if (Date.now() - t0 > ms) return reject(new Error("condition not met in time"));
+      setTimeout(tick, 20);
+    };
+    tick();
+  });
+
+before(async () => {
+  assert.ok(existsSync(bin), `${bin}: run cargo build first`);
+  const addrFile = join(mkdtempSync(join(tmpdir(), "jam-ts-")), "addr");
+  jam = spawn(bin, [], {
+    env: {
+      ...process.env,
+      JAM_LISTEN_ADDR: "127.0.0.1:0",
+      JAM_WORKER_LISTEN_ADDR: "127.0.0.1:0",
+      JAM_ADDR_FILE: addrFile,
+      JAM_JWT_SECRET: SECRET,
+      JAM_RATE_LIMIT_PER_SEC: "1000",
+      JAM_LOG: "warn",
+    },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  for (let i = 0; i < 100 && !existsSync(addrFile); i++) await new Promise((r) => setTimeout(r, 50));
+  url = `ws://${readFileSync(addrFile, "utf8").trim()}/ws`;
+});
+
+after(() => jam?.kill());
+
+test("a message resolves with its committed seq; errors reject with their code", async () => {
+  const a = new Jam({ url, token: token("ana") });
+  const b = new Jam({ url, token: () => token("bo") });
+  await a.connect();
+  await b.connect();
+  const s = await a.createSession({ name: "ts party" });
+  await b.joinSession(s.id);
+  const seen = new Promise((r) => b.on("new_message", (m) => m.message === "hi" && r(m)));
+  const m = await a.sendMessage(s.id, "hi");
+  assert.equal(m.message, "hi");
+  assert.ok(m.seq > s.seq, `seq ${m.seq}`);
+  assert.equal((await seen).seq, m.seq);
+  await assert.rejects(b.joinSession("NOPE99"), (e) => e instanceof JamError && e.code === "SESSION_NOT_FOUND");
+  a.close();
+  b.close();
+});
+
+test("a dropped connection reconnects and recovers what it missed, once, in order", async () => {
+  let tokens = 0;
+  const a = new Jam({ url, token: () => (tokens++, token("cy")), reconnectMinMs: 50, reconnectMaxMs: 200 });
+  const b = new Jam({ url, token: token("di") });
+  await a.connect();
+  await b.connect();
+  const s = await b.createSession({ name: "drop" });
+  await a.joinSession(s.id);
+  const got = [];
+  a.on("new_message", (m) => got.push(m.message));
+  const back = new Promise((r) => a.on("reconnected", r));
+  a.dropConnection();
+  for (let i = 0; i < 5; i++) await b.sendMessage(s.id, `m${i}`);
+  await back;
+  await b.sendMessage(s.id, "after");
+  await until(() => got.includes("after"));
+  assert.deepEqual(got, ["m0", "m1", "m2", "m3", "m4", "after"]);
+  assert.equal(tokens, 2, "a fresh token for the reconnect");
+  a.close();
+  b.close();
+});
+
+test("1008 stops reconnecting and asks for a token", async () => {
+  let good = true;
+  const a = new Jam({ url, token: () => (good ? token("eve") : "not-a-token"), reconnectMinMs: 20, reconnectMaxMs: 50 });
+  await a.connect();
+  const asked = new Promise((r) => a.on("auth_required", r));
+  good = false;
+  a.dropConnection();
+  const e = await asked;
+  assert.equal(e.code, 1008);
+  let reconnected = false;
+  a.on("reconnected", () => (reconnected = true));
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(reconnected, false);
+  a.close();
+});
+
+test("time sync: the server's clock from the best sample", async () => {
+  const a = new Jam({ url, token: token("fay") });
+  await a.connect();
+  const { offsetMs, rttMs } = await a.timeSync(5);
+  assert.ok(Math.abs(offsetMs) < 50, `same machine: offset ${offsetMs}`);
+  assert.ok(rttMs < 100, `loopback rtt ${rttMs}`);
+  assert.ok(Math.abs(a.serverNow() - Date.now()) < 50);
+  a.close();
+});
+
+/** A player that plays in real time: position = base + elapsed while playing. */
+function fakePlayer(startMs, playing) {
+  let base = startMs;
+  let since = Date.now();
+  let on = playing;
+  return {
+    getPosition: () => base + (on ? Date.now() - since : 0),
+    isPlaying: () => on,
+    seek(ms) { base = ms; since = Date.now(); },
+    play() { if (!on) { base = this.getPosition(); since = Date.now(); on = true; } },
+    pause() { base = this.getPosition(); on = false; },
+    load() {},
+  };
+}
+
+test("the playback helper: a joiner follows the host within 100 ms", async () => {
+  const host = new Jam({ url, token: token("gus") });
+  const guest = new Jam({ url, token: token("hal") });
+  await host.connect();
+  await guest.connect();
+  await guest.timeSync(3);
+  const s = await host.createSession({ name: "sync" });
+  const hostPlayer = fakePlayer(42_000, true);
+  const hostSync = new PlaybackSync(host, s.id, hostPlayer, { host: true, intervalMs: 500 });
+  hostSync.start("tone:440");
+  await new Promise((r) => setTimeout(r, 200));
+  const guestPlayer = fakePlayer(0, false);
+  const guestSync = new PlaybackSync(guest, s.id, guestPlayer, { host: false, intervalMs: 500 });
+  const switched = new Promise((r) => guest.on("sync_command", r));
+  guestSync.start("");
+  await guest.joinSession(s.id);
+  await switched;
+  await until(() => guestPlayer.isPlaying());
+  const drift = guestPlayer.getPosition() - hostPlayer.getPosition();
+  assert.ok(Math.abs(drift) < 100, `drift ${drift} ms`);
+  assert.equal(guestSync.trackUri, "tone:440");
+  hostSync.stop();
+  guestSync.stop();
+  host.close();
+  guest.close();
+});
