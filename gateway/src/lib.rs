@@ -11,6 +11,7 @@ pub mod limits;
 pub mod rpc;
 pub mod sio;
 pub mod state;
+pub mod web;
 pub mod ws;
 
 use std::sync::Arc;
@@ -84,6 +85,11 @@ pub fn app(st: AppState) -> Router {
         .route("/ready", get(http::ready))
         .route("/metrics", get(http::metrics))
         .merge(api);
+    let router = if st.cfg.web_ui {
+        router.merge(web::router())
+    } else {
+        router
+    };
     // Socket.IO clients on /socket.io/ (the layer answers only that path).
     let router = if st.cfg.socketio {
         router.layer(sio::layer(st.clone()))

@@ -182,6 +182,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "kernel send buffer per connection in bytes (SO_SNDBUF); 0 leaves it to the kernel's autotuning, which lets a client that stops reading hold megabytes before it is dropped as too slow",
     ),
     (
+        "JAM_WEB_UI",
+        "true",
+        "serve the listening-party page at / (and, without JAM_JWT_SECRET, development tokens at /dev/token)",
+    ),
+    (
         "JAM_SOCKETIO",
         "true",
         "serve Socket.IO clients (Engine.IO v4, WebSocket and long-polling) on /socket.io/",
@@ -285,6 +290,8 @@ pub struct Config {
     pub outbound_queue: usize,
     /// Socket.IO on /socket.io/.
     pub socketio: bool,
+    /// The listening-party page at /.
+    pub web_ui: bool,
     /// SO_SNDBUF of accepted sockets; 0: the kernel's autotuning.
     pub socket_send_buffer: usize,
     pub bus_buffer: usize,
@@ -506,6 +513,7 @@ impl Config {
             outbound_queue: s.num::<usize>("JAM_OUTBOUND_QUEUE")?.max(8),
             socket_send_buffer: s.num("JAM_SOCKET_SEND_BUFFER")?,
             socketio: s.flag("JAM_SOCKETIO")?,
+            web_ui: s.flag("JAM_WEB_UI")?,
             bus_buffer: s.num::<usize>("JAM_BUS_BUFFER")?.max(1),
             max_connections: s.num("JAM_MAX_CONNECTIONS")?,
             auth_timeout: secs("JAM_AUTH_TIMEOUT_SECS")?,

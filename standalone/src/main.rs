@@ -31,7 +31,12 @@ async fn serve() -> anyhow::Result<()> {
         Cmd::Gentoken(args) => println!("{}", jam_gateway::cli::gentoken(&cfg, &args)),
         Cmd::Serve => {
             let listener = jam_shared::telemetry::bind(&cfg.listen_addr).await?;
-            tracing::info!(addr = %listener.local_addr()?, "jam standalone listening (ws://{}/ws)", listener.local_addr()?);
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, "jam standalone listening (ws://{addr}/ws)");
+            if cfg.web_ui {
+                // The quickest way to see jam work: the listening-party page.
+                println!("jam is running: open http://{addr}/ for the listening-party page (WebSocket: ws://{addr}/ws)");
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(jam_shared::telemetry::on_signal(shutdown.clone()));
             jam::run(cfg, listener, shutdown).await?;

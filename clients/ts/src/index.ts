@@ -90,7 +90,7 @@ export interface Events {
   typing: { userId: string; isTyping: boolean };
   direct_message: { id: string; senderId: string; senderName: string; receiverId: string; content: string; createdAt: number };
   sync_command: SyncCommand;
-  sync_status: { sessionId: string; driftMs: number; state: string };
+  sync_status: { sessionId: string; drift: number | null; lastSync: number; quality: string; lagging: boolean };
   track_added: { sessionId: string; track: Track };
   track_removed: { sessionId: string; trackId: string };
   resync_required: { sessionId: string; reason: string };

@@ -1,0 +1,324 @@
+// jam's TypeScript client: one WebSocket to /ws, requests answered by `ref`, typed events
+// for the server's frames (docs/protocol.md), reconnects that respect close codes and
+// recover missed room events by sequence number, clock sync, and a playback helper.
+// No framework; browsers and Node >= 18 (the global WebSocket).
+export class JamError extends Error {
+    code;
+    constructor(code, message) {
+        super(message);
+        this.code = code;
+        this.name = "JamError";
+    }
+}
+/** Close codes after which reconnecting with the same token cannot help. */
+const STOP_CODES = new Set([1008, 4001]);
+export class Jam {
+    opts;
+    ws = null;
+    handlers = new Map();
+    pending = new Map();
+    nextRef = 0;
+    /** Sessions this client is in, and the last room seq it applied in each. */
+    sessions = new Map();
+    closedByUser = false;
+    reconnecting = false;
+    lastClose = 0;
+    attempt = 0;
+    clock = { offset: 0, rtt: Infinity };
+    /** The authenticated user (after connect). */
+    user = null;
+    constructor(opts) {
+        this.opts = opts;
+    }
+    /** Open the connection; resolves once authenticated. */
+    async connect() {
+        this.closedByUser = false;
+        const token = typeof this.opts.token === "function" ? await this.opts.token() : this.opts.token;
+        const WS = this.opts.WebSocket ?? globalThis.WebSocket;
+        const ws = new WS(`${this.opts.url}?token=${encodeURIComponent(token)}`);
+        this.ws = ws;
+        return new Promise((resolve, reject) => {
+            let authenticated = false;
+            ws.onmessage = (m) => {
+                const f = JSON.parse(String(m.data));
+                if (!authenticated && f.type === "authenticated") {
+                    authenticated = true;
+                    this.user = f;
+                    resolve(this.user);
+                }
+                this.dispatch(f);
+            };
+            ws.onclose = (e) => {
+                if (!authenticated)
+                    reject(new JamError("UNAUTHORIZED", `closed ${e.code} ${e.reason}`));
+                this.onClose(ws, e.code, e.reason);
+            };
+            ws.onerror = () => {
+                if (!authenticated)
+                    reject(new JamError("UNAVAILABLE", "connection failed"));
+            };
+        });
+    }
+    /** Close for good (no reconnect). */
+    close() {
+        this.closedByUser = true;
+        this.ws?.close(1000);
+    }
+    /** Drop the socket as a network failure would (reconnects): for tests and demos. */
+    dropConnection() {
+        this.ws?.close(4000, "dropped");
+    }
+    on(type, fn) {
+        let set = this.handlers.get(type);
+        if (!set)
+            this.handlers.set(type, (set = new Set()));
+        set.add(fn);
+        return () => set.delete(fn);
+    }
+    emit(type, e) {
+        for (const fn of this.handlers.get(type) ?? [])
+            fn(e);
+        for (const fn of this.handlers.get("*") ?? [])
+            fn(e);
+    }
+    /** Send a frame and wait for the answer carrying its `ref` (an `error` rejects). */
+    request(frame, timeoutMs = this.opts.requestTimeoutMs ?? 10_000) {
+        const ref = `c${++this.nextRef}`;
+        return new Promise((resolve, reject) => {
+            const timer = setTimeout(() => {
+                this.pending.delete(ref);
+                reject(new JamError("TIMEOUT", `no answer to ${frame.type} within ${timeoutMs} ms`));
+            }, timeoutMs);
+            this.pending.set(ref, { resolve: resolve, reject, timer });
+            if (!this.send({ ...frame, ref })) {
+                clearTimeout(timer);
+                this.pending.delete(ref);
+                reject(new JamError("UNAVAILABLE", "not connected"));
+            }
+        });
+    }
+    /** Send a frame that has no answer. */
+    send(frame) {
+        if (this.ws?.readyState !== 1)
+            return false;
+        this.ws.send(JSON.stringify(frame));
+        return true;
+    }
+    // --- Sessions and chat -------------------------------------------------------------
+    async createSession(opts) {
+        const f = await this.request({ type: "create_session", ...opts });
+        this.sessions.set(f.session.id, f.session.seq);
+        return f.session;
+    }
+    async joinSession(sessionId, opts = {}) {
+        const f = await this.request({
+            type: "join_session",
+            sessionId,
+            password: opts.password,
+            capabilities: opts.rate ? { rate: true } : undefined,
+        });
+        this.sessions.set(sessionId, f.session.seq);
+        return f.session;
+    }
+    async leaveSession(sessionId) {
+        await this.request({ type: "leave_session", sessionId });
+        this.sessions.delete(sessionId);
+    }
+    /** Resolves with the committed message (its `seq`), once it is stored. */
+    sendMessage(sessionId, message, idempotencyKey) {
+        return this.request({ type: "send_message", sessionId, message, idempotencyKey });
+    }
+    typing(sessionId, isTyping) {
+        this.send({ type: "typing", sessionId, isTyping });
+    }
+    loadHistory(sessionId, before, limit) {
+        return this.request({ type: "load_history", sessionId, before, limit });
+    }
+    directMessage(receiverId, content) {
+        return this.request({ type: "direct_message", receiverId, content });
+    }
+    // --- Clock ---------------------------------------------------------------------------
+    /** Sample the server clock `samples` times; keeps the smallest round trip's offset. */
+    async timeSync(samples = 5) {
+        for (let i = 0; i < samples; i++) {
+            const sent = Date.now();
+            const f = await this.request({ type: "time_sync", clientTime: sent });
+            const got = Date.now();
+            const rtt = got - sent;
+            if (rtt <= this.clock.rtt)
+                this.clock = { rtt, offset: f.serverTime - (sent + got) / 2 };
+        }
+        return { offsetMs: this.clock.offset, rttMs: this.clock.rtt };
+    }
+    /** The server's clock now (ms), per the best `timeSync` sample. */
+    serverNow() {
+        return Date.now() + this.clock.offset;
+    }
+    // --- Frames in -----------------------------------------------------------------------
+    dispatch(f) {
+        if (f.ref !== undefined && typeof f.ref === "string" && this.pending.has(f.ref)) {
+            const p = this.pending.get(f.ref);
+            this.pending.delete(f.ref);
+            clearTimeout(p.timer);
+            if (f.type === "error")
+                p.reject(new JamError(String(f.code), String(f.message)));
+            else
+                p.resolve(f);
+        }
+        this.track(f);
+        this.emit(f.type, f);
+    }
+    /** Keep each session's last applied room seq (what a rejoin recovers from). */
+    track(f) {
+        const sid = typeof f.sessionId === "string" ? f.sessionId : undefined;
+        if (sid && typeof f.seq === "number" && this.sessions.has(sid)) {
+            this.sessions.set(sid, Math.max(this.sessions.get(sid), f.seq));
+        }
+        if (f.type === "session_ended" && sid)
+            this.sessions.delete(sid);
+    }
+    // --- Reconnect -----------------------------------------------------------------------
+    onClose(ws, code, reason) {
+        if (ws !== this.ws)
+            return;
+        for (const [ref, p] of this.pending) {
+            clearTimeout(p.timer);
+            p.reject(new JamError("UNAVAILABLE", "connection closed"));
+            this.pending.delete(ref);
+        }
+        this.lastClose = code;
+        const stop = this.closedByUser || STOP_CODES.has(code);
+        this.emit("disconnected", { code, reason, willReconnect: !stop });
+        if (STOP_CODES.has(code) && !this.closedByUser)
+            this.emit("auth_required", { code, reason });
+        if (!stop && !this.reconnecting)
+            void this.reconnect();
+    }
+    async reconnect() {
+        const min = this.opts.reconnectMinMs ?? 250;
+        const max = this.opts.reconnectMaxMs ?? 10_000;
+        this.reconnecting = true;
+        try {
+            await this.reconnectLoop(min, max);
+        }
+        finally {
+            this.reconnecting = false;
+        }
+    }
+    async reconnectLoop(min, max) {
+        while (!this.closedByUser && !STOP_CODES.has(this.lastClose)) {
+            this.attempt++;
+            // Full jitter: a gateway restart does not bring every client back at once.
+            const cap = Math.min(max, min * 2 ** Math.min(this.attempt - 1, 10));
+            await new Promise((r) => setTimeout(r, Math.random() * cap));
+            try {
+                await this.connect();
+                await this.rejoinAll();
+                this.emit("reconnected", { attempt: this.attempt });
+                this.attempt = 0;
+                return;
+            }
+            catch {
+                // try again
+            }
+        }
+    }
+    /** Rejoin every session with its last seq: the missed room events come inside the
+     * answer and are replayed as events, in order; when they cannot be, a fresh snapshot. */
+    async rejoinAll() {
+        for (const [sessionId, sinceSeq] of [...this.sessions]) {
+            let f;
+            try {
+                f = await this.request({ type: "join_session", sessionId, sinceSeq });
+            }
+            catch (e) {
+                if (e instanceof JamError && e.code === "SESSION_NOT_FOUND") {
+                    this.sessions.delete(sessionId);
+                    this.emit("session_ended", { sessionId, reason: "not_found" });
+                    continue;
+                }
+                throw e;
+            }
+            if (f.recovered) {
+                for (const missed of f.missed ?? [])
+                    this.dispatch(missed);
+            }
+            else {
+                this.emit("resynced", { sessionId, session: f.session });
+            }
+            this.sessions.set(sessionId, f.session.seq);
+        }
+    }
+}
+/**
+ * Synced playback in a few lines: the host's helper sends `playback_state` on every change
+ * and every `intervalMs`; a participant's sends `playback_report`s and applies the
+ * server's `sync_command`s, reading their timestamps on the server's clock.
+ */
+export class PlaybackSync {
+    jam;
+    sessionId;
+    player;
+    opts;
+    timer = null;
+    off = () => { };
+    trackUri = "";
+    constructor(jam, sessionId, player, opts = { host: false }) {
+        this.jam = jam;
+        this.sessionId = sessionId;
+        this.player = player;
+        this.opts = opts;
+    }
+    start(trackUri) {
+        this.trackUri = trackUri;
+        this.off = this.jam.on("sync_command", (c) => c.sessionId === this.sessionId && this.apply(c));
+        this.timer = setInterval(() => this.report(), this.opts.intervalMs ?? 1000);
+        this.report();
+    }
+    stop() {
+        if (this.timer)
+            clearInterval(this.timer);
+        this.off();
+    }
+    /** The host changed something (play, pause, seek, track): tell the session now. */
+    changed(trackUri = this.trackUri) {
+        this.trackUri = trackUri;
+        this.report();
+    }
+    report() {
+        const f = {
+            sessionId: this.sessionId,
+            trackUri: this.trackUri,
+            position: this.player.getPosition(),
+            isPlaying: this.player.isPlaying(),
+        };
+        this.jam.send({ type: this.opts.host ? "playback_state" : "playback_report", ...f });
+    }
+    /** Where a command says to be now: its position moved on by the time since its stamp. */
+    apply(c) {
+        const elapsed = c.isPlaying ? (this.jam.serverNow() - c.timestamp) * (c.playbackRate || 1) : 0;
+        const at = c.position + Math.max(0, elapsed);
+        switch (c.action) {
+            case "switch_track":
+                this.trackUri = c.trackUri;
+                this.player.load?.(c.trackUri);
+                this.player.seek(at);
+                c.isPlaying ? this.player.play() : this.player.pause();
+                break;
+            case "seek":
+                this.player.seek(at);
+                break;
+            case "play":
+                this.player.seek(at);
+                this.player.play();
+                break;
+            case "pause":
+                this.player.pause();
+                this.player.seek(c.position);
+                break;
+            case "rate":
+                this.player.setRate?.(c.playbackRate);
+                break;
+        }
+    }
+}
