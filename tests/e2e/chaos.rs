@@ -62,7 +62,8 @@ async fn ready_again(s: &Stack) {
 }
 
 /// Session timers still fire after the fault: a typing indicator set through one gateway
-/// is cleared by the owning worker's timer (5 s TTL) and seen cleared through the other.
+/// is cleared by the owning worker's timer (5 s TTL) and seen cleared through the other;
+/// and sync still answers a playback report with its drift.
 async fn timers_fire(s: &Stack, sid: &str) -> Duration {
     let (a, b) = (s.gateways[0].ws_url(), s.gateways[1].ws_url());
     let mut x = Client::connect(&a, &token("timer-x", "Timer X", None)).await;
@@ -84,7 +85,21 @@ async fn timers_fire(s: &Stack, sid: &str) -> Duration {
         from_x(false),
     )
     .await;
-    t.elapsed()
+    let cleared = t.elapsed();
+    // Sync still answers: a report is checked against the host's playback (the traffic's
+    // host set it) and answered with the drift.
+    y.send(
+        json!({"type": "playback_report", "sessionId": sid, "trackUri": "chaos:track",
+                  "position": 0.0, "isPlaying": true}),
+    )
+    .await;
+    let status = y
+        .recv_where_within("sync_status", Duration::from_secs(5), |v| {
+            v["type"] == "sync_status" && v["drift"].is_number()
+        })
+        .await;
+    assert_eq!(status["sessionId"], sid, "{status}");
+    cleared
 }
 
 /// How long after the fault every gateway may take to show the members as they are.

@@ -173,6 +173,23 @@ impl Member {
         }
     }
 
+    /// Playback traffic beside the chat: the host (`u0`) reports its player, the others
+    /// theirs, every fifth message (no answer awaited: the server's `sync_command`s and
+    /// `sync_status`es are just more room traffic to the audit).
+    async fn sync_traffic(&mut self, i: usize) {
+        if i % 5 != 0 {
+            return;
+        }
+        let host = self.user.ends_with("-u0");
+        let f = json!({
+            "type": if host { "playback_state" } else { "playback_report" },
+            "sessionId": self.sid, "trackUri": "chaos:track", "position": (i * 1000) as f64,
+            "isPlaying": true,
+        });
+        // A socket that went away shows at the next message, which reconnects.
+        let _ = self.client.try_send(f).await;
+    }
+
     /// Stay connected, as a careful client does, until told to stop: keep applying room
     /// events and reconnect when the socket goes away.
     async fn hold(&mut self, mut stop: watch::Receiver<bool>) {
@@ -378,6 +395,7 @@ pub async fn start(traffic: &Traffic, total: Duration) -> Running {
                 while start.elapsed() < total {
                     let text = format!("{}-m{i}", m.user);
                     m.say(&text, &fault_at).await;
+                    m.sync_traffic(i).await;
                     i += 1;
                     tokio::time::sleep(every).await;
                 }
