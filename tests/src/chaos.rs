@@ -177,7 +177,7 @@ impl Member {
     /// theirs, every fifth message (no answer awaited: the server's `sync_command`s and
     /// `sync_status`es are just more room traffic to the audit).
     async fn sync_traffic(&mut self, i: usize) {
-        if i % 5 != 0 {
+        if !i.is_multiple_of(5) {
             return;
         }
         let host = self.user.ends_with("-u0");
