@@ -135,6 +135,13 @@ async fn connect(st: AppState, s: SocketRef) {
         refuse(&s, "UNAVAILABLE", "too many connections");
         return;
     };
+    let user_slot = match st.limits.user_slot(&verified.identity) {
+        Ok(slot) => slot,
+        Err(r) => {
+            refuse(&s, r.code.as_str(), &r.message);
+            return;
+        }
+    };
     let who = verified.identity.clone();
     let id = format!("sio-{}", jam_shared::ids::unique());
     let (tx, rx) = mpsc::channel::<OutFrame>(st.cfg.outbound_queue);
@@ -203,10 +210,12 @@ async fn connect(st: AppState, s: SocketRef) {
         async move { c.handle.kill.cancel() }
     });
     let reader = conn.clone();
-    st.tracker.spawn(async move { reader.read(in_rx).await });
+    let expires_at = verified.expires_at;
+    st.tracker
+        .spawn(async move { reader.read(in_rx, expires_at).await });
     let pump = conn.clone();
     st.tracker.spawn(async move {
-        let _permit = permit;
+        let _held = (permit, user_slot);
         pump.pump(s, rx).await;
     });
 }
@@ -220,17 +229,45 @@ impl Conn {
     /// The connection's events, in order, until it closes: each is the jam frame
     /// `{"type": ev, ...data, "ref"}`, handled as a WebSocket frame is; replies go out
     /// through the connection's queue like every other frame.
-    async fn read(&self, mut rx: mpsc::Receiver<Incoming>) {
+    async fn read(&self, mut rx: mpsc::Receiver<Incoming>, mut expires_at: Option<i64>) {
         let rate = self.st.cfg.rate_limit_per_sec;
         let dm = self.st.cfg.limits.dm_per_sec;
         let mut bucket = TokenBucket::new(rate, rate * 2.0);
         let mut limits = ConnLimits {
             dm: TokenBucket::new(dm, dm * 2.0),
         };
+        let mut warned = false;
         let kill = self.handle.kill.clone();
         loop {
+            // The token's life, as on a WebSocket: `token_expiring` first, then the end.
+            let deadline = expires_at.map(|exp| {
+                let warn = exp - self.st.cfg.auth.expiry_warning.as_millis() as i64;
+                let at = if warned { exp } else { warn };
+                let left = (at - jam_shared::clock::now_ms()).max(0) as u64;
+                tokio::time::Instant::now() + Duration::from_millis(left)
+            });
+            let token_timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let (ev, data, ack) = tokio::select! {
                 _ = kill.cancelled() => return,
+                _ = token_timer => {
+                    if warned {
+                        let f = frames::FrameError::new(jam_shared::ErrorCode::Unauthorized, "token expired", None);
+                        self.handle.push_json(&f.to_frame());
+                        self.handle.close(crate::ws::close::TOKEN_EXPIRED);
+                        return;
+                    }
+                    warned = true;
+                    self.handle.push_json(&jam_shared::protocol::event::frame(
+                        "token_expiring",
+                        &json!({ "expiresAt": expires_at }),
+                    ));
+                    continue;
+                }
                 e = rx.recv() => match e {
                     Some(e) => e,
                     None => return,
@@ -247,8 +284,16 @@ impl Conn {
                 ))
             };
             match out {
-                Ok(Outcome::Reply(b)) | Ok(Outcome::Refreshed { reply: b, .. }) => {
+                Ok(Outcome::Reply(b)) => {
                     self.handle.push_json(&b);
+                }
+                Ok(Outcome::Refreshed {
+                    expires_at: fresh,
+                    reply,
+                }) => {
+                    expires_at = fresh;
+                    warned = false;
+                    self.handle.push_json(&reply);
                 }
                 Ok(Outcome::Forwarded) => {}
                 Err(e) => {
@@ -293,6 +338,10 @@ impl Conn {
                     None => break,
                 },
             }
+        }
+        // What was queued before the end (the reason for it, say) still goes out.
+        while let Ok(f) = rx.try_recv() {
+            self.deliver(&s, f.payload());
         }
         let _ = s.disconnect();
         self.closed().await;

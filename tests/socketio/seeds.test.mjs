@@ -24,9 +24,10 @@ let jam;
 let base;
 let backend;
 
-function token(sub, tenant) {
+function token(sub, tenant, ttl) {
   const args = ["gentoken", "--sub", sub, "--name", sub.toUpperCase()];
   if (tenant) args.push("--tenant", tenant);
+  if (ttl) args.push("--ttl", String(ttl));
   return execFileSync(bin, args, { env: { ...process.env, JAM_JWT_SECRET: SECRET } })
     .toString()
     .trim();
@@ -220,4 +221,17 @@ test("a token in the query works; a bad one is refused", async () => {
   assert.match(err.message, /^UNAUTHORIZED/);
   assert.equal(bad.connected, false);
   bad.close();
+});
+
+test("a token's end: token_expiring, refresh_token with an ack, then the end of an unrefreshed one", async () => {
+  const socket = connect({ auth: { token: token("exp1", undefined, 3) } });
+  await next(socket, "connected");
+  await next(socket, "token_expiring");
+  const refreshed = await socket.timeout(WAIT).emitWithAck("refresh_token", { token: token("exp1", undefined, 2) });
+  assert.ok(refreshed.expiresAt, JSON.stringify(refreshed));
+  const ended = next(socket, "error", (e) => e.message === "token expired");
+  const gone = next(socket, "disconnect");
+  await ended;
+  await gone;
+  assert.equal(socket.connected, false);
 });
