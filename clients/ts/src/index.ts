@@ -98,6 +98,21 @@ export interface Events {
   "notification:new": { notification: Record<string, unknown> };
   "notification:unread-count": { count: number };
   error: { code: string; message: string };
+  left_session: { sessionId: string };
+  sessions_list: { sessions: Pick<Session, "id" | "name" | "description" | "hostId" | "isPrivate" | "maxParticipants" | "participantCount" | "createdAt">[] };
+  presence_diff: { sessionId: string; joined: number; left: number; count: number; participantCount: number; seq: number };
+  direct_history: { with: string; messages: Events["direct_message"][]; hasMore: boolean };
+  offset_updated: { sessionId: string; offsetMs: number; updatedAt: number };
+  track_change: { sessionId: string; track: Track; seq: number };
+  sync_request: { sessionId: string; userId: string; userName: string; [k: string]: unknown };
+  sync_response: { sessionId: string; userId: string; userName: string; toUserId?: string; [k: string]: unknown };
+  token_refreshed: { expiresAt?: number };
+  pong: { serverTime: number };
+  time_sync: { clientTime: number; serverTime: number };
+  presence: { users: { userId: string; online: boolean }[] };
+  "notification:marked-read": { notificationId?: number; all?: boolean; marked?: number; unreadCount: number };
+  "notification:deleted": { notificationId: number; unreadCount: number };
+  notifications: { notifications: Record<string, unknown>[]; hasMore: boolean; unreadCount: number };
   /** Client-side: the connection is up again and its sessions were rejoined. */
   reconnected: { attempt: number };
   /** Client-side: a rejoin could not recover the missed events; `session` is fresh. */
