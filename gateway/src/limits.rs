@@ -149,7 +149,7 @@ impl Limiter {
         }
         let ok = m
             .entry(token.to_string())
-            .or_insert_with(|| TokenBucket::new(rate, rate * 2.0))
+            .or_insert_with(|| TokenBucket::with_burst(rate))
             .take();
         if ok {
             Ok(())

@@ -10,26 +10,25 @@
 //!   stripped); `notification:new` carries the notification itself, as the seed does.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jam_shared::auth::Identity;
 use jam_shared::keys;
-use jam_shared::protocol::Action;
 use serde_json::{json, Map, Value};
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::SocketIo;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::fanout::ConnHandle;
 use crate::state::AppState;
 use crate::ws::frames::{self, ConnLimits, Outcome};
 use crate::ws::framing::OutFrame;
 use crate::ws::ratelimit::TokenBucket;
+use crate::ws::token_life::{self, TokenEvent, TokenLife};
 
 /// Acknowledgements waiting for their reply, per socket; older ones are dropped.
 const PENDING_ACKS: usize = 256;
@@ -95,14 +94,8 @@ fn token_of(st: &AppState, s: &SocketRef, auth: Option<&Value>) -> Option<String
         return Some(t.to_string());
     }
     let parts = s.req_parts();
-    let query: HashMap<String, String> = parts
-        .uri
-        .query()
-        .map(|q| {
-            url_pairs(q)
-                .filter(|(k, _)| k == "token")
-                .collect::<HashMap<_, _>>()
-        })
+    let query = axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
         .unwrap_or_default();
     let (t, source) = crate::auth::sources::token_from_request(&query, &parts.headers)?;
     if matches!(source, crate::auth::sources::Source::Cookie)
@@ -112,18 +105,6 @@ fn token_of(st: &AppState, s: &SocketRef, auth: Option<&Value>) -> Option<String
         return None;
     }
     Some(t)
-}
-
-/// `a=b&c=d` pairs, percent-decoded where it matters for tokens (`%2B`, `%2F`, `%3D`).
-fn url_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    q.split('&').filter_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        let v = v
-            .replace("%2B", "+")
-            .replace("%2F", "/")
-            .replace("%3D", "=");
-        Some((k.to_string(), v))
-    })
 }
 
 async fn connect(st: AppState, s: SocketRef) {
@@ -145,13 +126,7 @@ async fn connect(st: AppState, s: SocketRef) {
     let who = verified.identity.clone();
     let id = format!("sio-{}", jam_shared::ids::unique());
     let (tx, rx) = mpsc::channel::<OutFrame>(st.cfg.outbound_queue);
-    let handle = ConnHandle {
-        id: Arc::from(id.as_str()),
-        user_id: Arc::from(who.user_id.as_str()),
-        tx,
-        kill: CancellationToken::new(),
-        close_code: Arc::new(AtomicU16::new(0)),
-    };
+    let handle = ConnHandle::new(&id, &who.user_id, tx);
     let user_channel = keys::user_channel(&who.tenant, &who.user_id);
     if st
         .table
@@ -172,12 +147,7 @@ async fn connect(st: AppState, s: SocketRef) {
         id: id.clone(),
         handle: handle.clone(),
     });
-    if let Err(e) = st
-        .send_command(&who, &id, None, None, Action::UserOnline {})
-        .await
-    {
-        tracing::warn!(error = %e, "could not report the connection");
-    }
+    crate::ws::connection::report_connect(&st, &who, &id).await;
     let hello = json!({
         "userId": who.user_id, "userName": who.user_name, "username": who.user_name,
         "connectionId": id, "expiresAt": verified.expires_at,
@@ -229,45 +199,27 @@ impl Conn {
     /// The connection's events, in order, until it closes: each is the jam frame
     /// `{"type": ev, ...data, "ref"}`, handled as a WebSocket frame is; replies go out
     /// through the connection's queue like every other frame.
-    async fn read(&self, mut rx: mpsc::Receiver<Incoming>, mut expires_at: Option<i64>) {
-        let rate = self.st.cfg.rate_limit_per_sec;
-        let dm = self.st.cfg.limits.dm_per_sec;
-        let mut bucket = TokenBucket::new(rate, rate * 2.0);
-        let mut limits = ConnLimits {
-            dm: TokenBucket::new(dm, dm * 2.0),
-        };
-        let mut warned = false;
+    async fn read(&self, mut rx: mpsc::Receiver<Incoming>, expires_at: Option<i64>) {
+        let mut bucket = TokenBucket::with_burst(self.st.cfg.rate_limit_per_sec);
+        let mut limits = ConnLimits::new(&self.st);
+        let mut token = TokenLife::new(expires_at, self.st.cfg.auth.expiry_warning);
         let kill = self.handle.kill.clone();
         loop {
-            // The token's life, as on a WebSocket: `token_expiring` first, then the end.
-            let deadline = expires_at.map(|exp| {
-                let warn = exp - self.st.cfg.auth.expiry_warning.as_millis() as i64;
-                let at = if warned { exp } else { warn };
-                let left = (at - jam_shared::clock::now_ms()).max(0) as u64;
-                tokio::time::Instant::now() + Duration::from_millis(left)
-            });
-            let token_timer = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let deadline = token.deadline();
             let (ev, data, ack) = tokio::select! {
                 _ = kill.cancelled() => return,
-                _ = token_timer => {
-                    if warned {
+                _ = token_life::until(deadline) => match token.fire() {
+                    TokenEvent::Expired => {
                         let f = frames::FrameError::new(jam_shared::ErrorCode::Unauthorized, "token expired", None);
                         self.handle.push_json(&f.to_frame());
                         self.handle.close(crate::ws::close::TOKEN_EXPIRED);
                         return;
                     }
-                    warned = true;
-                    self.handle.push_json(&jam_shared::protocol::event::frame(
-                        "token_expiring",
-                        &json!({ "expiresAt": expires_at }),
-                    ));
-                    continue;
-                }
+                    TokenEvent::Expiring(f) => {
+                        self.handle.push_json(&f);
+                        continue;
+                    }
+                },
                 e = rx.recv() => match e {
                     Some(e) => e,
                     None => return,
@@ -287,12 +239,8 @@ impl Conn {
                 Ok(Outcome::Reply(b)) => {
                     self.handle.push_json(&b);
                 }
-                Ok(Outcome::Refreshed {
-                    expires_at: fresh,
-                    reply,
-                }) => {
-                    expires_at = fresh;
-                    warned = false;
+                Ok(Outcome::Refreshed { expires_at, reply }) => {
+                    token.refreshed(expires_at);
                     self.handle.push_json(&reply);
                 }
                 Ok(Outcome::Forwarded) => {}
@@ -357,13 +305,14 @@ impl Conn {
             _ => return,
         };
         let r = f.remove("ref");
-        let body = match (ty.as_str(), f.remove("notification")) {
-            ("notification:new", Some(n)) => n,
-            (_, Some(n)) => {
+        // The seed's handler gets the notification itself.
+        let body = match f.remove("notification") {
+            Some(n) if ty == "notification:new" => n,
+            Some(n) => {
                 f.insert("notification".into(), n);
                 Value::Object(f)
             }
-            (_, None) => Value::Object(f),
+            None => Value::Object(f),
         };
         if let Some(Value::String(r)) = r {
             let ack = self.acks.lock().unwrap().remove(&r);

@@ -176,7 +176,20 @@ async fn custom_events(ws: &str, metrics_url: &str, calls: &Calls) {
     // A slow backend: the connection's other frames go on meanwhile; the one call in
     // flight is the cap; the slow one ends as UNAVAILABLE after the timeout.
     alice.send(json!({"type": "job:slow", "ref": "slow"})).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Until the backend holds the slow call (the one call in flight).
+    let t = std::time::Instant::now();
+    while !calls
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(c, _)| c["event"] == "job:slow")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the slow call never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let pong = alice.request(json!({"type": "ping"})).await;
     assert_eq!(
         pong["type"], "pong",

@@ -5,29 +5,20 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, existsSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { root, startJam } from "../support/jam.mjs";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const bin = join(root, "target", "debug", "jam");
 const CHROMIUM = process.env.JAM_CHROMIUM ?? "/usr/bin/chromium";
 let jam;
 let base;
 let browser;
 
 before(async () => {
-  assert.ok(existsSync(bin), `${bin}: run cargo build first`);
-  const addrFile = join(mkdtempSync(join(tmpdir(), "jam-web-")), "addr");
   // No JAM_JWT_SECRET: the page signs in with development tokens, as a newcomer's would.
-  const env = { ...process.env, JAM_LISTEN_ADDR: "127.0.0.1:0", JAM_WORKER_LISTEN_ADDR: "127.0.0.1:0", JAM_ADDR_FILE: addrFile, JAM_LOG: "warn" };
-  delete env.JAM_JWT_SECRET;
-  jam = spawn(bin, [], { env, stdio: ["ignore", "inherit", "inherit"] });
-  for (let i = 0; i < 100 && !existsSync(addrFile); i++) await new Promise((r) => setTimeout(r, 50));
-  base = `http://${readFileSync(addrFile, "utf8").trim()}`;
+  jam = await startJam({ JAM_JWT_SECRET: null });
+  base = jam.base;
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ["--no-sandbox", "--autoplay-policy=no-user-gesture-required"],
@@ -36,7 +27,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  jam?.kill();
+  jam?.proc.kill();
 });
 
 async function signIn(name) {

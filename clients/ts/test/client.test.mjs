@@ -4,24 +4,14 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, existsSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
 import { Jam, JamError, PlaybackSync } from "../dist/index.js";
+import { gentoken, startJam } from "../../../tests/support/jam.mjs";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-const bin = join(root, "target", "debug", "jam");
 const SECRET = "ts-client-secret";
 let jam;
 let url;
 
-function token(sub, ttl) {
-  const args = ["gentoken", "--sub", sub, "--name", sub.toUpperCase()];
-  if (ttl) args.push("--ttl", String(ttl));
-  return execFileSync(bin, args, { env: { ...process.env, JAM_JWT_SECRET: SECRET } }).toString().trim();
-}
+const token = (sub) => gentoken(sub, { secret: SECRET });
 
 const until = (fn, ms = 10_000) =>
   new Promise((resolve, reject) => {
@@ -36,25 +26,11 @@ const until = (fn, ms = 10_000) =>
   });
 
 before(async () => {
-  assert.ok(existsSync(bin), `${bin}: run cargo build first`);
-  const addrFile = join(mkdtempSync(join(tmpdir(), "jam-ts-")), "addr");
-  jam = spawn(bin, [], {
-    env: {
-      ...process.env,
-      JAM_LISTEN_ADDR: "127.0.0.1:0",
-      JAM_WORKER_LISTEN_ADDR: "127.0.0.1:0",
-      JAM_ADDR_FILE: addrFile,
-      JAM_JWT_SECRET: SECRET,
-      JAM_RATE_LIMIT_PER_SEC: "1000",
-      JAM_LOG: "warn",
-    },
-    stdio: ["ignore", "inherit", "inherit"],
-  });
-  for (let i = 0; i < 100 && !existsSync(addrFile); i++) await new Promise((r) => setTimeout(r, 50));
-  url = `ws://${readFileSync(addrFile, "utf8").trim()}/ws`;
+  jam = await startJam({ JAM_JWT_SECRET: SECRET, JAM_RATE_LIMIT_PER_SEC: "1000" });
+  url = jam.ws;
 });
 
-after(() => jam?.kill());
+after(() => jam?.proc.kill());
 
 test("a message resolves with its committed seq; errors reject with their code", async () => {
   const a = new Jam({ url, token: token("ana") });
@@ -146,7 +122,8 @@ test("the playback helper: a joiner follows the host within 100 ms", async () =>
   const hostPlayer = fakePlayer(42_000, true);
   const hostSync = new PlaybackSync(host, s.id, hostPlayer, { host: true, intervalMs: 500 });
   hostSync.start("tone:440");
-  await new Promise((r) => setTimeout(r, 200));
+  // Answered by the session's worker after the host's playback_state (same stream).
+  await host.request({ type: "get_state", sessionId: s.id });
   const guestPlayer = fakePlayer(0, false);
   const guestSync = new PlaybackSync(guest, s.id, guestPlayer, { host: false, intervalMs: 500 });
   const switched = new Promise((r) => guest.on("sync_command", r));

@@ -28,6 +28,17 @@ pub struct ConnHandle {
 }
 
 impl ConnHandle {
+    /// A connection's handle: frames for it go to `tx`.
+    pub fn new(id: &str, user_id: &str, tx: mpsc::Sender<OutFrame>) -> Self {
+        Self {
+            id: Arc::from(id),
+            user_id: Arc::from(user_id),
+            tx,
+            kill: CancellationToken::new(),
+            close_code: Arc::new(AtomicU16::new(0)),
+        }
+    }
+
     pub fn close(&self, code: u16) {
         let _ = self
             .close_code

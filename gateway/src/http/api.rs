@@ -12,9 +12,11 @@ use serde_json::{json, Value};
 use super::rest::{rpc, rpc_action, ApiError, Caller};
 use crate::state::AppState;
 
-type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+/// A JSON body, or why it is not one.
+pub type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
-fn body<T>(b: Body<T>) -> Result<T, ApiError> {
+/// The body, or a 400 (a 413 with its metric when it is over `JAM_MAX_BODY_BYTES`).
+pub fn body<T>(b: Body<T>) -> Result<T, ApiError> {
     b.map(|Json(v)| v).map_err(|e| {
         use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection};
         let too_large = matches!(

@@ -10,6 +10,7 @@ use jam_shared::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::api::{body, Body};
 use super::publish::{backend_key, backend_tenant};
 use super::rest::{rpc, rpc_action, ApiError, Caller};
 use crate::state::AppState;
@@ -72,10 +73,10 @@ fn recipients(b: &CreateBody) -> Result<Vec<String>, ApiError> {
 pub async fn create(
     State(st): State<AppState>,
     headers: HeaderMap,
-    b: Result<Json<CreateBody>, axum::extract::rejection::JsonRejection>,
+    b: Body<CreateBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     backend_key(&st, &headers)?;
-    let Json(b) = b.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let b = body(b)?;
     let users = recipients(&b)?;
     let tenant = backend_tenant(b.tenant.clone())?;
     let action = Action::Notify {
@@ -156,10 +157,10 @@ pub async fn set_contacts(
     State(st): State<AppState>,
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
-    b: Result<Json<ContactsBody>, axum::extract::rejection::JsonRejection>,
+    b: Body<ContactsBody>,
 ) -> Result<Json<Value>, ApiError> {
     backend_key(&st, &headers)?;
-    let Json(b) = b.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let b = body(b)?;
     if id.is_empty() || id.len() > 256 {
         return Err(ApiError::new(ErrorCode::BadRequest, "bad user id"));
     }

@@ -91,10 +91,10 @@ pub fn backend_identity(tenant: String) -> jam_shared::auth::Identity {
 pub async fn publish(
     State(st): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
+    b: super::api::Body<PublishBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     backend_key(&st, &headers)?;
-    let Json(body) = body.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let body = super::api::body(b)?;
     if !valid_event(&body.event) {
         return Err(ApiError::new(
             ErrorCode::BadRequest,

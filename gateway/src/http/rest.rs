@@ -1,9 +1,6 @@
 //! REST plumbing: JSON errors with the shared codes, the Bearer-JWT caller extractor, and
 //! `rpc`, which sends a command like a socket would and waits for the worker's answer.
 
-use std::sync::atomic::AtomicU16;
-use std::sync::Arc;
-
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -13,7 +10,6 @@ use jam_shared::auth::Identity;
 use jam_shared::ErrorCode;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::fanout::ConnHandle;
 use crate::state::AppState;
@@ -108,13 +104,7 @@ pub async fn rpc_action(
     action.validate().map_err(|(c, m)| ApiError::new(c, m))?;
     let conn = format!("rest-{}", jam_shared::ids::unique());
     let (tx, mut rx) = mpsc::channel(8);
-    let handle = ConnHandle {
-        id: Arc::from(conn.as_str()),
-        user_id: Arc::from(who.user_id.as_str()),
-        tx,
-        kill: CancellationToken::new(),
-        close_code: Arc::new(AtomicU16::new(0)),
-    };
+    let handle = ConnHandle::new(&conn, &who.user_id, tx);
     let unavailable = |_| ApiError::new(ErrorCode::Unavailable, "bus unavailable, try again");
     // Only the reply to this call reaches it (through this gateway's inbox).
     st.table.register_direct(handle);

@@ -23,6 +23,7 @@ use super::close;
 use super::frames::{self, ConnLimits, Outcome};
 use super::framing::OutFrame;
 use super::ratelimit::TokenBucket;
+use super::token_life::{self, TokenEvent, TokenLife};
 use super::upgrade::{FrameStream, FrameWriter};
 use crate::auth::Verified;
 use crate::fanout::ConnHandle;
@@ -131,13 +132,7 @@ async fn serve(
 ) {
     let who = verified.identity.clone();
     let (tx, rx) = mpsc::channel::<OutFrame>(st.cfg.outbound_queue);
-    let handle = ConnHandle {
-        id: Arc::from(conn_id.as_str()),
-        user_id: Arc::from(who.user_id.as_str()),
-        tx,
-        kill: CancellationToken::new(),
-        close_code: Arc::new(AtomicU16::new(0)),
-    };
+    let handle = ConnHandle::new(&conn_id, &who.user_id, tx);
     let user_channel = keys::user_channel(&who.tenant, &who.user_id);
     if let Err(e) = Box::pin(st.table.register(handle.clone(), user_channel)).await {
         tracing::warn!(error = %e, "could not subscribe the user channel");
@@ -147,13 +142,7 @@ async fn serve(
     metrics::gauge!("jam_connections_open").increment(1.0);
     metrics::counter!("jam_connections_opened_total").increment(1);
     tracing::info!("connected");
-    // Online to the people who watch this user (contacts' presence).
-    if let Err(e) = st
-        .send_command(&who, &conn_id, None, None, Action::UserOnline {})
-        .await
-    {
-        tracing::warn!(error = %e, "could not report the connection");
-    }
+    report_connect(&st, &who, &conn_id).await;
     handle.push_json(&frame(
         "authenticated",
         &json!({
@@ -187,6 +176,17 @@ async fn serve(
     metrics::gauge!("jam_connections_open").decrement(1.0);
     metrics::counter!("jam_connections_closed_total", "reason" => reason).increment(1);
     tracing::info!(reason, "disconnected");
+}
+
+/// Tell the user's partition a connection opened: the first one anywhere makes the user
+/// online to the people who watch them (contacts' presence).
+pub(crate) async fn report_connect(st: &AppState, who: &Identity, conn_id: &str) {
+    if let Err(e) = st
+        .send_command(who, conn_id, None, None, Action::UserOnline {})
+        .await
+    {
+        tracing::warn!(error = %e, "could not report the connection");
+    }
 }
 
 /// Tell the workers the connection left its rooms, and its user's partition that it is
@@ -287,8 +287,7 @@ struct Reader<'a> {
     strikes: u32,
     limits: ConnLimits,
     rtts: std::collections::VecDeque<u32>,
-    expires_at: Option<i64>,
-    warned: bool,
+    token: TokenLife,
 }
 
 impl<'a> Reader<'a> {
@@ -299,64 +298,35 @@ impl<'a> Reader<'a> {
         conn_id: &'a str,
         expires_at: Option<i64>,
     ) -> Self {
-        let rate = st.cfg.rate_limit_per_sec;
-        let dm = st.cfg.limits.dm_per_sec;
         Self {
             st,
             handle,
             who,
             conn_id,
-            bucket: TokenBucket::new(rate, rate * 2.0),
+            bucket: TokenBucket::with_burst(st.cfg.rate_limit_per_sec),
             strikes: 0,
-            limits: ConnLimits {
-                dm: TokenBucket::new(dm, dm * 2.0),
-            },
+            limits: ConnLimits::new(st),
             rtts: std::collections::VecDeque::with_capacity(RTT_SAMPLES),
-            expires_at,
-            warned: false,
+            token: TokenLife::new(expires_at, st.cfg.auth.expiry_warning),
         }
-    }
-
-    /// When the next token deadline falls: the warning, then the expiry itself.
-    fn next_deadline(&self) -> Option<(tokio::time::Instant, bool)> {
-        let exp = self.expires_at?;
-        let warn = exp - self.st.cfg.auth.expiry_warning.as_millis() as i64;
-        let (at, is_expiry) = if self.warned {
-            (exp, true)
-        } else {
-            (warn, false)
-        };
-        let left = (at - jam_shared::clock::now_ms()).max(0) as u64;
-        Some((
-            tokio::time::Instant::now() + Duration::from_millis(left),
-            is_expiry,
-        ))
     }
 
     /// Until the connection ends; returns why (a metric label).
     async fn run(&mut self, inbound: flume::Receiver<(Instant, Message)>) -> &'static str {
         loop {
-            let deadline = self.next_deadline();
-            let token_timer = async {
-                match deadline {
-                    Some((at, _)) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let deadline = self.token.deadline();
             let next = tokio::select! {
                 _ = self.handle.kill.cancelled() => return "server",
-                _ = token_timer => {
-                    if deadline.is_some_and(|(_, expiry)| expiry) {
+                _ = token_life::until(deadline) => match self.token.fire() {
+                    TokenEvent::Expired => {
                         self.handle.close(close::TOKEN_EXPIRED);
                         return "token_expired";
                     }
-                    self.warned = true;
-                    self.handle.push_json(&frame(
-                        "token_expiring",
-                        &json!({"expiresAt": self.expires_at}),
-                    ));
-                    continue;
-                }
+                    TokenEvent::Expiring(f) => {
+                        self.handle.push_json(&f);
+                        continue;
+                    }
+                },
                 n = tokio::time::timeout(IDLE_TIMEOUT, inbound.recv_async()) => n,
             };
             let (arrived, msg) = match next {
@@ -424,8 +394,7 @@ impl<'a> Reader<'a> {
             Ok(Outcome::Forwarded) => {}
             Ok(Outcome::Refreshed { expires_at, reply }) => {
                 metrics::counter!("jam_token_refreshes_total").increment(1);
-                self.expires_at = expires_at;
-                self.warned = false;
+                self.token.refreshed(expires_at);
                 self.handle.push_json(&reply);
             }
             Err(e) => {
@@ -650,8 +619,8 @@ mod tests {
         assert_eq!(close::describe(close::GONE).1, "client");
     }
 
-    /// A peer that stopped reading: every write waits for ever.
-    struct Stuck;
+    /// A peer that stopped reading: every write waits for ever (and says it was tried).
+    struct Stuck(Arc<tokio::sync::Notify>);
 
     impl AsyncWrite for Stuck {
         fn poll_write(
@@ -659,6 +628,7 @@ mod tests {
             _: &mut Context<'_>,
             _: &[u8],
         ) -> Poll<std::io::Result<usize>> {
+            self.0.notify_one();
             Poll::Pending
         }
 
@@ -676,8 +646,16 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         tx.try_send(OutFrame::text(b"{}")).unwrap();
         let (kill, code) = (CancellationToken::new(), Arc::new(AtomicU16::new(0)));
-        let writer = tokio::spawn(write_loop(Stuck, rx, kill.clone(), code.clone()));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let tried = Arc::new(tokio::sync::Notify::new());
+        let writer = tokio::spawn(write_loop(
+            Stuck(tried.clone()),
+            rx,
+            kill.clone(),
+            code.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(5), tried.notified())
+            .await
+            .expect("the writer tries to write");
         assert!(!writer.is_finished(), "the write is still waiting");
         let t = tokio::time::Instant::now();
         // What a full queue does (ConnHandle::push).

@@ -54,6 +54,14 @@ pub struct ConnLimits {
     pub dm: crate::ws::ratelimit::TokenBucket,
 }
 
+impl ConnLimits {
+    pub fn new(st: &AppState) -> Self {
+        Self {
+            dm: crate::ws::ratelimit::TokenBucket::with_burst(st.cfg.limits.dm_per_sec),
+        }
+    }
+}
+
 /// Parse a frame into its `ref`, its type and the action, without side effects.
 pub fn parse(text: &str) -> Result<(Option<Value>, String, Value), FrameError> {
     let v: Value = serde_json::from_str(text).map_err(|e| {

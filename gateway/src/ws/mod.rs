@@ -5,6 +5,7 @@ pub mod connection;
 pub mod frames;
 pub mod framing;
 pub mod ratelimit;
+pub mod token_life;
 pub mod upgrade;
 pub mod wire;
 

@@ -19,6 +19,11 @@ impl TokenBucket {
         }
     }
 
+    /// `per_sec` sustained, bursts of twice that (what every jam limit promises).
+    pub fn with_burst(per_sec: f64) -> Self {
+        Self::new(per_sec, per_sec * 2.0)
+    }
+
     pub fn take_at(&mut self, now: Instant) -> bool {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;

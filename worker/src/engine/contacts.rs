@@ -109,7 +109,7 @@ impl Engine {
         if first {
             announce(fx, user, "user_online", &cmd.user_name);
         }
-        fx.online.push(user.clone());
+        fx.online(user);
     }
 
     pub(super) fn user_offline(&mut self, cmd: &Command, fx: &mut Effects) {
@@ -135,10 +135,10 @@ impl Engine {
         user.conns.retain(|c| c.conn != conn);
         if user.conns.is_empty() {
             let user = self.people.online.remove(key).expect("present");
-            fx.online.push(user.clone());
+            fx.online(&user);
             Some(user)
         } else {
-            fx.online.push(user.clone());
+            fx.online(user);
             None
         }
     }

@@ -23,8 +23,8 @@ pub struct Effects {
     pub direct: Vec<DirectMessage>,
     pub attendance: Vec<Attendance>,
     pub inbox: Vec<InboxChange>,
-    /// Online users whose connections changed (the last one per user counts).
-    pub online: Vec<OnlineUser>,
+    /// Online users whose connections changed: each user's last state in the batch.
+    pub online: HashMap<(String, String), OnlineUser>,
     pub contacts: Vec<ContactsChange>,
     /// Reads answered after the commit, off the engine's thread.
     pub queries: Vec<Query>,
@@ -90,6 +90,12 @@ pub fn reply_to(cmd: &Command, frames: &[Bytes]) -> (String, Bytes) {
 }
 
 impl Effects {
+    /// `user`'s connections changed (none left: offline).
+    pub fn online(&mut self, user: &OnlineUser) {
+        self.online
+            .insert((user.tenant.clone(), user.user_id.clone()), user.clone());
+    }
+
     pub fn touch(&mut self, key: &SessionKey) {
         self.dirty.insert(key.clone(), false);
     }

@@ -302,18 +302,9 @@ impl Engine {
             attendance: std::mem::take(&mut fx.attendance),
             inbox: std::mem::take(&mut fx.inbox),
             contacts: std::mem::take(&mut fx.contacts),
+            online: fx.online.drain().map(|(_, u)| u).collect(),
             ..Default::default()
         };
-        // A user's last state in the batch is the one to write.
-        for u in std::mem::take(&mut fx.online).into_iter().rev() {
-            if !batch
-                .online
-                .iter()
-                .any(|o| o.tenant == u.tenant && o.user_id == u.user_id)
-            {
-                batch.online.push(u);
-            }
-        }
         for (key, deleted) in fx.dirty.drain() {
             match (deleted, self.sessions.get(&key)) {
                 (false, Some(rec)) => batch.upserts.push(rec.clone()),
