@@ -113,6 +113,7 @@ pub async fn run(
     let (sub, rx) = bus.subscription(cfg.bus_buffer).await?;
     let table = fanout::Table::new(sub, cfg.node_id()).await?;
     let dispatcher = tokio::spawn(fanout::dispatch::run(table.clone(), rx));
+    let pinger = tokio::spawn(ws::connection::pinger(table.clone()));
     let rpc = Arc::new(rpc::Rpc::new(cfg.rpc.clone()));
     let st = AppState {
         cfg: Arc::new(cfg),
@@ -175,6 +176,7 @@ pub async fn run(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
     heartbeat.abort();
     dispatcher.abort();
+    pinger.abort();
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -15,28 +15,60 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ws::framing::OutFrame;
+use crate::ws::outbox::{DrainError, Outbox, Pushed};
 
-/// What the table needs to reach one connection.
+/// What the table needs to reach one connection (cheap to clone: one `Arc`).
 #[derive(Clone)]
-pub struct ConnHandle {
+pub struct ConnHandle(Arc<Conn>);
+
+pub struct Conn {
     pub id: Arc<str>,
     pub user_id: Arc<str>,
-    pub tx: mpsc::Sender<OutFrame>,
+    out: Out,
     /// Cancelled to close the connection with `close_code`.
     pub kill: CancellationToken,
-    pub close_code: Arc<AtomicU16>,
+    pub close_code: AtomicU16,
+}
+
+/// Where a connection's frames go.
+enum Out {
+    /// A WebSocket: written by whoever has a frame (see [`Outbox`]).
+    Socket(Outbox),
+    /// A task that reads them (a REST call's reply slot, a Socket.IO connection).
+    Queue(mpsc::Sender<OutFrame>),
+}
+
+impl std::ops::Deref for ConnHandle {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.0
+    }
 }
 
 impl ConnHandle {
-    /// A connection's handle: frames for it go to `tx`.
+    /// A connection whose frames go to `tx`.
     pub fn new(id: &str, user_id: &str, tx: mpsc::Sender<OutFrame>) -> Self {
-        Self {
+        Self::with(id, user_id, Out::Queue(tx))
+    }
+
+    /// A WebSocket connection whose frames go to the socket through `out`.
+    pub fn socket(id: &str, user_id: &str, out: Outbox) -> Self {
+        Self::with(id, user_id, Out::Socket(out))
+    }
+
+    fn with(id: &str, user_id: &str, out: Out) -> Self {
+        Self(Arc::new(Conn {
             id: Arc::from(id),
             user_id: Arc::from(user_id),
-            tx,
+            out,
             kill: CancellationToken::new(),
-            close_code: Arc::new(AtomicU16::new(0)),
-        }
+            close_code: AtomicU16::new(0),
+        }))
+    }
+
+    pub fn is_socket(&self) -> bool {
+        matches!(self.out, Out::Socket(_))
     }
 
     pub fn close(&self, code: u16) {
@@ -46,22 +78,84 @@ impl ConnHandle {
         self.kill.cancel();
     }
 
-    /// Queue a frame; a full queue closes the connection rather than slow anyone else.
+    /// Send or queue a frame; a full queue closes the connection rather than slow anyone
+    /// else. False when the frame was not taken.
     pub fn push(&self, frame: OutFrame) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("jam_slow_consumers_total").increment(1);
-                self.close(crate::ws::close::SLOW_CONSUMER);
+        let out = match &self.out {
+            Out::Queue(tx) => {
+                return match tx.try_send(frame) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.slow_consumer();
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            }
+            Out::Socket(out) => out,
+        };
+        match out.push(frame) {
+            Pushed::Sent | Pushed::Queued => true,
+            Pushed::NeedsDrain => {
+                self.spawn_drain();
+                true
+            }
+            Pushed::Full => {
+                self.slow_consumer();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Pushed::Failed => {
+                self.close(crate::ws::close::GONE);
+                false
+            }
+            Pushed::Closed => false,
         }
+    }
+
+    fn slow_consumer(&self) {
+        metrics::counter!("jam_slow_consumers_total").increment(1);
+        self.close(crate::ws::close::SLOW_CONSUMER);
+    }
+
+    /// The socket is full: a task sends the queue as the peer reads (and ends with it).
+    fn spawn_drain(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let Out::Socket(out) = &me.out else { return };
+            match out.drain().await {
+                Ok(()) => {}
+                Err(DrainError::Stalled) => me.slow_consumer(),
+                Err(DrainError::Failed) => me.close(crate::ws::close::GONE),
+            }
+        });
     }
 
     /// Queue serialized JSON as a text frame of its own.
     pub fn push_json(&self, json: &[u8]) -> bool {
         self.push(OutFrame::text(json))
+    }
+
+    /// A WebSocket's end: the close frame with the code set on the handle (1000 if none)
+    /// after what is queued, waiting at most `grace` for the peer to take it, then the end
+    /// of the stream. Frames pushed after this are dropped.
+    pub async fn finish(&self, grace: std::time::Duration) {
+        let Out::Socket(out) = &self.out else { return };
+        let c = match self.close_code.load(Ordering::SeqCst) {
+            0 => crate::ws::close::NORMAL,
+            c => c,
+        };
+        let close = OutFrame::close(c, crate::ws::close::describe(c).0);
+        let sent = async {
+            match out.push_last(close) {
+                Pushed::NeedsDrain => {
+                    let _ = out.drain().await;
+                }
+                Pushed::Queued => out.idle().await,
+                _ => {}
+            }
+        };
+        let _ = tokio::time::timeout(grace, sent).await;
+        out.shutdown();
     }
 }
 

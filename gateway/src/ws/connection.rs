@@ -2,7 +2,7 @@
 //! the routing table, then a reader (frames in, stamped on arrival) and a writer (bounded
 //! queue out, pings for RTT) until either side ends, the token expires or the server says so.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,18 +13,18 @@ use jam_shared::protocol::event::{error, error_with_ref, frame};
 use jam_shared::protocol::Action;
 use jam_shared::ErrorCode;
 use serde_json::json;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::close;
 use super::frames::{self, ConnLimits, Outcome};
 use super::framing::OutFrame;
+use super::outbox::Outbox;
 use super::ratelimit::TokenBucket;
 use super::token_life::{self, TokenEvent, TokenLife};
-use super::upgrade::{FrameStream, FrameWriter};
+use super::upgrade::{FrameWriter, Inbound};
 use crate::auth::Verified;
 use crate::fanout::ConnHandle;
 use crate::limits::Slot;
@@ -35,13 +35,11 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 const RTT_SAMPLES: usize = 8;
 /// A connection silent (no frame, no pong) for this long is dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a killed connection's write in progress may still take before it is dropped.
+/// How long the close frame may wait for the peer to read what is queued before it.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// The same for a slow consumer: its write in progress gets a short while, then it is
+/// dropped (with no close frame after half a frame).
 const KILLED_WRITE_GRACE: Duration = Duration::from_millis(500);
-/// Frames read ahead of the one being handled.
-const INBOUND_QUEUE: usize = 64;
-/// Frames handed to one `writev(2)` at most.
-const WRITE_BATCH: usize = 64;
 
 /// What a connection holds while it lives: its admission and its per-IP slot.
 pub struct Admission {
@@ -50,14 +48,14 @@ pub struct Admission {
 }
 
 pub async fn run(
-    mut frames: FrameStream,
+    inbound: Inbound,
     out: FrameWriter,
     st: AppState,
     token: Option<String>,
     adm: Admission,
 ) {
     // Boxed: the hand-shake's state is not carried for the connection's whole life.
-    let verified = match Box::pin(authenticate(&mut frames, &st, token)).await {
+    let verified = match Box::pin(authenticate(&inbound, &st, token)).await {
         Ok(v) => v,
         Err(msg) => return refuse(out, ErrorCode::Unauthorized, &msg, close::POLICY).await,
     };
@@ -69,7 +67,7 @@ pub async fn run(
     let who = &verified.identity;
     let span =
         tracing::info_span!("conn", conn = %conn_id, user = %who.user_id, tenant = %who.tenant);
-    serve(frames, out, st, verified, conn_id)
+    serve(inbound, out, st, verified, conn_id)
         .instrument(span)
         .await;
     drop((user_slot, adm));
@@ -89,17 +87,17 @@ async fn refuse(mut out: FrameWriter, code: ErrorCode, msg: &str, close_code: u1
 }
 
 async fn authenticate(
-    frames: &mut FrameStream,
+    inbound: &Inbound,
     st: &AppState,
     token: Option<String>,
 ) -> Result<Verified, String> {
     let token = match token {
         Some(t) => t,
         None => {
-            let first = tokio::time::timeout(st.cfg.auth_timeout, frames.next())
+            let first = tokio::time::timeout(st.cfg.auth_timeout, inbound.rx.recv_async())
                 .await
                 .map_err(|_| "authentication timed out".to_string())?;
-            let Some(Ok(Message::Text(t))) = first else {
+            let Ok((_, Message::Text(t))) = first else {
                 return Err("expected an authenticate frame".into());
             };
             let v: serde_json::Value = serde_json::from_str(&t)
@@ -124,15 +122,15 @@ async fn authenticate(
 }
 
 async fn serve(
-    stream: FrameStream,
+    inbound: Inbound,
     sink: FrameWriter,
     st: AppState,
     verified: Verified,
     conn_id: String,
 ) {
     let who = verified.identity.clone();
-    let (tx, rx) = mpsc::channel::<OutFrame>(st.cfg.outbound_queue);
-    let handle = ConnHandle::new(&conn_id, &who.user_id, tx);
+    let outbox = Outbox::new(Box::new(sink), st.cfg.outbound_queue);
+    let handle = ConnHandle::socket(&conn_id, &who.user_id, outbox);
     let user_channel = keys::user_channel(&who.tenant, &who.user_id);
     if let Err(e) = Box::pin(st.table.register(handle.clone(), user_channel)).await {
         tracing::warn!(error = %e, "could not subscribe the user channel");
@@ -142,7 +140,7 @@ async fn serve(
     metrics::gauge!("jam_connections_open").increment(1.0);
     metrics::counter!("jam_connections_opened_total").increment(1);
     tracing::info!("connected");
-    report_connect(&st, &who, &conn_id).await;
+    Box::pin(report_connect(&st, &who, &conn_id)).await;
     handle.push_json(&frame(
         "authenticated",
         &json!({
@@ -153,25 +151,21 @@ async fn serve(
         }),
     ));
 
-    let writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        handle.kill.clone(),
-        handle.close_code.clone(),
-    ));
-    // flume's queue holds nothing until frames arrive (tokio's allocates a block of slots
-    // per channel up front: 2 KiB for every idle connection).
-    let (in_tx, inbound) = flume::bounded(INBOUND_QUEUE);
-    let reader = tokio::spawn(read_frames(stream, in_tx));
+    // The first round-trip sample at once; then the gateway's pinger (see [`pinger`]).
+    handle.push(ping_now());
     let mut r = Reader::new(&st, &handle, &who, &conn_id, verified.expires_at);
-    let mut reason = r.run(inbound).await;
+    let mut reason = Box::pin(r.run(&inbound.rx)).await;
     let code = handle.close_code.load(Ordering::SeqCst);
     if code != 0 {
         reason = close::describe(code).1;
     }
     handle.kill.cancel();
-    reader.abort();
-    let _ = writer.await;
+    drop(inbound);
+    let grace = match handle.close_code.load(Ordering::SeqCst) {
+        close::SLOW_CONSUMER => KILLED_WRITE_GRACE,
+        _ => CLOSE_GRACE,
+    };
+    Box::pin(handle.finish(grace)).await;
     Box::pin(report_disconnects(&st, &who, &conn_id)).await;
     metrics::gauge!("jam_connections_open").decrement(1.0);
     metrics::counter!("jam_connections_closed_total", "reason" => reason).increment(1);
@@ -210,70 +204,25 @@ pub(crate) async fn report_disconnects(st: &AppState, who: &Identity, conn_id: &
     }
 }
 
-/// Send queued frames (a burst in one `writev`) and a ping every [`PING_EVERY`]; on `kill`,
-/// send the close code set on the handle (1000 if none).
-pub async fn write_loop<W>(
-    mut out: W,
-    mut rx: mpsc::Receiver<OutFrame>,
-    kill: CancellationToken,
-    code: Arc<AtomicU16>,
-) where
-    W: AsyncWrite + Unpin,
-{
-    let mut ping = tokio::time::interval(PING_EVERY);
-    // One wait for the whole loop: a fresh `cancelled()` per burst was 6 % of a fan-out's
-    // CPU profile.
-    let killed = kill.cancelled();
-    tokio::pin!(killed);
+fn ping_now() -> OutFrame {
+    OutFrame::ping(&jam_shared::clock::now_us().to_be_bytes())
+}
+
+/// Ping every WebSocket of the gateway every [`PING_EVERY`] (one task for all: an idle
+/// connection holds no timer of its own). The pong carries the send time back: the
+/// round trip the sync engine uses, and proof the peer is alive (see [`IDLE_TIMEOUT`]).
+pub async fn pinger(table: Arc<crate::fanout::Table>) {
+    let mut every = tokio::time::interval(PING_EVERY);
+    every.tick().await;
     loop {
-        let sent = tokio::select! {
-            biased;
-            _ = &mut killed => break,
-            f = rx.recv() => match f {
-                Some(f) => {
-                    let write = tokio::time::timeout(WRITE_TIMEOUT, write_queued(&mut out, f, &mut rx));
-                    tokio::pin!(write);
-                    tokio::select! {
-                        biased;
-                        r = &mut write => r,
-                        // A kill (a full queue, a drain) waits for a write in progress only
-                        // briefly: then the close frame follows it; a peer that is not
-                        // reading is dropped, with no close frame after half a frame.
-                        _ = &mut killed => match tokio::time::timeout(KILLED_WRITE_GRACE, &mut write).await {
-                            Ok(Ok(Ok(()))) => break,
-                            _ => return,
-                        },
-                    }
-                }
-                None => break,
-            },
-            _ = ping.tick() => {
-                let now = jam_shared::clock::now_us().to_be_bytes();
-                let ping = OutFrame::ping(&now);
-                tokio::time::timeout(WRITE_TIMEOUT, out.write_all(ping.as_bytes())).await
+        every.tick().await;
+        let ping = ping_now();
+        for c in table.connections() {
+            if c.is_socket() {
+                c.push(ping.clone());
             }
-        };
-        // Nothing more can be sent: a failed write means the peer is gone, a write that
-        // never finished means it stopped reading.
-        let why = match sent {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) => close::GONE,
-            Err(_) => close::SLOW_CONSUMER,
-        };
-        let _ = code.compare_exchange(0, why, Ordering::SeqCst, Ordering::SeqCst);
-        kill.cancel();
-        return;
+        }
     }
-    let c = match code.load(Ordering::SeqCst) {
-        0 => close::NORMAL,
-        c => c,
-    };
-    let goodbye = async {
-        out.write_all(OutFrame::close(c, close::describe(c).0).as_bytes())
-            .await?;
-        out.shutdown().await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
 }
 
 /// The reading half: frames in order, the frame-rate limit, the token's expiry.
@@ -312,7 +261,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Until the connection ends; returns why (a metric label).
-    async fn run(&mut self, inbound: flume::Receiver<(Instant, Message)>) -> &'static str {
+    async fn run(&mut self, inbound: &flume::Receiver<(Instant, Message)>) -> &'static str {
         loop {
             let deadline = self.token.deadline();
             let next = tokio::select! {
@@ -432,133 +381,9 @@ where
     }
 }
 
-/// Write `first` and everything else already queued: one `writev(2)` for a burst (up to
-/// [`WRITE_BATCH`] frames) instead of one write per frame.
-pub async fn write_queued<W>(
-    out: &mut W,
-    first: OutFrame,
-    rx: &mut mpsc::Receiver<OutFrame>,
-) -> std::io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-{
-    // Bounded: at most what the queue holds now.
-    let mut left = rx.len();
-    if left == 0 {
-        // The usual delivery: one frame, no batch to build.
-        return out.write_all(first.as_bytes()).await;
-    }
-    let mut batch = vec![first];
-    loop {
-        while left > 0 && batch.len() < WRITE_BATCH {
-            let Ok(f) = rx.try_recv() else {
-                left = 0;
-                break;
-            };
-            batch.push(f);
-            left -= 1;
-        }
-        write_all(out, &batch).await?;
-        if left == 0 {
-            return Ok(());
-        }
-        batch.clear();
-    }
-}
-
-/// Every byte of `frames`, in order, with as few `writev(2)` calls as the socket allows.
-async fn write_all<W: AsyncWrite + Unpin>(out: &mut W, frames: &[OutFrame]) -> std::io::Result<()> {
-    let (mut i, mut off) = (0, 0);
-    while i < frames.len() {
-        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&frames[i].as_bytes()[off..])
-            .chain(frames[i + 1..].iter().map(|f| f.as_bytes()))
-            .map(std::io::IoSlice::new)
-            .collect();
-        let mut n = out.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while i < frames.len() {
-            let rest = frames[i].as_bytes().len() - off;
-            if n < rest {
-                off += n;
-                break;
-            }
-            n -= rest;
-            i += 1;
-            off = 0;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
     use super::*;
-
-    /// A socket that records what is written and counts the calls, taking at most
-    /// `chunk` bytes per call (a socket buffer that fills).
-    struct Recorder {
-        bytes: Vec<u8>,
-        calls: usize,
-        chunk: usize,
-    }
-
-    impl Recorder {
-        fn new(chunk: usize) -> Self {
-            Self {
-                bytes: Vec::new(),
-                calls: 0,
-                chunk,
-            }
-        }
-    }
-
-    impl AsyncWrite for Recorder {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            self.calls += 1;
-            let n = buf.len().min(self.chunk);
-            self.bytes.extend_from_slice(&buf[..n]);
-            Poll::Ready(Ok(n))
-        }
-
-        fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            bufs: &[std::io::IoSlice<'_>],
-        ) -> Poll<std::io::Result<usize>> {
-            self.calls += 1;
-            let mut n = 0;
-            for b in bufs {
-                let take = b.len().min(self.chunk - n);
-                self.bytes.extend_from_slice(&b[..take]);
-                n += take;
-                if n == self.chunk {
-                    break;
-                }
-            }
-            Poll::Ready(Ok(n))
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
 
     #[tokio::test]
     async fn frames_are_stamped_when_they_arrive_not_when_handled() {
@@ -575,116 +400,5 @@ mod tests {
             got.push(m.into_text().unwrap().to_string());
         }
         assert_eq!(got, ["a", "b", "c"]);
-    }
-
-    fn queued(texts: &[&str]) -> (OutFrame, mpsc::Receiver<OutFrame>, Vec<u8>) {
-        let (tx, rx) = mpsc::channel(texts.len() + 1);
-        let frames: Vec<OutFrame> = texts.iter().map(|t| OutFrame::text(t.as_bytes())).collect();
-        for f in &frames[1..] {
-            tx.try_send(f.clone()).unwrap();
-        }
-        let wire = frames.iter().flat_map(|f| f.as_bytes().to_vec()).collect();
-        (frames[0].clone(), rx, wire)
-    }
-
-    /// A socket whose writes fail: the peer went away.
-    struct Broken;
-
-    impl AsyncWrite for Broken {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn a_failed_write_ends_the_connection_as_the_peers_close() {
-        let (tx, rx) = mpsc::channel(4);
-        tx.try_send(OutFrame::text(b"{}")).unwrap();
-        let (kill, code) = (CancellationToken::new(), Arc::new(AtomicU16::new(0)));
-        write_loop(Broken, rx, kill.clone(), code.clone()).await;
-        assert!(kill.is_cancelled(), "the reader is told to stop");
-        assert_eq!(code.load(Ordering::SeqCst), close::GONE);
-        assert_eq!(close::describe(close::GONE).1, "client");
-    }
-
-    /// A peer that stopped reading: every write waits for ever (and says it was tried).
-    struct Stuck(Arc<tokio::sync::Notify>);
-
-    impl AsyncWrite for Stuck {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            self.0.notify_one();
-            Poll::Pending
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Pending
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Pending
-        }
-    }
-
-    #[tokio::test]
-    async fn a_kill_does_not_wait_for_a_write_the_peer_is_not_reading() {
-        let (tx, rx) = mpsc::channel(4);
-        tx.try_send(OutFrame::text(b"{}")).unwrap();
-        let (kill, code) = (CancellationToken::new(), Arc::new(AtomicU16::new(0)));
-        let tried = Arc::new(tokio::sync::Notify::new());
-        let writer = tokio::spawn(write_loop(
-            Stuck(tried.clone()),
-            rx,
-            kill.clone(),
-            code.clone(),
-        ));
-        tokio::time::timeout(Duration::from_secs(5), tried.notified())
-            .await
-            .expect("the writer tries to write");
-        assert!(!writer.is_finished(), "the write is still waiting");
-        let t = tokio::time::Instant::now();
-        // What a full queue does (ConnHandle::push).
-        code.store(close::SLOW_CONSUMER, Ordering::SeqCst);
-        kill.cancel();
-        writer.await.unwrap();
-        // Well inside the write timeout the writer would otherwise wait out.
-        assert!(t.elapsed() < WRITE_TIMEOUT / 4, "{:?}", t.elapsed());
-        assert_eq!(code.load(Ordering::SeqCst), close::SLOW_CONSUMER);
-    }
-
-    #[tokio::test]
-    async fn everything_queued_goes_out_in_one_write() {
-        let (first, mut rx, wire) = queued(&["a", "b", "c", "d"]);
-        let mut out = Recorder::new(usize::MAX);
-        write_queued(&mut out, first, &mut rx).await.unwrap();
-        assert_eq!(out.bytes, wire);
-        assert_eq!(out.calls, 1);
-        assert!(rx.try_recv().is_err());
-    }
-
-    #[tokio::test]
-    async fn a_short_write_resumes_where_it_stopped() {
-        let texts: Vec<String> = (0..200).map(|i| format!("{{\"n\":{i}}}")).collect();
-        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-        let (first, mut rx, wire) = queued(&refs);
-        let mut out = Recorder::new(7);
-        write_queued(&mut out, first, &mut rx).await.unwrap();
-        assert_eq!(out.bytes, wire, "every byte once, in order");
-        assert!(rx.try_recv().is_err());
     }
 }

@@ -4,6 +4,7 @@ pub mod close;
 pub mod connection;
 pub mod frames;
 pub mod framing;
+pub mod outbox;
 pub mod ratelimit;
 pub mod token_life;
 pub mod upgrade;
@@ -90,7 +91,7 @@ pub async fn handler(
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(HARD_FRAME_LIMIT))
         .max_frame_size(Some(HARD_FRAME_LIMIT));
-    ws.on_upgrade(config, move |frames, out| {
-        tracker.track_future(connection::run(frames, out, st, token, adm))
+    ws.on_upgrade(config, move |inbound, out| {
+        tracker.track_future(connection::run(inbound, out, st, token, adm))
     })
 }

@@ -8,18 +8,38 @@ use std::task::{Context, Poll};
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// The upgraded socket.
-pub type Io = TokioIo<hyper::upgrade::Upgraded>;
+/// What the client sent before hyper handed the socket over, then the socket's read half.
+pub type Io = tokio::io::Chain<std::io::Cursor<bytes::Bytes>, OwnedReadHalf>;
 /// Client frames, parsed by tungstenite from the read half.
-pub type FrameStream = WebSocketStream<ReadOnly<ReadHalf<Io>>>;
-/// Where the writer sends encoded frames.
-pub type FrameWriter = WriteHalf<Io>;
+pub type FrameStream = WebSocketStream<ReadOnly<Io>>;
+/// Frames read ahead of the one being handled.
+const INBOUND_QUEUE: usize = 64;
+
+/// Client frames as the reader task parsed them, each with the instant it arrived. The
+/// reader task (it owns the [`FrameStream`]) stops when this is dropped.
+pub struct Inbound {
+    pub rx: flume::Receiver<(std::time::Instant, Message)>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Inbound {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+/// The socket's write half: frames go out through the connection's
+/// [`Outbox`](super::outbox::Outbox).
+pub type FrameWriter = OwnedWriteHalf;
 
 /// A valid upgrade request: its key and hyper's handle on the upgraded connection.
 pub struct Upgrade {
@@ -77,23 +97,51 @@ impl Upgrade {
     /// Answer 101 and run `f` on the socket once hyper hands it over.
     pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, f: F) -> Response
     where
-        F: FnOnce(FrameStream, FrameWriter) -> Fut + Send + 'static,
+        F: FnOnce(Inbound, FrameWriter) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let accept = derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
-            let io = match on_upgrade.await {
-                Ok(u) => TokioIo::new(u),
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
                 Err(e) => {
                     tracing::debug!(error = %e, "upgrade failed");
                     return;
                 }
             };
-            let (r, w) = tokio::io::split(io);
-            let frames =
-                WebSocketStream::from_raw_socket(ReadOnly(r), Role::Server, Some(config)).await;
-            f(frames, w).await;
+            // The TCP socket itself, so that frames can be written without a task
+            // (`try_write_vectored`); axum serves TcpStreams, wrapped by hyper-util.
+            let parts = match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(
+                upgraded,
+            ) {
+                Ok(p) => p,
+                Err(_) => {
+                    tracing::error!("upgraded connection is not a TCP stream");
+                    return;
+                }
+            };
+            let (r, w) = parts.io.into_inner().into_split();
+            // Copied: hyper's read buffer (8 KiB or more) would otherwise live as long as
+            // the connection, for the few bytes (usually none) read past the request.
+            let early = bytes::Bytes::copy_from_slice(&parts.read_buf);
+            drop(parts.read_buf);
+            let r = std::io::Cursor::new(early).chain(r);
+            // The parser lives in the reader task alone, not in the connection's future.
+            // flume's queue holds nothing until frames arrive (tokio's allocates a block of
+            // slots per channel up front: 2 KiB for every idle connection).
+            let (tx, rx) = flume::bounded(INBOUND_QUEUE);
+            // No hand-shake to wait for: ready at the first poll. Built here so that the
+            // reader task's future is `read_frames` alone (not the stream twice).
+            let frames = WebSocketStream::from_raw_socket(ReadOnly(r), Role::Server, Some(config))
+                .now_or_never()
+                .expect("a stream without a hand-shake is ready at once");
+            let reader = tokio::spawn(super::connection::read_frames(frames, tx));
+            let inbound = Inbound {
+                rx,
+                reader: reader.abort_handle(),
+            };
+            f(inbound, w).await;
         });
         let mut res = Response::new(axum::body::Body::empty());
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
