@@ -7,7 +7,7 @@ use jam_shared::bus::BusMessage;
 use jam_shared::protocol::envelope::{splice_ref, Envelope};
 use tokio::sync::mpsc;
 
-use super::table::Table;
+use super::table::{ConnHandle, Table};
 use crate::ws::framing::OutFrame;
 
 /// Route bus messages until the bus closes.
@@ -87,6 +87,7 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
     }
     let channel: &str = &msg.channel;
     let mut empty = Vec::new();
+    let mut targets: Vec<ConnHandle> = Vec::new();
     {
         let mut s = table.state.lock().unwrap();
         let st = &mut *s;
@@ -108,62 +109,31 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
                 }
             }
         }
-        let inbox = channel == table.inbox;
-        if inbox {
+        // Recipients are picked under the lock; the writes happen after it (a syscall per
+        // socket: a large room would otherwise hold the table for milliseconds).
+        if channel == table.inbox {
             // Replies for one connection of this gateway: routed by the envelope alone.
             if let Some(entry) = env.conn.as_deref().and_then(|c| st.conns.get(c)) {
-                let mut sent = 0;
-                for (i, f) in frames.iter().enumerate() {
-                    let bytes = match &env.r#ref {
-                        Some(r) if i == 0 => OutFrame::text(&splice_ref(f.payload(), r)),
-                        _ => f.clone(),
-                    };
-                    if !entry.handle.push(bytes) {
-                        break;
-                    }
-                    sent += 1;
-                }
-                for f in frames.iter().take(sent) {
-                    count_out(f, 1);
-                }
+                targets.push(entry.handle.clone());
             }
         } else if let Some(ch) = st.channels.get(channel) {
-            // Counted per frame, not per delivery: metric lookups stay off the per-socket loop.
-            let mut sent = vec![0u64; frames.len()];
-            let mut send = |conn: &str| {
-                let Some(entry) = st.conns.get(conn) else {
-                    return;
-                };
-                let h = &entry.handle;
-                for (i, f) in frames.iter().enumerate() {
-                    let bytes = match (&env.r#ref, env.ref_conn.as_deref()) {
-                        (Some(r), Some(rc)) if i == 0 && rc == conn => {
-                            OutFrame::text(&splice_ref(f.payload(), r))
-                        }
-                        _ => f.clone(),
-                    };
-                    if !h.push(bytes) {
-                        break;
-                    }
-                    sent[i] += 1;
-                }
-            };
             match env.conn.as_deref() {
-                Some(conn) if ch.members.contains(conn) => send(conn),
+                Some(conn) if ch.members.contains(conn) => {
+                    targets.extend(st.conns.get(conn).map(|e| e.handle.clone()));
+                }
                 Some(_) => {}
                 None => {
                     for m in &ch.members {
-                        let skip = env.except_user.as_deref().is_some_and(|u| {
-                            st.conns.get(m).is_some_and(|e| &*e.handle.user_id == u)
-                        });
+                        let Some(e) = st.conns.get(m) else { continue };
+                        let skip = env
+                            .except_user
+                            .as_deref()
+                            .is_some_and(|u| &*e.handle.user_id == u);
                         if !skip {
-                            send(m);
+                            targets.push(e.handle.clone());
                         }
                     }
                 }
-            }
-            for (f, n) in frames.iter().zip(sent) {
-                count_out(f, n);
             }
         }
         // Leaves apply after delivery: the leaver sees its own user_left / session_ended.
@@ -203,6 +173,31 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
         }
     }
     table.release(empty);
+    let inbox = channel == table.inbox;
+    // Counted per frame, not per delivery: metric lookups stay off the per-socket loop.
+    let mut sent = vec![0u64; frames.len()];
+    for h in &targets {
+        // The `ref` goes on the first frame of the requester's copy (on the inbox, every
+        // reply is the requester's).
+        let ref_here = match (&env.r#ref, env.ref_conn.as_deref()) {
+            (Some(r), _) if inbox => Some(r),
+            (Some(r), Some(rc)) if rc == &*h.id => Some(r),
+            _ => None,
+        };
+        for (i, f) in frames.iter().enumerate() {
+            let bytes = match ref_here {
+                Some(r) if i == 0 => OutFrame::text(&splice_ref(f.payload(), r)),
+                _ => f.clone(),
+            };
+            if !h.push(bytes) {
+                break;
+            }
+            sent[i] += 1;
+        }
+    }
+    for (f, n) in frames.iter().zip(sent) {
+        count_out(f, n);
+    }
 }
 
 fn count_out(frame: &OutFrame, deliveries: u64) {

@@ -370,8 +370,13 @@ pub fn build(
             "password must be at most 128 characters".into(),
         ));
     }
+    // Only a new session needs an id (drawn here, not for every frame).
+    let session_id = match frame {
+        ClientFrame::CreateSession { .. } => jam_shared::ids::session_code(st.cfg.session_id_len),
+        _ => String::new(),
+    };
     let created = Created {
-        session_id: jam_shared::ids::session_code(st.cfg.session_id_len),
+        session_id,
         password_hash: None,
     };
     let action = frame.into_action(created);

@@ -20,11 +20,7 @@ impl Engine {
         }
         // A retry (same idempotency key, hence same id) of a message already stored:
         // acknowledge it again, as it was, and store nothing.
-        if let Some(done) = self
-            .recent
-            .get(&key)
-            .and_then(|q| q.iter().rev().find(|m| m.id == cmd.id))
-        {
+        if let Some(done) = self.recent.get(&key).and_then(|q| q.find(&cmd.id)) {
             metrics::counter!("jam_commands_deduplicated_total").increment(1);
             let again = frame("new_message", done);
             return fx.reply(cmd, vec![again]);
@@ -41,12 +37,11 @@ impl Engine {
         };
         let out = frame("new_message", &msg);
         let seq = msg.seq;
-        let recent = self.recent.entry(key.clone()).or_default();
-        recent.push_back(msg.clone());
-        let keep = self.cfg.history_limit.max(self.cfg.recovery_events);
-        while recent.len() > keep {
-            recent.pop_front();
-        }
+        let keep = self.kept_messages();
+        self.recent
+            .entry(key.clone())
+            .or_default()
+            .push(msg.clone(), keep);
         // Appended, never a rewrite of the session: its seq is recovered from the messages.
         fx.messages.push(msg);
         self.keep(&key, seq, &out);

@@ -12,6 +12,7 @@ mod presence;
 #[cfg(test)]
 mod proptests;
 mod queue;
+mod recent;
 mod recovery;
 mod registered;
 mod relay;
@@ -20,10 +21,10 @@ mod sessions;
 mod tests;
 mod timers;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::model::{ChatMessage, SessionRecord};
+use crate::model::SessionRecord;
 use crate::store::{Batch, Store, StoreError};
 use bytes::Bytes;
 use jam_shared::protocol::event::frame;
@@ -54,7 +55,7 @@ pub struct Engine {
     /// The last messages per session ([`Engine::kept_messages`]): a joiner's history
     /// without a query, and the window in which a retried message (same idempotency key)
     /// is recognised.
-    recent: HashMap<SessionKey, VecDeque<ChatMessage>>,
+    recent: HashMap<SessionKey, recent::Recent>,
     /// The last room events per session, for members that rejoin with `sinceSeq`.
     log: HashMap<SessionKey, EventLog>,
     /// Who is typing where, until when (ms). Ephemeral: never stored.
@@ -126,7 +127,7 @@ impl Engine {
 
     /// How many recent messages a session keeps in memory: a joiner's history, and at
     /// least the recovery window, so a retry is recognised as long as it could be recovered.
-    fn kept_messages(&self) -> usize {
+    pub(super) fn kept_messages(&self) -> usize {
         self.cfg.history_limit.max(self.cfg.recovery_events)
     }
 

@@ -208,12 +208,7 @@ impl Engine {
         let history: Vec<_> = self
             .recent
             .get(key)
-            .map(|q| {
-                q.iter()
-                    .skip(q.len().saturating_sub(limit))
-                    .cloned()
-                    .collect()
-            })
+            .map(|q| q.last(limit).cloned().collect())
             .unwrap_or_default();
         // A full window may have older messages behind it (load_history pages them).
         let has_more = history.len() >= self.cfg.history_limit;
