@@ -71,11 +71,14 @@ impl ConnHandle {
         matches!(self.out, Out::Socket(_))
     }
 
-    pub fn close(&self, code: u16) {
-        let _ = self
+    /// Close with `code`, unless a code was set already; true when this call set it.
+    pub fn close(&self, code: u16) -> bool {
+        let first = self
             .close_code
-            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
         self.kill.cancel();
+        first
     }
 
     /// Send or queue a frame; a full queue closes the connection rather than slow anyone
@@ -112,9 +115,11 @@ impl ConnHandle {
         }
     }
 
+    /// Counted once per connection (a drain still running after the close may stall too).
     fn slow_consumer(&self) {
-        metrics::counter!("jam_slow_consumers_total").increment(1);
-        self.close(crate::ws::close::SLOW_CONSUMER);
+        if self.close(crate::ws::close::SLOW_CONSUMER) {
+            metrics::counter!("jam_slow_consumers_total").increment(1);
+        }
     }
 
     /// The socket is full: a task sends the queue as the peer reads (and ends with it).
@@ -125,7 +130,9 @@ impl ConnHandle {
             match out.drain().await {
                 Ok(()) => {}
                 Err(DrainError::Stalled) => me.slow_consumer(),
-                Err(DrainError::Failed) => me.close(crate::ws::close::GONE),
+                Err(DrainError::Failed) => {
+                    me.close(crate::ws::close::GONE);
+                }
             }
         });
     }
