@@ -178,10 +178,12 @@ test("spotify-sync: auth payload, join_session, session_update; long-polling onl
   assert.ok(sid, JSON.stringify(created));
   const guest = connect({ auth: { token: token("guest1") } });
   await next(guest, "connected");
+  // Both listen before the join: the host's user_joined may come before the guest's answer.
   const update = next(guest, "session_update");
+  const joined = next(host, "user_joined", (d) => d.userId === "guest1");
   guest.emit("join_session", { sessionId: sid, role: "client" });
   assert.equal((await update).session.id, sid);
-  await next(host, "user_joined", (d) => d.userId === "guest1");
+  await joined;
   host.close();
   guest.close();
 });
