@@ -40,6 +40,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// The same for a slow consumer: its write in progress gets a short while, then it is
 /// dropped (with no close frame after half a frame).
 const KILLED_WRITE_GRACE: Duration = Duration::from_millis(500);
+/// How long a closed connection still reads (and drops) what the client sends.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What a connection holds while it lives: its admission and its per-IP slot.
 pub struct Admission {
@@ -190,8 +192,7 @@ impl Live {
     /// Frames until the connection ends, then the close frame and the reports.
     async fn serve(mut self) {
         let mut reason = self.reader.run(&self.inbound.rx).await;
-        drop(self.inbound);
-        Box::pin(self.reader.end(&mut reason)).await;
+        Box::pin(self.reader.end(&mut reason, &self.inbound)).await;
         metrics::gauge!("jam_connections_open").decrement(1.0);
         metrics::counter!("jam_connections_closed_total", "reason" => reason).increment(1);
         tracing::info!(reason, "disconnected");
@@ -280,7 +281,7 @@ impl Reader {
 
     /// The connection is over: the close frame (after what is queued, bounded), then the
     /// workers hear it left. `reason` becomes the close code's when the server closed it.
-    async fn end(&self, reason: &mut &'static str) {
+    async fn end(&self, reason: &mut &'static str, inbound: &Inbound) {
         let handle = &self.handle;
         let code = handle.close_code.load(Ordering::SeqCst);
         if code != 0 {
@@ -292,6 +293,13 @@ impl Reader {
             _ => CLOSE_GRACE,
         };
         handle.finish(grace).await;
+        // A lingering close: what the client still sends is read and dropped until it
+        // closes too (bounded). Closing a socket with unread input makes the kernel send a
+        // reset, and a reset can take the close frame with it before the client reads it.
+        let _ = tokio::time::timeout(LINGER, async {
+            while inbound.rx.recv_async().await.is_ok() {}
+        })
+        .await;
         report_disconnects(&self.st, &self.who, &handle.id).await;
     }
 
