@@ -88,6 +88,7 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
     let channel: &str = &msg.channel;
     let mut empty = Vec::new();
     let mut targets: Vec<ConnHandle> = Vec::new();
+    let inbox = channel == table.inbox;
     {
         let mut s = table.state.lock().unwrap();
         let st = &mut *s;
@@ -111,7 +112,7 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
         }
         // Recipients are picked under the lock; the writes happen after it (a syscall per
         // socket: a large room would otherwise hold the table for milliseconds).
-        if channel == table.inbox {
+        if inbox {
             // Replies for one connection of this gateway: routed by the envelope alone.
             if let Some(entry) = env.conn.as_deref().and_then(|c| st.conns.get(c)) {
                 targets.push(entry.handle.clone());
@@ -173,7 +174,6 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
         }
     }
     table.release(empty);
-    let inbox = channel == table.inbox;
     // Counted per frame, not per delivery: metric lookups stay off the per-socket loop.
     let mut sent = vec![0u64; frames.len()];
     for h in &targets {

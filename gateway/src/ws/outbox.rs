@@ -247,6 +247,7 @@ impl Outbox {
     }
 
     /// Frames waiting for the socket.
+    #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.state.lock().unwrap().queue.len()
     }
