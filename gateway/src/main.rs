@@ -24,7 +24,7 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    jam_shared::telemetry::run_main(serve())
+    jam_shared::telemetry::run_main(None, serve())
 }
 
 async fn serve() -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 fn main() {
-    jam_shared::telemetry::run_main(async {
+    jam_shared::telemetry::run_main(None, async {
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(jam_shared::telemetry::on_signal(stop.clone()));
         tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_secs(60)));

@@ -258,6 +258,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "",
         "write the bound listen address to this file (for supervisors using port 0)",
     ),
+    (
+        "JAM_THREADS",
+        "",
+        "event-loop threads (1..=256); empty = 1 for `jam` (standalone: one loop, the least CPU per message), one per core for jam-gateway and jam-worker",
+    ),
     ("JAM_LOG_FORMAT", "plain", "plain or json"),
     ("JAM_LOG", "info", "tracing filter (RUST_LOG syntax)"),
 ];
@@ -312,6 +317,8 @@ pub struct Config {
     pub chat_retention: Option<Duration>,
     /// Random per process start: a restarted process under the same name is a new node.
     pub boot_id: String,
+    /// Event-loop threads; `None`: the binary's default (see [`Config::threads_from_map`]).
+    pub threads: Option<usize>,
     pub log_json: bool,
     pub log_filter: String,
 }
@@ -532,9 +539,25 @@ impl Config {
                 .filter(|d| *d > 0.0 && d.is_finite())
                 .map(|d| Duration::from_secs_f64(d * 86_400.0)),
             boot_id: crate::ids::unique()[..8].to_string(),
+            threads: Self::threads_from_map(map)?,
             log_json: log_format == "json",
             log_filter: s.string("JAM_LOG"),
         })
+    }
+
+    /// `JAM_THREADS`, read on its own: the runtime is built before the rest is parsed.
+    pub fn threads_from_map(map: &HashMap<String, String>) -> Result<Option<usize>, ConfigError> {
+        let s = Src(map);
+        if s.raw("JAM_THREADS").is_none() {
+            return Ok(None);
+        }
+        match s.num::<usize>("JAM_THREADS")? {
+            n @ 1..=256 => Ok(Some(n)),
+            _ => Err(ConfigError {
+                var: "JAM_THREADS",
+                reason: "must be 1..=256".into(),
+            }),
+        }
     }
 
     /// This process's name on the bus for this boot: `<instance>#<boot>`. Connections and
@@ -648,6 +671,13 @@ mod tests {
         assert_eq!(e.var, "JAM_PARTITIONS");
         assert!(Config::from_map(&map(&[("JAM_PARTITIONS", "0")])).is_err());
         assert!(Config::from_map(&map(&[("JAM_LOG_FORMAT", "xml")])).is_err());
+        assert_eq!(Config::from_map(&map(&[])).unwrap().threads, None);
+        let c = Config::from_map(&map(&[("JAM_THREADS", "3")])).unwrap();
+        assert_eq!(c.threads, Some(3));
+        for bad in ["0", "257", "many"] {
+            let e = Config::from_map(&map(&[("JAM_THREADS", bad)])).unwrap_err();
+            assert_eq!(e.var, "JAM_THREADS");
+        }
     }
 
     #[test]

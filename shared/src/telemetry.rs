@@ -93,11 +93,19 @@ pub const BLOCKING_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::fr
 
 /// Run `main` on a multi-threaded runtime that, once `main` returns, waits at most
 /// [`BLOCKING_SHUTDOWN_GRACE`] for blocking tasks instead of waiting for them forever.
-pub fn run_main<F: std::future::Future>(main: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+/// It has `JAM_THREADS` event-loop threads, else `default_threads`, else one per core. An
+/// invalid `JAM_THREADS` is reported by `Config::from_env` inside `main`.
+pub fn run_main<F: std::future::Future>(default_threads: Option<usize>, main: F) -> F::Output {
+    let env = std::env::vars().collect();
+    let threads = crate::config::Config::threads_from_map(&env)
+        .ok()
+        .flatten()
+        .or(default_threads);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build().expect("tokio runtime");
     let out = rt.block_on(main);
     rt.shutdown_timeout(BLOCKING_SHUTDOWN_GRACE);
     out

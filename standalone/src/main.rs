@@ -19,8 +19,13 @@ enum Cmd {
     Gentoken(jam_gateway::cli::GentokenArgs),
 }
 
+/// One event-loop thread unless `JAM_THREADS` says otherwise: on one loop a message goes
+/// from its reader through the worker to its recipients' sockets without waking a second
+/// thread, the least CPU per message (docs/decisions/0014-one-loop-for-the-standalone.md).
+const STANDALONE_THREADS: usize = 1;
+
 fn main() -> anyhow::Result<()> {
-    jam_shared::telemetry::run_main(serve())
+    jam_shared::telemetry::run_main(Some(STANDALONE_THREADS), serve())
 }
 
 async fn serve() -> anyhow::Result<()> {

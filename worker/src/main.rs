@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 struct Cli {}
 
 fn main() -> anyhow::Result<()> {
-    jam_shared::telemetry::run_main(serve())
+    jam_shared::telemetry::run_main(None, serve())
 }
 
 async fn serve() -> anyhow::Result<()> {
