@@ -28,6 +28,10 @@ pub type Ready<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
 pub trait Socket: Send + Sync + 'static {
     /// Write what the socket takes now; `WouldBlock` when it takes nothing.
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// The same for one buffer (`write(2)`: no iovec to copy in and check).
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.try_write_vectored(&[IoSlice::new(buf)])
+    }
     /// Resolves once the socket may take more.
     fn writable(&self) -> Ready<'_>;
     /// No more writes: the peer reads the end of the stream.
@@ -37,6 +41,10 @@ pub trait Socket: Send + Sync + 'static {
 impl Socket for tokio::net::tcp::OwnedWriteHalf {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        tokio::net::tcp::OwnedWriteHalf::try_write(self, buf)
     }
 
     fn writable(&self) -> Ready<'_> {
@@ -148,7 +156,7 @@ impl Outbox {
     /// Nothing is queued and nobody drains: the frame goes to the socket from here.
     fn write_first(&self, s: &mut State, frame: OutFrame) -> Pushed {
         let bytes = frame.as_bytes();
-        let n = match self.sock.try_write_vectored(&[IoSlice::new(bytes)]) {
+        let n = match self.sock.try_write(bytes) {
             Ok(n) if n == bytes.len() => return Pushed::Sent,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
