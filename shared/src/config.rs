@@ -317,8 +317,6 @@ pub struct Config {
     pub chat_retention: Option<Duration>,
     /// Random per process start: a restarted process under the same name is a new node.
     pub boot_id: String,
-    /// Event-loop threads; `None`: the binary's default (see [`Config::threads_from_map`]).
-    pub threads: Option<usize>,
     pub log_json: bool,
     pub log_filter: String,
 }
@@ -435,6 +433,9 @@ impl Config {
 
     pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let s = Src(map);
+        // Used by `telemetry::run_main` before this runs; checked here, so that a bad value
+        // stops the process with the other configuration errors.
+        Self::threads_from_map(map)?;
         let partitions: u32 = s.num("JAM_PARTITIONS")?;
         if partitions == 0 || partitions > 4096 {
             return Err(ConfigError {
@@ -539,7 +540,6 @@ impl Config {
                 .filter(|d| *d > 0.0 && d.is_finite())
                 .map(|d| Duration::from_secs_f64(d * 86_400.0)),
             boot_id: crate::ids::unique()[..8].to_string(),
-            threads: Self::threads_from_map(map)?,
             log_json: log_format == "json",
             log_filter: s.string("JAM_LOG"),
         })
@@ -671,9 +671,10 @@ mod tests {
         assert_eq!(e.var, "JAM_PARTITIONS");
         assert!(Config::from_map(&map(&[("JAM_PARTITIONS", "0")])).is_err());
         assert!(Config::from_map(&map(&[("JAM_LOG_FORMAT", "xml")])).is_err());
-        assert_eq!(Config::from_map(&map(&[])).unwrap().threads, None);
-        let c = Config::from_map(&map(&[("JAM_THREADS", "3")])).unwrap();
-        assert_eq!(c.threads, Some(3));
+        assert_eq!(Config::threads_from_map(&map(&[])).unwrap(), None);
+        let three = map(&[("JAM_THREADS", "3")]);
+        assert!(Config::from_map(&three).is_ok());
+        assert_eq!(Config::threads_from_map(&three).unwrap(), Some(3));
         for bad in ["0", "257", "many"] {
             let e = Config::from_map(&map(&[("JAM_THREADS", bad)])).unwrap_err();
             assert_eq!(e.var, "JAM_THREADS");
