@@ -1,15 +1,20 @@
-//! The second half of a partition's pipeline: commit a batch (fenced), then publish its
-//! events, then acknowledge its stream entries, one batch after the other. While batch N
-//! is here, the reader already reads and applies batch N+1.
+//! The second half of the worker's pipeline, shared by every partition it owns: commit
+//! what the partitions applied, then publish their events, then acknowledge their stream
+//! entries, one group after the other. A group is every batch waiting when the last one
+//! finished, at most one per partition, committed in one transaction (each batch fenced
+//! by its partition's token): under load a commit, a publish round and an acknowledgement
+//! serve many partitions' batches instead of one each. While a group commits, the
+//! partitions already read and apply their next batches.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::store::{Batch, Store, StoreError};
 use bytes::Bytes;
 use jam_shared::bus::Bus;
 use jam_shared::keys::WORKER_GROUP;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Query;
@@ -24,11 +29,125 @@ pub struct Work {
     pub acks: Vec<(String, String)>,
 }
 
+/// Batches a partition may have applied but not yet committed: its pipeline depth.
+const IN_FLIGHT: u32 = 2;
+/// Most batches in one transaction.
+const MAX_GROUP: usize = 64;
 const PUBLISH_ATTEMPTS: u32 = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Why a partition's lane no longer takes work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneClosed {
+    /// Another worker claimed the partition: nothing of this owner may be written.
+    Fenced,
+    /// The committer has stopped.
+    Stopped,
+}
+
+/// What a partition and the committer share about its lane.
+#[derive(Default)]
+struct LaneState {
+    /// The partition gave up on what it queued (stopping while the store is away):
+    /// dropped, not acknowledged, so the next owner reads it again.
+    abort: CancellationToken,
+    /// A commit found the partition's fence stale.
+    fenced: CancellationToken,
+}
+
+/// A partition's way into the committer.
+pub struct Lane {
+    partition: u32,
+    tx: mpsc::Sender<Queued>,
+    slots: Arc<Semaphore>,
+    state: Arc<LaneState>,
+}
+
+impl Lane {
+    /// Queue an applied batch. Waits while `IN_FLIGHT` of this partition's batches are
+    /// not done: a slow commit holds the partition's reader (back-pressure).
+    pub async fn send(&self, work: Work) -> Result<(), LaneClosed> {
+        let slot = tokio::select! {
+            s = self.slots.clone().acquire_owned() => s.map_err(|_| LaneClosed::Stopped)?,
+            _ = self.state.fenced.cancelled() => return Err(LaneClosed::Fenced),
+        };
+        let q = Queued {
+            partition: self.partition,
+            work,
+            lane: self.state.clone(),
+            _slot: slot,
+        };
+        self.tx.send(q).await.map_err(|_| LaneClosed::Stopped)
+    }
+
+    /// Whether the lane takes no more work, and why.
+    pub fn closed(&self) -> Option<LaneClosed> {
+        if self.state.fenced.is_cancelled() {
+            Some(LaneClosed::Fenced)
+        } else if self.tx.is_closed() {
+            Some(LaneClosed::Stopped)
+        } else {
+            None
+        }
+    }
+
+    /// Wait until everything queued is committed and acknowledged, or dropped: after
+    /// `grace`, what is left is aborted (it stays unacknowledged in the stream), and
+    /// after another `grace` the partition stops waiting (a store call that hangs; the
+    /// fence keeps its commit out once another worker claims the partition). Says
+    /// whether the lane was closed meanwhile.
+    pub async fn finish(self, grace: Duration) -> Option<LaneClosed> {
+        if tokio::time::timeout(grace, self.slots.acquire_many(IN_FLIGHT))
+            .await
+            .is_err()
+        {
+            self.state.abort.cancel();
+            if tokio::time::timeout(grace, self.slots.acquire_many(IN_FLIGHT))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    partition = self.partition,
+                    "a commit did not finish; stopped waiting"
+                );
+            }
+        }
+        self.closed()
+    }
+}
+
+struct Queued {
+    partition: u32,
+    work: Work,
+    lane: Arc<LaneState>,
+    /// Held until the batch is done (committed and acknowledged, or dropped).
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Queued {
+    fn dropped(&self) -> bool {
+        self.lane.abort.is_cancelled() || self.lane.fenced.is_cancelled()
+    }
+}
+
+/// Where partitions get their lanes; the committer runs until every handle is gone.
+#[derive(Clone)]
+pub struct Lanes {
+    tx: mpsc::Sender<Queued>,
+}
+
+impl Lanes {
+    pub fn lane(&self, partition: u32) -> Lane {
+        Lane {
+            partition,
+            tx: self.tx.clone(),
+            slots: Arc::new(Semaphore::new(IN_FLIGHT as usize)),
+            state: Arc::default(),
+        }
+    }
+}
+
 pub struct Committer {
-    pub partition: u32,
     pub bus: Arc<dyn Bus>,
     pub store: Arc<dyn Store>,
     pub health: Arc<Health>,
@@ -37,62 +156,89 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Run until the queue closes or `abort` fires. `Err(Fenced)` when another worker
-    /// claimed the partition: nothing of this owner may be written any more.
-    pub async fn run(
-        self,
-        mut rx: mpsc::Receiver<Work>,
-        abort: CancellationToken,
-    ) -> Result<(), StoreError> {
-        while let Some(w) = rx.recv().await {
-            let Some(()) = self.commit(&w.batch, &abort).await? else {
-                return Ok(()); // aborted: not acknowledged, so the next owner re-reads it
-            };
-            self.publish(w.publishes).await;
-            for q in w.queries {
-                let Ok(permit) = self.queries.clone().acquire_owned().await else {
-                    break;
-                };
-                let (store, bus) = (self.store.clone(), self.bus.clone());
-                tokio::spawn(async move {
-                    crate::queries::answer(store, bus, q).await;
-                    drop(permit);
-                });
-            }
-            if !w.acks.is_empty() {
-                if let Err(e) = self.bus.ack(WORKER_GROUP, &w.acks).await {
-                    // Unacknowledged entries come back and are skipped by the high-water mark.
-                    tracing::warn!(error = %e, "acknowledging commands failed");
-                }
-            }
-        }
-        Ok(())
+    /// Start the committer for up to `partitions` lanes.
+    pub fn spawn(self, partitions: u32) -> (Lanes, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(partitions as usize * IN_FLIGHT as usize);
+        (Lanes { tx }, tokio::spawn(self.run(rx)))
     }
 
-    /// Commit, retrying an outage with back-off for as long as it lasts (readiness false
-    /// meanwhile). `Ok(None)` when aborted first.
-    async fn commit(
-        &self,
-        batch: &Batch,
-        abort: &CancellationToken,
-    ) -> Result<Option<()>, StoreError> {
+    async fn run(self, mut rx: mpsc::Receiver<Queued>) {
+        let mut backlog = VecDeque::new();
+        while let Some(group) = gather(&mut backlog, &mut rx).await {
+            self.finish_group(group).await;
+        }
+    }
+
+    async fn finish_group(&self, mut group: Vec<Queued>) {
+        let Some(()) = self.commit(&mut group).await else {
+            return;
+        };
+        let publishes: Vec<_> = group
+            .iter_mut()
+            .flat_map(|q| std::mem::take(&mut q.work.publishes))
+            .collect();
+        self.publish(publishes).await;
+        for q in group
+            .iter_mut()
+            .flat_map(|q| std::mem::take(&mut q.work.queries))
+        {
+            let Ok(permit) = self.queries.clone().acquire_owned().await else {
+                break;
+            };
+            let (store, bus) = (self.store.clone(), self.bus.clone());
+            tokio::spawn(async move {
+                crate::queries::answer(store, bus, q).await;
+                drop(permit);
+            });
+        }
+        let acks: Vec<_> = group
+            .iter_mut()
+            .flat_map(|q| std::mem::take(&mut q.work.acks))
+            .collect();
+        if !acks.is_empty() {
+            if let Err(e) = self.bus.ack(WORKER_GROUP, &acks).await {
+                // Unacknowledged entries come back and are skipped by the high-water mark.
+                tracing::warn!(error = %e, "acknowledging commands failed");
+            }
+        }
+    }
+
+    /// Commit the group, retrying an outage with back-off for as long as it lasts
+    /// (readiness false meanwhile). A stale fence closes that partition's lane and the
+    /// rest commit without it. `None` when nothing is left to commit.
+    async fn commit(&self, group: &mut Vec<Queued>) -> Option<()> {
         let mut delay = Duration::from_millis(50);
         loop {
-            let t = std::time::Instant::now();
-            match self.store.commit(batch).await {
+            group.retain(|q| !q.dropped());
+            if group.is_empty() {
+                return None;
+            }
+            let batches: Vec<&Batch> = group.iter().map(|q| &q.work.batch).collect();
+            let t = Instant::now();
+            match self.store.commit_group(&batches).await {
                 Ok(()) => {
                     metrics::histogram!("jam_commit_seconds").record(t.elapsed().as_secs_f64());
-                    self.health.store_ok(self.partition, true);
-                    return Ok(Some(()));
+                    metrics::histogram!("jam_commit_batches").record(group.len() as f64);
+                    for q in group.iter() {
+                        self.health.store_ok(q.partition, true);
+                    }
+                    return Some(());
                 }
-                Err(e @ StoreError::Fenced(_)) => return Err(e),
+                Err(StoreError::Fenced(p)) => {
+                    for q in group.iter().filter(|q| q.partition == p) {
+                        q.lane.fenced.cancel();
+                    }
+                }
                 Err(e) => {
                     metrics::counter!("jam_commit_errors_total", "retryable" => e.retryable().to_string())
                         .increment(1);
-                    tracing::warn!(partition = self.partition, error = %e, retry_in_ms = delay.as_millis() as u64, "commit failed; retrying");
-                    self.health.store_ok(self.partition, false);
+                    tracing::warn!(error = %e, batches = group.len(), retry_in_ms = delay.as_millis() as u64, "commit failed; retrying");
+                    for q in group.iter() {
+                        self.health.store_ok(q.partition, false);
+                    }
+                    let aborts = group.iter().map(|q| Box::pin(q.lane.abort.cancelled()));
                     tokio::select! {
-                        _ = abort.cancelled() => return Ok(None),
+                        _ = futures::future::select_all(aborts) => {}
                         _ = tokio::time::sleep(delay) => {}
                     }
                     delay = (delay * 2).min(MAX_BACKOFF);
@@ -127,5 +273,104 @@ impl Committer {
                 }
             }
         }
+    }
+}
+
+/// The next group: the backlog first, then whatever is queued, waiting only when
+/// neither has anything. At most one batch per partition (a partition's later batches
+/// wait for the next group, in order) and `MAX_GROUP` in all. `None` once every lane
+/// handle is gone and nothing is left.
+async fn gather(
+    backlog: &mut VecDeque<Queued>,
+    rx: &mut mpsc::Receiver<Queued>,
+) -> Option<Vec<Queued>> {
+    if backlog.is_empty() {
+        backlog.push_back(rx.recv().await?);
+    }
+    let mut group: Vec<Queued> = Vec::new();
+    let mut later = VecDeque::new();
+    let take = |q: Queued, group: &mut Vec<Queued>, later: &mut VecDeque<Queued>| {
+        if group.len() < MAX_GROUP && group.iter().all(|g| g.partition != q.partition) {
+            group.push(q);
+        } else {
+            later.push_back(q);
+        }
+    };
+    while let Some(q) = backlog.pop_front() {
+        take(q, &mut group, &mut later);
+    }
+    while let Ok(q) = rx.try_recv() {
+        take(q, &mut group, &mut later);
+        if group.len() >= MAX_GROUP {
+            break;
+        }
+    }
+    *backlog = later;
+    Some(group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(partition: u32, marker: &str) -> Queued {
+        let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        Queued {
+            partition,
+            work: Work {
+                batch: Batch::default(),
+                publishes: vec![(marker.to_string(), Bytes::new())],
+                queries: vec![],
+                acks: vec![],
+            },
+            lane: Arc::default(),
+            _slot: slot,
+        }
+    }
+
+    fn names(group: &[Queued]) -> Vec<&str> {
+        group
+            .iter()
+            .map(|q| q.work.publishes[0].0.as_str())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_group_holds_one_batch_per_partition_and_keeps_each_partitions_order() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for (p, m) in [
+            (1, "1a"),
+            (1, "1b"),
+            (2, "2a"),
+            (3, "3a"),
+            (2, "2b"),
+            (1, "1c"),
+        ] {
+            tx.send(queued(p, m)).await.unwrap();
+        }
+        let mut backlog = VecDeque::new();
+        let g = gather(&mut backlog, &mut rx).await.unwrap();
+        assert_eq!(names(&g), ["1a", "2a", "3a"]);
+        tx.send(queued(3, "3b")).await.unwrap();
+        let g = gather(&mut backlog, &mut rx).await.unwrap();
+        assert_eq!(names(&g), ["1b", "2b", "3b"]);
+        let g = gather(&mut backlog, &mut rx).await.unwrap();
+        assert_eq!(names(&g), ["1c"]);
+        drop(tx);
+        assert!(gather(&mut backlog, &mut rx).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_group_leaves_the_rest_in_order() {
+        let (tx, mut rx) = mpsc::channel(MAX_GROUP + 4);
+        for p in 0..MAX_GROUP as u32 + 2 {
+            tx.send(queued(p, &p.to_string())).await.unwrap();
+        }
+        let mut backlog = VecDeque::new();
+        let g = gather(&mut backlog, &mut rx).await.unwrap();
+        assert_eq!(g.len(), MAX_GROUP);
+        let g = gather(&mut backlog, &mut rx).await.unwrap();
+        let expected = [MAX_GROUP.to_string(), (MAX_GROUP + 1).to_string()];
+        assert_eq!(names(&g), expected);
     }
 }

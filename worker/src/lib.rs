@@ -94,6 +94,13 @@ pub async fn run_engine(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    let (lanes, committer) = commit::Committer {
+        bus: bus.clone(),
+        store: store.clone(),
+        health: health.clone(),
+        queries: Arc::new(tokio::sync::Semaphore::new(32)),
+    }
+    .spawn(cfg.partitions);
     let sh = partition::Shared {
         bus,
         store: store.clone(),
@@ -105,12 +112,14 @@ pub async fn run_engine(
             cfg.gateway_dead_after,
         ))),
         health,
-        queries: Arc::new(tokio::sync::Semaphore::new(32)),
+        lanes,
     };
     let purge = cfg
         .chat_retention
         .map(|keep| tokio::spawn(purge(store, keep, shutdown.clone())));
     let r = owner::Owner::new(sh, cfg.lease_ttl).run(shutdown).await;
+    // Every partition has finished its lane: the committer holds nothing of theirs.
+    committer.abort();
     if let Some(p) = purge {
         p.abort();
     }

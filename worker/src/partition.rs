@@ -14,7 +14,7 @@ use jam_shared::ErrorCode;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::{Committer, Work};
+use crate::commit::{LaneClosed, Lanes, Work};
 use crate::engine::{Effects, Engine, EngineConfig, GatewayLiveness};
 use crate::owner::LeaseClock;
 use crate::passwords::{Verified, Verifier};
@@ -27,8 +27,6 @@ const TICK: Duration = Duration::from_millis(500);
 const READ_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often an owner takes over entries stranded with other consumers of its stream.
 const SWEEP: Duration = Duration::from_secs(5);
-/// Batches applied but not yet committed: the pipeline's depth.
-const IN_FLIGHT: usize = 2;
 /// Time a stopping partition gives its committer to finish what was applied.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -61,7 +59,8 @@ pub struct Shared {
     pub node: String,
     pub liveness: Arc<Mutex<GatewayLiveness>>,
     pub health: Arc<Health>,
-    pub queries: Arc<tokio::sync::Semaphore>,
+    /// The worker's committer, shared by its partitions.
+    pub lanes: Lanes,
 }
 
 pub struct Partition {
@@ -125,16 +124,7 @@ impl Partition {
 
     /// Run until `stop` (a clean hand-over) or until the partition is lost (fenced).
     pub async fn run(mut self, stop: CancellationToken, lease: LeaseClock) {
-        let (tx, rx) = mpsc::channel::<Work>(IN_FLIGHT);
-        let abort = CancellationToken::new();
-        let committer = Committer {
-            partition: self.id,
-            bus: self.sh.bus.clone(),
-            store: self.sh.store.clone(),
-            health: self.sh.health.clone(),
-            queries: self.sh.queries.clone(),
-        };
-        let mut commit_task = tokio::spawn(committer.run(rx, abort.clone()));
+        let lane = self.sh.lanes.lane(self.id);
         // What the previous owner read and never acknowledged is ours now, and comes
         // first: read pending entries before new ones. Retried until it works: a failed
         // takeover would strand those entries in a dead consumer's list.
@@ -147,7 +137,7 @@ impl Partition {
         let mut last_sweep = Instant::now();
         let mut last_tick = Instant::now();
         let mut backoff = Duration::from_millis(100);
-        while !stop.is_cancelled() && !commit_task.is_finished() {
+        while !stop.is_cancelled() && lane.closed().is_none() {
             let mut fx = Effects::default();
             while let Ok(v) = self.verified.try_recv() {
                 self.engine.apply_verified(&v.cmd, v.ok, &mut fx);
@@ -176,7 +166,7 @@ impl Partition {
                 // nothing until the owner renews or hands the partition over.
                 self.sh.liveness.lock().unwrap().bus_unhealthy();
                 if let Some(w) = self.work(fx, Vec::new()) {
-                    if tx.send(w).await.is_err() {
+                    if lane.send(w).await.is_err() {
                         break;
                     }
                 }
@@ -242,29 +232,23 @@ impl Partition {
             let work = self.work(fx, acks);
             if let Some(w) = work {
                 // Bounded: a slow commit holds the reader here (back-pressure).
-                if tx.send(w).await.is_err() {
+                if lane.send(w).await.is_err() {
                     break;
                 }
             }
         }
-        drop(tx);
-        let outcome = match tokio::time::timeout(STOP_GRACE, &mut commit_task).await {
-            Ok(r) => r.ok(),
-            Err(_) => {
-                abort.cancel();
-                (&mut commit_task).await.ok()
-            }
-        };
-        match outcome {
-            Some(Err(StoreError::Fenced(p))) => {
+        match lane.finish(STOP_GRACE).await {
+            Some(LaneClosed::Fenced) => {
                 metrics::counter!("jam_partitions_fenced_total").increment(1);
                 tracing::warn!(
-                    partition = p,
+                    partition = self.id,
                     "partition claimed by another worker; stopped writing"
                 );
             }
-            Some(Err(e)) => tracing::error!(partition = self.id, error = %e, "committer failed"),
-            _ => {}
+            Some(LaneClosed::Stopped) => {
+                tracing::error!(partition = self.id, "the committer stopped");
+            }
+            None => {}
         }
         self.sh.health.release(self.id);
         tracing::info!(partition = self.id, "partition released");

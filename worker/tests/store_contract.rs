@@ -187,7 +187,63 @@ async fn store_contract(store: Arc<dyn Store>) {
     attendance_contract(&*store).await;
     inbox_contract(&*store).await;
     people_contract(&*store).await;
+    group_contract(&*store).await;
     store.ping().await.unwrap();
+}
+
+/// A group commit (several partitions' batches in one transaction) is all or nothing:
+/// one stale fence keeps every batch of the group out and names its partition.
+async fn group_contract(store: &dyn Store) {
+    let (a, b) = (11, 12);
+    let ta = store.claim_partition(a).await.unwrap().token;
+    let tb = store.claim_partition(b).await.unwrap().token;
+    let batch = |p: u32, token: i64, sid: &str, applied: &str| Batch {
+        fence: Some(Fence {
+            partition: p,
+            token,
+            applied: Some(applied.into()),
+        }),
+        upserts: vec![record(sid, "tg")],
+        messages: vec![msg("tg", sid, 1)],
+        ..Default::default()
+    };
+    let fresh = batch(a, ta, "GA01", "1-0");
+    let stale = batch(b, tb - 1, "GB01", "1-0");
+    assert!(matches!(
+        store.commit_group(&[&fresh, &stale]).await,
+        Err(StoreError::Fenced(12))
+    ));
+    assert!(store.load_sessions(a).await.unwrap().is_empty());
+    assert!(store
+        .history("tg", "GA01", 0, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.claim_partition(a).await.unwrap().applied, None);
+
+    // Without the stale batch (and with fresh tokens: the claim above fenced `fresh`).
+    let ta = store.claim_partition(a).await.unwrap().token;
+    let one = batch(a, ta, "GA01", "2-0");
+    let two = batch(b, tb, "GB01", "3-0");
+    store.commit_group(&[&one, &two]).await.unwrap();
+    for (p, sid) in [(a, "GA01"), (b, "GB01")] {
+        let ids: Vec<String> = store
+            .load_sessions(p)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, [sid]);
+        assert_eq!(
+            store.history("tg", sid, 0, None, 10).await.unwrap().len(),
+            1
+        );
+    }
+    assert_eq!(
+        store.claim_partition(b).await.unwrap().applied.as_deref(),
+        Some("3-0")
+    );
 }
 
 fn seen(tenant: &str, user: &str, at: i64, out: Option<i64>) -> Attendance {

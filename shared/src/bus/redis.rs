@@ -439,13 +439,22 @@ impl Bus for RedisBus {
         for (s, id) in entries {
             by_stream.entry(s.as_str()).or_default().push(id.clone());
         }
-        for (s, ids) in by_stream {
-            self.client
-                .xack::<i64, _, _, _>(s, group, ids.clone())
-                .await
-                .map_err(err)?;
-            // Deleting acknowledged entries keeps streams short and drops join passwords.
-            self.client.xdel::<i64, _, _>(s, ids).await.map_err(err)?;
+        // Concurrent commands on one fred client go out pipelined, in the order polled:
+        // every stream's acknowledgement, then its deletion (which keeps streams short
+        // and drops join passwords), in one round trip.
+        let acks = by_stream
+            .iter()
+            .map(|(s, ids)| self.client.xack::<i64, _, _, _>(*s, group, ids.clone()));
+        let dels = by_stream
+            .iter()
+            .map(|(s, ids)| self.client.xdel::<i64, _, _>(*s, ids.clone()));
+        let (acked, deleted) = futures::future::join(
+            futures::future::join_all(acks),
+            futures::future::join_all(dels),
+        )
+        .await;
+        for r in acked.into_iter().chain(deleted) {
+            r.map_err(err)?;
         }
         Ok(())
     }

@@ -32,66 +32,13 @@ struct State {
     partitions: HashMap<u32, (i64, Option<String>)>,
 }
 
-#[derive(Clone, Default)]
-pub struct MemoryStore {
-    state: Arc<Mutex<State>>,
-}
-
-impl MemoryStore {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-#[async_trait]
-impl Store for MemoryStore {
-    async fn claim_partition(&self, partition: u32) -> Result<Claim, StoreError> {
-        let mut s = self.state.lock().unwrap();
-        let p = s.partitions.entry(partition).or_insert((0, None));
-        p.0 += 1;
-        Ok(Claim {
-            token: p.0,
-            applied: p.1.clone(),
-        })
-    }
-
-    async fn load_sessions(&self, partition: u32) -> Result<Vec<SessionRecord>, StoreError> {
-        let s = self.state.lock().unwrap();
-        Ok(s.sessions
-            .iter()
-            .filter(|(_, (part, _))| *part == partition as i64 || *part < 0)
-            .map(|(key, (_, rec))| {
-                let mut rec = rec.clone();
-                let max_seq = s.messages.get(key).and_then(|m| {
-                    m.values()
-                        .filter(|m| m.created_at >= rec.created_at)
-                        .map(|m| m.seq)
-                        .max()
-                });
-                rec.last_seq = rec.last_seq.max(max_seq.unwrap_or(0));
-                rec
-            })
-            .collect())
-    }
-
-    async fn list_sessions(&self, tenant: &str) -> Result<Vec<SessionRecord>, StoreError> {
-        let s = self.state.lock().unwrap();
-        Ok(s.sessions
-            .values()
-            .filter(|(_, r)| r.tenant == tenant)
-            .map(|(_, r)| r.clone())
-            .collect())
-    }
-
-    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut s = self.state.lock().unwrap();
-        // Check everything before changing anything: a batch commits whole or not at all.
+impl State {
+    /// Write one batch whose fence was checked.
+    fn apply(&mut self, batch: &Batch) {
+        let s = self;
         let part = match &batch.fence {
             Some(f) => {
                 let p = s.partitions.entry(f.partition).or_insert((0, None));
-                if p.0 != f.token {
-                    return Err(StoreError::Fenced(f.partition));
-                }
                 if f.applied.is_some() {
                     p.1 = f.applied.clone();
                 }
@@ -159,6 +106,72 @@ impl Store for MemoryStore {
                     }
                 }
             }
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim_partition(&self, partition: u32) -> Result<Claim, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let p = s.partitions.entry(partition).or_insert((0, None));
+        p.0 += 1;
+        Ok(Claim {
+            token: p.0,
+            applied: p.1.clone(),
+        })
+    }
+
+    async fn load_sessions(&self, partition: u32) -> Result<Vec<SessionRecord>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.sessions
+            .iter()
+            .filter(|(_, (part, _))| *part == partition as i64 || *part < 0)
+            .map(|(key, (_, rec))| {
+                let mut rec = rec.clone();
+                let max_seq = s.messages.get(key).and_then(|m| {
+                    m.values()
+                        .filter(|m| m.created_at >= rec.created_at)
+                        .map(|m| m.seq)
+                        .max()
+                });
+                rec.last_seq = rec.last_seq.max(max_seq.unwrap_or(0));
+                rec
+            })
+            .collect())
+    }
+
+    async fn list_sessions(&self, tenant: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.sessions
+            .values()
+            .filter(|(_, r)| r.tenant == tenant)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    async fn commit_group(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        // Check every fence before changing anything: the group commits whole or not at all.
+        for f in batches.iter().filter_map(|b| b.fence.as_ref()) {
+            let token = s.partitions.get(&f.partition).map_or(0, |p| p.0);
+            if token != f.token {
+                return Err(StoreError::Fenced(f.partition));
+            }
+        }
+        for batch in batches {
+            s.apply(batch);
         }
         Ok(())
     }

@@ -96,7 +96,15 @@ pub trait Store: Send + Sync + 'static {
     async fn list_sessions(&self, tenant: &str) -> Result<Vec<SessionRecord>, StoreError>;
 
     /// Commit a batch atomically; with a fence, only while that fence is current.
-    async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.commit_group(&[batch]).await
+    }
+
+    /// Commit batches of several partitions in one transaction (the worker's group
+    /// commit): all of them or none. When a fence is stale, nothing is written and the
+    /// error names that partition, so the caller can commit the others without it.
+    /// Batches of one partition must not share a group (their order is not kept).
+    async fn commit_group(&self, batches: &[&Batch]) -> Result<(), StoreError>;
 
     /// Messages of a session created at or after `since` (ms: the session's creation, so
     /// an old session under the same id stays out) with `seq < before` (all when `None`),

@@ -315,129 +315,35 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        if batch.is_empty() {
+    async fn commit_group(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+        let mut batches: Vec<&Batch> = batches.iter().copied().filter(|b| !b.is_empty()).collect();
+        if batches.is_empty() {
             return Ok(());
         }
+        // Partition order: two workers that both write a partition during a hand-over
+        // take its rows' locks in the same order.
+        batches.sort_by_key(|b| b.fence.as_ref().map(|f| f.partition));
+        let states = batches
+            .iter()
+            .map(|b| b.upserts.iter().map(serde_json::to_value).collect())
+            .collect::<Result<Vec<Vec<_>>, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let t = Instant::now();
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(db)?;
-        // Every statement is prepared once per connection and all of them go out together
-        // (tokio-postgres pipelines concurrent queries): one round trip, then the commit.
-        // The fence is checked before committing; if it failed, dropping the transaction
-        // rolls back whatever else ran.
-        let part = batch.fence.as_ref().map_or(-1, |f| f.partition as i32);
-        let states = batch
-            .upserts
+        // Every statement is prepared once per connection and all of them, of every batch,
+        // go out together (tokio-postgres pipelines concurrent queries): one round trip,
+        // then the commit. The fences are checked before committing; if one failed,
+        // dropping the transaction rolls back whatever else ran.
+        let writes = batches
             .iter()
-            .map(serde_json::to_value)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let fence = async {
-            let Some(f) = &batch.fence else {
-                return Ok(1);
-            };
-            let st = tx.prepare_cached(FENCE_SQL).await?;
-            tx.execute(&st, &[&(f.partition as i32), &f.token, &f.applied])
-                .await
-        };
-        let upserts = async {
-            if batch.upserts.is_empty() {
-                return Ok(0);
-            }
-            let tenants: Vec<&str> = batch.upserts.iter().map(|r| r.tenant.as_str()).collect();
-            let ids: Vec<&str> = batch.upserts.iter().map(|r| r.id.as_str()).collect();
-            let st = tx.prepare_cached(UPSERT_SQL).await?;
-            tx.execute(&st, &[&tenants, &ids, &states, &part]).await
-        };
-        let messages = async {
-            let m = &batch.messages;
-            if m.is_empty() {
-                return Ok(0);
-            }
-            let col = |f: fn(&ChatMessage) -> String| m.iter().map(f).collect::<Vec<String>>();
-            let seqs: Vec<i64> = m.iter().map(|x| x.seq).collect();
-            let created: Vec<i64> = m.iter().map(|x| x.created_at).collect();
-            let st = tx.prepare_cached(MESSAGES_SQL).await?;
-            tx.execute(
-                &st,
-                &[
-                    &col(|x| x.tenant.clone()),
-                    &col(|x| x.session_id.clone()),
-                    &seqs,
-                    &col(|x| x.id.clone()),
-                    &col(|x| x.user_id.clone()),
-                    &col(|x| x.user_name.clone()),
-                    &col(|x| x.message.clone()),
-                    &created,
-                ],
-            )
-            .await
-        };
-        let deletes = async {
-            if batch.deletes.is_empty() {
-                return Ok(0);
-            }
-            let tenants: Vec<&str> = batch.deletes.iter().map(|d| d.0.as_str()).collect();
-            let ids: Vec<&str> = batch.deletes.iter().map(|d| d.1.as_str()).collect();
-            let st = tx.prepare_cached(DELETE_SQL).await?;
-            tx.execute(&st, &[&tenants, &ids]).await
-        };
-        let direct = async {
-            let d = &batch.direct;
-            if d.is_empty() {
-                return Ok(0);
-            }
-            let col = |f: fn(&DirectMessage) -> String| d.iter().map(f).collect::<Vec<String>>();
-            let created: Vec<i64> = d.iter().map(|x| x.created_at).collect();
-            let st = tx.prepare_cached(DIRECT_SQL).await?;
-            tx.execute(
-                &st,
-                &[
-                    &col(|x| x.tenant.clone()),
-                    &col(|x| x.id.clone()),
-                    &col(|x| x.sender_id.clone()),
-                    &col(|x| x.sender_name.clone()),
-                    &col(|x| x.receiver_id.clone()),
-                    &col(|x| x.content.clone()),
-                    &created,
-                ],
-            )
-            .await
-        };
-        let attendance = async {
-            let a = last_per_user(&batch.attendance);
-            if a.is_empty() {
-                return Ok(0);
-            }
-            let col = |f: fn(&Attendance) -> String| a.iter().map(f).collect::<Vec<String>>();
-            let hosts: Vec<bool> = a.iter().map(|x| x.host).collect();
-            let ins: Vec<i64> = a.iter().map(|x| x.checked_in_at).collect();
-            let outs: Vec<Option<i64>> = a.iter().map(|x| x.checked_out_at).collect();
-            let st = tx.prepare_cached(ATTENDANCE_SQL).await?;
-            tx.execute(
-                &st,
-                &[
-                    &col(|x| x.tenant.clone()),
-                    &col(|x| x.session_id.clone()),
-                    &col(|x| x.user_id.clone()),
-                    &col(|x| x.user_name.clone()),
-                    &hosts,
-                    &ins,
-                    &outs,
-                ],
-            )
-            .await
-        };
-        let inbox = inbox_changes(&tx, &batch.inbox);
-        let people = online_and_contacts(&tx, &batch.online, &batch.contacts, part);
-        let (fenced, ..) = futures::try_join!(
-            fence, upserts, messages, deletes, direct, attendance, inbox, people
-        )
-        .map_err(db)?;
-        if fenced == 0 {
-            let p = batch.fence.as_ref().map_or(0, |f| f.partition);
-            return Err(StoreError::Fenced(p));
+            .zip(&states)
+            .map(|(b, st)| write_batch(&tx, b, st));
+        let fenced = futures::future::try_join_all(writes).await.map_err(db)?;
+        if let Some((b, _)) = batches.iter().zip(&fenced).find(|(_, n)| **n == 0) {
+            return Err(StoreError::Fenced(
+                b.fence.as_ref().map_or(0, |f| f.partition),
+            ));
         }
         tx.commit().await.map_err(db)?;
         observe("commit", t);
@@ -680,6 +586,117 @@ impl Store for PgStore {
         c.simple_query("SELECT 1").await.map_err(db)?;
         Ok(())
     }
+}
+
+/// One batch's statements inside a group's transaction; how many fence rows matched
+/// (0: stale, 1 otherwise).
+async fn write_batch(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &Batch,
+    states: &[serde_json::Value],
+) -> Result<u64, tokio_postgres::Error> {
+    let part = batch.fence.as_ref().map_or(-1, |f| f.partition as i32);
+    let fence = async {
+        let Some(f) = &batch.fence else {
+            return Ok(1);
+        };
+        let st = tx.prepare_cached(FENCE_SQL).await?;
+        tx.execute(&st, &[&(f.partition as i32), &f.token, &f.applied])
+            .await
+    };
+    let upserts = async {
+        if batch.upserts.is_empty() {
+            return Ok(0);
+        }
+        let tenants: Vec<&str> = batch.upserts.iter().map(|r| r.tenant.as_str()).collect();
+        let ids: Vec<&str> = batch.upserts.iter().map(|r| r.id.as_str()).collect();
+        let st = tx.prepare_cached(UPSERT_SQL).await?;
+        tx.execute(&st, &[&tenants, &ids, &states, &part]).await
+    };
+    let messages = async {
+        let m = &batch.messages;
+        if m.is_empty() {
+            return Ok(0);
+        }
+        let col = |f: fn(&ChatMessage) -> String| m.iter().map(f).collect::<Vec<String>>();
+        let seqs: Vec<i64> = m.iter().map(|x| x.seq).collect();
+        let created: Vec<i64> = m.iter().map(|x| x.created_at).collect();
+        let st = tx.prepare_cached(MESSAGES_SQL).await?;
+        tx.execute(
+            &st,
+            &[
+                &col(|x| x.tenant.clone()),
+                &col(|x| x.session_id.clone()),
+                &seqs,
+                &col(|x| x.id.clone()),
+                &col(|x| x.user_id.clone()),
+                &col(|x| x.user_name.clone()),
+                &col(|x| x.message.clone()),
+                &created,
+            ],
+        )
+        .await
+    };
+    let deletes = async {
+        if batch.deletes.is_empty() {
+            return Ok(0);
+        }
+        let tenants: Vec<&str> = batch.deletes.iter().map(|d| d.0.as_str()).collect();
+        let ids: Vec<&str> = batch.deletes.iter().map(|d| d.1.as_str()).collect();
+        let st = tx.prepare_cached(DELETE_SQL).await?;
+        tx.execute(&st, &[&tenants, &ids]).await
+    };
+    let direct = async {
+        let d = &batch.direct;
+        if d.is_empty() {
+            return Ok(0);
+        }
+        let col = |f: fn(&DirectMessage) -> String| d.iter().map(f).collect::<Vec<String>>();
+        let created: Vec<i64> = d.iter().map(|x| x.created_at).collect();
+        let st = tx.prepare_cached(DIRECT_SQL).await?;
+        tx.execute(
+            &st,
+            &[
+                &col(|x| x.tenant.clone()),
+                &col(|x| x.id.clone()),
+                &col(|x| x.sender_id.clone()),
+                &col(|x| x.sender_name.clone()),
+                &col(|x| x.receiver_id.clone()),
+                &col(|x| x.content.clone()),
+                &created,
+            ],
+        )
+        .await
+    };
+    let attendance = async {
+        let a = last_per_user(&batch.attendance);
+        if a.is_empty() {
+            return Ok(0);
+        }
+        let col = |f: fn(&Attendance) -> String| a.iter().map(f).collect::<Vec<String>>();
+        let hosts: Vec<bool> = a.iter().map(|x| x.host).collect();
+        let ins: Vec<i64> = a.iter().map(|x| x.checked_in_at).collect();
+        let outs: Vec<Option<i64>> = a.iter().map(|x| x.checked_out_at).collect();
+        let st = tx.prepare_cached(ATTENDANCE_SQL).await?;
+        tx.execute(
+            &st,
+            &[
+                &col(|x| x.tenant.clone()),
+                &col(|x| x.session_id.clone()),
+                &col(|x| x.user_id.clone()),
+                &col(|x| x.user_name.clone()),
+                &hosts,
+                &ins,
+                &outs,
+            ],
+        )
+        .await
+    };
+    let inbox = inbox_changes(tx, &batch.inbox);
+    let people = online_and_contacts(tx, &batch.online, &batch.contacts, part);
+    let (fenced, ..) =
+        futures::try_join!(fence, upserts, messages, deletes, direct, attendance, inbox, people)?;
+    Ok(fenced)
 }
 
 /// The last change of each (tenant, session, user) in a batch, keeping its first check-in:
