@@ -177,7 +177,9 @@ impl Committer {
             .iter_mut()
             .flat_map(|q| std::mem::take(&mut q.work.publishes))
             .collect();
+        let t = Instant::now();
         self.publish(publishes).await;
+        metrics::histogram!("jam_publish_seconds").record(t.elapsed().as_secs_f64());
         for q in group
             .iter_mut()
             .flat_map(|q| std::mem::take(&mut q.work.queries))
@@ -196,7 +198,10 @@ impl Committer {
             .flat_map(|q| std::mem::take(&mut q.work.acks))
             .collect();
         if !acks.is_empty() {
-            if let Err(e) = self.bus.ack(WORKER_GROUP, &acks).await {
+            let t = Instant::now();
+            let acked = self.bus.ack(WORKER_GROUP, &acks).await;
+            metrics::histogram!("jam_ack_seconds").record(t.elapsed().as_secs_f64());
+            if let Err(e) = acked {
                 // Unacknowledged entries come back and are skipped by the high-water mark.
                 tracing::warn!(error = %e, "acknowledging commands failed");
             }

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
-use super::{Batch, Claim, Store, StoreError};
+use super::{Batch, Claim, Fence, Store, StoreError};
 use crate::model::{
     Attendance, ChatMessage, ConnRef, ContactsChange, DirectMessage, InboxChange, Notification,
     OnlineUser, SessionRecord,
@@ -131,12 +132,14 @@ fn db(e: tokio_postgres::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
-/// The fence first in meaning: it locks the partition's row, so a claim cannot slip in
-/// between; no row updated means another owner claimed the partition.
-const FENCE_SQL: &str = "UPDATE jam_partitions SET applied = coalesce($3, applied)
-     WHERE part = $1 AND fence = $2";
+/// The fences first in meaning: they lock the partitions' rows, so a claim cannot slip in
+/// between; a partition not returned means another owner claimed it.
+const FENCE_SQL: &str = "UPDATE jam_partitions p SET applied = coalesce(u.applied, p.applied)
+     FROM UNNEST($1::int[], $2::bigint[], $3::text[]) AS u(part, fence, applied)
+     WHERE p.part = u.part AND p.fence = u.fence
+     RETURNING p.part";
 const UPSERT_SQL: &str = "INSERT INTO jam_sessions (tenant, id, state, part)
-     SELECT t, i, s, $4 FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS u(t, i, s)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::int[])
      ON CONFLICT (tenant, id) DO UPDATE SET state = excluded.state, part = excluded.part, updated_at = now()";
 const MESSAGES_SQL: &str = "INSERT INTO jam_messages (tenant, session_id, seq, id, user_id, user_name, message, created_at)
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])
@@ -323,27 +326,21 @@ impl Store for PgStore {
         // Partition order: two workers that both write a partition during a hand-over
         // take its rows' locks in the same order.
         batches.sort_by_key(|b| b.fence.as_ref().map(|f| f.partition));
-        let states = batches
-            .iter()
-            .map(|b| b.upserts.iter().map(serde_json::to_value).collect())
-            .collect::<Result<Vec<Vec<_>>, _>>()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rows = GroupRows::of(&batches)?;
         let t = Instant::now();
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(db)?;
-        // Every statement is prepared once per connection and all of them, of every batch,
-        // go out together (tokio-postgres pipelines concurrent queries): one round trip,
-        // then the commit. The fences are checked before committing; if one failed,
-        // dropping the transaction rolls back whatever else ran.
-        let writes = batches
+        // One statement per kind of row for the whole group, each prepared once per
+        // connection, all of them sent together (tokio-postgres pipelines concurrent
+        // queries): one round trip, then the commit. The fences are checked before
+        // committing; if one is stale, dropping the transaction rolls back the rest.
+        let fenced = rows.write(&tx, &batches).await.map_err(db)?;
+        let stale = batches
             .iter()
-            .zip(&states)
-            .map(|(b, st)| write_batch(&tx, b, st));
-        let fenced = futures::future::try_join_all(writes).await.map_err(db)?;
-        if let Some((b, _)) = batches.iter().zip(&fenced).find(|(_, n)| **n == 0) {
-            return Err(StoreError::Fenced(
-                b.fence.as_ref().map_or(0, |f| f.partition),
-            ));
+            .filter_map(|b| b.fence.as_ref())
+            .find(|f| !fenced.contains(&(f.partition as i32)));
+        if let Some(f) = stale {
+            return Err(StoreError::Fenced(f.partition));
         }
         tx.commit().await.map_err(db)?;
         observe("commit", t);
@@ -588,115 +585,175 @@ impl Store for PgStore {
     }
 }
 
-/// One batch's statements inside a group's transaction; how many fence rows matched
-/// (0: stale, 1 otherwise).
-async fn write_batch(
-    tx: &deadpool_postgres::Transaction<'_>,
-    batch: &Batch,
-    states: &[serde_json::Value],
-) -> Result<u64, tokio_postgres::Error> {
-    let part = batch.fence.as_ref().map_or(-1, |f| f.partition as i32);
-    let fence = async {
-        let Some(f) = &batch.fence else {
-            return Ok(1);
+/// A group's rows, column by column (one array per column, one statement per table).
+struct GroupRows<'a> {
+    fence_parts: Vec<i32>,
+    fence_tokens: Vec<i64>,
+    fence_applied: Vec<Option<&'a str>>,
+    upsert_tenants: Vec<&'a str>,
+    upsert_ids: Vec<&'a str>,
+    upsert_states: Vec<serde_json::Value>,
+    upsert_parts: Vec<i32>,
+    messages: Vec<&'a ChatMessage>,
+    deletes: Vec<&'a (String, String)>,
+    direct: Vec<&'a DirectMessage>,
+    attendance: Vec<Attendance>,
+}
+
+fn part_of(b: &Batch) -> i32 {
+    b.fence.as_ref().map_or(-1, |f| f.partition as i32)
+}
+
+impl<'a> GroupRows<'a> {
+    fn of(batches: &[&'a Batch]) -> Result<Self, StoreError> {
+        let fences: Vec<&Fence> = batches.iter().filter_map(|b| b.fence.as_ref()).collect();
+        let upserts = || batches.iter().flat_map(|b| b.upserts.iter());
+        Ok(Self {
+            fence_parts: fences.iter().map(|f| f.partition as i32).collect(),
+            fence_tokens: fences.iter().map(|f| f.token).collect(),
+            fence_applied: fences.iter().map(|f| f.applied.as_deref()).collect(),
+            upsert_tenants: upserts().map(|r| r.tenant.as_str()).collect(),
+            upsert_ids: upserts().map(|r| r.id.as_str()).collect(),
+            upsert_states: upserts()
+                .map(serde_json::to_value)
+                .collect::<Result<_, _>>()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            upsert_parts: batches
+                .iter()
+                .flat_map(|b| b.upserts.iter().map(|_| part_of(b)))
+                .collect(),
+            messages: batches.iter().flat_map(|b| &b.messages).collect(),
+            deletes: batches.iter().flat_map(|b| &b.deletes).collect(),
+            direct: batches.iter().flat_map(|b| &b.direct).collect(),
+            // Per batch: a session's check-ins all come from its own partition.
+            attendance: batches
+                .iter()
+                .flat_map(|b| last_per_user(&b.attendance))
+                .collect(),
+        })
+    }
+
+    /// Run the group's statements; the partitions whose fence matched.
+    async fn write(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        batches: &[&Batch],
+    ) -> Result<Vec<i32>, tokio_postgres::Error> {
+        let fence = async {
+            if self.fence_parts.is_empty() {
+                return Ok(Vec::new());
+            }
+            let st = tx.prepare_cached(FENCE_SQL).await?;
+            let rows = tx
+                .query(
+                    &st,
+                    &[&self.fence_parts, &self.fence_tokens, &self.fence_applied],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| r.get::<_, i32>(0)).collect())
         };
-        let st = tx.prepare_cached(FENCE_SQL).await?;
-        tx.execute(&st, &[&(f.partition as i32), &f.token, &f.applied])
+        let upserts = async {
+            if self.upsert_ids.is_empty() {
+                return Ok(0);
+            }
+            let st = tx.prepare_cached(UPSERT_SQL).await?;
+            let params: [&(dyn ToSql + Sync); 4] = [
+                &self.upsert_tenants,
+                &self.upsert_ids,
+                &self.upsert_states,
+                &self.upsert_parts,
+            ];
+            tx.execute(&st, &params).await
+        };
+        let messages = async {
+            let m = &self.messages;
+            if m.is_empty() {
+                return Ok(0);
+            }
+            let col = |f: fn(&ChatMessage) -> &str| m.iter().map(|x| f(x)).collect::<Vec<&str>>();
+            let seqs: Vec<i64> = m.iter().map(|x| x.seq).collect();
+            let created: Vec<i64> = m.iter().map(|x| x.created_at).collect();
+            let st = tx.prepare_cached(MESSAGES_SQL).await?;
+            tx.execute(
+                &st,
+                &[
+                    &col(|x| &x.tenant),
+                    &col(|x| &x.session_id),
+                    &seqs,
+                    &col(|x| &x.id),
+                    &col(|x| &x.user_id),
+                    &col(|x| &x.user_name),
+                    &col(|x| &x.message),
+                    &created,
+                ],
+            )
             .await
-    };
-    let upserts = async {
-        if batch.upserts.is_empty() {
-            return Ok(0);
-        }
-        let tenants: Vec<&str> = batch.upserts.iter().map(|r| r.tenant.as_str()).collect();
-        let ids: Vec<&str> = batch.upserts.iter().map(|r| r.id.as_str()).collect();
-        let st = tx.prepare_cached(UPSERT_SQL).await?;
-        tx.execute(&st, &[&tenants, &ids, &states, &part]).await
-    };
-    let messages = async {
-        let m = &batch.messages;
-        if m.is_empty() {
-            return Ok(0);
-        }
-        let col = |f: fn(&ChatMessage) -> String| m.iter().map(f).collect::<Vec<String>>();
-        let seqs: Vec<i64> = m.iter().map(|x| x.seq).collect();
-        let created: Vec<i64> = m.iter().map(|x| x.created_at).collect();
-        let st = tx.prepare_cached(MESSAGES_SQL).await?;
-        tx.execute(
-            &st,
-            &[
-                &col(|x| x.tenant.clone()),
-                &col(|x| x.session_id.clone()),
-                &seqs,
-                &col(|x| x.id.clone()),
-                &col(|x| x.user_id.clone()),
-                &col(|x| x.user_name.clone()),
-                &col(|x| x.message.clone()),
-                &created,
-            ],
-        )
-        .await
-    };
-    let deletes = async {
-        if batch.deletes.is_empty() {
-            return Ok(0);
-        }
-        let tenants: Vec<&str> = batch.deletes.iter().map(|d| d.0.as_str()).collect();
-        let ids: Vec<&str> = batch.deletes.iter().map(|d| d.1.as_str()).collect();
-        let st = tx.prepare_cached(DELETE_SQL).await?;
-        tx.execute(&st, &[&tenants, &ids]).await
-    };
-    let direct = async {
-        let d = &batch.direct;
-        if d.is_empty() {
-            return Ok(0);
-        }
-        let col = |f: fn(&DirectMessage) -> String| d.iter().map(f).collect::<Vec<String>>();
-        let created: Vec<i64> = d.iter().map(|x| x.created_at).collect();
-        let st = tx.prepare_cached(DIRECT_SQL).await?;
-        tx.execute(
-            &st,
-            &[
-                &col(|x| x.tenant.clone()),
-                &col(|x| x.id.clone()),
-                &col(|x| x.sender_id.clone()),
-                &col(|x| x.sender_name.clone()),
-                &col(|x| x.receiver_id.clone()),
-                &col(|x| x.content.clone()),
-                &created,
-            ],
-        )
-        .await
-    };
-    let attendance = async {
-        let a = last_per_user(&batch.attendance);
-        if a.is_empty() {
-            return Ok(0);
-        }
-        let col = |f: fn(&Attendance) -> String| a.iter().map(f).collect::<Vec<String>>();
-        let hosts: Vec<bool> = a.iter().map(|x| x.host).collect();
-        let ins: Vec<i64> = a.iter().map(|x| x.checked_in_at).collect();
-        let outs: Vec<Option<i64>> = a.iter().map(|x| x.checked_out_at).collect();
-        let st = tx.prepare_cached(ATTENDANCE_SQL).await?;
-        tx.execute(
-            &st,
-            &[
-                &col(|x| x.tenant.clone()),
-                &col(|x| x.session_id.clone()),
-                &col(|x| x.user_id.clone()),
-                &col(|x| x.user_name.clone()),
-                &hosts,
-                &ins,
-                &outs,
-            ],
-        )
-        .await
-    };
-    let inbox = inbox_changes(tx, &batch.inbox);
-    let people = online_and_contacts(tx, &batch.online, &batch.contacts, part);
-    let (fenced, ..) =
-        futures::try_join!(fence, upserts, messages, deletes, direct, attendance, inbox, people)?;
-    Ok(fenced)
+        };
+        let deletes = async {
+            if self.deletes.is_empty() {
+                return Ok(0);
+            }
+            let tenants: Vec<&str> = self.deletes.iter().map(|d| d.0.as_str()).collect();
+            let ids: Vec<&str> = self.deletes.iter().map(|d| d.1.as_str()).collect();
+            let st = tx.prepare_cached(DELETE_SQL).await?;
+            tx.execute(&st, &[&tenants, &ids]).await
+        };
+        let direct = async {
+            let d = &self.direct;
+            if d.is_empty() {
+                return Ok(0);
+            }
+            let col = |f: fn(&DirectMessage) -> &str| d.iter().map(|x| f(x)).collect::<Vec<&str>>();
+            let created: Vec<i64> = d.iter().map(|x| x.created_at).collect();
+            let st = tx.prepare_cached(DIRECT_SQL).await?;
+            tx.execute(
+                &st,
+                &[
+                    &col(|x| &x.tenant),
+                    &col(|x| &x.id),
+                    &col(|x| &x.sender_id),
+                    &col(|x| &x.sender_name),
+                    &col(|x| &x.receiver_id),
+                    &col(|x| &x.content),
+                    &created,
+                ],
+            )
+            .await
+        };
+        let attendance = async {
+            let a = &self.attendance;
+            if a.is_empty() {
+                return Ok(0);
+            }
+            let col = |f: fn(&Attendance) -> &str| a.iter().map(f).collect::<Vec<&str>>();
+            let hosts: Vec<bool> = a.iter().map(|x| x.host).collect();
+            let ins: Vec<i64> = a.iter().map(|x| x.checked_in_at).collect();
+            let outs: Vec<Option<i64>> = a.iter().map(|x| x.checked_out_at).collect();
+            let st = tx.prepare_cached(ATTENDANCE_SQL).await?;
+            tx.execute(
+                &st,
+                &[
+                    &col(|x| &x.tenant),
+                    &col(|x| &x.session_id),
+                    &col(|x| &x.user_id),
+                    &col(|x| &x.user_name),
+                    &hosts,
+                    &ins,
+                    &outs,
+                ],
+            )
+            .await
+        };
+        // Inboxes, online users and contacts: per batch (rarer, several statements each).
+        let people = futures::future::try_join_all(batches.iter().map(|b| async move {
+            let inbox = inbox_changes(tx, &b.inbox).await?;
+            let online = online_and_contacts(tx, &b.online, &b.contacts, part_of(b)).await?;
+            Ok::<_, tokio_postgres::Error>(inbox + online)
+        }));
+        let (fenced, ..) =
+            futures::try_join!(fence, upserts, messages, deletes, direct, attendance, people)?;
+        Ok(fenced)
+    }
 }
 
 /// The last change of each (tenant, session, user) in a batch, keeping its first check-in:
