@@ -262,15 +262,21 @@ impl Bus for RedisBus {
     }
 
     async fn publish_many(&self, msgs: Vec<(String, Bytes)>) -> Result<(), BusError> {
-        // Concurrent commands on one fred client go out pipelined.
-        let futs = msgs.into_iter().map(|(c, p)| {
-            let client = self.client.clone();
-            async move { publish_on(&client, self.sharded, c, p).await }
-        });
-        for r in futures::future::join_all(futs).await {
-            r.map_err(err)?;
+        // One pipeline: one hand-over to fred's router and one round trip for them all
+        // (each still routed by its channel's slot in a cluster).
+        if msgs.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let p = self.client.pipeline();
+        for (c, payload) in msgs {
+            let queued = if self.sharded {
+                p.spublish::<(), _, _>(c, payload).await
+            } else {
+                p.publish::<(), _, _>(c, payload).await
+            };
+            queued.map_err(err)?;
+        }
+        check_all(p.try_all::<Value>().await)
     }
 
     async fn subscription(
@@ -435,27 +441,26 @@ impl Bus for RedisBus {
     }
 
     async fn ack(&self, group: &str, entries: &[(String, String)]) -> Result<(), BusError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let mut by_stream: HashMap<&str, Vec<String>> = HashMap::new();
         for (s, id) in entries {
             by_stream.entry(s.as_str()).or_default().push(id.clone());
         }
-        // Concurrent commands on one fred client go out pipelined, in the order polled:
-        // every stream's acknowledgement, then its deletion (which keeps streams short
-        // and drops join passwords), in one round trip.
-        let acks = by_stream
-            .iter()
-            .map(|(s, ids)| self.client.xack::<i64, _, _, _>(*s, group, ids.clone()));
-        let dels = by_stream
-            .iter()
-            .map(|(s, ids)| self.client.xdel::<i64, _, _>(*s, ids.clone()));
-        let (acked, deleted) = futures::future::join(
-            futures::future::join_all(acks),
-            futures::future::join_all(dels),
-        )
-        .await;
-        for r in acked.into_iter().chain(deleted) {
-            r.map_err(err)?;
+        // One pipeline (one hand-over to fred's router, one round trip): every stream's
+        // acknowledgement, then its deletion (which keeps streams short and drops join
+        // passwords).
+        let p = self.client.pipeline();
+        for (s, ids) in &by_stream {
+            p.xack::<(), _, _, _>(*s, group, ids.clone())
+                .await
+                .map_err(err)?;
         }
+        for (s, ids) in by_stream {
+            p.xdel::<(), _, _>(s, ids).await.map_err(err)?;
+        }
+        check_all(p.try_all::<Value>().await)?;
         Ok(())
     }
 
@@ -552,6 +557,14 @@ async fn publish_on(
     } else {
         c.publish::<(), _, _>(channel, payload).await
     }
+}
+
+/// A pipeline's answers: the first error, if any.
+fn check_all(answers: Vec<Result<Value, fred::error::Error>>) -> Result<(), BusError> {
+    answers
+        .into_iter()
+        .try_for_each(|a| a.map(drop))
+        .map_err(err)
 }
 
 fn id_key(id: &str) -> (u64, u64) {
