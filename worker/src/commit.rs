@@ -130,7 +130,8 @@ impl Queued {
     }
 }
 
-/// Where partitions get their lanes; the committer runs until every handle is gone.
+/// Where partitions get their lanes. The committer runs until every handle is gone, or
+/// until the worker aborts it once every partition has finished its lane.
 #[derive(Clone)]
 pub struct Lanes {
     tx: mpsc::Sender<Queued>,

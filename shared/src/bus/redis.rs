@@ -269,12 +269,9 @@ impl Bus for RedisBus {
         }
         let p = self.client.pipeline();
         for (c, payload) in msgs {
-            let queued = if self.sharded {
-                p.spublish::<(), _, _>(c, payload).await
-            } else {
-                p.publish::<(), _, _>(c, payload).await
-            };
-            queued.map_err(err)?;
+            publish_on(&p, self.sharded, c, payload)
+                .await
+                .map_err(err)?;
         }
         check_all(p.try_all::<Value>().await)
     }
@@ -460,8 +457,7 @@ impl Bus for RedisBus {
         for (s, ids) in by_stream {
             p.xdel::<(), _, _>(s, ids).await.map_err(err)?;
         }
-        check_all(p.try_all::<Value>().await)?;
-        Ok(())
+        check_all(p.try_all::<Value>().await)
     }
 
     async fn lease(
@@ -546,8 +542,9 @@ impl Bus for RedisBus {
     }
 }
 
-async fn publish_on(
-    c: &Client,
+/// PUBLISH or SPUBLISH (sharded pub/sub in a cluster), on a client or queued in a pipeline.
+async fn publish_on<C: PubsubInterface + Sync>(
+    c: &C,
     sharded: bool,
     channel: String,
     payload: Bytes,

@@ -600,6 +600,11 @@ struct GroupRows<'a> {
     attendance: Vec<Attendance>,
 }
 
+/// One text column of a group's rows.
+fn texts<'a, T: 'a>(rows: impl IntoIterator<Item = &'a T>, f: fn(&T) -> &str) -> Vec<&'a str> {
+    rows.into_iter().map(f).collect()
+}
+
 fn part_of(b: &Batch) -> i32 {
     b.fence.as_ref().map_or(-1, |f| f.partition as i32)
 }
@@ -670,7 +675,7 @@ impl<'a> GroupRows<'a> {
             if m.is_empty() {
                 return Ok(0);
             }
-            let col = |f: fn(&ChatMessage) -> &str| m.iter().map(|x| f(x)).collect::<Vec<&str>>();
+            let col = |f: fn(&ChatMessage) -> &str| texts(m.iter().copied(), f);
             let seqs: Vec<i64> = m.iter().map(|x| x.seq).collect();
             let created: Vec<i64> = m.iter().map(|x| x.created_at).collect();
             let st = tx.prepare_cached(MESSAGES_SQL).await?;
@@ -703,7 +708,7 @@ impl<'a> GroupRows<'a> {
             if d.is_empty() {
                 return Ok(0);
             }
-            let col = |f: fn(&DirectMessage) -> &str| d.iter().map(|x| f(x)).collect::<Vec<&str>>();
+            let col = |f: fn(&DirectMessage) -> &str| texts(d.iter().copied(), f);
             let created: Vec<i64> = d.iter().map(|x| x.created_at).collect();
             let st = tx.prepare_cached(DIRECT_SQL).await?;
             tx.execute(
@@ -725,7 +730,7 @@ impl<'a> GroupRows<'a> {
             if a.is_empty() {
                 return Ok(0);
             }
-            let col = |f: fn(&Attendance) -> &str| a.iter().map(f).collect::<Vec<&str>>();
+            let col = |f: fn(&Attendance) -> &str| texts(a, f);
             let hosts: Vec<bool> = a.iter().map(|x| x.host).collect();
             let ins: Vec<i64> = a.iter().map(|x| x.checked_in_at).collect();
             let outs: Vec<Option<i64>> = a.iter().map(|x| x.checked_out_at).collect();
