@@ -253,6 +253,38 @@ async fn readiness_follows_redis_without_a_restart() {
     }
 }
 
+/// A worker whose consumer group vanishes while it takes its partitions over (a Redis
+/// that restarted empty between the group's creation and the takeover of what was
+/// pending) creates the group again and serves every partition once the group stays.
+#[tokio::test]
+async fn a_group_lost_during_the_takeover_is_created_again() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let streams = (0..16).map(jam_shared::keys::command_stream).collect();
+    let destroyer = redis.keep_destroying_groups(
+        jam_shared::keys::WORKER_GROUP,
+        streams,
+        Duration::from_secs(3),
+    );
+    let worker = procs::worker(&redis.url(), &db.url, &[("JAM_PARTITIONS", "16")]).await;
+    let gw = procs::gateway(&redis.url(), "gw-g", &[]).await;
+    destroyer.join().unwrap();
+    wait_status(&worker.http("/ready"), 200, Duration::from_secs(10)).await;
+    // Sessions on every partition (64 of them, by their ids' hash) are created: none of
+    // the partitions is stuck retrying a takeover from a group that no longer exists.
+    let mut served = std::collections::BTreeSet::new();
+    for u in 0..4 {
+        // Four users: a connection may be in 20 rooms at most.
+        let name = format!("u{u}");
+        let mut c = Client::connect(&gw.ws_url(), &token(&name, &name, None)).await;
+        for i in 0..16 {
+            let sid = create(&mut c, json!({"name": format!("s{i}")})).await;
+            served.insert(jam_shared::keys::partition_of(&sid, 16));
+        }
+    }
+    assert_eq!(served.len(), 16, "sessions on every partition: {served:?}");
+}
+
 /// A worker started while PostgreSQL is unreachable waits for it instead of exiting, and
 /// applies commands as soon as it is there.
 #[tokio::test]

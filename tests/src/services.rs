@@ -121,6 +121,37 @@ impl PrivateRedis {
         assert!(out.contains("OK"), "CLIENT PAUSE: {out}");
     }
 
+    /// For `how_long`, destroy `group` on every stream of `streams` as fast as Redis
+    /// answers: each time a worker creates it again, it is gone an instant later, as if
+    /// Redis had restarted empty between any two of the worker's commands.
+    pub fn keep_destroying_groups(
+        &self,
+        group: &str,
+        streams: Vec<String>,
+        how_long: Duration,
+    ) -> std::thread::JoinHandle<()> {
+        use std::io::{BufRead, BufReader, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let group = group.to_string();
+        std::thread::spawn(move || {
+            let mut replies = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let t = Instant::now();
+            while t.elapsed() < how_long {
+                let mut batch = Vec::new();
+                for s in &streams {
+                    batch.extend(resp(&["XGROUP", "DESTROY", s, &group]));
+                }
+                conn.write_all(&batch).unwrap();
+                // One line per reply (an integer, or an error for a missing stream).
+                for _ in &streams {
+                    line.clear();
+                    replies.read_line(&mut line).unwrap();
+                }
+            }
+        })
+    }
+
     fn wait_ready(&self) {
         let t = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -318,6 +349,15 @@ impl Drop for Server {
 }
 
 /// The non-empty lines of a redis-cli answer (an empty array prints one empty line).
+/// A command in Redis's wire protocol (RESP arrays of bulk strings).
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n{a}\r\n", a.len()).into_bytes());
+    }
+    out
+}
+
 fn cli_lines(port: u16, args: &[&str]) -> Vec<String> {
     cli(port, args)
         .lines()

@@ -125,19 +125,24 @@ impl Partition {
     /// Run until `stop` (a clean hand-over) or until the partition is lost (fenced).
     pub async fn run(mut self, stop: CancellationToken, lease: LeaseClock) {
         let lane = self.sh.lanes.lane(self.id);
-        // What the previous owner read and never acknowledged is ours now, and comes
-        // first: read pending entries before new ones. Retried until it works: a failed
-        // takeover would strand those entries in a dead consumer's list.
-        let mut delay = Duration::from_millis(100);
-        while self.take_over_pending(0).await.is_none() && !stop.is_cancelled() {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
-        }
+        let mut taken_over = false;
         let mut from_pending = true;
         let mut last_sweep = Instant::now();
         let mut last_tick = Instant::now();
         let mut backoff = Duration::from_millis(100);
         while !stop.is_cancelled() && lane.closed().is_none() {
+            if !taken_over {
+                // What the previous owner read and never acknowledged is ours now, and
+                // comes first: nothing is applied before it. Retried until it works (a
+                // failed takeover would strand those entries in a dead consumer's list),
+                // through the same recovery as a failed read: a Redis that restarted
+                // empty in between has no group to take them from.
+                if self.take_over_pending(0).await.is_none() {
+                    self.bus_failed(&stop, &mut backoff).await;
+                    continue;
+                }
+                taken_over = true;
+            }
             let mut fx = Effects::default();
             while let Ok(v) = self.verified.try_recv() {
                 self.engine.apply_verified(&v.cmd, v.ok, &mut fx);
@@ -213,18 +218,8 @@ impl Partition {
                 }
                 Err(e) => {
                     tracing::warn!(partition = self.id, error = %e, "reading commands failed; retrying");
-                    self.sh.liveness.lock().unwrap().bus_unhealthy();
                     from_pending = true;
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(READ_BACKOFF_MAX);
-                    // A Redis that restarted empty has no group: create it again.
-                    let streams = [self.stream.clone()];
-                    if let Err(e) = self.sh.bus.ensure_group(&streams, WORKER_GROUP).await {
-                        tracing::debug!(error = %e, "group re-creation failed");
-                    }
+                    self.bus_failed(&stop, &mut backoff).await;
                 }
             }
             self.engine
@@ -252,6 +247,22 @@ impl Partition {
         }
         self.sh.health.release(self.id);
         tracing::info!(partition = self.id, "partition released");
+    }
+
+    /// After a failed read or takeover: the bus counts as unhealthy (gateways are not
+    /// judged dead meanwhile), a pause that grows to [`READ_BACKOFF_MAX`], and the group
+    /// created again, which a Redis that restarted empty no longer has.
+    async fn bus_failed(&self, stop: &CancellationToken, backoff: &mut Duration) {
+        self.sh.liveness.lock().unwrap().bus_unhealthy();
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(*backoff) => {}
+        }
+        *backoff = (*backoff * 2).min(READ_BACKOFF_MAX);
+        let streams = [self.stream.clone()];
+        if let Err(e) = self.sh.bus.ensure_group(&streams, WORKER_GROUP).await {
+            tracing::debug!(error = %e, "group re-creation failed");
+        }
     }
 
     /// Move every entry other consumers of the group hold unacknowledged to us; how many
