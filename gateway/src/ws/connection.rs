@@ -1,12 +1,12 @@
 //! One WebSocket connection: authenticate, take its slots (per user, per IP), register in
-//! the routing table, then a reader (frames in, stamped on arrival) and a writer (bounded
-//! queue out, pings for RTT) until either side ends, the token expires or the server says so.
+//! the routing table, then one task reads frames (stamped on arrival, see `inbound`) and
+//! handles them, while frames out go through its outbox (written by whoever has them),
+//! until either side ends, the token expires or the server says so.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use jam_shared::auth::Identity;
 use jam_shared::keys;
 use jam_shared::protocol::event::{error, error_with_ref, frame};
@@ -68,13 +68,13 @@ pub async fn run(
 }
 
 async fn open(
-    inbound: Inbound,
+    mut inbound: Inbound,
     out: FrameWriter,
     st: AppState,
     token: Option<String>,
     adm: Admission,
 ) -> Option<(Live, tracing::Span)> {
-    let verified = match authenticate(&inbound, &st, token).await {
+    let verified = match authenticate(&mut inbound, &st, token).await {
         Ok(v) => v,
         Err(msg) => {
             refuse(out, ErrorCode::Unauthorized, &msg, close::POLICY).await;
@@ -95,15 +95,16 @@ async fn open(
     let outbox = Outbox::new(Box::new(out), st.cfg.outbound_queue);
     let handle = ConnHandle::socket(&conn_id, &who.user_id, outbox);
     let reader = Reader::new(st, handle, who, verified.expires_at);
+    let started = inbound
+        .alongside(reader.start(verified.expires_at))
+        .instrument(span.clone())
+        .await;
     let live = Live {
         reader,
         inbound,
         _held: (user_slot, adm),
     };
-    live.start(verified.expires_at)
-        .instrument(span.clone())
-        .await
-        .then_some((live, span))
+    started.then_some((live, span))
 }
 
 /// An error frame, then the close code: the client learns why before the socket goes.
@@ -120,17 +121,17 @@ async fn refuse(mut out: FrameWriter, code: ErrorCode, msg: &str, close_code: u1
 }
 
 async fn authenticate(
-    inbound: &Inbound,
+    inbound: &mut Inbound,
     st: &AppState,
     token: Option<String>,
 ) -> Result<Verified, String> {
     let token = match token {
         Some(t) => t,
         None => {
-            let first = tokio::time::timeout(st.cfg.auth_timeout, inbound.rx.recv_async())
+            let first = tokio::time::timeout(st.cfg.auth_timeout, inbound.recv())
                 .await
                 .map_err(|_| "authentication timed out".to_string())?;
-            let Ok((_, Message::Text(t))) = first else {
+            let Some((_, Message::Text(t))) = first else {
                 return Err("expected an authenticate frame".into());
             };
             let v: serde_json::Value = serde_json::from_str(&t)
@@ -161,10 +162,10 @@ struct Live {
     _held: (Slot, Admission),
 }
 
-impl Live {
+impl Reader {
     /// Register, tell the workers and greet the client; false when the bus is away.
     async fn start(&self, expires_at: Option<i64>) -> bool {
-        let (st, handle, who) = (&self.reader.st, &self.reader.handle, &self.reader.who);
+        let (st, handle, who) = (&self.st, &self.handle, &self.who);
         let user_channel = keys::user_channel(&who.tenant, &who.user_id);
         if let Err(e) = st.table.register(handle.clone(), user_channel).await {
             tracing::warn!(error = %e, "could not subscribe the user channel");
@@ -188,7 +189,9 @@ impl Live {
         handle.push(ping_now());
         true
     }
+}
 
+impl Live {
     /// Frames until the connection ends, then the close frame and the reports.
     // Not an `async fn`: that moves its arguments into locals of its own, and the
     // connection's state (464 bytes) would sit in every idle task twice. The block below
@@ -202,8 +205,8 @@ impl Live {
             // Named, so that the block captures it: a block captures only the fields it
             // uses, and the connection's slots must be held until it ends.
             let _held = &self._held;
-            let mut reason = self.reader.run(&self.inbound.rx).await;
-            Box::pin(self.reader.end(&mut reason, &self.inbound)).await;
+            let mut reason = self.reader.run(&mut self.inbound).await;
+            Box::pin(self.reader.end(&mut reason, &mut self.inbound)).await;
             metrics::gauge!("jam_connections_open").decrement(1.0);
             metrics::counter!("jam_connections_closed_total", "reason" => reason).increment(1);
             tracing::info!(reason, "disconnected");
@@ -293,7 +296,7 @@ impl Reader {
 
     /// The connection is over: the close frame (after what is queued, bounded), then the
     /// workers hear it left. `reason` becomes the close code's when the server closed it.
-    async fn end(&self, reason: &mut &'static str, inbound: &Inbound) {
+    async fn end(&self, reason: &mut &'static str, inbound: &mut Inbound) {
         let handle = &self.handle;
         let code = handle.close_code.load(Ordering::SeqCst);
         if code != 0 {
@@ -308,15 +311,13 @@ impl Reader {
         // A lingering close: what the client still sends is read and dropped until it
         // closes too (bounded). Closing a socket with unread input makes the kernel send a
         // reset, and a reset can take the close frame with it before the client reads it.
-        let _ = tokio::time::timeout(LINGER, async {
-            while inbound.rx.recv_async().await.is_ok() {}
-        })
-        .await;
+        let _ =
+            tokio::time::timeout(LINGER, async { while inbound.recv().await.is_some() {} }).await;
         report_disconnects(&self.st, &self.who, &handle.id).await;
     }
 
     /// Until the connection ends; returns why (a metric label).
-    async fn run(&mut self, inbound: &flume::Receiver<(Instant, Message)>) -> &'static str {
+    async fn run(&mut self, inbound: &mut Inbound) -> &'static str {
         loop {
             // One timer for both deadlines (the token's and the idle one): every idle
             // connection waits here, so each timer is memory times the connections.
@@ -340,15 +341,15 @@ impl Reader {
                         }
                     }
                 },
-                n = inbound.recv_async() => n,
+                n = inbound.recv() => n,
             };
-            let (arrived, msg) = match next {
-                Err(_) => return "client",
-                Ok(m) => m,
+            let Some((arrived, msg)) = next else {
+                return "client";
             };
             match msg {
                 Message::Text(t) => {
-                    if !self.frame(arrived, &t).await {
+                    // Frames that arrive meanwhile are read (and stamped) ahead.
+                    if !inbound.alongside(self.frame(arrived, &t)).await {
                         return "rate_abuse";
                     }
                 }
@@ -427,52 +428,5 @@ impl Reader {
             self.rtts.push_back(rtt);
             metrics::histogram!("jam_ws_rtt_seconds").record(rtt as f64 / 1000.0);
         }
-    }
-}
-
-/// Read frames into `out`, each with the instant it arrived, until the stream ends or
-/// the receiver goes away. Bounded: a full queue stops reading (TCP pushes back).
-///
-/// Not an `async fn`, for the reason given at `Live::serve`: the stream (336 bytes) is
-/// held once, not twice, by every idle connection's reader task.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn would hold `stream` twice"
-)]
-pub fn read_frames<S, E>(
-    mut stream: S,
-    out: flume::Sender<(Instant, Message)>,
-) -> impl std::future::Future<Output = ()>
-where
-    S: futures_util::Stream<Item = Result<Message, E>> + Unpin,
-{
-    async move {
-        while let Some(Ok(m)) = stream.next().await {
-            if out.send_async((Instant::now(), m)).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn frames_are_stamped_when_they_arrive_not_when_handled() {
-        let frames =
-            futures_util::stream::iter(["a", "b", "c"].map(|t| Ok::<_, ()>(Message::text(t))));
-        let (tx, rx) = flume::bounded(8);
-        let before = Instant::now();
-        read_frames(frames, tx).await;
-        // Handled later: the stamps still say when they came in.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut got = Vec::new();
-        while let Ok((at, m)) = rx.try_recv() {
-            assert!(at >= before && at < before + Duration::from_millis(50));
-            got.push(m.into_text().unwrap().to_string());
-        }
-        assert_eq!(got, ["a", "b", "c"]);
     }
 }

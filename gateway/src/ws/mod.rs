@@ -1,9 +1,10 @@
-//! The WebSocket endpoint: upgrade, authenticate, then one task pair per connection.
+//! The WebSocket endpoint: upgrade, authenticate, then one task per connection.
 
 pub mod close;
 pub mod connection;
 pub mod frames;
 pub mod framing;
+pub mod inbound;
 pub mod outbox;
 pub mod ratelimit;
 pub mod token_life;
@@ -24,9 +25,10 @@ use crate::state::AppState;
 /// Frames above this size close the connection at the protocol level; frames between
 /// `JAM_MAX_FRAME_BYTES` and this get a BAD_REQUEST and the connection stays.
 const HARD_FRAME_LIMIT: usize = 4 << 20;
-/// The read buffer a connection starts with: client frames are small, and a larger one
-/// grows the buffer for as long as it needs.
-const READ_BUFFER: usize = 512;
+/// The read buffer a connection starts with, and the most one read takes: client frames
+/// are small (a chat message with a 64-byte text is about 150 bytes), and a larger frame
+/// grows the buffer for as long as it needs. Every idle connection holds one.
+const READ_BUFFER: usize = 256;
 
 /// The client's address, when the server was started with connection info.
 pub struct PeerIp(pub Option<IpAddr>);

@@ -15,28 +15,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// What the client sent before hyper handed the socket over, then the socket's read half.
 pub type Io = tokio::io::Chain<std::io::Cursor<bytes::Bytes>, OwnedReadHalf>;
 /// Client frames, parsed by tungstenite from the read half.
 pub type FrameStream = WebSocketStream<ReadOnly<Io>>;
-/// Frames read ahead of the one being handled.
-const INBOUND_QUEUE: usize = 64;
-
-/// Client frames as the reader task parsed them, each with the instant it arrived. The
-/// reader task (it owns the [`FrameStream`]) stops when this is dropped.
-pub struct Inbound {
-    pub rx: flume::Receiver<(std::time::Instant, Message)>,
-    reader: tokio::task::AbortHandle,
-}
-
-impl Drop for Inbound {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
+pub use super::inbound::Inbound;
 /// The socket's write half: frames go out through the connection's
 /// [`Outbox`](super::outbox::Outbox).
 pub type FrameWriter = OwnedWriteHalf;
@@ -127,20 +112,12 @@ impl Upgrade {
             let early = bytes::Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
             let r = std::io::Cursor::new(early).chain(r);
-            // The parser lives in the reader task alone, not in the connection's future.
-            // flume's queue holds nothing until frames arrive (tokio's allocates a block of
-            // slots per channel up front: 2 KiB for every idle connection).
-            let (tx, rx) = flume::bounded(INBOUND_QUEUE);
-            // No hand-shake to wait for: ready at the first poll. Built here so that the
-            // reader task's future is `read_frames` alone (not the stream twice).
+            // No hand-shake to wait for: ready at the first poll. The connection's own task
+            // reads it (see `inbound`).
             let frames = WebSocketStream::from_raw_socket(ReadOnly(r), Role::Server, Some(config))
                 .now_or_never()
                 .expect("a stream without a hand-shake is ready at once");
-            let reader = tokio::spawn(super::connection::read_frames(frames, tx));
-            let inbound = Inbound {
-                rx,
-                reader: reader.abort_handle(),
-            };
+            let inbound = Inbound::new(frames);
             f(inbound, w).await;
         });
         let mut res = Response::new(axum::body::Body::empty());
