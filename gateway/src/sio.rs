@@ -203,7 +203,7 @@ impl Conn {
         let mut bucket = TokenBucket::with_burst(self.st.cfg.rate_limit_per_sec);
         let mut limits = ConnLimits::new(&self.st);
         let mut token = TokenLife::new(expires_at, self.st.cfg.auth.expiry_warning);
-        let kill = self.handle.kill.clone();
+        let kill = &self.handle.kill;
         loop {
             let deadline = token.deadline();
             let (ev, data, ack) = tokio::select! {
@@ -277,7 +277,7 @@ impl Conn {
 
     /// Frames for this connection, until it closes or jam closes it.
     async fn pump(&self, s: SocketRef, mut rx: mpsc::Receiver<OutFrame>) {
-        let kill = self.handle.kill.clone();
+        let kill = &self.handle.kill;
         loop {
             tokio::select! {
                 _ = kill.cancelled() => break,

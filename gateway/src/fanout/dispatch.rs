@@ -102,7 +102,7 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
                 ch.pending.remove(conn);
                 if !ch.members.contains(conn) {
                     if let Some(e) = st.conns.get_mut(conn) {
-                        e.channels.remove(room);
+                        e.leave(room);
                     }
                 }
                 if ch.members.is_empty() && ch.pending.is_empty() {
@@ -168,7 +168,7 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
             }
             for id in &leaving {
                 if let Some(e) = st.conns.get_mut(id) {
-                    e.channels.remove(channel);
+                    e.leave(channel);
                 }
             }
         }

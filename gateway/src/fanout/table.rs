@@ -7,12 +7,11 @@ use std::hash::BuildHasherDefault;
 /// Keys here are ids the server made (connections, channels), never chosen by a client,
 /// so the fast non-keyed Fx hash is safe; SipHash was 1.4 % of a fan-out's CPU profile.
 type Fx = BuildHasherDefault<rustc_hash::FxHasher>;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use jam_shared::bus::{BusError, Subscription};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, Notify};
 
 use crate::ws::framing::OutFrame;
 use crate::ws::outbox::{DrainError, Outbox, Pushed};
@@ -25,9 +24,41 @@ pub struct Conn {
     pub id: Arc<str>,
     pub user_id: Arc<str>,
     out: Out,
-    /// Cancelled to close the connection with `close_code`.
-    pub kill: CancellationToken,
+    /// Fired to close the connection with `close_code`.
+    pub kill: Kill,
     pub close_code: AtomicU16,
+}
+
+/// A one-shot signal that closes a connection, held in the connection's own allocation
+/// (a `CancellationToken` allocates a tree node of 112 bytes per connection, for children
+/// a connection never has).
+#[derive(Default)]
+pub struct Kill {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+impl Kill {
+    pub fn cancel(&self) {
+        self.fired.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// Ready once [`cancel`](Self::cancel) was called, before or after this.
+    pub async fn cancelled(&self) {
+        let notified = self.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the flag is read: a cancel in between still wakes it.
+        notified.as_mut().enable();
+        if self.is_cancelled() {
+            return;
+        }
+        notified.await;
+    }
 }
 
 /// Where a connection's frames go.
@@ -62,7 +93,7 @@ impl ConnHandle {
             id: Arc::from(id),
             user_id: Arc::from(user_id),
             out,
-            kill: CancellationToken::new(),
+            kill: Kill::default(),
             close_code: AtomicU16::new(0),
         }))
     }
@@ -182,13 +213,37 @@ impl Channel {
 
 pub(crate) struct ConnEntry {
     pub handle: ConnHandle,
-    pub channels: HashSet<String, Fx>,
+    /// The channels it is in or joining: a few (its user channel, at most a limit of
+    /// rooms), each name shared with the channel's key in [`State::channels`].
+    pub channels: Vec<Arc<str>>,
+}
+
+impl ConnEntry {
+    pub fn leave(&mut self, channel: &str) {
+        self.channels.retain(|c| &**c != channel);
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct State {
     pub conns: HashMap<Arc<str>, ConnEntry, Fx>,
-    pub channels: HashMap<String, Channel, Fx>,
+    pub channels: HashMap<Arc<str>, Channel, Fx>,
+}
+
+impl State {
+    /// The channel named `name` (created empty when new) and its shared name.
+    fn channel(&mut self, name: &str) -> (Arc<str>, &mut Channel) {
+        let key = match self.channels.get_key_value(name) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = Arc::from(name);
+                self.channels.insert(k.clone(), Channel::default());
+                k
+            }
+        };
+        let ch = self.channels.get_mut(name).expect("just made sure");
+        (key, ch)
+    }
 }
 
 pub struct Table {
@@ -239,7 +294,7 @@ impl Table {
             handle.id.clone(),
             ConnEntry {
                 handle,
-                channels: HashSet::default(),
+                channels: Vec::new(),
             },
         );
     }
@@ -250,16 +305,12 @@ impl Table {
         let need_sub = {
             let mut s = self.state.lock().unwrap();
             let id = handle.id.clone();
-            s.conns.insert(
-                id.clone(),
-                ConnEntry {
-                    handle,
-                    channels: HashSet::from_iter([user_channel.clone()]),
-                },
-            );
-            let ch = s.channels.entry(user_channel.clone()).or_default();
-            ch.members.insert(id);
-            !ch.subscribed
+            let (name, ch) = s.channel(&user_channel);
+            ch.members.insert(id.clone());
+            let need_sub = !ch.subscribed;
+            let channels = vec![name];
+            s.conns.insert(id, ConnEntry { handle, channels });
+            need_sub
         };
         if need_sub {
             self.subscribe(&user_channel).await?;
@@ -273,16 +324,19 @@ impl Table {
         let _g = self.sub_lock.lock().await;
         let need_sub = {
             let mut s = self.state.lock().unwrap();
-            let Some(entry) = s.conns.get_mut(conn) else {
+            let Some(id) = s.conns.get(conn).map(|e| e.handle.id.clone()) else {
                 return Ok(());
             };
-            let id = entry.handle.id.clone();
-            entry.channels.insert(channel.to_string());
-            let ch = s.channels.entry(channel.to_string()).or_default();
+            let (name, ch) = s.channel(channel);
             if !ch.members.contains(&id) {
-                ch.pending.insert(id);
+                ch.pending.insert(id.clone());
             }
-            !ch.subscribed
+            let need_sub = !ch.subscribed;
+            let entry = s.conns.get_mut(&id).expect("checked above");
+            if !entry.channels.contains(&name) {
+                entry.channels.push(name);
+            }
+            need_sub
         };
         if need_sub {
             self.subscribe(channel).await?;
@@ -313,11 +367,11 @@ impl Table {
                     ch.members.remove(conn);
                     ch.pending.remove(conn);
                     if ch.is_empty() {
-                        empty.push(c.clone());
+                        empty.push(c.to_string());
                     }
                 }
             }
-            entry.channels.into_iter().collect()
+            entry.channels.iter().map(|c| c.to_string()).collect()
         };
         self.release(empty);
         channels
@@ -335,10 +389,10 @@ impl Table {
             for c in channels {
                 let still_empty = {
                     let mut s = me.state.lock().unwrap();
-                    match s.channels.get(&c) {
+                    match s.channels.get(c.as_str()) {
                         Some(ch) if ch.is_empty() => {
                             let was = ch.subscribed;
-                            s.channels.remove(&c);
+                            s.channels.remove(c.as_str());
                             was
                         }
                         _ => false,
@@ -359,7 +413,7 @@ impl Table {
         let s = self.state.lock().unwrap();
         s.conns
             .get(conn)
-            .is_some_and(|e| e.channels.contains(channel))
+            .is_some_and(|e| e.channels.iter().any(|c| &**c == channel))
     }
 
     /// The rooms `conn` is in or joining.
@@ -387,5 +441,33 @@ impl Table {
             .values()
             .map(|e| e.handle.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_kill_reaches_who_waits_and_who_comes_later() {
+        let kill = Arc::new(Kill::default());
+        let waiting = tokio::spawn({
+            let kill = kill.clone();
+            async move { kill.cancelled().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "nothing fired yet");
+        kill.cancel();
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the waiter wakes")
+            .unwrap();
+        // After the fact: ready at once.
+        tokio::time::timeout(Duration::from_millis(100), kill.cancelled())
+            .await
+            .expect("already fired");
+        assert!(kill.is_cancelled());
     }
 }

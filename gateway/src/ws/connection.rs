@@ -267,6 +267,27 @@ pub async fn pinger(table: Arc<crate::fanout::Table>) {
     }
 }
 
+/// The last [`RTT_SAMPLES`] round trips (ms), in place: no allocation per connection.
+#[derive(Default)]
+struct Rtts {
+    samples: [u32; RTT_SAMPLES],
+    len: usize,
+    next: usize,
+}
+
+impl Rtts {
+    fn push(&mut self, rtt: u32) {
+        self.samples[self.next] = rtt;
+        self.next = (self.next + 1) % RTT_SAMPLES;
+        self.len = (self.len + 1).min(RTT_SAMPLES);
+    }
+
+    /// The best of the recent samples: the one least delayed by queues.
+    fn best(&self) -> Option<u32> {
+        self.samples[..self.len].iter().copied().min()
+    }
+}
+
 /// The reading half: frames in order, the frame-rate limit, the token's expiry.
 struct Reader {
     st: AppState,
@@ -276,7 +297,7 @@ struct Reader {
     /// Frames refused by the rate limit so far.
     strikes: u32,
     limits: ConnLimits,
-    rtts: std::collections::VecDeque<u32>,
+    rtts: Rtts,
     token: TokenLife,
 }
 
@@ -286,7 +307,7 @@ impl Reader {
             bucket: TokenBucket::with_burst(st.cfg.rate_limit_per_sec),
             strikes: 0,
             limits: ConnLimits::new(&st),
-            rtts: std::collections::VecDeque::with_capacity(RTT_SAMPLES),
+            rtts: Rtts::default(),
             token: TokenLife::new(expires_at, st.cfg.auth.expiry_warning),
             st,
             handle,
@@ -388,7 +409,7 @@ impl Reader {
             ));
             return true;
         }
-        let best_rtt = self.rtts.iter().min().map(|r| *r as f64);
+        let best_rtt = self.rtts.best().map(f64::from);
         // Boxed: an idle connection does not carry the state of handling a frame (most of
         // a connection's memory before, see docs/benchmarks.md).
         let handled = Box::pin(frames::handle(
@@ -422,11 +443,27 @@ impl Reader {
         if let Ok(b) = <[u8; 8]>::try_from(p) {
             let sent = i64::from_be_bytes(b);
             let rtt = ((jam_shared::clock::now_us() - sent).max(0) / 1000) as u32;
-            if self.rtts.len() == RTT_SAMPLES {
-                self.rtts.pop_front();
-            }
-            self.rtts.push_back(rtt);
+            self.rtts.push(rtt);
             metrics::histogram!("jam_ws_rtt_seconds").record(rtt as f64 / 1000.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_best_of_the_last_samples_counts() {
+        let mut r = Rtts::default();
+        assert_eq!(r.best(), None);
+        r.push(30);
+        r.push(12);
+        assert_eq!(r.best(), Some(12));
+        // Eight newer samples push the 12 out.
+        for _ in 0..RTT_SAMPLES {
+            r.push(40);
+        }
+        assert_eq!(r.best(), Some(40));
     }
 }

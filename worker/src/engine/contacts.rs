@@ -20,9 +20,28 @@ pub type UserKey = (String, String);
 /// How long a direct typing indicator lasts without a new `typing_start`.
 pub const DIRECT_TYPING_TTL_MS: i64 = 5_000;
 
+/// An online user's connections and watchers; the user's ids are the map's key (one
+/// entry per online user, and every idle connection makes one: no second copy of them).
+#[derive(Default)]
+pub(super) struct Online {
+    conns: Vec<ConnRef>,
+    watchers: Vec<String>,
+}
+
+impl Online {
+    fn user(&self, key: &UserKey) -> OnlineUser {
+        OnlineUser {
+            tenant: key.0.clone(),
+            user_id: key.1.clone(),
+            conns: self.conns.clone(),
+            watchers: self.watchers.clone(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct People {
-    pub(super) online: HashMap<UserKey, OnlineUser>,
+    pub(super) online: HashMap<UserKey, Online>,
     /// Watchers loaded for this batch's online/offline commands.
     watchers: HashMap<UserKey, Vec<String>>,
     /// (tenant, typist, friend) → when the indicator clears (ms).
@@ -81,21 +100,18 @@ impl Engine {
     /// Who was online on this partition when it was claimed.
     pub fn load_online(&mut self, users: Vec<OnlineUser>) {
         for u in users {
-            self.people
-                .online
-                .insert((u.tenant.clone(), u.user_id.clone()), u);
+            let online = Online {
+                conns: u.conns,
+                watchers: u.watchers,
+            };
+            self.people.online.insert((u.tenant, u.user_id), online);
         }
     }
 
     pub(super) fn user_online(&mut self, cmd: &Command, fx: &mut Effects) {
         let key = (cmd.tenant.clone(), cmd.user_id.clone());
         let fresh = self.people.watchers.get(&key).cloned();
-        let user = self.people.online.entry(key).or_insert_with(|| OnlineUser {
-            tenant: cmd.tenant.clone(),
-            user_id: cmd.user_id.clone(),
-            conns: Vec::new(),
-            watchers: Vec::new(),
-        });
+        let user = self.people.online.entry(key.clone()).or_default();
         if let Some(w) = fresh {
             user.watchers = w;
         }
@@ -109,10 +125,11 @@ impl Engine {
                 gateway: cmd.gateway.clone(),
             });
         }
+        let user = user.user(&key);
         if first {
-            announce(fx, user, "user_online", &cmd.user_name);
+            announce(fx, &user, "user_online", &cmd.user_name);
         }
-        fx.online(user);
+        fx.online(&user);
     }
 
     pub(super) fn user_offline(&mut self, cmd: &Command, fx: &mut Effects) {
@@ -134,14 +151,14 @@ impl Engine {
         conn: &str,
         fx: &mut Effects,
     ) -> Option<OnlineUser> {
-        let user = self.people.online.get_mut(key)?;
-        user.conns.retain(|c| c.conn != conn);
+        let online = self.people.online.get_mut(key)?;
+        online.conns.retain(|c| c.conn != conn);
+        let user = online.user(key);
+        fx.online(&user);
         if user.conns.is_empty() {
-            let user = self.people.online.remove(key).expect("present");
-            fx.online(&user);
+            self.people.online.remove(key);
             Some(user)
         } else {
-            fx.online(user);
             None
         }
     }

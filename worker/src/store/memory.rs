@@ -7,8 +7,8 @@ use async_trait::async_trait;
 
 use super::{Batch, Claim, Store, StoreError};
 use crate::model::{
-    Attendance, ChatMessage, ContactsChange, DirectMessage, InboxChange, Notification, OnlineUser,
-    SessionRecord,
+    Attendance, ChatMessage, ConnRef, ContactsChange, DirectMessage, InboxChange, Notification,
+    OnlineUser, SessionRecord,
 };
 
 type Key = (String, String);
@@ -24,8 +24,10 @@ struct State {
     attendance: HashMap<Key, Vec<Attendance>>,
     /// (tenant, user) → notifications by id.
     inbox: HashMap<Key, BTreeMap<i64, Notification>>,
-    /// (tenant, user) → (partition, who is online).
-    online: HashMap<Key, (i64, OnlineUser)>,
+    /// (tenant, user) → (partition, the user's connections): who is online. The key holds
+    /// the user's ids and watchers are looked up when loaded, so one entry per online user
+    /// (every idle connection has one) holds no copy of either.
+    online: HashMap<Key, (i64, Vec<ConnRef>)>,
     /// (tenant, user, contact, source): `user` watches `contact`.
     contacts: BTreeSet<(String, String, String, &'static str)>,
     /// Partition → (fence, applied).
@@ -81,7 +83,7 @@ impl State {
             if u.conns.is_empty() {
                 s.online.remove(&key);
             } else {
-                s.online.insert(key, (part, u.clone()));
+                s.online.insert(key, (part, u.conns.clone()));
             }
         }
         for c in &batch.contacts {
@@ -179,11 +181,13 @@ impl Store for MemoryStore {
     async fn load_online(&self, partition: u32) -> Result<Vec<OnlineUser>, StoreError> {
         let s = self.state.lock().unwrap();
         Ok(s.online
-            .values()
-            .filter(|(p, _)| *p == partition as i64)
-            .map(|(_, u)| OnlineUser {
-                watchers: watchers_of(&s.contacts, &u.tenant, &u.user_id),
-                ..u.clone()
+            .iter()
+            .filter(|(_, (p, _))| *p == partition as i64)
+            .map(|((tenant, user_id), (_, conns))| OnlineUser {
+                watchers: watchers_of(&s.contacts, tenant, user_id),
+                tenant: tenant.clone(),
+                user_id: user_id.clone(),
+                conns: conns.clone(),
             })
             .collect())
     }
