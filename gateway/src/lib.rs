@@ -115,7 +115,7 @@ pub async fn run(
     let dispatcher = tokio::spawn(fanout::dispatch::run(table.clone(), rx));
     let pinger = tokio::spawn(ws::connection::pinger(table.clone()));
     let rpc = Arc::new(rpc::Rpc::new(cfg.rpc.clone()));
-    let st = AppState {
+    let st = AppState::new(state::Services {
         cfg: Arc::new(cfg),
         auth,
         limits,
@@ -125,7 +125,7 @@ pub async fn run(
         draining: CancellationToken::new(),
         tracker: TaskTracker::new(),
         conn_limit: Arc::new(Semaphore::new(0)),
-    };
+    });
     st.conn_limit.add_permits(st.cfg.max_connections);
     let heartbeat = tokio::spawn(heartbeat(st.clone(), shutdown.clone()));
 

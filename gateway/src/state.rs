@@ -13,8 +13,26 @@ use tokio_util::task::TaskTracker;
 
 use crate::fanout::Table;
 
+/// One pointer to [`Services`]: every connection's task holds a copy (8 bytes, not the
+/// 80 of the services' own handles).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
     pub cfg: Arc<Config>,
     pub auth: Arc<crate::auth::Authenticator>,
     pub limits: Arc<crate::limits::Limiter>,
@@ -29,7 +47,7 @@ pub struct AppState {
     pub conn_limit: Arc<Semaphore>,
 }
 
-impl AppState {
+impl Services {
     /// This gateway's node id for this boot (`<instance>#<boot>`): commands carry it so
     /// replies reach this gateway's inbox, and a restart is a new node to the workers.
     pub fn gateway_id(&self) -> &str {

@@ -15,7 +15,7 @@ use jam_shared::ErrorCode;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::Instrument;
 
 use super::close;
@@ -341,14 +341,19 @@ impl Reader {
     async fn run(&mut self, inbound: &mut Inbound) -> &'static str {
         loop {
             // One timer for both deadlines (the token's and the idle one): every idle
-            // connection waits here, so each timer is memory times the connections.
-            let idle_at = tokio::time::Instant::now() + IDLE_TIMEOUT;
-            let token_at = self.token.deadline();
-            let wake = token_at.map_or(idle_at, |t| t.min(idle_at));
+            // connection waits here, so each timer is memory times the connections. What
+            // lives across this wait is what an idle connection's task holds: keep it small.
+            let (wake, token_first) = {
+                let idle_at = tokio::time::Instant::now() + IDLE_TIMEOUT;
+                match self.token.deadline() {
+                    Some(t) if t <= idle_at => (t, true),
+                    _ => (idle_at, false),
+                }
+            };
             let next = tokio::select! {
                 _ = self.handle.kill.cancelled() => return "server",
                 _ = tokio::time::sleep_until(wake) => {
-                    if token_at.is_none_or(|t| t > wake) {
+                    if !token_first {
                         return "idle";
                     }
                     match self.token.fire() {
@@ -367,32 +372,43 @@ impl Reader {
             let Some((arrived, msg)) = next else {
                 return "client";
             };
-            match msg {
-                Message::Text(t) => {
-                    // Frames that arrive meanwhile are read (and stamped) ahead.
-                    if !inbound.alongside(self.frame(arrived, &t)).await {
-                        return "rate_abuse";
-                    }
+            let Message::Text(t) = msg else {
+                match self.control(msg) {
+                    Some(reason) => return reason,
+                    None => continue,
                 }
-                Message::Binary(_) => {
-                    self.handle.push_json(&error(
-                        ErrorCode::BadRequest,
-                        "binary frames are not supported",
-                    ));
-                }
-                Message::Pong(p) => self.pong(&p),
-                // Answered here: tungstenite's own answer goes nowhere (see `upgrade`).
-                Message::Ping(p) => {
-                    self.handle.push(OutFrame::pong(&p));
-                }
-                Message::Close(_) => return "client",
-                Message::Frame(_) => {}
+            };
+            // Boxed: an idle connection does not carry the state of handling a frame (most
+            // of a connection's memory before, see docs/benchmarks.md). Frames that arrive
+            // meanwhile are read (and stamped) ahead.
+            if !Box::pin(inbound.alongside(self.frame(arrived, t))).await {
+                return "rate_abuse";
             }
         }
     }
 
+    /// A frame other than text; the reason when it ends the connection.
+    fn control(&mut self, msg: Message) -> Option<&'static str> {
+        match msg {
+            Message::Binary(_) => {
+                self.handle.push_json(&error(
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported",
+                ));
+            }
+            Message::Pong(p) => self.pong(&p),
+            // Answered here: tungstenite's own answer goes nowhere (see `upgrade`).
+            Message::Ping(p) => {
+                self.handle.push(OutFrame::pong(&p));
+            }
+            Message::Close(_) => return Some("client"),
+            Message::Text(_) | Message::Frame(_) => {}
+        }
+        None
+    }
+
     /// Handle one text frame; false when the connection has to go (rate abuse).
-    async fn frame(&mut self, arrived: Instant, t: &str) -> bool {
+    async fn frame(&mut self, arrived: Instant, t: Utf8Bytes) -> bool {
         if !self.bucket.take_at(arrived) {
             metrics::counter!("jam_errors_total", "code" => "RATE_LIMITED").increment(1);
             self.strikes += 1;
@@ -405,21 +421,19 @@ impl Reader {
             self.handle.push_json(&error_with_ref(
                 ErrorCode::RateLimited,
                 "Too many frames, slow down",
-                frames::ref_of(t).as_ref(),
+                frames::ref_of(&t).as_ref(),
             ));
             return true;
         }
         let best_rtt = self.rtts.best().map(f64::from);
-        // Boxed: an idle connection does not carry the state of handling a frame (most of
-        // a connection's memory before, see docs/benchmarks.md).
-        let handled = Box::pin(frames::handle(
+        let handled = frames::handle(
             &self.st,
             &self.who,
             &self.handle.id,
             best_rtt,
             &mut self.limits,
-            t,
-        ));
+            &t,
+        );
         match handled.await {
             Ok(Outcome::Reply(b)) => {
                 self.handle.push_json(&b);
