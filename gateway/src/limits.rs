@@ -22,7 +22,8 @@ const HOUR_MS: u64 = 3_600_000;
 pub struct Limiter {
     cfg: Limits,
     bus: Arc<dyn Bus>,
-    users: Mutex<HashMap<(String, String), usize>>,
+    /// (tenant, user) → open connections; a [`Slot`] shares its key.
+    users: Mutex<HashMap<Arc<(String, String)>, usize>>,
     ips: Mutex<HashMap<IpAddr, usize>>,
     rest: Mutex<HashMap<String, TokenBucket>>,
 }
@@ -54,14 +55,14 @@ pub struct Slot {
 }
 
 enum SlotKey {
-    User(String, String),
+    User(Arc<(String, String)>),
     Ip(IpAddr),
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         match &self.key {
-            SlotKey::User(t, u) => release(&self.limiter.users, &(t.clone(), u.clone())),
+            SlotKey::User(k) => release(&self.limiter.users, k),
             SlotKey::Ip(ip) => release(&self.limiter.ips, ip),
         }
     }
@@ -122,7 +123,13 @@ impl Limiter {
 
     /// One more WebSocket for `who`.
     pub fn user_slot(self: &Arc<Self>, who: &Identity) -> Result<Slot, Refused> {
-        let key = (who.tenant.clone(), who.user_id.clone());
+        let probe = (who.tenant.clone(), who.user_id.clone());
+        // The map's own key when the user has a connection already: every slot of a user
+        // shares one copy of the ids.
+        let key = match self.users.lock().unwrap().get_key_value(&probe) {
+            Some((k, _)) => k.clone(),
+            None => Arc::new(probe),
+        };
         if !take(&self.users, key.clone(), self.cfg.connections_per_user) {
             return Err(Refused::new(
                 ErrorCode::LimitExceeded,
@@ -135,7 +142,7 @@ impl Limiter {
         }
         Ok(Slot {
             limiter: self.clone(),
-            key: SlotKey::User(key.0, key.1),
+            key: SlotKey::User(key),
         })
     }
 

@@ -201,8 +201,40 @@ impl ConnHandle {
 pub(crate) struct Channel {
     pub members: HashSet<Arc<str>, Fx>,
     /// Joins sent to the worker, not yet answered: subscribed, but not delivered to.
-    pub pending: HashSet<Arc<str>, Fx>,
+    pub pending: Pending,
     pub subscribed: bool,
+}
+
+/// A channel's pending joins: usually none, so boxed when there are (a user channel, one
+/// per connection, never has any: 24 bytes fewer in every channel's slot).
+#[derive(Default)]
+#[expect(
+    clippy::box_collection,
+    reason = "8 bytes inline when empty, not the set's 32"
+)]
+pub(crate) struct Pending(Option<Box<HashSet<Arc<str>, Fx>>>);
+
+impl Pending {
+    pub fn insert(&mut self, id: Arc<str>) {
+        self.0.get_or_insert_with(Box::default).insert(id);
+    }
+
+    pub fn take(&mut self, id: &str) -> Option<Arc<str>> {
+        let set = self.0.as_mut()?;
+        let taken = set.take(id);
+        if set.is_empty() {
+            self.0 = None;
+        }
+        taken
+    }
+
+    pub fn remove(&mut self, id: &str) {
+        self.take(id);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
 }
 
 impl Channel {

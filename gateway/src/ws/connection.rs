@@ -268,23 +268,28 @@ pub async fn pinger(table: Arc<crate::fanout::Table>) {
 }
 
 /// The last [`RTT_SAMPLES`] round trips (ms), in place: no allocation per connection.
+/// Milliseconds, saturating at 65 s (a ping that late says the same as any slow one).
 #[derive(Default)]
 struct Rtts {
-    samples: [u32; RTT_SAMPLES],
-    len: usize,
-    next: usize,
+    samples: [u16; RTT_SAMPLES],
+    len: u8,
+    next: u8,
 }
 
 impl Rtts {
     fn push(&mut self, rtt: u32) {
-        self.samples[self.next] = rtt;
-        self.next = (self.next + 1) % RTT_SAMPLES;
-        self.len = (self.len + 1).min(RTT_SAMPLES);
+        self.samples[self.next as usize] = rtt.min(u16::MAX as u32) as u16;
+        self.next = (self.next + 1) % RTT_SAMPLES as u8;
+        self.len = (self.len + 1).min(RTT_SAMPLES as u8);
     }
 
     /// The best of the recent samples: the one least delayed by queues.
     fn best(&self) -> Option<u32> {
-        self.samples[..self.len].iter().copied().min()
+        self.samples[..self.len as usize]
+            .iter()
+            .copied()
+            .min()
+            .map(u32::from)
     }
 }
 
