@@ -289,6 +289,41 @@ async fn a_group_lost_during_the_takeover_is_created_again() {
     assert_eq!(served.len(), 16, "sessions on every partition: {served:?}");
 }
 
+/// A client within its frame rate whose frames wait behind a stall (Redis paused, so the
+/// gateway's XADD of the first one waits) is not refused afterwards: frames are counted
+/// when they arrive, not when the stall lets the connection handle them.
+#[tokio::test]
+async fn frames_held_up_by_a_stall_are_not_rate_limited() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let _worker = procs::worker(&redis.url(), &db.url, &[]).await;
+    let limit = [
+        ("JAM_RATE_LIMIT_PER_SEC", "2"),
+        ("JAM_RATE_LIMIT_STRIKES", "1000"),
+    ];
+    let gw = procs::gateway(&redis.url(), "gw-s", &limit).await;
+    let mut alice = Client::connect(&gw.ws_url(), &token("alice", "Alice", None)).await;
+    let sid = create(&mut alice, json!({"name": "stalled"})).await;
+    // A full bucket again: 4 frames (twice the rate) at once are allowed, not more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.pause(4000);
+    // 1.8 frames a second, under the limit: 7 of them arrive during the pause. Counted
+    // when handled after it, they would be a burst of 7 against a bucket of 4.
+    let n = 9;
+    for i in 0..n {
+        let frame = json!({"type": "send_message", "sessionId": sid, "message": format!("m{i}"), "ref": format!("m{i}")});
+        alice.send(frame).await;
+        tokio::time::sleep(Duration::from_millis(555)).await;
+    }
+    for i in 0..n {
+        let r = format!("m{i}");
+        let reply = alice
+            .recv_where(&format!("reply to {r}"), |f| f["ref"] == r.as_str())
+            .await;
+        assert_eq!(reply["type"], "new_message", "{reply}");
+    }
+}
+
 /// A worker started while PostgreSQL is unreachable waits for it instead of exiting, and
 /// applies commands as soon as it is there.
 #[tokio::test]
