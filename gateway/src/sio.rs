@@ -116,6 +116,24 @@ async fn connect(st: AppState, s: SocketRef) {
         refuse(&s, "UNAVAILABLE", "too many connections");
         return;
     };
+    // The same per-IP slots as a WebSocket's (one count per gateway for both kinds).
+    let per_ip = st.cfg.limits.connections_per_ip > 0;
+    let ip = s
+        .req_parts()
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let ip_slot = match ip
+        .filter(|_| per_ip)
+        .map(|ip| st.limits.ip_slot(ip))
+        .transpose()
+    {
+        Ok(slot) => slot,
+        Err(r) => {
+            refuse(&s, r.code.as_str(), &r.message);
+            return;
+        }
+    };
     let user_slot = match st.limits.user_slot(&verified.identity) {
         Ok(slot) => slot,
         Err(r) => {
@@ -185,7 +203,7 @@ async fn connect(st: AppState, s: SocketRef) {
         .spawn(async move { reader.read(in_rx, expires_at).await });
     let pump = conn.clone();
     st.tracker.spawn(async move {
-        let _held = (permit, user_slot);
+        let _held = (permit, user_slot, ip_slot);
         pump.pump(s, rx).await;
     });
 }

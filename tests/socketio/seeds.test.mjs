@@ -200,6 +200,33 @@ test("a token in the query works; a bad one is refused", async () => {
   bad.close();
 });
 
+test("connections per IP count Socket.IO and WebSocket connections together", async () => {
+  const limited = await startJam({ JAM_JWT_SECRET: SECRET, JAM_MAX_CONNECTIONS_PER_IP: "2" });
+  try {
+    const dial = (sub) => io(limited.base, { reconnection: false, timeout: WAIT, auth: { token: token(sub) } });
+    const a = dial("ip1");
+    assert.equal((await next(a, "connected")).userId, "ip1");
+    const ws = new WebSocket(`${limited.ws}?token=${token("ip2")}`);
+    await new Promise((r, j) => { ws.onopen = r; ws.onerror = j; });
+    // The third from the same address: an error naming the limit, then the end.
+    const c = dial("ip3");
+    const gone = next(c, "disconnect");
+    const err = await next(c, "error");
+    assert.equal(err.code, "LIMIT_EXCEEDED");
+    await gone;
+    c.close();
+    // A slot given back is a slot again.
+    a.close();
+    await new Promise((r) => setTimeout(r, 300));
+    const d = dial("ip4");
+    assert.equal((await next(d, "connected")).userId, "ip4");
+    d.close();
+    ws.close();
+  } finally {
+    limited.proc.kill();
+  }
+});
+
 test("a token's end: token_expiring, refresh_token with an ack, then the end of an unrefreshed one", async () => {
   const socket = connect({ auth: { token: token("exp1", undefined, 3) } });
   // Listening before the connection: the warning may come in the same packet batch.
