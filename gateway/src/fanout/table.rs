@@ -484,18 +484,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_kill_reaches_who_waits_and_who_comes_later() {
-        let kill = Arc::new(Kill::default());
-        let waiting = tokio::spawn({
-            let kill = kill.clone();
-            async move { kill.cancelled().await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished(), "nothing fired yet");
+        use futures_util::FutureExt;
+        let kill = Kill::default();
+        let mut waiting = std::pin::pin!(kill.cancelled());
+        // Polled once: registered and waiting, nothing fired yet.
+        assert!((&mut waiting).now_or_never().is_none(), "nothing fired yet");
         kill.cancel();
         tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
-            .expect("the waiter wakes")
-            .unwrap();
+            .expect("the waiter wakes");
         // After the fact: ready at once.
         tokio::time::timeout(Duration::from_millis(100), kill.cancelled())
             .await

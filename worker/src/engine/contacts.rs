@@ -129,7 +129,7 @@ impl Engine {
         if first {
             announce(fx, &user, "user_online", &cmd.user_name);
         }
-        fx.online(&user);
+        fx.online(user);
     }
 
     pub(super) fn user_offline(&mut self, cmd: &Command, fx: &mut Effects) {
@@ -154,11 +154,12 @@ impl Engine {
         let online = self.people.online.get_mut(key)?;
         online.conns.retain(|c| c.conn != conn);
         let user = online.user(key);
-        fx.online(&user);
         if user.conns.is_empty() {
             self.people.online.remove(key);
+            fx.online(user.clone());
             Some(user)
         } else {
+            fx.online(user);
             None
         }
     }

@@ -91,9 +91,9 @@ pub fn reply_to(cmd: &Command, frames: &[Bytes]) -> (String, Bytes) {
 
 impl Effects {
     /// `user`'s connections changed (none left: offline).
-    pub fn online(&mut self, user: &OnlineUser) {
+    pub fn online(&mut self, user: OnlineUser) {
         self.online
-            .insert((user.tenant.clone(), user.user_id.clone()), user.clone());
+            .insert((user.tenant.clone(), user.user_id.clone()), user);
     }
 
     pub fn touch(&mut self, key: &SessionKey) {
