@@ -33,10 +33,17 @@ pub fn prometheus() -> PrometheusHandle {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ];
             let drift = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0];
+            // Sizes (commands per batch, batches per commit): buckets too, not summaries,
+            // whose sketches cost memory per histogram and cannot be aggregated.
+            let sizes = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full("jam_sync_drift_seconds".into()), &drift)
+                })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), &sizes))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("jam_commit_batches".into()), &sizes)
                 })
                 .expect("valid buckets");
             let handle = builder

@@ -53,7 +53,7 @@ pub fn resync_all(table: &Table) {
             &serde_json::json!({"sessionId": sid, "reason": "events_dropped"}),
         );
         let f = OutFrame::text(&f);
-        for m in &ch.members {
+        for m in ch.members.iter() {
             if st.conns.get(m).is_some_and(|e| e.handle.push(f.clone())) {
                 told += 1;
             }
@@ -124,7 +124,7 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
                 }
                 Some(_) => {}
                 None => {
-                    for m in &ch.members {
+                    for m in ch.members.iter() {
                         let Some(e) = st.conns.get(m) else { continue };
                         let skip = env
                             .except_user
