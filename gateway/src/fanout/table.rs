@@ -218,18 +218,14 @@ pub(crate) enum Members {
 impl Members {
     /// Add `id`; false if it was a member already.
     pub fn insert(&mut self, id: Arc<str>) -> bool {
-        match std::mem::take(self) {
+        match self {
             Members::None => *self = Members::One(id),
-            Members::One(x) if x == id => {
-                *self = Members::One(x);
-                return false;
+            Members::One(x) if *x == id => return false,
+            Members::One(x) => {
+                let first = x.clone();
+                *self = Members::Many([first, id].into_iter().collect());
             }
-            Members::One(x) => *self = Members::Many([x, id].into_iter().collect()),
-            Members::Many(mut set) => {
-                let added = set.insert(id);
-                *self = Members::Many(set);
-                return added;
-            }
+            Members::Many(set) => return set.insert(id),
         }
         true
     }
