@@ -217,8 +217,11 @@ async fn wait_status(url: &str, want: u16, within: Duration) {
 async fn readiness_follows_redis_without_a_restart() {
     let mut redis = PrivateRedis::start();
     let db = TestDb::create().await;
-    let worker = procs::worker(&redis.url(), &db.url, &[]).await;
-    let gw = procs::gateway(&redis.url(), "gw-r", &[]).await;
+    // Gateways judged dead after 3 s of silence: a worker that stopped listening to the
+    // heartbeats after the reconnect would drop the gateway's members within the test.
+    let dead_after = [("JAM_GATEWAY_DEAD_AFTER_MS", "3000")];
+    let worker = procs::worker(&redis.url(), &db.url, &dead_after).await;
+    let gw = procs::gateway(&redis.url(), "gw-r", &[("JAM_HEARTBEAT_MS", "500")]).await;
     wait_status(&gw.http("/ready"), 200, Duration::from_secs(5)).await;
     wait_status(&worker.http("/ready"), 200, Duration::from_secs(5)).await;
 
@@ -241,16 +244,37 @@ async fn readiness_follows_redis_without_a_restart() {
     // And it works again end to end (streams, groups and subscriptions came back).
     let t = Instant::now();
     let mut alice = Client::connect(&gw.ws_url(), &token("alice", "Alice", None)).await;
-    loop {
+    let sid = loop {
         let r = alice
             .request(json!({"type": "create_session", "name": "after outage"}))
             .await;
         if r["type"] == "session_created" {
-            break;
+            break r["session"]["id"].as_str().expect("session id").to_string();
         }
         assert!(t.elapsed() < Duration::from_secs(20), "{r}");
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
+    let mut bob = Client::connect(&gw.ws_url(), &token("bob", "Bob", None)).await;
+    let joined = bob
+        .request(json!({"type": "join_session", "sessionId": sid}))
+        .await;
+    assert_eq!(joined["type"], "session_update", "{joined}");
+    // Heartbeats still reach the worker (its subscription was made again): after twice
+    // the dead-after time, bob is still in the session and his message reaches alice.
+    assert!(
+        alice
+            .none_of_type("user_left", Duration::from_secs(6))
+            .await,
+        "the worker judged the gateway dead after the reconnect"
+    );
+    let sent = bob
+        .request(json!({"type": "send_message", "sessionId": sid, "message": "still here"}))
+        .await;
+    assert_eq!(sent["type"], "new_message", "{sent}");
+    let seen = alice
+        .recv_where("bob's message", |f| f["type"] == "new_message")
+        .await;
+    assert_eq!(seen["message"], "still here", "{seen}");
 }
 
 /// A worker whose consumer group vanishes while it takes its partitions over (a Redis

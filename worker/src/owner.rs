@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jam_shared::bus::{BusMessage, LeaseOp};
+use jam_shared::bus::{BusMessage, LeaseOp, Subscription};
 use jam_shared::keys;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -62,7 +62,7 @@ impl Owner {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), crate::WorkerError> {
         let (sub, heartbeats) = self.sh.bus.subscription(4096).await?;
         sub.subscribe(keys::GATEWAY_HEARTBEAT_CHANNEL).await?;
-        let listener = tokio::spawn(listen_heartbeats(self.sh.clone(), heartbeats));
+        let listener = tokio::spawn(listen_heartbeats(self.sh.clone(), sub.clone(), heartbeats));
         let mut every = tokio::time::interval(self.ttl / 4);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(node = %self.sh.node, partitions = self.sh.partitions, "worker started");
@@ -226,8 +226,16 @@ async fn stop_and_release(sh: Shared, p: u32, o: Owned) {
     }
 }
 
-async fn listen_heartbeats(sh: Shared, mut rx: mpsc::Receiver<BusMessage>) {
+async fn listen_heartbeats(
+    sh: Shared,
+    sub: Arc<dyn Subscription>,
+    mut rx: mpsc::Receiver<BusMessage>,
+) {
     while let Some(m) = rx.recv().await {
+        if &*m.channel == keys::BUS_RESET {
+            // The subscription keeps no list of its own: listen again.
+            resubscribe(&*sub, keys::GATEWAY_HEARTBEAT_CHANNEL).await;
+        }
         let mut l = sh.liveness.lock().unwrap();
         if &*m.channel == keys::BUS_RESET || &*m.channel == keys::BUS_LAGGED {
             // Heartbeats may have been missed: listen a full timeout before judging again.
@@ -235,6 +243,22 @@ async fn listen_heartbeats(sh: Shared, mut rx: mpsc::Receiver<BusMessage>) {
             l.bus_healthy();
         } else if let Ok(id) = std::str::from_utf8(&m.payload) {
             l.seen(id);
+        }
+    }
+}
+
+/// Subscribe to `channel` again, backing off between tries; the bus reconnects (and
+/// says so again) if it keeps failing.
+async fn resubscribe(sub: &dyn Subscription, channel: &str) {
+    let mut wait = Duration::from_millis(50);
+    for attempt in 1..=8 {
+        match sub.subscribe(channel).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, channel, "re-subscribing failed");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
         }
     }
 }

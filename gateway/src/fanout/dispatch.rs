@@ -22,9 +22,10 @@ pub async fn run(table: Arc<Table>, mut rx: mpsc::Receiver<BusMessage>) {
                 "bus connection was re-established; asking clients to reconnect"
             );
             metrics::counter!("jam_bus_resets_total").increment(1);
-            // Replies come on the inbox: make sure it is subscribed again before anyone
-            // reconnects and asks (the client library re-subscribes too, but later).
-            table.resubscribe_inbox().await;
+            // Replies come on the inbox, and the rooms of sockets not yet closed share
+            // channels with those that reconnect: subscribe again to all of them before
+            // anyone reconnects and asks (the subscription keeps no list of its own).
+            table.resubscribe_all().await;
             for c in conns {
                 c.close(crate::ws::close::SERVICE_RESTART);
             }

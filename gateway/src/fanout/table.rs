@@ -367,14 +367,31 @@ impl Table {
         }))
     }
 
-    /// Subscribe the inbox again (after the bus reconnected), retrying for a few seconds.
-    pub async fn resubscribe_inbox(&self) {
-        for attempt in 1..=10 {
-            match self.sub.subscribe(&self.inbox).await {
+    /// Subscribe again, after the bus reconnected, to the inbox and to every channel
+    /// this table holds (the subscription keeps no list of its own). Holding the
+    /// subscribe lock, no join or last leave interleaves; retries back off for a few
+    /// seconds, then the channels wait for the next reconnect (the clients are asked to
+    /// reconnect anyway).
+    pub async fn resubscribe_all(&self) {
+        let _g = self.sub_lock.lock().await;
+        let mut channels = vec![self.inbox.clone()];
+        {
+            let s = self.state.lock().unwrap();
+            channels.extend(
+                s.channels
+                    .iter()
+                    .filter(|(_, ch)| ch.subscribed)
+                    .map(|(name, _)| name.to_string()),
+            );
+        }
+        let mut wait = std::time::Duration::from_millis(50);
+        for attempt in 1..=8 {
+            match self.sub.subscribe_many(channels.clone()).await {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, attempt, "re-subscribing the inbox failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    tracing::warn!(error = %e, attempt, channels = channels.len(), "re-subscribing failed");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(2));
                 }
             }
         }

@@ -66,10 +66,22 @@ pub struct StreamEntry {
 
 /// A set of channel subscriptions feeding one receiver. A gateway holds one for all of
 /// its rooms and users: one bus connection, however many sockets.
+///
+/// The subscription does not remember its channels: after a reconnect (a
+/// [`keys::BUS_RESET`](crate::keys::BUS_RESET) message) its owner subscribes again to
+/// what it still needs, from its own table (one copy of every channel name, not two).
 #[async_trait]
 pub trait Subscription: Send + Sync {
     async fn subscribe(&self, channel: &str) -> Result<(), BusError>;
     async fn unsubscribe(&self, channel: &str) -> Result<(), BusError>;
+
+    /// Subscribe to several channels at once (the Redis bus sends them in chunks).
+    async fn subscribe_many(&self, channels: Vec<String>) -> Result<(), BusError> {
+        for c in channels {
+            self.subscribe(&c).await?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::streams::XCap;
 use tokio::sync::mpsc;
@@ -169,7 +168,10 @@ async fn init(c: &Client) -> Result<(), BusError> {
 }
 
 struct RedisSubscription {
-    client: SubscriberClient,
+    /// A plain client, not fred's `SubscriberClient`: that one keeps its own set of
+    /// channel names (about 94 B per idle connection's user channel) to resubscribe after
+    /// a reconnect. Owners resubscribe from their own tables on `BUS_RESET` instead.
+    client: Client,
     sharded: bool,
 }
 
@@ -190,7 +192,27 @@ impl Subscription for RedisSubscription {
             self.client.unsubscribe(channel).await.map_err(err)
         }
     }
+
+    async fn subscribe_many(&self, channels: Vec<String>) -> Result<(), BusError> {
+        // Chunks keep each command (and Redis's reply to it) a bounded size. Sharded
+        // channels are routed by slot, so they go one by one.
+        if self.sharded {
+            for c in channels {
+                self.client.ssubscribe(c).await.map_err(err)?;
+            }
+            return Ok(());
+        }
+        let mut it = channels.into_iter().peekable();
+        while it.peek().is_some() {
+            let chunk: Vec<String> = it.by_ref().take(SUBSCRIBE_CHUNK).collect();
+            self.client.subscribe(chunk).await.map_err(err)?;
+        }
+        Ok(())
+    }
 }
+
+/// Channels per SUBSCRIBE when resubscribing after a reconnect.
+const SUBSCRIBE_CHUNK: usize = 500;
 
 impl Drop for RedisSubscription {
     fn drop(&mut self) {
@@ -284,9 +306,8 @@ impl Bus for RedisBus {
         // for bursts, small enough not to preallocate megabytes (a lag is reported).
         let mut builder = self.builder.clone();
         builder.with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER);
-        let client = builder.build_subscriber_client().map_err(err)?;
+        let client = builder.build().map_err(err)?;
         client.init().await.map_err(err)?;
-        client.manage_subscriptions();
         let mut rx = client.message_rx();
         let (tx, out) = mpsc::channel(capacity);
         // Pub/sub is at-most-once: after a reconnect the receiver must assume it missed
