@@ -11,11 +11,29 @@ pub enum Role {
     Participant,
 }
 
-/// One live connection of a participant, and the gateway that holds it.
+/// One live connection of a participant, and the gateway that holds it. The engine
+/// shares one copy of each gateway's name among its connections (`engine::gateways`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnRef {
     pub conn: String,
-    pub gateway: String,
+    #[serde(with = "shared_str")]
+    pub gateway: std::sync::Arc<str>,
+}
+
+/// An `Arc<str>` as a plain string (serde's own impl needs its `rc` feature, which
+/// would rebuild every crate that uses serde for one field).
+mod shared_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Arc<str>, out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(d).map(Arc::from)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -99,7 +99,10 @@ impl Engine {
 
     /// Who was online on this partition when it was claimed.
     pub fn load_online(&mut self, users: Vec<OnlineUser>) {
-        for u in users {
+        for mut u in users {
+            for c in u.conns.iter_mut() {
+                c.gateway = self.gateways.intern(&c.gateway);
+            }
             let online = Online {
                 conns: u.conns,
                 watchers: u.watchers,
@@ -111,6 +114,7 @@ impl Engine {
     pub(super) fn user_online(&mut self, cmd: &Command, fx: &mut Effects) {
         let key = (cmd.tenant.clone(), cmd.user_id.clone());
         let fresh = self.people.watchers.get(&key).cloned();
+        let mine = self.conn_ref(cmd);
         let user = self.people.online.entry(key.clone()).or_default();
         if let Some(w) = fresh {
             user.watchers = w;
@@ -120,10 +124,7 @@ impl Engine {
             // Most users have one connection: room for one, not the four a first push
             // makes (144 bytes of every idle connection, twice in standalone).
             user.conns.reserve_exact(1);
-            user.conns.push(ConnRef {
-                conn: cmd.conn.clone(),
-                gateway: cmd.gateway.clone(),
-            });
+            user.conns.push(mine);
         }
         let user = user.user(&key);
         if first {

@@ -4,8 +4,10 @@
 
 mod chat;
 mod contacts;
+mod deadlines;
 mod direct;
 pub mod effects;
+mod gateways;
 mod notifications;
 mod playback;
 mod presence;
@@ -67,6 +69,10 @@ pub struct Engine {
     inboxes: notifications::Inboxes,
     /// Who is online, who watches them, direct typing.
     people: contacts::People,
+    /// The gateways that connections name, one copy each.
+    gateways: gateways::Gateways,
+    /// Session expiry, host grace and drift checks, by time.
+    deadlines: deadlines::Deadlines,
 }
 
 impl Engine {
@@ -80,6 +86,8 @@ impl Engine {
             presence: HashMap::new(),
             last_presence_flush: 0,
             inboxes: Default::default(),
+            gateways: Default::default(),
+            deadlines: Default::default(),
             people: Default::default(),
         }
     }
@@ -99,8 +107,12 @@ impl Engine {
             // is stale. The next report of each participant starts over.
             for p in rec.participants.iter_mut() {
                 p.playback = None;
+                for c in p.connections.iter_mut() {
+                    c.gateway = self.gateways.intern(&c.gateway);
+                }
             }
             let key = (rec.tenant.clone(), rec.id.clone());
+            self.arm(&key, &rec);
             let msgs = store
                 .history(
                     &rec.tenant,
@@ -326,7 +338,9 @@ impl Engine {
     }
 
     fn remove_session(&mut self, key: &SessionKey, fx: &mut Effects) {
-        if self.sessions.remove(key).is_some() {
+        if let Some(rec) = self.sessions.remove(key) {
+            self.deadlines
+                .cancel(rec.expires_at, deadlines::Due::Expiry, key);
             metrics::gauge!("jam_sessions_active").decrement(1.0);
         }
         self.recent.remove(key);

@@ -308,28 +308,35 @@ impl Engine {
     }
 
     /// The periodic check: every participant of every session whose interval has passed.
-    pub(super) fn periodic_checks(&mut self, now: i64, fx: &mut Effects) {
+    /// The drift checks that came due: a playing session whose last check is an interval
+    /// old is checked and armed again; one checked meanwhile is armed for its next check
+    /// (the same entry, if it is already there).
+    pub(super) fn periodic_checks(&mut self, now: i64, due: Vec<SessionKey>, fx: &mut Effects) {
         let interval = self.cfg.sync_interval.as_millis() as i64;
-        let due: Vec<SessionKey> = self
-            .sessions
-            .iter()
-            .filter(|(_, r)| r.playback.is_some() && now - r.last_check_at >= interval)
-            .map(|(k, _)| k.clone())
-            .collect();
         for key in due {
-            let users: Vec<String> = {
-                let rec = self.sessions.get_mut(&key).expect("listed");
-                rec.last_check_at = now;
-                rec.participants
-                    .iter()
-                    .filter(|p| p.playback.is_some())
-                    .map(|p| p.id.clone())
-                    .collect()
+            let Some(rec) = self.sessions.get_mut(&key) else {
+                continue;
             };
+            if rec.playback.is_none() {
+                continue;
+            }
+            if now - rec.last_check_at < interval {
+                let last = rec.last_check_at;
+                self.arm_sync_check(&key, last);
+                continue;
+            }
+            rec.last_check_at = now;
+            let users: Vec<String> = rec
+                .participants
+                .iter()
+                .filter(|p| p.playback.is_some())
+                .map(|p| p.id.clone())
+                .collect();
             for u in users {
                 self.check(&key, &u, false, fx);
             }
             fx.touch(&key);
+            self.arm_sync_check(&key, now);
         }
     }
 

@@ -113,6 +113,7 @@ impl Engine {
             ),
         };
         rec.current_track = Some(t.clone());
+        let last_check = rec.playback.is_none().then_some(rec.last_check_at);
         rec.playback = Some(Playback {
             track_uri: uri,
             report: Report::stamped(cmd, position.unwrap_or(0.0), true, 1.0),
@@ -124,6 +125,9 @@ impl Engine {
             &json!({"sessionId": sid, "track": t, "seq": seq}),
         );
         self.keep(&key, seq, &event);
+        if let Some(last) = last_check {
+            self.arm_sync_check(&key, last); // playing from now on
+        }
         fx.room_acked(&key, cmd, Envelope::default(), vec![event]);
         self.broadcast_command(&key, "switch_track", fx);
     }

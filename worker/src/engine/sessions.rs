@@ -7,6 +7,7 @@ use jam_shared::protocol::{Action, Command, Envelope};
 use jam_shared::ErrorCode;
 use serde_json::json;
 
+use super::deadlines::Due;
 use super::presence::online_count;
 use super::registered::attendance;
 use super::{Effects, Engine, EventLog, SessionKey};
@@ -55,7 +56,7 @@ impl Engine {
                 &cmd.user_name,
                 Role::Host,
                 now,
-                conn_refs(cmd),
+                self.conn_refs(cmd),
             )],
             status: SessionStatus::Active,
             created_at: now,
@@ -70,6 +71,7 @@ impl Engine {
         let created = frame("session_created", &json!({ "session": rec.view() }));
         fx.attendance
             .push(attendance(&key, &rec.host_id, &rec.participants[0], None));
+        self.arm(&key, &rec);
         self.sessions.insert(key.clone(), rec);
         metrics::gauge!("jam_sessions_active").increment(1.0);
         self.recent.insert(key.clone(), Default::default());
@@ -106,6 +108,7 @@ impl Engine {
             }
         }
         let large = rec.participants.len() >= self.cfg.large_room;
+        let mine = self.conn_refs(cmd);
         let rec = self.sessions.get_mut(&key).expect("checked above");
         let mut deltas = Vec::new();
         let mut coalesced = false;
@@ -118,7 +121,7 @@ impl Engine {
                 p.can_rate = can_rate;
                 p.offline_since = None;
                 if !p.connections.iter().any(|c| c.conn == cmd.conn) {
-                    p.connections.push(conn_ref(cmd));
+                    p.connections.extend(mine);
                 }
             }
             if was_offline && p.is_online() {
@@ -138,7 +141,7 @@ impl Engine {
                 &cmd.user_name,
                 Role::Participant,
                 now_ms(),
-                conn_refs(cmd),
+                mine,
             );
             p.can_rate = can_rate;
             let view = p.view();
@@ -390,7 +393,10 @@ impl Engine {
             return;
         }
         if is_host {
-            p.offline_since = Some(now_ms());
+            let now = now_ms();
+            p.offline_since = Some(now);
+            let grace = self.cfg.host_grace.as_millis() as i64;
+            self.deadlines.at(now + grace, Due::HostGrace, key);
         }
         let count = online_count(rec);
         let large = rec.participants.len() > self.cfg.large_room;
@@ -418,15 +424,6 @@ impl Engine {
     }
 }
 
-/// A REST caller is not a connection of the session.
-fn conn_refs(cmd: &Command) -> Vec<ConnRef> {
-    if cmd.ephemeral {
-        Vec::new()
-    } else {
-        vec![conn_ref(cmd)]
-    }
-}
-
 /// The joiner's snapshot: through the room channel for a socket (which becomes a member
 /// on the way), straight to the caller for REST.
 fn answer_joiner(cmd: &Command, key: &SessionKey, frames: Vec<bytes::Bytes>, fx: &mut Effects) {
@@ -434,13 +431,6 @@ fn answer_joiner(cmd: &Command, key: &SessionKey, frames: Vec<bytes::Bytes>, fx:
         fx.reply(cmd, frames);
     } else {
         fx.room(key, to_conn_joining(cmd), frames);
-    }
-}
-
-fn conn_ref(cmd: &Command) -> ConnRef {
-    ConnRef {
-        conn: cmd.conn.clone(),
-        gateway: cmd.gateway.clone(),
     }
 }
 
@@ -452,5 +442,24 @@ fn to_conn_joining(cmd: &Command) -> Envelope {
         ref_conn: Some(cmd.conn.clone()),
         r#ref: cmd.r#ref.clone(),
         ..Default::default()
+    }
+}
+
+impl Engine {
+    /// The command's connection, for a socket; none for a REST caller, which is not a
+    /// connection of the session.
+    fn conn_refs(&mut self, cmd: &Command) -> Vec<ConnRef> {
+        if cmd.ephemeral {
+            Vec::new()
+        } else {
+            vec![self.conn_ref(cmd)]
+        }
+    }
+
+    pub(super) fn conn_ref(&mut self, cmd: &Command) -> ConnRef {
+        ConnRef {
+            conn: cmd.conn.clone(),
+            gateway: self.gateways.intern(&cmd.gateway),
+        }
     }
 }

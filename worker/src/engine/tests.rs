@@ -627,3 +627,88 @@ fn inbox_changes_in_one_batch_fold_into_the_insert() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A partition loaded by the next owner arms its deadlines from the records, and the
+/// gateway names of its loaded connections are interned (otherwise the tick, which looks at
+/// connections only for the dead gateways it knows of, would never drop them).
+#[tokio::test]
+async fn a_loaded_partition_rearms_its_deadlines_and_knows_its_gateways() {
+    use crate::store::{memory::MemoryStore, Store};
+    let store = MemoryStore::new();
+    let mut e = engine();
+    session_with(&mut e, &["alice", "bob"]).await;
+    let key = ("_".to_string(), "ABCDEF".to_string());
+    let mut fx = Effects::default();
+    e.apply(&cmd("bob", "c-bob", Action::UserOnline {}), &mut fx);
+    fx.touch(&key);
+    let claim = store.claim_partition(0).await.unwrap();
+    let mut batch = e.batch(&mut fx);
+    batch.fence = Some(crate::store::Fence {
+        partition: 0,
+        token: claim.token,
+        applied: None,
+    });
+    store.commit(&batch).await.unwrap();
+
+    let load = || async {
+        let mut next = engine();
+        next.load(&store, 0, 1).await.unwrap();
+        next
+    };
+    let now = jam_shared::clock::now_ms();
+    let mut next = load().await;
+    let mut fx = Effects::default();
+    next.tick(now, &|_| true, &mut fx);
+    assert!(published(&fx).is_empty(), "nothing is due yet");
+    next.tick(now + 3_601_000, &|_| true, &mut fx);
+    assert_eq!(
+        frames_of(&fx, "session_ended")[0]["reason"],
+        "session_expired"
+    );
+
+    let mut next = load().await;
+    let mut fx = Effects::default();
+    next.tick(now, &|g| g != "gw", &mut fx);
+    let left: Vec<_> = frames_of(&fx, "user_left")
+        .iter()
+        .map(|f| f["userId"].clone())
+        .collect();
+    assert_eq!(left, ["bob"], "the silent gateway's participant leaves");
+    let bob = &fx.online[&("_".to_string(), "bob".to_string())];
+    assert!(bob.conns.is_empty(), "bob is offline as a contact too");
+}
+
+/// A playing session is checked once per sync interval from its deadline, and armed again
+/// for the next one; a session that never played is never looked at.
+#[tokio::test]
+async fn a_playing_session_is_checked_every_interval() {
+    let mut e = engine();
+    session_with(&mut e, &["alice", "bob"]).await;
+    let checked = |e: &Engine| e.session("_", "ABCDEF").expect("session").last_check_at;
+    let created = checked(&e);
+    let now = jam_shared::clock::now_ms();
+    let mut fx = Effects::default();
+    e.tick(now + 121_000, &|_| true, &mut fx);
+    assert_eq!(checked(&e), created, "not playing: no check");
+    let play = Action::TrackChange {
+        session_id: "ABCDEF".into(),
+        track_uri: Some("spotify:track:1".into()),
+        track: None,
+        position: Some(0.0),
+    };
+    e.apply(&cmd("alice", "c-alice", play), &mut fx);
+    let report = Action::PlaybackReport {
+        session_id: "ABCDEF".into(),
+        track_uri: "spotify:track:1".into(),
+        position: 0.0,
+        is_playing: true,
+    };
+    e.apply(&cmd("bob", "c-bob", report), &mut fx);
+    // The session was created more than an interval before this tick: due at once.
+    e.tick(now + 121_500, &|_| true, &mut fx);
+    assert_eq!(checked(&e), now + 121_500);
+    e.tick(now + 200_000, &|_| true, &mut fx);
+    assert_eq!(checked(&e), now + 121_500, "not due again yet");
+    e.tick(now + 241_500, &|_| true, &mut fx);
+    assert_eq!(checked(&e), now + 241_500, "armed again after the check");
+}

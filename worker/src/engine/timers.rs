@@ -5,27 +5,82 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use super::deadlines::Due;
 use super::{Effects, Engine, SessionKey};
+use crate::model::SessionRecord;
 
 impl Engine {
     /// Fire whatever is due at `now` (ms, server clock). `alive` says whether a gateway
-    /// is still heartbeating.
+    /// is still heartbeating. The work is what is due, not the number of sessions or
+    /// connections: deadlines come from [`Deadlines`], and connections are looked at only
+    /// while some gateway that one of them names has gone silent.
     pub fn tick(&mut self, now: i64, alive: &dyn Fn(&str) -> bool, fx: &mut Effects) {
-        let mut expired: Vec<SessionKey> = Vec::new();
-        let mut host_gone: Vec<SessionKey> = Vec::new();
-        let mut dead_conns: Vec<(SessionKey, String, String)> = Vec::new();
+        let mut ends: Vec<(SessionKey, &str)> = Vec::new();
+        let mut checks: Vec<SessionKey> = Vec::new();
         let grace = self.cfg.host_grace.as_millis() as i64;
-        for (key, rec) in &self.sessions {
-            if now >= rec.expires_at {
-                expired.push(key.clone());
-                continue;
-            }
-            if let Some(host) = rec.participant(&rec.host_id) {
-                if host.offline_since.is_some_and(|t| now >= t + grace) {
-                    host_gone.push(key.clone());
+        for (due, key) in self.deadlines.take_due(now) {
+            let Some(rec) = self.sessions.get(&key) else {
+                continue; // ended meanwhile
+            };
+            let reason = match due {
+                Due::Expiry if now >= rec.expires_at => "session_expired",
+                Due::HostGrace
+                    if rec
+                        .participant(&rec.host_id)
+                        .and_then(|h| h.offline_since)
+                        .is_some_and(|t| now >= t + grace) =>
+                {
+                    "host_disconnected"
+                }
+                Due::SyncCheck => {
+                    checks.push(key);
                     continue;
                 }
+                _ => continue, // the record moved on (a host back within its grace)
+            };
+            // Both due in one tick (a worker that was away): expiry is the reason given.
+            match ends.iter_mut().find(|(k, _)| *k == key) {
+                Some(end) if reason == "session_expired" => end.1 = reason,
+                Some(_) => {}
+                None => ends.push((key, reason)),
             }
+        }
+        for (key, reason) in ends {
+            self.end(&key, reason, None, fx);
+        }
+        self.expire_typing(now, fx);
+        self.expire_direct_typing(now, fx);
+        if !self.gateways.dead(alive).is_empty() {
+            self.drop_dead_conns(alive, fx);
+            self.drop_dead_user_conns(alive, fx);
+        }
+        self.periodic_checks(now, checks, fx);
+    }
+
+    /// Put a session's deadlines in the index (created or loaded).
+    pub(super) fn arm(&mut self, key: &SessionKey, rec: &SessionRecord) {
+        self.deadlines.at(rec.expires_at, Due::Expiry, key);
+        if let Some(t) = rec.participant(&rec.host_id).and_then(|h| h.offline_since) {
+            let grace = self.cfg.host_grace.as_millis() as i64;
+            self.deadlines.at(t + grace, Due::HostGrace, key);
+        }
+        if rec.playback.is_some() {
+            self.arm_sync_check(key, rec.last_check_at);
+        }
+    }
+
+    /// The next drift check of a playing session, one interval after `last`. Arming the
+    /// same check twice leaves one entry.
+    pub(super) fn arm_sync_check(&mut self, key: &SessionKey, last: i64) {
+        let interval = self.cfg.sync_interval.as_millis() as i64;
+        self.deadlines
+            .at(last.saturating_add(interval), Due::SyncCheck, key);
+    }
+
+    /// The session connections held by gateways that `alive` says are gone.
+    fn drop_dead_conns(&mut self, alive: &dyn Fn(&str) -> bool, fx: &mut Effects) {
+        let mut dead_conns: Vec<(SessionKey, String, String)> = Vec::new();
+        for (key, rec) in &self.sessions {
             for p in &rec.participants {
                 for c in &p.connections {
                     if !alive(&c.gateway) {
@@ -34,16 +89,6 @@ impl Engine {
                 }
             }
         }
-        for key in expired {
-            self.end(&key, "session_expired", None, fx);
-        }
-        for key in host_gone {
-            self.end(&key, "host_disconnected", None, fx);
-        }
-        self.expire_typing(now, fx);
-        self.expire_direct_typing(now, fx);
-        self.drop_dead_user_conns(alive, fx);
-        self.periodic_checks(now, fx);
         for (key, user, conn) in dead_conns {
             tracing::info!(session = %key.1, user = %user, "connection of a silent gateway dropped");
             self.drop_connection(&key, &user, &conn, fx);
