@@ -20,28 +20,80 @@ pub type UserKey = (String, String);
 /// How long a direct typing indicator lasts without a new `typing_start`.
 pub const DIRECT_TYPING_TTL_MS: i64 = 5_000;
 
-/// An online user's connections and watchers; the user's ids are the map's key (one
-/// entry per online user, and every idle connection makes one: no second copy of them).
+/// An online user's ids in one allocation: the map below has an entry per online user,
+/// so every idle connection pays for its key (two `String`s were 48 bytes in the table,
+/// times its spare capacity, and two allocations).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(super) struct OnlineKey {
+    ids: Box<str>,
+    tenant_len: u32,
+}
+
+impl OnlineKey {
+    fn of((tenant, user): &UserKey) -> Self {
+        Self {
+            ids: format!("{tenant}{user}").into_boxed_str(),
+            tenant_len: tenant.len() as u32,
+        }
+    }
+
+    fn tenant(&self) -> &str {
+        &self.ids[..self.tenant_len as usize]
+    }
+
+    fn user_id(&self) -> &str {
+        &self.ids[self.tenant_len as usize..]
+    }
+
+    fn pair(&self) -> UserKey {
+        (self.tenant().to_string(), self.user_id().to_string())
+    }
+}
+
+/// An online user's connections and watchers, as exact-size slices (one or two
+/// connections each, changed when one opens or closes: a `Vec`'s capacity word is waste).
 #[derive(Default)]
 pub(super) struct Online {
-    conns: Vec<ConnRef>,
-    watchers: Vec<String>,
+    conns: Box<[ConnRef]>,
+    watchers: Box<[String]>,
 }
 
 impl Online {
-    fn user(&self, key: &UserKey) -> OnlineUser {
+    fn user(&self, key: &OnlineKey) -> OnlineUser {
         OnlineUser {
-            tenant: key.0.clone(),
-            user_id: key.1.clone(),
-            conns: self.conns.clone(),
-            watchers: self.watchers.clone(),
+            tenant: key.tenant().to_string(),
+            user_id: key.user_id().to_string(),
+            conns: self.conns.to_vec(),
+            watchers: self.watchers.to_vec(),
+        }
+    }
+
+    fn add_conn(&mut self, c: ConnRef) {
+        let mut conns = std::mem::take(&mut self.conns).into_vec();
+        conns.push(c);
+        self.conns = conns.into_boxed_slice();
+    }
+
+    fn drop_conn(&mut self, conn: &str) {
+        if self.conns.iter().any(|c| c.conn == conn) {
+            let mut conns = std::mem::take(&mut self.conns).into_vec();
+            conns.retain(|c| c.conn != conn);
+            self.conns = conns.into_boxed_slice();
+        }
+    }
+
+    fn add_watcher(&mut self, w: &str) {
+        if !self.watchers.iter().any(|x| x == w) {
+            let mut watchers = std::mem::take(&mut self.watchers).into_vec();
+            watchers.push(w.to_string());
+            self.watchers = watchers.into_boxed_slice();
         }
     }
 }
 
 #[derive(Default)]
 pub struct People {
-    pub(super) online: HashMap<UserKey, Online>,
+    pub(super) online: HashMap<OnlineKey, Online>,
     /// Watchers loaded for this batch's online/offline commands.
     watchers: HashMap<UserKey, Vec<String>>,
     /// (tenant, typist, friend) → when the indicator clears (ms).
@@ -86,7 +138,7 @@ impl Engine {
     pub fn end_batch(&mut self, fx: &mut Effects) {
         for mut user in std::mem::take(&mut self.people.pending_offline) {
             let key = (user.tenant.clone(), user.user_id.clone());
-            if self.people.online.contains_key(&key) {
+            if self.people.online.contains_key(&OnlineKey::of(&key)) {
                 continue; // back online meanwhile: nothing to say
             }
             if let Some(w) = self.people.watchers.get(&key) {
@@ -104,10 +156,11 @@ impl Engine {
                 c.gateway = self.gateways.intern(&c.gateway);
             }
             let online = Online {
-                conns: u.conns,
-                watchers: u.watchers,
+                conns: u.conns.into(),
+                watchers: u.watchers.into(),
             };
-            self.people.online.insert((u.tenant, u.user_id), online);
+            let key = OnlineKey::of(&(u.tenant, u.user_id));
+            self.people.online.insert(key, online);
         }
     }
 
@@ -115,18 +168,16 @@ impl Engine {
         let key = (cmd.tenant.clone(), cmd.user_id.clone());
         let fresh = self.people.watchers.get(&key).cloned();
         let mine = self.conn_ref(cmd);
-        let user = self.people.online.entry(key.clone()).or_default();
+        let okey = OnlineKey::of(&key);
+        let user = self.people.online.entry(okey.clone()).or_default();
         if let Some(w) = fresh {
-            user.watchers = w;
+            user.watchers = w.into();
         }
         let first = user.conns.is_empty();
         if !user.conns.iter().any(|c| c.conn == cmd.conn) {
-            // Most users have one connection: room for one, not the four a first push
-            // makes (144 bytes of every idle connection, twice in standalone).
-            user.conns.reserve_exact(1);
-            user.conns.push(mine);
+            user.add_conn(mine);
         }
-        let user = user.user(&key);
+        let user = user.user(&okey);
         if first {
             announce(fx, &user, "user_online", &cmd.user_name);
         }
@@ -136,8 +187,8 @@ impl Engine {
     pub(super) fn user_offline(&mut self, cmd: &Command, fx: &mut Effects) {
         let key = (cmd.tenant.clone(), cmd.user_id.clone());
         if let Some(w) = self.people.watchers.get(&key).cloned() {
-            if let Some(u) = self.people.online.get_mut(&key) {
-                u.watchers = w;
+            if let Some(u) = self.people.online.get_mut(&OnlineKey::of(&key)) {
+                u.watchers = w.into();
             }
         }
         if let Some(user) = self.drop_user_conn(&key, &cmd.conn, fx) {
@@ -152,11 +203,12 @@ impl Engine {
         conn: &str,
         fx: &mut Effects,
     ) -> Option<OnlineUser> {
-        let online = self.people.online.get_mut(key)?;
-        online.conns.retain(|c| c.conn != conn);
-        let user = online.user(key);
+        let okey = OnlineKey::of(key);
+        let online = self.people.online.get_mut(&okey)?;
+        online.drop_conn(conn);
+        let user = online.user(&okey);
         if user.conns.is_empty() {
-            self.people.online.remove(key);
+            self.people.online.remove(&okey);
             fx.online(user.clone());
             Some(user)
         } else {
@@ -175,7 +227,7 @@ impl Engine {
                 u.conns
                     .iter()
                     .filter(|c| !alive(&c.gateway))
-                    .map(move |c| (k.clone(), c.conn.clone()))
+                    .map(move |c| (k.pair(), c.conn.clone()))
             })
             .collect();
         for (key, conn) in dead {
@@ -237,10 +289,8 @@ impl Engine {
             b: receiver.to_string(),
         });
         let key = (cmd.tenant.clone(), cmd.user_id.clone());
-        if let Some(u) = self.people.online.get_mut(&key) {
-            if !u.watchers.iter().any(|w| w == receiver) {
-                u.watchers.push(receiver.to_string());
-            }
+        if let Some(u) = self.people.online.get_mut(&OnlineKey::of(&key)) {
+            u.add_watcher(receiver);
         }
     }
 
@@ -293,4 +343,18 @@ fn announce(fx: &mut Effects, user: &OnlineUser, what: &str, name: &str) {
 fn typing_frame(fx: &mut Effects, tenant: &str, typist: &str, friend: &str, is_typing: bool) {
     let f = frame("typing", &json!({"userId": typist, "isTyping": is_typing}));
     fx.user(tenant, friend, Envelope::default(), vec![f]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OnlineKey;
+
+    #[test]
+    fn an_online_key_keeps_tenant_and_user_apart() {
+        let k = |t: &str, u: &str| OnlineKey::of(&(t.to_string(), u.to_string()));
+        assert!(k("ab", "c") != k("a", "bc"), "same bytes, other ids");
+        let key = k("acme", "u1");
+        assert_eq!((key.tenant(), key.user_id()), ("acme", "u1"));
+        assert_eq!(key.pair(), ("acme".to_string(), "u1".to_string()));
+    }
 }
