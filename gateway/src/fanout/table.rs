@@ -9,6 +9,9 @@ use std::hash::BuildHasherDefault;
 type Fx = BuildHasherDefault<rustc_hash::FxHasher>;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use futures_util::task::AtomicWaker;
 
 use jam_shared::bus::{BusError, Subscription};
 use tokio::sync::{mpsc, Notify};
@@ -36,12 +39,15 @@ pub struct Conn {
 pub struct Kill {
     fired: AtomicBool,
     notify: Notify,
+    /// The connection's own task, waiting in [`Kill::cancelled_here`].
+    owner: AtomicWaker,
 }
 
 impl Kill {
     pub fn cancel(&self) {
         self.fired.store(true, Ordering::SeqCst);
         self.notify.notify_waiters();
+        self.owner.wake();
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -58,6 +64,25 @@ impl Kill {
             return;
         }
         notified.await;
+    }
+
+    /// The same, for one waiter only: the WebSocket connection's own task. One pointer
+    /// (`Notify`'s waiter is 96 bytes in every idle connection's task, see
+    /// docs/benchmarks.md); a second task waiting here at the same time would steal the
+    /// first one's wake-up, so everyone else uses [`cancelled`](Self::cancelled).
+    pub fn cancelled_here(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.is_cancelled() {
+                return Poll::Ready(());
+            }
+            // Registered before the flag is read again: a cancel in between wakes it.
+            self.owner.register(cx.waker());
+            if self.is_cancelled() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 
@@ -580,6 +605,24 @@ mod tests {
             .await
             .expect("already fired");
         assert!(kill.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_kill_reaches_the_owner_and_the_others_at_once() {
+        use futures_util::FutureExt;
+        let kill = Kill::default();
+        let mut owner = std::pin::pin!(kill.cancelled_here());
+        let mut other = std::pin::pin!(kill.cancelled());
+        assert!((&mut owner).now_or_never().is_none(), "nothing fired yet");
+        assert!((&mut other).now_or_never().is_none());
+        kill.cancel();
+        let both = futures_util::future::join(owner, other);
+        tokio::time::timeout(Duration::from_secs(1), both)
+            .await
+            .expect("both wake");
+        tokio::time::timeout(Duration::from_millis(100), kill.cancelled_here())
+            .await
+            .expect("already fired");
     }
 
     #[test]

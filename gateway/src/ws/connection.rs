@@ -356,7 +356,7 @@ impl Reader {
                 }
             };
             let next = tokio::select! {
-                _ = self.handle.kill.cancelled() => return "server",
+                _ = self.handle.kill.cancelled_here() => return "server",
                 _ = tokio::time::sleep_until(wake) => {
                     if !token_first {
                         return "idle";

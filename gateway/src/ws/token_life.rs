@@ -8,9 +8,10 @@ use bytes::Bytes;
 use jam_shared::protocol::event::frame;
 use serde_json::json;
 
+/// Kept in every connection's task: the warning in milliseconds (a `Duration` is 16 bytes).
 pub struct TokenLife {
     expires_at: Option<i64>,
-    warning: Duration,
+    warning_ms: u32,
     warned: bool,
 }
 
@@ -26,7 +27,7 @@ impl TokenLife {
     pub fn new(expires_at: Option<i64>, warning: Duration) -> Self {
         Self {
             expires_at,
-            warning,
+            warning_ms: warning.as_millis().min(u32::MAX as u128) as u32,
             warned: false,
         }
     }
@@ -43,7 +44,7 @@ impl TokenLife {
         let at = if self.warned {
             exp
         } else {
-            exp - self.warning.as_millis() as i64
+            exp - i64::from(self.warning_ms)
         };
         let left = (at - jam_shared::clock::now_ms()).max(0) as u64;
         Some(tokio::time::Instant::now() + Duration::from_millis(left))
