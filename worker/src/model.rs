@@ -58,6 +58,11 @@ pub struct ParticipantRecord {
     pub correction: CorrectionState,
     #[serde(default)]
     pub last_sync: Option<i64>,
+    /// Changed since its row was last written (not stored). Set by
+    /// [`SessionRecord::participant_mut`], [`SessionRecord::participants_mut`] and
+    /// [`ParticipantRecord::new`]; the engine's batch writes and clears it.
+    #[serde(skip)]
+    pub dirty: bool,
 }
 
 impl ParticipantRecord {
@@ -80,6 +85,7 @@ impl ParticipantRecord {
             playback: None,
             correction: CorrectionState::default(),
             last_sync: None,
+            dirty: true,
         }
     }
 
@@ -105,7 +111,9 @@ pub enum SessionStatus {
     Ended,
 }
 
-/// Everything the worker knows about a session; persisted as one row.
+/// Everything the worker knows about a session; persisted as one row for the session and
+/// one per participant (`jam_participants`), each written when it changed: a join in a
+/// room of a thousand writes one participant row, not the thousand.
 /// Holds the password hash and connection ids, so it is never sent to clients: see [`SessionView`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -117,7 +125,19 @@ pub struct SessionRecord {
     pub is_private: bool,
     pub password_hash: Option<String>,
     pub max_participants: u32,
+    /// Rows of their own: never in the session's row (read from one written before
+    /// they had theirs). Change them through [`SessionRecord::participant_mut`],
+    /// [`SessionRecord::participants_mut`], [`SessionRecord::join`] and
+    /// [`SessionRecord::remove_at`], which record what to write.
+    #[serde(default, skip_serializing)]
     pub participants: Vec<ParticipantRecord>,
+    /// Participants removed since the last write (not stored).
+    #[serde(skip)]
+    pub removed: Vec<String>,
+    /// Made (again) under this id since the last write: rows of an earlier session of
+    /// the same id go (not stored).
+    #[serde(skip)]
+    pub fresh: bool,
     pub status: SessionStatus,
     pub created_at: i64,
     pub expires_at: i64,
@@ -143,8 +163,57 @@ impl SessionRecord {
         self.participants.iter().find(|p| p.id == user_id)
     }
 
+    /// A participant to change: its row is written with the session's next write.
     pub fn participant_mut(&mut self, user_id: &str) -> Option<&mut ParticipantRecord> {
-        self.participants.iter_mut().find(|p| p.id == user_id)
+        let p = self.participants.iter_mut().find(|p| p.id == user_id)?;
+        p.dirty = true;
+        Some(p)
+    }
+
+    /// Every participant, to change (each row is written).
+    pub fn participants_mut(&mut self) -> impl Iterator<Item = &mut ParticipantRecord> {
+        for p in &mut self.participants {
+            p.dirty = true;
+        }
+        self.participants.iter_mut()
+    }
+
+    pub fn join(&mut self, p: ParticipantRecord) {
+        self.removed.retain(|id| *id != p.id);
+        self.participants
+            .push(ParticipantRecord { dirty: true, ..p });
+    }
+
+    pub fn remove_at(&mut self, idx: usize) -> ParticipantRecord {
+        let gone = self.participants.remove(idx);
+        self.removed.push(gone.id.clone());
+        gone
+    }
+
+    /// What to write since the last time: the session's row (participants left out),
+    /// the participants that changed, the ones removed, and whether rows of an earlier
+    /// session under this id must go. Clears what it reports.
+    pub fn take_changes(&mut self) -> SessionChanges {
+        let participants = std::mem::take(&mut self.participants);
+        let removed = std::mem::take(&mut self.removed);
+        let fresh = std::mem::replace(&mut self.fresh, false);
+        let row = self.clone();
+        self.participants = participants;
+        let changed = self
+            .participants
+            .iter_mut()
+            .filter(|p| p.dirty)
+            .map(|p| {
+                p.dirty = false;
+                p.clone()
+            })
+            .collect();
+        SessionChanges {
+            row,
+            changed,
+            removed,
+            fresh,
+        }
     }
 
     pub fn is_member(&self, user_id: &str) -> bool {
@@ -257,6 +326,14 @@ pub struct PlaybackView {
     pub position: f64,
     pub is_playing: bool,
     pub reported_at: i64,
+}
+
+/// What [`SessionRecord::take_changes`] found.
+pub struct SessionChanges {
+    pub row: SessionRecord,
+    pub changed: Vec<ParticipantRecord>,
+    pub removed: Vec<String>,
+    pub fresh: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -419,7 +496,10 @@ mod tests {
                 correction: Default::default(),
                 last_sync: None,
                 offline_since: None,
+                dirty: false,
             }],
+            removed: Vec::new(),
+            fresh: false,
             status: SessionStatus::Active,
             created_at: 1,
             expires_at: 2,
@@ -439,6 +519,55 @@ mod tests {
         assert!(json.contains("\"hostId\":\"alice\"") && json.contains("\"isOnline\":true"));
         let json = serde_json::to_string(&record().summary()).unwrap();
         assert!(!json.contains("argon2") && !json.contains("participants\""));
+    }
+
+    /// Only what changed is written: a session's row never holds its participants, a
+    /// participant's row is written when it changed, a removal once.
+    #[test]
+    fn changes_name_only_what_changed() {
+        let mut r = record();
+        let c = r.take_changes();
+        assert!(c.changed.is_empty() && c.removed.is_empty() && !c.fresh);
+        assert!(c.row.participants.is_empty() && r.participants.len() == 1);
+        let row = serde_json::to_value(&c.row).unwrap();
+        assert!(row.get("participants").is_none(), "{row}");
+        r.join(ParticipantRecord::new(
+            "bob",
+            "Bob",
+            Role::Participant,
+            2,
+            vec![],
+        ));
+        r.join(ParticipantRecord::new(
+            "carol",
+            "Carol",
+            Role::Participant,
+            3,
+            vec![],
+        ));
+        let c = r.take_changes();
+        let ids: Vec<&str> = c.changed.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["bob", "carol"]);
+        r.participant_mut("carol").unwrap().offset_ms = 5.0;
+        let idx = r.participants.iter().position(|p| p.id == "bob").unwrap();
+        r.remove_at(idx);
+        let c = r.take_changes();
+        assert_eq!(c.changed.len(), 1);
+        assert_eq!(c.changed[0].offset_ms, 5.0);
+        assert_eq!(c.removed, ["bob"]);
+        assert!(r.take_changes().changed.is_empty(), "reported once");
+        // Gone and back in one batch: written, not removed.
+        r.remove_at(0);
+        r.join(ParticipantRecord::new(
+            "alice",
+            "Alice",
+            Role::Host,
+            4,
+            vec![],
+        ));
+        let c = r.take_changes();
+        assert!(c.removed.is_empty());
+        assert_eq!(c.changed[0].id, "alice");
     }
 
     #[test]

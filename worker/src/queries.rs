@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::model::{SessionRecord, SessionStatus};
+use crate::model::{SessionStatus, SessionSummary};
 use crate::store::{Store, StoreError};
 use jam_shared::bus::Bus;
 use jam_shared::protocol::event::{error, frame};
@@ -56,8 +56,11 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
                 Ok(all) => {
                     let mut list: Vec<_> = all
                         .iter()
-                        .filter(|s| !s.is_private && s.status == SessionStatus::Active)
-                        .map(SessionRecord::summary)
+                        .filter(|(s, _)| !s.is_private && s.status == SessionStatus::Active)
+                        .map(|(s, n)| SessionSummary {
+                            participant_count: *n,
+                            ..s.summary()
+                        })
                         .collect();
                     list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
                     frame("sessions_list", &json!({ "sessions": list }))

@@ -10,7 +10,7 @@ use jam_worker::model::{
 };
 use jam_worker::store::memory::MemoryStore;
 use jam_worker::store::postgres::PgStore;
-use jam_worker::store::{Batch, Fence, Store, StoreError};
+use jam_worker::store::{Batch, Fence, ParticipantChange, Store, StoreError};
 
 fn record(id: &str, tenant: &str) -> SessionRecord {
     SessionRecord {
@@ -23,6 +23,8 @@ fn record(id: &str, tenant: &str) -> SessionRecord {
         password_hash: Some("$argon2id$x".into()),
         max_participants: 5,
         participants: vec![ParticipantRecord::new("h", "H", Role::Host, 1, vec![])],
+        removed: vec![],
+        fresh: true,
         status: SessionStatus::Active,
         created_at: 1,
         expires_at: 2,
@@ -188,7 +190,99 @@ async fn store_contract(store: Arc<dyn Store>) {
     inbox_contract(&*store).await;
     people_contract(&*store).await;
     group_contract(&*store).await;
+    participants_contract(&*store).await;
     store.ping().await.unwrap();
+}
+
+/// Participants have rows of their own: written one by one as they change, read back in
+/// the order they joined, gone with their session or when the id is reused.
+async fn participants_contract(store: &dyn Store) {
+    let part = 21;
+    let token = store.claim_partition(part).await.unwrap().token;
+    let fence = Some(Fence {
+        partition: part,
+        token,
+        applied: None,
+    });
+    let person =
+        |id: &str, joined: i64| ParticipantRecord::new(id, id, Role::Participant, joined, vec![]);
+    let up = |p: ParticipantRecord| ParticipantChange::Upsert {
+        tenant: "tp".into(),
+        session_id: "PPPP".into(),
+        record: Box::new(p),
+    };
+    let commit = |upserts: Vec<SessionRecord>, participants: Vec<ParticipantChange>, deletes| {
+        let batch = Batch {
+            fence: fence.clone(),
+            upserts,
+            participants,
+            deletes,
+            ..Default::default()
+        };
+        async move { store.commit(&batch).await.unwrap() }
+    };
+    let loaded = || async {
+        let all = store.load_sessions(part).await.unwrap();
+        let rec = all.into_iter().find(|r| r.tenant == "tp" && r.id == "PPPP");
+        rec.map(|r| {
+            r.participants
+                .iter()
+                .map(|p| (p.id.clone(), p.offset_ms))
+                .collect::<Vec<_>>()
+        })
+    };
+    let mut row = record("PPPP", "tp");
+    row.participants.clear();
+    let named = |v: &[(&str, f64)]| Some(v.iter().map(|(a, b)| (a.to_string(), *b)).collect());
+
+    commit(
+        vec![row.clone()],
+        vec![
+            up(person("carol", 30)),
+            up(person("h", 10)),
+            up(person("bob", 20)),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        loaded().await,
+        named(&[("h", 0.0), ("bob", 0.0), ("carol", 0.0)])
+    );
+    let listed = store.list_sessions("tp").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].1, 3, "the listing counts participants");
+
+    // One participant changes, one leaves: the others' rows are left alone.
+    let mut bob = person("bob", 20);
+    bob.offset_ms = 250.0;
+    let gone = ParticipantChange::Delete {
+        tenant: "tp".into(),
+        session_id: "PPPP".into(),
+        user_id: "carol".into(),
+    };
+    commit(vec![], vec![up(bob), gone], vec![]).await;
+    assert_eq!(loaded().await, named(&[("h", 0.0), ("bob", 250.0)]));
+
+    // The id made again: the earlier session's participants go, the new one's stay,
+    // whatever the order of the changes.
+    let clear = || ParticipantChange::Clear {
+        tenant: "tp".into(),
+        session_id: "PPPP".into(),
+    };
+    commit(
+        vec![row.clone()],
+        vec![up(person("dave", 40)), clear()],
+        vec![],
+    )
+    .await;
+    assert_eq!(loaded().await, named(&[("dave", 0.0)]));
+
+    // Deleted: no rows left behind for a later session of the same id.
+    commit(vec![], vec![clear()], vec![("tp".into(), "PPPP".into())]).await;
+    assert_eq!(loaded().await, None);
+    commit(vec![row], vec![], vec![]).await;
+    assert_eq!(loaded().await, named(&[]));
 }
 
 /// A group commit (several partitions' batches in one transaction) is all or nothing:

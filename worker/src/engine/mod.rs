@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::model::SessionRecord;
-use crate::store::{Batch, Store, StoreError};
+use crate::store::{Batch, ParticipantChange, Store, StoreError};
 use bytes::Bytes;
 use jam_shared::protocol::event::frame;
 use jam_shared::protocol::{Action, Command};
@@ -308,7 +308,7 @@ impl Engine {
     }
 
     /// Turn the effects' dirty set into the batch to commit.
-    pub fn batch(&self, fx: &mut Effects) -> Batch {
+    pub fn batch(&mut self, fx: &mut Effects) -> Batch {
         let mut batch = Batch {
             messages: std::mem::take(&mut fx.messages),
             direct: std::mem::take(&mut fx.direct),
@@ -319,10 +319,44 @@ impl Engine {
             ..Default::default()
         };
         for (key, deleted) in fx.dirty.drain() {
-            match (deleted, self.sessions.get(&key)) {
-                (false, Some(rec)) => batch.upserts.push(rec.clone()),
-                _ => batch.deletes.push(key),
+            let (tenant, session_id) = (key.0.clone(), key.1.clone());
+            let Some(rec) = self.sessions.get_mut(&key).filter(|_| !deleted) else {
+                batch
+                    .participants
+                    .push(ParticipantChange::Clear { tenant, session_id });
+                batch.deletes.push(key);
+                continue;
+            };
+            let c = rec.take_changes();
+            if c.fresh {
+                let (tenant, session_id) = (tenant.clone(), session_id.clone());
+                batch
+                    .participants
+                    .push(ParticipantChange::Clear { tenant, session_id });
             }
+            batch
+                .participants
+                .extend(
+                    c.removed
+                        .into_iter()
+                        .map(|user_id| ParticipantChange::Delete {
+                            tenant: tenant.clone(),
+                            session_id: session_id.clone(),
+                            user_id,
+                        }),
+                );
+            batch
+                .participants
+                .extend(
+                    c.changed
+                        .into_iter()
+                        .map(|record| ParticipantChange::Upsert {
+                            tenant: tenant.clone(),
+                            session_id: session_id.clone(),
+                            record: Box::new(record),
+                        }),
+                );
+            batch.upserts.push(c.row);
         }
         // Messages stay when their session ends: only the retention purge deletes them.
         batch

@@ -96,7 +96,7 @@ impl Engine {
         let target = expected_position(&pb.report, now);
         let host = rec.host_id.clone();
         let mut offsets = Vec::new();
-        for p in rec.participants.iter_mut().filter(|p| p.id != host) {
+        for p in rec.participants_mut().filter(|p| p.id != host) {
             // A fresh start: no cool-down, no rate, no failure count from the old position.
             p.correction = CorrectionState::new();
             p.last_sync = Some(now);

@@ -119,6 +119,8 @@ fn managed_record(
         password_hash: None,
         max_participants: max_participants.unwrap_or(DEFAULT_MAX_PARTICIPANTS),
         participants: Vec::new(),
+        removed: Vec::new(),
+        fresh: true,
         status: SessionStatus::Active,
         created_at: now,
         expires_at: i64::MAX,

@@ -58,6 +58,8 @@ impl Engine {
                 now,
                 self.conn_refs(cmd),
             )],
+            removed: Vec::new(),
+            fresh: true,
             status: SessionStatus::Active,
             created_at: now,
             expires_at: now + self.cfg.session_timeout.as_millis() as i64,
@@ -146,7 +148,7 @@ impl Engine {
             p.can_rate = can_rate;
             let view = p.view();
             fx.attendance.push(attendance(&key, &rec.host_id, &p, None));
-            rec.participants.push(p);
+            rec.join(p);
             if large {
                 coalesced = true;
             } else {
@@ -292,7 +294,7 @@ impl Engine {
         };
         let large = rec.participants.len() > self.cfg.large_room;
         let large_room = self.cfg.large_room;
-        let gone = rec.participants.remove(idx);
+        let gone = rec.remove_at(idx);
         fx.attendance
             .push(attendance(key, &rec.host_id, &gone, Some(now_ms())));
         if rec.participants.is_empty() {
@@ -332,7 +334,7 @@ impl Engine {
                 .map(|p| p.id.clone())
                 .expect("not empty");
             rec.host_id = next.clone();
-            for p in rec.participants.iter_mut() {
+            for p in rec.participants_mut() {
                 p.role = if p.id == next {
                     Role::Host
                 } else {

@@ -712,3 +712,75 @@ async fn a_playing_session_is_checked_every_interval() {
     e.tick(now + 241_500, &|_| true, &mut fx);
     assert_eq!(checked(&e), now + 241_500, "armed again after the check");
 }
+
+/// A join writes the joiner's row and the session's (without its participants): not
+/// every participant again. A leave deletes one row.
+#[tokio::test]
+async fn a_join_writes_one_participant_row_not_the_room() {
+    use crate::store::ParticipantChange;
+    let mut e = engine();
+    let mut fx = Effects::default();
+    let create = Action::CreateSession {
+        name: "s".into(),
+        description: None,
+        is_private: None,
+        max_participants: Some(100),
+        password_hash: None,
+        session_id: Some("ABCDEF".into()),
+    };
+    e.apply(&cmd("host", "c-host", create), &mut fx);
+    let join = || Action::JoinSession {
+        session_id: "ABCDEF".into(),
+        password: None,
+        capabilities: None,
+        since_seq: None,
+        show: false,
+    };
+    for i in 0..50 {
+        e.apply(&cmd(&format!("u{i}"), &format!("c-u{i}"), join()), &mut fx);
+    }
+    let first = e.batch(&mut fx);
+    let upserted = |b: &crate::store::Batch| {
+        b.participants
+            .iter()
+            .filter(|c| matches!(c, ParticipantChange::Upsert { .. }))
+            .count()
+    };
+    assert_eq!(
+        upserted(&first),
+        51,
+        "a new session writes all of its rows once"
+    );
+    assert!(matches!(
+        first.participants[0],
+        ParticipantChange::Clear { .. }
+    ));
+
+    let mut fx = Effects::default();
+    e.apply(&cmd("late", "c-late", join()), &mut fx);
+    let batch = e.batch(&mut fx);
+    assert_eq!(upserted(&batch), 1, "{:?}", batch.participants);
+    assert_eq!(batch.upserts.len(), 1);
+    assert!(
+        batch.upserts[0].participants.is_empty(),
+        "the row carries none"
+    );
+    assert_eq!(e.session("_", "ABCDEF").unwrap().participants.len(), 52);
+
+    let mut fx = Effects::default();
+    let leave = Action::LeaveSession {
+        session_id: "ABCDEF".into(),
+    };
+    e.apply(&cmd("u7", "c-u7", leave), &mut fx);
+    let batch = e.batch(&mut fx);
+    let deleted: Vec<&str> = batch
+        .participants
+        .iter()
+        .filter_map(|c| match c {
+            ParticipantChange::Delete { user_id, .. } => Some(user_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, ["u7"]);
+    assert_eq!(upserted(&batch), 0);
+}

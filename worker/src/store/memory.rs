@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Batch, Claim, Store, StoreError};
+use super::{Batch, Claim, ParticipantChange, Store, StoreError};
 use crate::model::{
     Attendance, ChatMessage, ConnRef, ContactsChange, DirectMessage, InboxChange, Notification,
-    OnlineUser, SessionRecord,
+    OnlineUser, ParticipantRecord, SessionRecord,
 };
 
 type Key = (String, String);
@@ -17,6 +17,8 @@ type Key = (String, String);
 struct State {
     /// Session → (partition, record).
     sessions: HashMap<Key, (i64, SessionRecord)>,
+    /// Session → its participants' rows by user (a table of its own, as in PostgreSQL).
+    participants: HashMap<Key, BTreeMap<String, ParticipantRecord>>,
     /// Messages by session, ordered by (seq, id): messages outlive their session.
     messages: HashMap<Key, BTreeMap<(i64, String), ChatMessage>>,
     direct: Vec<DirectMessage>,
@@ -35,6 +37,61 @@ struct State {
 }
 
 impl State {
+    fn apply_participants(&mut self, changes: &[ParticipantChange]) {
+        let upserted: BTreeSet<(&str, &str, &str)> = changes
+            .iter()
+            .filter_map(|c| match c {
+                ParticipantChange::Upsert {
+                    tenant,
+                    session_id,
+                    record,
+                } => Some((tenant.as_str(), session_id.as_str(), record.id.as_str())),
+                _ => None,
+            })
+            .collect();
+        for c in changes {
+            match c {
+                ParticipantChange::Upsert {
+                    tenant,
+                    session_id,
+                    record,
+                } => {
+                    let key = (tenant.clone(), session_id.clone());
+                    let rows = self.participants.entry(key).or_default();
+                    rows.insert(record.id.clone(), (**record).clone());
+                }
+                ParticipantChange::Delete {
+                    tenant,
+                    session_id,
+                    user_id,
+                } => {
+                    let key = (tenant.clone(), session_id.clone());
+                    if let Some(rows) = self.participants.get_mut(&key) {
+                        rows.remove(user_id);
+                    }
+                }
+                ParticipantChange::Clear { tenant, session_id } => {
+                    let key = (tenant.clone(), session_id.clone());
+                    if let Some(rows) = self.participants.get_mut(&key) {
+                        rows.retain(|u, _| upserted.contains(&(tenant, session_id, u)));
+                    }
+                }
+            }
+        }
+        self.participants.retain(|_, rows| !rows.is_empty());
+    }
+
+    /// The session's participants, as the engine keeps them: in the order they joined.
+    fn participants_of(&self, key: &Key) -> Vec<ParticipantRecord> {
+        let mut ps: Vec<ParticipantRecord> = self
+            .participants
+            .get(key)
+            .map(|rows| rows.values().cloned().collect())
+            .unwrap_or_default();
+        ps.sort_by(|a, b| (a.joined_at, &a.id).cmp(&(b.joined_at, &b.id)));
+        ps
+    }
+
     /// Write one batch whose fence was checked.
     fn apply(&mut self, batch: &Batch) {
         let s = self;
@@ -49,9 +106,14 @@ impl State {
             None => -1,
         };
         for r in &batch.upserts {
+            let row = SessionRecord {
+                participants: Vec::new(),
+                ..r.clone()
+            };
             s.sessions
-                .insert((r.tenant.clone(), r.id.clone()), (part, r.clone()));
+                .insert((r.tenant.clone(), r.id.clone()), (part, row));
         }
+        s.apply_participants(&batch.participants);
         for m in &batch.messages {
             let key = (m.tenant.clone(), m.session_id.clone());
             s.messages
@@ -142,6 +204,7 @@ impl Store for MemoryStore {
             .filter(|(_, (part, _))| *part == partition as i64 || *part < 0)
             .map(|(key, (_, rec))| {
                 let mut rec = rec.clone();
+                rec.participants = s.participants_of(key);
                 let max_seq = s.messages.get(key).and_then(|m| {
                     m.values()
                         .filter(|m| m.created_at >= rec.created_at)
@@ -154,12 +217,15 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn list_sessions(&self, tenant: &str) -> Result<Vec<SessionRecord>, StoreError> {
+    async fn list_sessions(&self, tenant: &str) -> Result<Vec<(SessionRecord, usize)>, StoreError> {
         let s = self.state.lock().unwrap();
         Ok(s.sessions
-            .values()
-            .filter(|(_, r)| r.tenant == tenant)
-            .map(|(_, r)| r.clone())
+            .iter()
+            .filter(|(_, (_, r))| r.tenant == tenant)
+            .map(|(key, (_, r))| {
+                let n = s.participants.get(key).map_or(0, BTreeMap::len);
+                (r.clone(), n)
+            })
             .collect())
     }
 

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use crate::model::{
     Attendance, ChatMessage, ContactsChange, DirectMessage, InboxChange, Notification, OnlineUser,
-    SessionRecord,
+    ParticipantRecord, SessionRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +54,10 @@ pub struct Claim {
 pub struct Batch {
     /// The owner's fence; a batch without one (tests, tools) is not fenced.
     pub fence: Option<Fence>,
+    /// Session rows; their participants are written from `participants`, not from here.
     pub upserts: Vec<SessionRecord>,
+    /// Participant rows that changed, in order.
+    pub participants: Vec<ParticipantChange>,
     /// (tenant, session id)
     pub deletes: Vec<(String, String)>,
     pub messages: Vec<ChatMessage>,
@@ -70,6 +73,7 @@ pub struct Batch {
 impl Batch {
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty()
+            && self.participants.is_empty()
             && self.deletes.is_empty()
             && self.messages.is_empty()
             && self.direct.is_empty()
@@ -79,6 +83,25 @@ impl Batch {
             && self.contacts.is_empty()
             && self.fence.as_ref().is_none_or(|f| f.applied.is_none())
     }
+}
+
+/// One participant row to write.
+#[derive(Debug, Clone)]
+pub enum ParticipantChange {
+    Upsert {
+        tenant: String,
+        session_id: String,
+        record: Box<ParticipantRecord>,
+    },
+    /// The participant left the session.
+    Delete {
+        tenant: String,
+        session_id: String,
+        user_id: String,
+    },
+    /// Every row of the session except the ones this batch upserts: the session was
+    /// deleted, or made again under the same id.
+    Clear { tenant: String, session_id: String },
 }
 
 #[async_trait]
@@ -92,8 +115,9 @@ pub trait Store: Send + Sync + 'static {
     /// sessions stored before partitions were recorded: callers filter by partition.
     async fn load_sessions(&self, partition: u32) -> Result<Vec<SessionRecord>, StoreError>;
 
-    /// Active sessions of a tenant, every partition (listings).
-    async fn list_sessions(&self, tenant: &str) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Sessions of a tenant, every partition (listings): each row (no participants) and
+    /// how many participants it has.
+    async fn list_sessions(&self, tenant: &str) -> Result<Vec<(SessionRecord, usize)>, StoreError>;
 
     /// Commit a batch atomically; with a fence, only while that fence is current.
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {

@@ -1,6 +1,7 @@
 //! The PostgreSQL store (deadpool-postgres). Migrations run at connect under an
 //! advisory lock, so several workers starting together apply them once.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -9,10 +10,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
-use super::{Batch, Claim, Fence, Store, StoreError};
+use super::{Batch, Claim, Fence, ParticipantChange, Store, StoreError};
 use crate::model::{
     Attendance, ChatMessage, ConnRef, ContactsChange, DirectMessage, InboxChange, Notification,
-    OnlineUser, SessionRecord,
+    OnlineUser, ParticipantRecord, SessionRecord,
 };
 
 /// Applied in order, each once; never edit one that has shipped, add the next.
@@ -122,6 +123,22 @@ CREATE TABLE jam_online (
 );
 CREATE INDEX jam_online_part ON jam_online (part);
 "#,
+    // Participants get rows of their own, written when they change (issue 8): the
+    // session's row stops carrying them.
+    r#"
+CREATE TABLE jam_participants (
+    tenant      text  NOT NULL,
+    session_id  text  NOT NULL,
+    user_id     text  NOT NULL,
+    state       jsonb NOT NULL,
+    PRIMARY KEY (tenant, session_id, user_id)
+);
+INSERT INTO jam_participants (tenant, session_id, user_id, state)
+    SELECT s.tenant, s.id, p->>'id', p
+    FROM jam_sessions s, jsonb_array_elements(coalesce(s.state->'participants', '[]'::jsonb)) AS p
+    ON CONFLICT DO NOTHING;
+UPDATE jam_sessions SET state = state - 'participants' WHERE state ? 'participants';
+"#,
 ];
 
 /// How long a transaction may sit idle (its client paused or gone) before the server ends it.
@@ -144,6 +161,15 @@ const UPSERT_SQL: &str = "INSERT INTO jam_sessions (tenant, id, state, part)
 const MESSAGES_SQL: &str = "INSERT INTO jam_messages (tenant, session_id, seq, id, user_id, user_name, message, created_at)
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])
      ON CONFLICT DO NOTHING";
+const PARTICIPANTS_SQL: &str = "INSERT INTO jam_participants (tenant, session_id, user_id, state)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[])
+     ON CONFLICT (tenant, session_id, user_id) DO UPDATE SET state = excluded.state";
+/// Participants gone ($1–$3), and every row of the sessions in $4–$5 but the ones this
+/// group upserts ($6–$8): whatever order the statements run in, the result is the same.
+const PARTICIPANTS_GONE_SQL: &str = "DELETE FROM jam_participants p
+     WHERE (p.tenant, p.session_id, p.user_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))
+        OR ((p.tenant, p.session_id) IN (SELECT * FROM UNNEST($4::text[], $5::text[]))
+            AND (p.tenant, p.session_id, p.user_id) NOT IN (SELECT * FROM UNNEST($6::text[], $7::text[], $8::text[])))";
 const DELETE_SQL: &str = "DELETE FROM jam_sessions
      WHERE (tenant, id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))";
 const DIRECT_SQL: &str = "INSERT INTO jam_direct_messages (tenant, id, sender_id, sender_name, receiver_id, content, created_at)
@@ -286,25 +312,47 @@ impl Store for PgStore {
             )
             .await
             .map_err(db)?;
+        let prows = c
+            .query(
+                "SELECT p.tenant, p.session_id, p.state FROM jam_participants p
+                 JOIN jam_sessions s ON s.tenant = p.tenant AND s.id = p.session_id
+                 WHERE s.part = $1 OR s.part < 0
+                 ORDER BY p.tenant, p.session_id, (p.state->>'joined_at')::bigint, p.user_id",
+                &[&(partition as i32)],
+            )
+            .await
+            .map_err(db)?;
         observe("load_sessions", t);
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+        let mut participants: HashMap<(String, String), Vec<ParticipantRecord>> = HashMap::new();
+        for r in prows {
+            let p: ParticipantRecord = serde_json::from_value(r.get(2)).map_err(corrupt)?;
+            participants
+                .entry((r.get(0), r.get(1)))
+                .or_default()
+                .push(p);
+        }
         rows.into_iter()
             .map(|r| {
                 let v: serde_json::Value = r.get(0);
                 let max_seq: Option<i64> = r.get(1);
-                let mut rec: SessionRecord =
-                    serde_json::from_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let mut rec: SessionRecord = serde_json::from_value(v).map_err(corrupt)?;
                 rec.last_seq = rec.last_seq.max(max_seq.unwrap_or(0));
+                let key = (rec.tenant.clone(), rec.id.clone());
+                rec.participants = participants.remove(&key).unwrap_or_default();
                 Ok(rec)
             })
             .collect()
     }
 
-    async fn list_sessions(&self, tenant: &str) -> Result<Vec<SessionRecord>, StoreError> {
+    async fn list_sessions(&self, tenant: &str) -> Result<Vec<(SessionRecord, usize)>, StoreError> {
         let t = Instant::now();
         let c = self.conn().await?;
         let rows = c
             .query(
-                "SELECT state FROM jam_sessions WHERE tenant = $1",
+                "SELECT s.state, (SELECT count(*) FROM jam_participants p
+                                  WHERE p.tenant = s.tenant AND p.session_id = s.id)
+                 FROM jam_sessions s WHERE s.tenant = $1",
                 &[&tenant],
             )
             .await
@@ -313,7 +361,10 @@ impl Store for PgStore {
         rows.into_iter()
             .map(|r| {
                 let v: serde_json::Value = r.get(0);
-                serde_json::from_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+                let n: i64 = r.get(1);
+                let rec =
+                    serde_json::from_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((rec, n as usize))
             })
             .collect()
     }
@@ -594,10 +645,80 @@ struct GroupRows<'a> {
     upsert_ids: Vec<&'a str>,
     upsert_states: Vec<serde_json::Value>,
     upsert_parts: Vec<i32>,
+    participants: ParticipantRows<'a>,
     messages: Vec<&'a ChatMessage>,
     deletes: Vec<&'a (String, String)>,
     direct: Vec<&'a DirectMessage>,
     attendance: Vec<Attendance>,
+}
+
+/// A group's participant rows: upserts, and deletes (users gone, sessions cleared).
+#[derive(Default)]
+struct ParticipantRows<'a> {
+    up: [Vec<&'a str>; 3],
+    up_states: Vec<serde_json::Value>,
+    gone: [Vec<&'a str>; 3],
+    cleared: [Vec<&'a str>; 2],
+}
+
+impl<'a> ParticipantRows<'a> {
+    fn of(batches: &[&'a Batch]) -> Result<Self, StoreError> {
+        let mut rows = Self::default();
+        for c in batches.iter().flat_map(|b| &b.participants) {
+            match c {
+                ParticipantChange::Upsert {
+                    tenant,
+                    session_id,
+                    record,
+                } => {
+                    rows.up[0].push(tenant);
+                    rows.up[1].push(session_id);
+                    rows.up[2].push(&record.id);
+                    let state = serde_json::to_value(record)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    rows.up_states.push(state);
+                }
+                ParticipantChange::Delete {
+                    tenant,
+                    session_id,
+                    user_id,
+                } => {
+                    rows.gone[0].push(tenant);
+                    rows.gone[1].push(session_id);
+                    rows.gone[2].push(user_id);
+                }
+                ParticipantChange::Clear { tenant, session_id } => {
+                    rows.cleared[0].push(tenant);
+                    rows.cleared[1].push(session_id);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn write(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let up = async {
+            if self.up_states.is_empty() {
+                return Ok(0);
+            }
+            let st = tx.prepare_cached(PARTICIPANTS_SQL).await?;
+            let [t, s, u] = &self.up;
+            tx.execute(&st, &[t, s, u, &self.up_states]).await
+        };
+        let gone = async {
+            if self.gone[0].is_empty() && self.cleared[0].is_empty() {
+                return Ok(0);
+            }
+            let st = tx.prepare_cached(PARTICIPANTS_GONE_SQL).await?;
+            let ([gt, gs, gu], [ct, cs], [ut, us, uu]) = (&self.gone, &self.cleared, &self.up);
+            tx.execute(&st, &[gt, gs, gu, ct, cs, ut, us, uu]).await
+        };
+        let (a, b) = futures::try_join!(up, gone)?;
+        Ok(a + b)
+    }
 }
 
 /// One text column of a group's rows.
@@ -627,6 +748,7 @@ impl<'a> GroupRows<'a> {
                 .iter()
                 .flat_map(|b| b.upserts.iter().map(|_| part_of(b)))
                 .collect(),
+            participants: ParticipantRows::of(batches)?,
             messages: batches.iter().flat_map(|b| &b.messages).collect(),
             deletes: batches.iter().flat_map(|b| &b.deletes).collect(),
             direct: batches.iter().flat_map(|b| &b.direct).collect(),
@@ -755,8 +877,17 @@ impl<'a> GroupRows<'a> {
             let online = online_and_contacts(tx, &b.online, &b.contacts, part_of(b)).await?;
             Ok::<_, tokio_postgres::Error>(inbox + online)
         }));
-        let (fenced, ..) =
-            futures::try_join!(fence, upserts, messages, deletes, direct, attendance, people)?;
+        let participants = self.participants.write(tx);
+        let (fenced, ..) = futures::try_join!(
+            fence,
+            upserts,
+            participants,
+            messages,
+            deletes,
+            direct,
+            attendance,
+            people
+        )?;
         Ok(fenced)
     }
 }
