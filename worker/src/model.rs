@@ -138,6 +138,14 @@ pub struct SessionRecord {
     /// the same id go (not stored).
     #[serde(skip)]
     pub fresh: bool,
+    /// Who is a member, and where in `participants` (not stored: [`SessionRecord::reindex`]
+    /// builds it for a record made or loaded whole). Membership in O(1).
+    #[serde(skip)]
+    pub index: std::collections::HashMap<String, usize>,
+    /// How many participants are online, kept by [`SessionRecord::with_conns`], `join` and
+    /// `remove_at` (not stored).
+    #[serde(skip)]
+    pub online: usize,
     pub status: SessionStatus,
     pub created_at: i64,
     pub expires_at: i64,
@@ -159,13 +167,67 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// A member, found through the index; a record built whole without [`reindex`]
+    /// (tests, tools) is searched instead.
+    ///
+    /// [`reindex`]: SessionRecord::reindex
     pub fn participant(&self, user_id: &str) -> Option<&ParticipantRecord> {
-        self.participants.iter().find(|p| p.id == user_id)
+        self.position_of(user_id).map(|i| &self.participants[i])
+    }
+
+    pub fn position_of(&self, user_id: &str) -> Option<usize> {
+        if self.index.len() != self.participants.len() {
+            return self.participants.iter().position(|p| p.id == user_id);
+        }
+        let i = *self.index.get(user_id)?;
+        debug_assert_eq!(self.participants[i].id, user_id, "index out of step");
+        Some(i)
+    }
+
+    /// The index and the online count from `participants` (made or loaded whole).
+    pub fn reindex(&mut self) {
+        self.index = (self.participants.iter().enumerate())
+            .map(|(i, p)| (p.id.clone(), i))
+            .collect();
+        self.online = self.participants.iter().filter(|p| p.is_online()).count();
+    }
+
+    /// How many participants are online, in O(1).
+    pub fn online_count(&self) -> usize {
+        if self.index.len() != self.participants.len() {
+            return self.participants.iter().filter(|p| p.is_online()).count();
+        }
+        debug_assert_eq!(
+            self.online,
+            self.participants.iter().filter(|p| p.is_online()).count(),
+            "online count out of step"
+        );
+        self.online
+    }
+
+    /// Change a member's connections (the online count follows).
+    pub fn with_conns<R>(
+        &mut self,
+        user_id: &str,
+        f: impl FnOnce(&mut Vec<ConnRef>) -> R,
+    ) -> Option<R> {
+        let p = self.participant_mut(user_id)?;
+        let was = p.is_online();
+        let r = f(&mut p.connections);
+        let now = p.is_online();
+        match (was, now) {
+            (false, true) => self.online += 1,
+            (true, false) => self.online -= 1,
+            _ => {}
+        }
+        Some(r)
     }
 
     /// A participant to change: its row is written with the session's next write.
+    /// Connections change through [`SessionRecord::with_conns`], not here.
     pub fn participant_mut(&mut self, user_id: &str) -> Option<&mut ParticipantRecord> {
-        let p = self.participants.iter_mut().find(|p| p.id == user_id)?;
+        let i = self.position_of(user_id)?;
+        let p = &mut self.participants[i];
         p.dirty = true;
         Some(p)
     }
@@ -180,12 +242,25 @@ impl SessionRecord {
 
     pub fn join(&mut self, p: ParticipantRecord) {
         self.removed.retain(|id| *id != p.id);
+        if self.index.len() == self.participants.len() {
+            self.index.insert(p.id.clone(), self.participants.len());
+        }
+        self.online += usize::from(p.is_online());
         self.participants
             .push(ParticipantRecord { dirty: true, ..p });
     }
 
+    /// O(participants after it): the join order is kept.
     pub fn remove_at(&mut self, idx: usize) -> ParticipantRecord {
+        let indexed = self.index.len() == self.participants.len();
         let gone = self.participants.remove(idx);
+        if indexed {
+            self.index.remove(&gone.id);
+            for (i, p) in self.participants.iter().enumerate().skip(idx) {
+                self.index.insert(p.id.clone(), i);
+            }
+        }
+        self.online = self.online.saturating_sub(usize::from(gone.is_online()));
         self.removed.push(gone.id.clone());
         gone
     }
@@ -197,8 +272,10 @@ impl SessionRecord {
         let participants = std::mem::take(&mut self.participants);
         let removed = std::mem::take(&mut self.removed);
         let fresh = std::mem::replace(&mut self.fresh, false);
+        let index = std::mem::take(&mut self.index);
         let row = self.clone();
         self.participants = participants;
+        self.index = index;
         let changed = self
             .participants
             .iter_mut()
@@ -509,6 +586,8 @@ mod tests {
             queue: Vec::new(),
             last_check_at: 0,
             managed: false,
+            index: Default::default(),
+            online: 0,
         }
     }
 
@@ -568,6 +647,39 @@ mod tests {
         let c = r.take_changes();
         assert!(c.removed.is_empty());
         assert_eq!(c.changed[0].id, "alice");
+    }
+
+    /// Membership and the online count come from the index and the counter, and stay
+    /// equal to what a scan finds through joins, leaves and connections coming and going.
+    #[test]
+    fn membership_and_online_count_stay_in_step() {
+        let conn = |c: &str| ConnRef {
+            conn: c.into(),
+            gateway: "g".into(),
+        };
+        let mut r = record();
+        r.reindex();
+        assert_eq!((r.online_count(), r.index.len()), (1, 1));
+        for (i, u) in ["b", "c", "d"].into_iter().enumerate() {
+            let conns = if i == 1 { vec![] } else { vec![conn(u)] };
+            r.join(ParticipantRecord::new(u, u, Role::Participant, 2, conns));
+        }
+        assert_eq!(r.online_count(), 3, "c has no connection");
+        r.with_conns("c", |cs| cs.push(conn("c1")));
+        r.with_conns("alice", |cs| cs.clear());
+        assert_eq!(r.online_count(), 3);
+        let b = r.position_of("b").unwrap();
+        r.remove_at(b);
+        assert_eq!(r.online_count(), 2);
+        for (i, p) in r.participants.iter().enumerate() {
+            assert_eq!(r.index[&p.id], i, "{} moved", p.id);
+        }
+        assert!(r.participant("b").is_none() && r.participant("d").is_some());
+        let scan = r.participants.iter().filter(|p| p.is_online()).count();
+        assert_eq!(r.online_count(), scan);
+        // A record built whole and never indexed is searched instead.
+        let whole = record();
+        assert!(whole.is_member("alice") && whole.online_count() == 1);
     }
 
     #[test]

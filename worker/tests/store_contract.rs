@@ -34,6 +34,8 @@ fn record(id: &str, tenant: &str) -> SessionRecord {
         queue: vec![],
         last_check_at: 0,
         managed: false,
+        index: Default::default(),
+        online: 0,
     }
 }
 

@@ -111,6 +111,7 @@ impl Engine {
                     c.gateway = self.gateways.intern(&c.gateway);
                 }
             }
+            rec.reindex();
             let key = (rec.tenant.clone(), rec.id.clone());
             self.arm(&key, &rec);
             let msgs = store

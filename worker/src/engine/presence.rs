@@ -25,7 +25,7 @@ pub const JOINER_MEMBERS: usize = 20;
 
 /// Participants with at least one connection in the room.
 pub fn online_count(rec: &SessionRecord) -> usize {
-    rec.participants.iter().filter(|p| p.is_online()).count()
+    rec.online_count()
 }
 
 pub fn active_users(rec: &SessionRecord) -> Value {

@@ -130,6 +130,8 @@ fn managed_record(
         queue: Vec::new(),
         last_check_at: now,
         managed: true,
+        index: Default::default(),
+        online: 0,
     }
 }
 

@@ -8,7 +8,6 @@ use jam_shared::ErrorCode;
 use serde_json::json;
 
 use super::deadlines::Due;
-use super::presence::online_count;
 use super::registered::attendance;
 use super::{Effects, Engine, EventLog, SessionKey};
 use jam_shared::protocol::action::DEFAULT_MAX_PARTICIPANTS;
@@ -69,7 +68,11 @@ impl Engine {
             queue: Vec::new(),
             last_check_at: now,
             managed: false,
+            index: Default::default(),
+            online: 0,
         };
+        let mut rec = rec;
+        rec.reindex();
         let created = frame("session_created", &json!({ "session": rec.view() }));
         fx.attendance
             .push(attendance(&key, &rec.host_id, &rec.participants[0], None));
@@ -122,15 +125,18 @@ impl Engine {
             if !cmd.ephemeral {
                 p.can_rate = can_rate;
                 p.offline_since = None;
-                if !p.connections.iter().any(|c| c.conn == cmd.conn) {
-                    p.connections.extend(mine);
-                }
+                rec.with_conns(&cmd.user_id, |conns| {
+                    if !conns.iter().any(|c| c.conn == cmd.conn) {
+                        conns.extend(mine);
+                    }
+                });
             }
-            if was_offline && p.is_online() {
+            let online = rec.participant(&cmd.user_id).is_some_and(|p| p.is_online());
+            if was_offline && online {
                 if large {
                     coalesced = true;
                 } else {
-                    let count = online_count(rec);
+                    let count = rec.online_count();
                     deltas.push(frame(
                         "user_online",
                         &json!({"sessionId": sid, "userId": cmd.user_id, "count": count}),
@@ -158,7 +164,7 @@ impl Engine {
                     "user_joined",
                     &json!({
                         "sessionId": sid, "userId": cmd.user_id, "userName": cmd.user_name,
-                        "participant": view, "count": online_count(rec), "seq": seq,
+                        "participant": view, "count": rec.online_count(), "seq": seq,
                     }),
                 ));
             }
@@ -318,7 +324,7 @@ impl Engine {
             let seq = rec.next_seq();
             let f = frame(
                 "user_left",
-                &json!({"sessionId": key.1, "userId": gone.id, "userName": gone.name, "count": online_count(rec), "seq": seq}),
+                &json!({"sessionId": key.1, "userId": gone.id, "userName": gone.name, "count": rec.online_count(), "seq": seq}),
             );
             kept.push((seq, f.clone()));
             frames.push(f);
@@ -376,15 +382,15 @@ impl Engine {
             return;
         };
         let is_host = rec.host_id == user_id;
-        let Some(p) = rec.participant_mut(user_id) else {
+        let dropped = rec.with_conns(user_id, |conns| {
+            let before = conns.len();
+            conns.retain(|c| c.conn != conn);
+            (conns.len() != before, conns.is_empty())
+        });
+        let Some((true, none_left)) = dropped else {
             return;
         };
-        let before = p.connections.len();
-        p.connections.retain(|c| c.conn != conn);
-        if p.connections.len() == before {
-            return;
-        }
-        if !p.connections.is_empty() {
+        if !none_left {
             // Still online through another connection: only this socket leaves the room.
             let env = Envelope {
                 leave_conn: Some(conn.to_string()),
@@ -394,13 +400,13 @@ impl Engine {
             fx.touch(key);
             return;
         }
-        if is_host {
+        if let Some(p) = rec.participant_mut(user_id).filter(|_| is_host) {
             let now = now_ms();
             p.offline_since = Some(now);
             let grace = self.cfg.host_grace.as_millis() as i64;
             self.deadlines.at(now + grace, Due::HostGrace, key);
         }
-        let count = online_count(rec);
+        let count = rec.online_count();
         let large = rec.participants.len() > self.cfg.large_room;
         let env = Envelope {
             leave_conn: Some(conn.to_string()),
