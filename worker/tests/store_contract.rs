@@ -10,7 +10,7 @@ use jam_worker::model::{
 };
 use jam_worker::store::memory::MemoryStore;
 use jam_worker::store::postgres::PgStore;
-use jam_worker::store::{Batch, Fence, ParticipantChange, Store, StoreError};
+use jam_worker::store::{Batch, Fence, ParticipantChange, RowChange, Store, StoreError};
 
 fn record(id: &str, tenant: &str) -> SessionRecord {
     SessionRecord {
@@ -208,11 +208,12 @@ async fn participants_contract(store: &dyn Store) {
     });
     let person =
         |id: &str, joined: i64| ParticipantRecord::new(id, id, Role::Participant, joined, vec![]);
-    let up = |p: ParticipantRecord| ParticipantChange::Upsert {
+    let change = |row| ParticipantChange {
         tenant: "tp".into(),
         session_id: "PPPP".into(),
-        record: Box::new(p),
+        row,
     };
+    let up = |p: ParticipantRecord| change(RowChange::Upsert(Box::new(p)));
     let commit = |upserts: Vec<SessionRecord>, participants: Vec<ParticipantChange>, deletes| {
         let batch = Batch {
             fence: fence.clone(),
@@ -258,20 +259,13 @@ async fn participants_contract(store: &dyn Store) {
     // One participant changes, one leaves: the others' rows are left alone.
     let mut bob = person("bob", 20);
     bob.offset_ms = 250.0;
-    let gone = ParticipantChange::Delete {
-        tenant: "tp".into(),
-        session_id: "PPPP".into(),
-        user_id: "carol".into(),
-    };
+    let gone = change(RowChange::Delete("carol".into()));
     commit(vec![], vec![up(bob), gone], vec![]).await;
     assert_eq!(loaded().await, named(&[("h", 0.0), ("bob", 250.0)]));
 
     // The id made again: the earlier session's participants go, the new one's stay,
     // whatever the order of the changes.
-    let clear = || ParticipantChange::Clear {
-        tenant: "tp".into(),
-        session_id: "PPPP".into(),
-    };
+    let clear = || change(RowChange::Clear);
     commit(
         vec![row.clone()],
         vec![up(person("dave", 40)), clear()],

@@ -69,26 +69,27 @@ impl Online {
     }
 
     fn add_conn(&mut self, c: ConnRef) {
-        let mut conns = std::mem::take(&mut self.conns).into_vec();
-        conns.push(c);
-        self.conns = conns.into_boxed_slice();
+        edit(&mut self.conns, |conns| conns.push(c));
     }
 
     fn drop_conn(&mut self, conn: &str) {
         if self.conns.iter().any(|c| c.conn == conn) {
-            let mut conns = std::mem::take(&mut self.conns).into_vec();
-            conns.retain(|c| c.conn != conn);
-            self.conns = conns.into_boxed_slice();
+            edit(&mut self.conns, |conns| conns.retain(|c| c.conn != conn));
         }
     }
 
     fn add_watcher(&mut self, w: &str) {
         if !self.watchers.iter().any(|x| x == w) {
-            let mut watchers = std::mem::take(&mut self.watchers).into_vec();
-            watchers.push(w.to_string());
-            self.watchers = watchers.into_boxed_slice();
+            edit(&mut self.watchers, |ws| ws.push(w.to_string()));
         }
     }
+}
+
+/// Change an exact-size slice as a `Vec`, and make it exact again.
+fn edit<T>(slice: &mut Box<[T]>, f: impl FnOnce(&mut Vec<T>)) {
+    let mut v = std::mem::take(slice).into_vec();
+    f(&mut v);
+    *slice = v.into_boxed_slice();
 }
 
 #[derive(Default)]

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::model::SessionRecord;
-use crate::store::{Batch, ParticipantChange, Store, StoreError};
+use crate::store::{Batch, ParticipantChange, RowChange, Store, StoreError};
 use bytes::Bytes;
 use jam_shared::protocol::event::frame;
 use jam_shared::protocol::{Action, Command};
@@ -320,43 +320,26 @@ impl Engine {
             ..Default::default()
         };
         for (key, deleted) in fx.dirty.drain() {
-            let (tenant, session_id) = (key.0.clone(), key.1.clone());
+            let change = |row| ParticipantChange {
+                tenant: key.0.clone(),
+                session_id: key.1.clone(),
+                row,
+            };
             let Some(rec) = self.sessions.get_mut(&key).filter(|_| !deleted) else {
-                batch
-                    .participants
-                    .push(ParticipantChange::Clear { tenant, session_id });
+                batch.participants.push(change(RowChange::Clear));
                 batch.deletes.push(key);
                 continue;
             };
             let c = rec.take_changes();
             if c.fresh {
-                let (tenant, session_id) = (tenant.clone(), session_id.clone());
-                batch
-                    .participants
-                    .push(ParticipantChange::Clear { tenant, session_id });
+                batch.participants.push(change(RowChange::Clear));
             }
-            batch
-                .participants
-                .extend(
-                    c.removed
-                        .into_iter()
-                        .map(|user_id| ParticipantChange::Delete {
-                            tenant: tenant.clone(),
-                            session_id: session_id.clone(),
-                            user_id,
-                        }),
-                );
-            batch
-                .participants
-                .extend(
-                    c.changed
-                        .into_iter()
-                        .map(|record| ParticipantChange::Upsert {
-                            tenant: tenant.clone(),
-                            session_id: session_id.clone(),
-                            record: Box::new(record),
-                        }),
-                );
+            let gone = c.removed.into_iter().map(RowChange::Delete);
+            let changed = c
+                .changed
+                .into_iter()
+                .map(|p| RowChange::Upsert(Box::new(p)));
+            batch.participants.extend(gone.chain(changed).map(change));
             batch.upserts.push(c.row);
         }
         // Messages stay when their session ends: only the retention purge deletes them.

@@ -295,7 +295,7 @@ impl Engine {
         let Some(rec) = self.sessions.get_mut(key) else {
             return;
         };
-        let Some(idx) = rec.participants.iter().position(|p| p.id == user_id) else {
+        let Some(idx) = rec.position_of(user_id) else {
             return;
         };
         let large = rec.participants.len() > self.cfg.large_room;

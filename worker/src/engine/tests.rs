@@ -717,7 +717,7 @@ async fn a_playing_session_is_checked_every_interval() {
 /// every participant again. A leave deletes one row.
 #[tokio::test]
 async fn a_join_writes_one_participant_row_not_the_room() {
-    use crate::store::ParticipantChange;
+    use crate::store::RowChange;
     let mut e = engine();
     let mut fx = Effects::default();
     let create = Action::CreateSession {
@@ -743,7 +743,7 @@ async fn a_join_writes_one_participant_row_not_the_room() {
     let upserted = |b: &crate::store::Batch| {
         b.participants
             .iter()
-            .filter(|c| matches!(c, ParticipantChange::Upsert { .. }))
+            .filter(|c| matches!(c.row, RowChange::Upsert(_)))
             .count()
     };
     assert_eq!(
@@ -751,10 +751,7 @@ async fn a_join_writes_one_participant_row_not_the_room() {
         51,
         "a new session writes all of its rows once"
     );
-    assert!(matches!(
-        first.participants[0],
-        ParticipantChange::Clear { .. }
-    ));
+    assert!(matches!(first.participants[0].row, RowChange::Clear));
 
     let mut fx = Effects::default();
     e.apply(&cmd("late", "c-late", join()), &mut fx);
@@ -776,8 +773,8 @@ async fn a_join_writes_one_participant_row_not_the_room() {
     let deleted: Vec<&str> = batch
         .participants
         .iter()
-        .filter_map(|c| match c {
-            ParticipantChange::Delete { user_id, .. } => Some(user_id.as_str()),
+        .filter_map(|c| match &c.row {
+            RowChange::Delete(user_id) => Some(user_id.as_str()),
             _ => None,
         })
         .collect();

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Batch, Claim, ParticipantChange, Store, StoreError};
+use super::{Batch, Claim, ParticipantChange, RowChange, Store, StoreError};
 use crate::model::{
     Attendance, ChatMessage, ConnRef, ContactsChange, DirectMessage, InboxChange, Notification,
     OnlineUser, ParticipantRecord, SessionRecord,
@@ -40,40 +40,29 @@ impl State {
     fn apply_participants(&mut self, changes: &[ParticipantChange]) {
         let upserted: BTreeSet<(&str, &str, &str)> = changes
             .iter()
-            .filter_map(|c| match c {
-                ParticipantChange::Upsert {
-                    tenant,
-                    session_id,
-                    record,
-                } => Some((tenant.as_str(), session_id.as_str(), record.id.as_str())),
+            .filter_map(|c| match &c.row {
+                RowChange::Upsert(p) => {
+                    Some((c.tenant.as_str(), c.session_id.as_str(), p.id.as_str()))
+                }
                 _ => None,
             })
             .collect();
         for c in changes {
-            match c {
-                ParticipantChange::Upsert {
-                    tenant,
-                    session_id,
-                    record,
-                } => {
-                    let key = (tenant.clone(), session_id.clone());
+            let key = (c.tenant.clone(), c.session_id.clone());
+            match &c.row {
+                RowChange::Upsert(p) => {
                     let rows = self.participants.entry(key).or_default();
-                    rows.insert(record.id.clone(), (**record).clone());
+                    rows.insert(p.id.clone(), (**p).clone());
                 }
-                ParticipantChange::Delete {
-                    tenant,
-                    session_id,
-                    user_id,
-                } => {
-                    let key = (tenant.clone(), session_id.clone());
+                RowChange::Delete(user_id) => {
                     if let Some(rows) = self.participants.get_mut(&key) {
                         rows.remove(user_id);
                     }
                 }
-                ParticipantChange::Clear { tenant, session_id } => {
-                    let key = (tenant.clone(), session_id.clone());
+                RowChange::Clear => {
                     if let Some(rows) = self.participants.get_mut(&key) {
-                        rows.retain(|u, _| upserted.contains(&(tenant, session_id, u)));
+                        let (t, sid) = (c.tenant.as_str(), c.session_id.as_str());
+                        rows.retain(|u, _| upserted.contains(&(t, sid, u)));
                     }
                 }
             }

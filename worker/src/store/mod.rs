@@ -85,23 +85,22 @@ impl Batch {
     }
 }
 
-/// One participant row to write.
+/// A change to the participant rows of one session.
 #[derive(Debug, Clone)]
-pub enum ParticipantChange {
-    Upsert {
-        tenant: String,
-        session_id: String,
-        record: Box<ParticipantRecord>,
-    },
-    /// The participant left the session.
-    Delete {
-        tenant: String,
-        session_id: String,
-        user_id: String,
-    },
+pub struct ParticipantChange {
+    pub tenant: String,
+    pub session_id: String,
+    pub row: RowChange,
+}
+
+#[derive(Debug, Clone)]
+pub enum RowChange {
+    Upsert(Box<ParticipantRecord>),
+    /// The participant (this user id) left the session.
+    Delete(String),
     /// Every row of the session except the ones this batch upserts: the session was
     /// deleted, or made again under the same id.
-    Clear { tenant: String, session_id: String },
+    Clear,
 }
 
 #[async_trait]

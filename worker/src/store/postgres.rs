@@ -10,7 +10,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
-use super::{Batch, Claim, Fence, ParticipantChange, Store, StoreError};
+use super::{Batch, Claim, Fence, RowChange, Store, StoreError};
 use crate::model::{
     Attendance, ChatMessage, ConnRef, ContactsChange, DirectMessage, InboxChange, Notification,
     OnlineUser, ParticipantRecord, SessionRecord,
@@ -665,31 +665,24 @@ impl<'a> ParticipantRows<'a> {
     fn of(batches: &[&'a Batch]) -> Result<Self, StoreError> {
         let mut rows = Self::default();
         for c in batches.iter().flat_map(|b| &b.participants) {
-            match c {
-                ParticipantChange::Upsert {
-                    tenant,
-                    session_id,
-                    record,
-                } => {
-                    rows.up[0].push(tenant);
-                    rows.up[1].push(session_id);
-                    rows.up[2].push(&record.id);
-                    let state = serde_json::to_value(record)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let (t, sid) = (c.tenant.as_str(), c.session_id.as_str());
+            match &c.row {
+                RowChange::Upsert(p) => {
+                    rows.up[0].push(t);
+                    rows.up[1].push(sid);
+                    rows.up[2].push(&p.id);
+                    let state =
+                        serde_json::to_value(p).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     rows.up_states.push(state);
                 }
-                ParticipantChange::Delete {
-                    tenant,
-                    session_id,
-                    user_id,
-                } => {
-                    rows.gone[0].push(tenant);
-                    rows.gone[1].push(session_id);
+                RowChange::Delete(user_id) => {
+                    rows.gone[0].push(t);
+                    rows.gone[1].push(sid);
                     rows.gone[2].push(user_id);
                 }
-                ParticipantChange::Clear { tenant, session_id } => {
-                    rows.cleared[0].push(tenant);
-                    rows.cleared[1].push(session_id);
+                RowChange::Clear => {
+                    rows.cleared[0].push(t);
+                    rows.cleared[1].push(sid);
                 }
             }
         }
