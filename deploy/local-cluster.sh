@@ -7,15 +7,18 @@
 #   deploy/local-cluster.sh status
 #   deploy/local-cluster.sh stop     # SIGTERM everything (gateways drain), then waits
 #
-# JAM_LOCAL_BASE_PORT (default 8080): nginx on it, gateways on +1..+3, workers on +10 and +11,
-# redis on +20. Logs and pids live in target/local-cluster/.
+# JAM_LOCAL_BASE_PORT (default 8080): nginx on it, gateways on +1..+N (JAM_LOCAL_GATEWAYS,
+# default 3, at most 9), workers on +10 and +11, redis on +20. JAM_LOCAL_BIN runs binaries
+# from another directory (no build). Logs and pids live in target/local-cluster/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE=${JAM_LOCAL_BASE_PORT:-8080}
 RUN=target/local-cluster
 PROFILE=${JAM_LOCAL_PROFILE:-release}
-BIN=target/$PROFILE
+BIN=${JAM_LOCAL_BIN:-target/$PROFILE}
+GATEWAYS=${JAM_LOCAL_GATEWAYS:-3}
+case "$GATEWAYS" in [1-9]) ;; *) echo "JAM_LOCAL_GATEWAYS: 1 to 9" >&2; exit 2 ;; esac
 export JAM_JWT_SECRET=${JAM_JWT_SECRET:-local-cluster-secret}
 export JAM_API_KEY=${JAM_API_KEY:-local-cluster-key}
 
@@ -35,7 +38,8 @@ start_bg() { # name, command...
 
 start() {
   mkdir -p "$RUN"
-  if [ "$PROFILE" = release ]; then cargo build --release -q --bins; else cargo build -q --bins; fi
+  if [ -n "${JAM_LOCAL_BIN:-}" ]; then :
+  elif [ "$PROFILE" = release ]; then cargo build --release -q --bins; else cargo build -q --bins; fi
   local redis_port=$((BASE + 20))
   start_bg redis redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no
   export JAM_REDIS_URL="redis://127.0.0.1:$redis_port"
@@ -50,10 +54,13 @@ start() {
     JAM_INSTANCE_ID="worker-$i" JAM_WORKER_LISTEN_ADDR="127.0.0.1:$((BASE + 9 + i))" start_bg "worker-$i" "$BIN/jam-worker"
   done
   for i in 1 2; do wait_http "http://127.0.0.1:$((BASE + 9 + i))/ready" 30; done
-  for i in 1 2 3; do
+  local upstream="" urls=""
+  for i in $(seq 1 "$GATEWAYS"); do
     JAM_INSTANCE_ID="gateway-$i" JAM_LISTEN_ADDR="127.0.0.1:$((BASE + i))" start_bg "gateway-$i" "$BIN/jam-gateway"
+    upstream+="        server 127.0.0.1:$((BASE + i)) max_fails=1 fail_timeout=5s;"$'\n'
+    urls+=" ws://127.0.0.1:$((BASE + i))/ws"
   done
-  for i in 1 2 3; do wait_http "http://127.0.0.1:$((BASE + i))/ready" 30; done
+  for i in $(seq 1 "$GATEWAYS"); do wait_http "http://127.0.0.1:$((BASE + i))/ready" 30; done
   local front="none (connect to a gateway directly)"
   if command -v nginx >/dev/null; then
     mkdir -p "$RUN/tmp"
@@ -70,10 +77,7 @@ http {
     map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
     upstream jam_gateways {
         least_conn;
-        server 127.0.0.1:$((BASE + 1)) max_fails=1 fail_timeout=5s;
-        server 127.0.0.1:$((BASE + 2)) max_fails=1 fail_timeout=5s;
-        server 127.0.0.1:$((BASE + 3)) max_fails=1 fail_timeout=5s;
-    }
+$upstream    }
     server {
         listen 127.0.0.1:$BASE;
         location / {
@@ -93,7 +97,7 @@ NGINX
   cat <<INFO
 jam local cluster is up
   front:     $front
-  gateways:  ws://127.0.0.1:$((BASE + 1))/ws  ws://127.0.0.1:$((BASE + 2))/ws  ws://127.0.0.1:$((BASE + 3))/ws
+  gateways: $urls
   workers:   http://127.0.0.1:$((BASE + 10))/metrics http://127.0.0.1:$((BASE + 11))/metrics
   token:     JAM_JWT_SECRET=$JAM_JWT_SECRET $BIN/jam-gateway gentoken --sub alice --name Alice
   stop with: deploy/local-cluster.sh stop
@@ -102,7 +106,7 @@ INFO
 
 stop() {
   [ -d "$RUN" ] || { echo "not running"; return 0; }
-  for name in nginx gateway-1 gateway-2 gateway-3 worker-1 worker-2 redis; do
+  for name in nginx gateway-{1..9} worker-1 worker-2 redis; do
     local pidfile="$RUN/$name.pid"
     [ -f "$pidfile" ] || continue
     local pid; pid=$(cat "$pidfile")
@@ -116,8 +120,9 @@ stop() {
 }
 
 status() {
-  for name in redis worker-1 worker-2 gateway-1 gateway-2 gateway-3 nginx; do
+  for name in redis worker-1 worker-2 gateway-{1..9} nginx; do
     local pidfile="$RUN/$name.pid"
+    case "$name" in gateway-*) [ -f "$pidfile" ] || continue ;; esac
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then echo "$name: running"; else echo "$name: stopped"; fi
   done
 }

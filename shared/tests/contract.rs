@@ -122,6 +122,31 @@ async fn bus_contract(bus: Arc<dyn Bus>) {
         .unwrap()
         .is_empty());
 
+    // Publish and acknowledge in one call: the event is out and the entry is done.
+    sub.subscribe("c3").await.unwrap();
+    bus.xadd("s1", Bytes::from_static(b"d")).await.unwrap();
+    let got = bus
+        .read_group(&streams, "g", "w1", 10, 500, ReadFrom::New)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let acks = vec![(got[0].stream.clone(), got[0].id.clone())];
+    let event = vec![("c3".to_string(), Bytes::from_static(b"d applied"))];
+    bus.publish_and_ack(event, "g", &acks).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((&*m.channel, &m.payload[..]), ("c3", &b"d applied"[..]));
+    let pending = ReadFrom::Pending {
+        after: "0-0".into(),
+    };
+    assert!(bus
+        .read_group(&streams, "g", "w1", 10, 200, pending)
+        .await
+        .unwrap()
+        .is_empty());
+
     // Leases: one owner at a time; renewal only by the owner; release frees it; expiry too.
     assert!(bus
         .lease("L", "w1", 10_000, LeaseOp::Acquire)

@@ -1,6 +1,6 @@
 //! The second half of the worker's pipeline, shared by every partition it owns: commit
-//! what the partitions applied, then publish their events, then acknowledge their stream
-//! entries, one group after the other. A group is every batch waiting when the last one
+//! what the partitions applied, then publish their events and acknowledge their stream
+//! entries (one round trip), one group after the other. A group is every batch waiting when the last one
 //! finished, at most one per partition, committed in one transaction (each batch fenced
 //! by its partition's token): under load a commit, a publish round and an acknowledgement
 //! serve many partitions' batches instead of one each. While a group commits, the
@@ -178,8 +178,12 @@ impl Committer {
             .iter_mut()
             .flat_map(|q| std::mem::take(&mut q.work.publishes))
             .collect();
+        let acks: Vec<_> = group
+            .iter_mut()
+            .flat_map(|q| std::mem::take(&mut q.work.acks))
+            .collect();
         let t = Instant::now();
-        self.publish(publishes).await;
+        self.publish_and_ack(publishes, &acks).await;
         metrics::histogram!("jam_publish_seconds").record(t.elapsed().as_secs_f64());
         for q in group
             .iter_mut()
@@ -193,19 +197,6 @@ impl Committer {
                 crate::queries::answer(store, bus, q).await;
                 drop(permit);
             });
-        }
-        let acks: Vec<_> = group
-            .iter_mut()
-            .flat_map(|q| std::mem::take(&mut q.work.acks))
-            .collect();
-        if !acks.is_empty() {
-            let t = Instant::now();
-            let acked = self.bus.ack(WORKER_GROUP, &acks).await;
-            metrics::histogram!("jam_ack_seconds").record(t.elapsed().as_secs_f64());
-            if let Err(e) = acked {
-                // Unacknowledged entries come back and are skipped by the high-water mark.
-                tracing::warn!(error = %e, "acknowledging commands failed");
-            }
         }
     }
 
@@ -253,17 +244,23 @@ impl Committer {
         }
     }
 
-    /// Publish committed events, retrying with back-off. A batch that still cannot go
-    /// out is dropped with a metric: its events are in the store, and clients that
-    /// notice the seq gap recover them.
-    async fn publish(&self, msgs: Vec<(String, Bytes)>) {
-        if msgs.is_empty() {
+    /// Publish committed events and acknowledge their stream entries, in one round trip,
+    /// retrying with back-off. The acknowledgement may go first or not at all: the
+    /// entries are committed, and a redelivery is skipped by the partition's high-water
+    /// mark. Events that still cannot go out are dropped with a metric: they are in the
+    /// store, and clients that notice the seq gap recover them.
+    async fn publish_and_ack(&self, msgs: Vec<(String, Bytes)>, acks: &[(String, String)]) {
+        if msgs.is_empty() && acks.is_empty() {
             return;
         }
         let n = msgs.len();
         let mut delay = Duration::from_millis(20);
         for attempt in 1..=PUBLISH_ATTEMPTS {
-            match self.bus.publish_many(msgs.clone()).await {
+            match self
+                .bus
+                .publish_and_ack(msgs.clone(), WORKER_GROUP, acks)
+                .await
+            {
                 Ok(()) => {
                     metrics::counter!("jam_events_published_total").increment(n as u64);
                     return;
@@ -276,6 +273,11 @@ impl Committer {
                 Err(e) => {
                     metrics::counter!("jam_publish_errors_total").increment(1);
                     tracing::error!(error = %e, events = n, "publishing events failed; giving up");
+                    // Acknowledged on their own if Redis takes that much, so the entries
+                    // do not sit in the pending list for good.
+                    if let Err(e) = self.bus.ack(WORKER_GROUP, acks).await {
+                        tracing::warn!(error = %e, "acknowledging commands failed");
+                    }
                 }
             }
         }

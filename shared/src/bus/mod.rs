@@ -132,6 +132,19 @@ pub trait Bus: Send + Sync + 'static {
     /// Acknowledge (and delete) processed entries.
     async fn ack(&self, group: &str, entries: &[(String, String)]) -> Result<(), BusError>;
 
+    /// Publish `msgs`, then acknowledge `entries`: the Redis bus sends both in one
+    /// pipeline, one round trip. The publishes go first; the acknowledgements are
+    /// idempotent, so a failed call can be repeated whole.
+    async fn publish_and_ack(
+        &self,
+        msgs: Vec<(String, Bytes)>,
+        group: &str,
+        entries: &[(String, String)],
+    ) -> Result<(), BusError> {
+        self.publish_many(msgs).await?;
+        self.ack(group, entries).await
+    }
+
     /// Apply `op` to the lease `key` for `owner`; true when `owner` holds it afterwards
     /// (for `Release`: when it was released).
     async fn lease(

@@ -286,16 +286,7 @@ impl Bus for RedisBus {
     async fn publish_many(&self, msgs: Vec<(String, Bytes)>) -> Result<(), BusError> {
         // One pipeline: one hand-over to fred's router and one round trip for them all
         // (each still routed by its channel's slot in a cluster).
-        if msgs.is_empty() {
-            return Ok(());
-        }
-        let p = self.client.pipeline();
-        for (c, payload) in msgs {
-            publish_on(&p, self.sharded, c, payload)
-                .await
-                .map_err(err)?;
-        }
-        check_all(p.try_all::<Value>().await)
+        self.publish_and_ack(msgs, "", &[]).await
     }
 
     async fn subscription(
@@ -459,17 +450,31 @@ impl Bus for RedisBus {
     }
 
     async fn ack(&self, group: &str, entries: &[(String, String)]) -> Result<(), BusError> {
-        if entries.is_empty() {
+        self.publish_and_ack(Vec::new(), group, entries).await
+    }
+
+    async fn publish_and_ack(
+        &self,
+        msgs: Vec<(String, Bytes)>,
+        group: &str,
+        entries: &[(String, String)],
+    ) -> Result<(), BusError> {
+        if msgs.is_empty() && entries.is_empty() {
             return Ok(());
         }
         let mut by_stream: HashMap<&str, Vec<String>> = HashMap::new();
         for (s, id) in entries {
             by_stream.entry(s.as_str()).or_default().push(id.clone());
         }
-        // One pipeline (one hand-over to fred's router, one round trip): every stream's
-        // acknowledgement, then its deletion (which keeps streams short and drops join
-        // passwords).
+        // One pipeline (one hand-over to fred's router, one round trip): the publishes,
+        // then every stream's acknowledgement, then its deletion (which keeps streams
+        // short and drops join passwords). Redis runs them in that order.
         let p = self.client.pipeline();
+        for (c, payload) in msgs {
+            publish_on(&p, self.sharded, c, payload)
+                .await
+                .map_err(err)?;
+        }
         for (s, ids) in &by_stream {
             p.xack::<(), _, _, _>(*s, group, ids.clone())
                 .await

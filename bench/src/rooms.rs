@@ -1,0 +1,311 @@
+//! `--rooms K`: K rooms of `--members` P; every member chats at `--member-rate` messages a
+//! second for `--seconds`, and every member timestamps what the others send. Several rates
+//! make a ramp: one step per rate, each with fresh rooms and connections. A delivery not
+//! received within [`DRAIN`] after the step's last message counts as lost.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::stream;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::time::Instant as TokioInstant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{connect, now_us, until, Ws};
+use crate::procstat::{busy_between, cpu_of, host_jiffies};
+use crate::stats::Latencies;
+use crate::Args;
+
+/// How long receivers wait for what is still on its way after the last message is sent.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Rooms seated at once.
+const SEATING: usize = 16;
+
+/// One step's figures.
+struct Step {
+    rate: f64,
+    sent: u64,
+    expected: u64,
+    received: u64,
+    duplicates: u64,
+    latencies: Latencies,
+    server_cpu: f64,
+    host_busy: f64,
+}
+
+pub async fn run(a: &Args, jwt: &jam_shared::auth::JwtVerifier, k: usize) -> anyhow::Result<()> {
+    if a.members < 2 {
+        bail!("--members must be at least 2: a room needs someone to deliver to");
+    }
+    for (i, &rate) in a.member_rate.iter().enumerate() {
+        if !(rate > 0.0 && rate <= 25.0) {
+            bail!("--member-rate {rate}: between 0 and 25 messages a second (the gateway's per-connection limit is 30)");
+        }
+        let step = step(a, jwt, i, k, rate).await?;
+        step.report(a, k);
+        // Let the servers settle (the step's members leave) before the next.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+async fn step(
+    a: &Args,
+    jwt: &jam_shared::auth::JwtVerifier,
+    step: usize,
+    k: usize,
+    rate: f64,
+) -> anyhow::Result<Step> {
+    let p = a.members;
+    let rooms: Vec<(String, Vec<Ws>)> = stream::iter(0..k)
+        .map(|room| seat(a, jwt, step, room))
+        .buffer_unordered(SEATING)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    eprintln!("step {step}: {k} rooms of {p} seated");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let count = (rate * a.seconds).round() as u64;
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let t0 = TokioInstant::now() + Duration::from_millis(100);
+    let deadline = t0 + Duration::from_secs_f64(a.seconds) + period + DRAIN;
+    let members = k * p;
+    let (cpu0, host0) = (cpu_of(&a.pid), host_jiffies());
+    let mut tasks = Vec::with_capacity(members);
+    for (room, (sid, conns)) in rooms.into_iter().enumerate() {
+        for (index, ws) in conns.into_iter().enumerate() {
+            // Members start spread over one period, so the load is even.
+            let offset = period.mul_f64((room * p + index) as f64 / members as f64);
+            let m = Member {
+                sid: sid.clone(),
+                index,
+                count,
+                expect: count * (p as u64 - 1),
+            };
+            tasks.push(tokio::spawn(m.run(ws, t0 + offset, period, deadline)));
+        }
+    }
+    tokio::time::sleep_until(t0 + Duration::from_secs_f64(a.seconds)).await;
+    let host_busy = busy_between(host0, host_jiffies());
+    let (mut sent, mut received, mut duplicates, mut all) = (0, 0, 0, Vec::new());
+    for t in tasks {
+        let r = t.await.context("a member's task failed")?;
+        sent += r.sent;
+        duplicates += r.duplicates;
+        received += r.latencies.len() as u64;
+        all.extend(r.latencies.into_iter().map(f64::from));
+    }
+    let server_cpu = cpu_of(&a.pid) - cpu0;
+    Ok(Step {
+        rate,
+        sent,
+        expected: members as u64 * count * (p as u64 - 1),
+        received,
+        duplicates,
+        latencies: Latencies::new(all),
+        server_cpu,
+        host_busy,
+    })
+}
+
+/// Connect a room's members (spread over the gateways), the first creates the session and
+/// the rest join it.
+async fn seat(
+    a: &Args,
+    jwt: &jam_shared::auth::JwtVerifier,
+    step: usize,
+    room: usize,
+) -> anyhow::Result<(String, Vec<Ws>)> {
+    let p = a.members;
+    let mut conns = Vec::with_capacity(p);
+    for i in 0..p {
+        let url = &a.url[(room * p + i) % a.url.len()];
+        conns.push(connect(url, jwt, &format!("room{step}-{room}-{i}")).await?);
+    }
+    let create = json!({"type":"create_session","name": format!("room {room}"),"ref":"c"});
+    conns[0]
+        .send(Message::Text(create.to_string().into()))
+        .await?;
+    let created = until(&mut conns[0], |v| v["ref"] == "c").await?;
+    let sid = created["session"]["id"]
+        .as_str()
+        .with_context(|| format!("room {room} not created: {created}"))?
+        .to_string();
+    for ws in &mut conns[1..] {
+        let join = json!({"type":"join_session","sessionId": sid,"ref":"j"});
+        ws.send(Message::Text(join.to_string().into())).await?;
+        let joined = until(ws, |v| v["ref"] == "j").await?;
+        if joined["type"] == "error" {
+            bail!("joining room {room} failed: {joined}");
+        }
+    }
+    Ok((sid, conns))
+}
+
+struct Member {
+    sid: String,
+    index: usize,
+    count: u64,
+    /// Deliveries from the others this member waits for.
+    expect: u64,
+}
+
+struct MemberResult {
+    sent: u64,
+    /// Send → receive, in milliseconds, one per delivery from another member.
+    latencies: Vec<f32>,
+    /// Deliveries of a message this member had received already.
+    duplicates: u64,
+}
+
+impl Member {
+    async fn run(
+        self,
+        ws: Ws,
+        start: TokioInstant,
+        period: Duration,
+        deadline: TokioInstant,
+    ) -> MemberResult {
+        let (mut sink, mut stream) = ws.split();
+        let send = async {
+            let mut tick = tokio::time::interval_at(start, period);
+            let mut sent = 0;
+            for _ in 0..self.count {
+                tick.tick().await;
+                // `<sent at, µs>:<member>:<n>`: the receivers' clock is the same.
+                let frame = format!(
+                    r#"{{"type":"send_message","sessionId":"{}","message":"{}:{}:{sent}"}}"#,
+                    self.sid,
+                    now_us(),
+                    self.index
+                );
+                if sink.send(Message::Text(frame.into())).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        };
+        let receive = async {
+            let mut latencies = Vec::with_capacity(self.expect as usize);
+            let mut seen = std::collections::HashSet::with_capacity(self.expect as usize);
+            let mut duplicates = 0;
+            while (latencies.len() as u64) < self.expect {
+                let t = match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => t,
+                    Ok(Some(Ok(_))) => continue,
+                    _ => break,
+                };
+                match chat_stamp(&t) {
+                    Some(s) if s.from == self.index => {}
+                    Some(s) if !seen.insert((s.from, s.n)) => duplicates += 1,
+                    Some(s) => latencies.push(((now_us() - s.sent_us) as f64 / 1000.0) as f32),
+                    None => {}
+                }
+            }
+            (latencies, duplicates)
+        };
+        let (sent, (latencies, duplicates)) = tokio::join!(send, receive);
+        MemberResult {
+            sent,
+            latencies,
+            duplicates,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Stamp {
+    sent_us: i64,
+    from: usize,
+    n: u64,
+}
+
+/// The stamp of a `new_message` frame this tool sent (`None` for any other frame). Cheap:
+/// every member reads every frame of its room.
+fn chat_stamp(frame: &str) -> Option<Stamp> {
+    if !frame.contains(r#""type":"new_message""#) {
+        return None;
+    }
+    let key = r#""message":""#;
+    let at = frame.find(key)? + key.len();
+    let text = &frame[at..at + frame[at..].find('"')?];
+    let mut parts = text.split(':');
+    let mut next = || parts.next();
+    Some(Stamp {
+        sent_us: next()?.parse().ok()?,
+        from: next()?.parse().ok()?,
+        n: next()?.parse().ok()?,
+    })
+}
+
+impl Step {
+    fn report(&self, a: &Args, k: usize) {
+        let msgs_per_s = self.rate * (k * a.members) as f64;
+        let lost = self.expected.saturating_sub(self.received);
+        let per_cpu = self.received as f64 / self.server_cpu.max(1e-9);
+        let l = &self.latencies;
+        if a.json {
+            let line = json!({
+                "scenario": "rooms", "rooms": k, "members": a.members,
+                "member_rate": self.rate, "msgs_per_s": msgs_per_s, "seconds": a.seconds,
+                "gateways": a.url.len(), "sent": self.sent, "expected": self.expected,
+                "received": self.received, "lost": lost, "duplicates": self.duplicates,
+                "p50_ms": l.pct(0.5), "p90_ms": l.pct(0.9), "p99_ms": l.pct(0.99), "max_ms": l.pct(1.0),
+                "server_cpu_s": self.server_cpu, "deliveries_per_cpu_s": per_cpu,
+                "host_busy": self.host_busy,
+            });
+            println!("{line}");
+            return;
+        }
+        println!(
+            "rooms {k}×{} at {} msg/s each = {msgs_per_s:.0} msgs/s for {} s over {} gateway(s): {} sent, {} of {} deliveries, {lost} lost, {} duplicates",
+            a.members, self.rate, a.seconds, a.url.len(), self.sent, self.received, self.expected, self.duplicates
+        );
+        println!(
+            "  latency send→receive ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}; host busy {:.0} %",
+            l.pct(0.5),
+            l.pct(0.9),
+            l.pct(0.99),
+            l.pct(1.0),
+            self.host_busy * 100.0
+        );
+        if !a.pid.is_empty() {
+            println!(
+                "  server CPU {:.2} s over {} process(es): {per_cpu:.0} deliveries per CPU-second",
+                self.server_cpu,
+                a.pid.len()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{chat_stamp, Stamp};
+
+    #[test]
+    fn only_this_tools_chat_frames_carry_a_stamp() {
+        let f =
+            r#"{"type":"new_message","sessionId":"K7","message":"1700000000123456:3:17","seq":4}"#;
+        let s = Stamp {
+            sent_us: 1_700_000_000_123_456,
+            from: 3,
+            n: 17,
+        };
+        assert_eq!(chat_stamp(f), Some(s));
+        assert_eq!(
+            chat_stamp(r#"{"type":"new_message","message":"1:2"}"#),
+            None
+        );
+        assert_eq!(chat_stamp(r#"{"type":"new_message","message":"hi"}"#), None);
+        assert_eq!(
+            chat_stamp(r#"{"type":"user_joined","message":"1:2"}"#),
+            None
+        );
+        assert_eq!(chat_stamp(r#"{"type":"new_message","message":"1:2"#), None);
+    }
+}
