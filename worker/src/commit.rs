@@ -1,9 +1,9 @@
 //! The second half of the worker's pipeline, shared by every partition it owns: commit
 //! what the partitions applied, then publish their events and acknowledge their stream
-//! entries (one round trip), one group after the other. A group is every batch waiting when the last one
-//! finished, at most one per partition, committed in one transaction (each batch fenced
-//! by its partition's token): under load a commit, a publish round and an acknowledgement
-//! serve many partitions' batches instead of one each. While a group commits, the
+//! entries (one round trip), one group after the other. A group is every batch waiting
+//! when the last one finished, at most one per partition, committed in one transaction
+//! (each batch fenced by its partition's token): under load a commit and a round trip to
+//! Redis serve many partitions' batches instead of one each. While a group commits, the
 //! partitions already read and apply their next batches.
 
 use std::collections::VecDeque;
