@@ -72,6 +72,10 @@ pub struct Args {
     /// How long each member chats (`--rooms`).
     #[arg(long, default_value_t = 8.0)]
     seconds: f64,
+    /// With `--rooms`: also one JSON line per this many milliseconds of send time (its
+    /// deliveries' p50, p99 and max), to see when a tail happens.
+    #[arg(long)]
+    timeline_ms: Option<u64>,
     /// One JSON line per result instead of prose (`--rooms`).
     #[arg(long)]
     json: bool,

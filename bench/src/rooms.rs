@@ -30,6 +30,8 @@ struct Step {
     received: u64,
     duplicates: u64,
     latencies: Latencies,
+    /// Per `--timeline-ms` slice of send time: (slice start ms, its latencies).
+    timeline: Vec<(u64, Latencies)>,
     server_cpu: f64,
     host_busy: f64,
 }
@@ -73,6 +75,7 @@ async fn step(
     let t0 = TokioInstant::now() + Duration::from_millis(100);
     let deadline = t0 + Duration::from_secs_f64(a.seconds) + period + DRAIN;
     let members = k * p;
+    let t0_us = now_us() + 100_000;
     let (cpu0, host0) = (cpu_of(&a.pid), host_jiffies());
     let mut tasks = Vec::with_capacity(members);
     for (room, (sid, conns)) in rooms.into_iter().enumerate() {
@@ -91,14 +94,26 @@ async fn step(
     tokio::time::sleep_until(t0 + Duration::from_secs_f64(a.seconds)).await;
     let host_busy = busy_between(host0, host_jiffies());
     let (mut sent, mut received, mut duplicates, mut all) = (0, 0, 0, Vec::new());
+    let mut slices: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    // Every connection stays open until the whole step is measured: a member that is done
+    // early and hangs up would make the others' last deliveries compete with its leave.
+    let mut open = Vec::with_capacity(members);
     for t in tasks {
-        let r = t.await.context("a member's task failed")?;
+        let mut r = t.await.context("a member's task failed")?;
+        open.push(r.conn.take());
         sent += r.sent;
         duplicates += r.duplicates;
         received += r.latencies.len() as u64;
-        all.extend(r.latencies.into_iter().map(f64::from));
+        for (sent_us, ms) in r.latencies {
+            if let Some(w) = a.timeline_ms.filter(|w| *w > 0) {
+                let at_ms = (sent_us - t0_us).max(0) as u64 / 1000;
+                slices.entry(at_ms / w * w).or_default().push(f64::from(ms));
+            }
+            all.push(f64::from(ms));
+        }
     }
     let server_cpu = cpu_of(&a.pid) - cpu0;
+    drop(open);
     Ok(Step {
         rate,
         sent,
@@ -106,6 +121,10 @@ async fn step(
         received,
         duplicates,
         latencies: Latencies::new(all),
+        timeline: slices
+            .into_iter()
+            .map(|(at, v)| (at, Latencies::new(v)))
+            .collect(),
         server_cpu,
         host_busy,
     })
@@ -155,10 +174,12 @@ struct Member {
 
 struct MemberResult {
     sent: u64,
-    /// Send → receive, in milliseconds, one per delivery from another member.
-    latencies: Vec<f32>,
+    /// (sent at µs, send → receive ms), one per delivery from another member.
+    latencies: Vec<(i64, f32)>,
     /// Deliveries of a message this member had received already.
     duplicates: u64,
+    /// The member's connection, closed by the step once every member is done.
+    conn: Option<Ws>,
 }
 
 impl Member {
@@ -202,7 +223,9 @@ impl Member {
                 match chat_stamp(&t) {
                     Some(s) if s.from == self.index => {}
                     Some(s) if !seen.insert((s.from, s.n)) => duplicates += 1,
-                    Some(s) => latencies.push(((now_us() - s.sent_us) as f64 / 1000.0) as f32),
+                    Some(s) => {
+                        latencies.push((s.sent_us, ((now_us() - s.sent_us) as f64 / 1000.0) as f32))
+                    }
                     None => {}
                 }
             }
@@ -213,6 +236,7 @@ impl Member {
             sent,
             latencies,
             duplicates,
+            conn: sink.reunite(stream).ok(),
         }
     }
 }
@@ -248,6 +272,10 @@ impl Step {
         let lost = self.expected.saturating_sub(self.received);
         let per_cpu = self.received as f64 / self.server_cpu.max(1e-9);
         let l = &self.latencies;
+        for (at, t) in &self.timeline {
+            let line = json!({"timeline_ms": at, "deliveries": t.len(), "p50_ms": t.pct(0.5), "p99_ms": t.pct(0.99), "max_ms": t.pct(1.0)});
+            println!("{line}");
+        }
         if a.json {
             let line = json!({
                 "scenario": "rooms", "rooms": k, "members": a.members,

@@ -9,6 +9,10 @@ impl Latencies {
         Self(v)
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// The `q` quantile (0..=1); NaN when nothing was measured.
     pub fn pct(&self, q: f64) -> f64 {
         if self.0.is_empty() {

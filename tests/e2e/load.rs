@@ -21,7 +21,8 @@ fn load_command(urls: &[String], pids: &[u32]) -> Command {
     cmd
 }
 
-/// Run `jam-load --rooms` with `args` against `urls`; one JSON object per step.
+/// Run `jam-load --rooms` with `args` against `urls`; one JSON object per step (and per
+/// slice of a `--timeline-ms`, before its step's).
 fn rooms(urls: &[String], pids: &[u32], args: &[&str]) -> Vec<Value> {
     let out = load_command(urls, pids).args(args).output().unwrap();
     assert!(
@@ -62,13 +63,29 @@ async fn rooms_count_every_delivery_once_on_the_standalone() {
         "5,10",
         "--seconds",
         "2",
+        "--timeline-ms",
+        "500",
     ];
-    let steps = tokio::task::spawn_blocking(move || rooms(&[url], &[pid], &args))
+    let lines = tokio::task::spawn_blocking(move || rooms(&[url], &[pid], &args))
         .await
         .unwrap();
+    let (slices, steps): (Vec<Value>, Vec<Value>) =
+        lines.into_iter().partition(|l| l["timeline_ms"].is_u64());
     assert_eq!(steps.len(), 2, "one line per step of the ramp");
     assert_complete(&steps[0], 4, 3, 5, 2);
     assert_complete(&steps[1], 4, 3, 10, 2);
+    // Each step's slices of send time hold every one of its deliveries, once.
+    let in_slices: u64 = slices
+        .iter()
+        .map(|s| s["deliveries"].as_u64().unwrap())
+        .sum();
+    let received: u64 = steps.iter().map(|s| s["received"].as_u64().unwrap()).sum();
+    assert_eq!(in_slices, received);
+    assert!(
+        slices.len() >= 8,
+        "two steps of 2 s in slices of 500 ms: {slices:?}"
+    );
+    assert!(slices.iter().all(|s| s["p99_ms"].as_f64().unwrap() > 0.0));
 }
 
 #[tokio::test]

@@ -122,6 +122,9 @@ impl RedisBus {
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(5);
                 c.internal_command_timeout = Duration::from_secs(5);
+                // Small commands go out at once, not held by Nagle's algorithm until the
+                // previous segment's ACK (fred leaves TCP_NODELAY off by default).
+                c.tcp.nodelay = Some(true);
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = Duration::from_secs(5);
