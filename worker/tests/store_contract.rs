@@ -192,6 +192,7 @@ async fn store_contract(store: Arc<dyn Store>) {
     inbox_contract(&*store).await;
     people_contract(&*store).await;
     group_contract(&*store).await;
+    chat_group_contract(&*store).await;
     participants_contract(&*store).await;
     store.ping().await.unwrap();
 }
@@ -283,6 +284,56 @@ async fn participants_contract(store: &dyn Store) {
 
 /// A group commit (several partitions' batches in one transaction) is all or nothing:
 /// one stale fence keeps every batch of the group out and names its partition.
+/// Groups of chat messages alone (PostgreSQL commits them in one statement): a stale fence
+/// refuses the whole group, messages and high-water marks alike; a retried message is
+/// kept once; a batch with nothing but its high-water mark moves it.
+async fn chat_group_contract(store: &dyn Store) {
+    let (a, b) = (13, 14);
+    let ta = store.claim_partition(a).await.unwrap().token;
+    let tb = store.claim_partition(b).await.unwrap().token;
+    let chat = |p: u32, token: i64, sid: &str, seqs: &[i64], applied: &str| Batch {
+        fence: Some(Fence {
+            partition: p,
+            token,
+            applied: Some(applied.into()),
+        }),
+        messages: seqs.iter().map(|&s| msg("tc", sid, s)).collect(),
+        ..Default::default()
+    };
+    let history = |sid: &'static str| async move {
+        let h = store.history("tc", sid, 0, None, 10).await.unwrap();
+        h.into_iter().map(|m| m.seq).collect::<Vec<_>>()
+    };
+    let fresh = chat(a, ta, "CA01", &[1, 2], "1-0");
+    let stale = chat(b, tb - 1, "CB01", &[1], "1-0");
+    assert!(matches!(
+        store.commit_group(&[&fresh, &stale]).await,
+        Err(StoreError::Fenced(14))
+    ));
+    assert!(
+        history("CA01").await.is_empty(),
+        "nothing of the group is kept"
+    );
+    assert!(history("CB01").await.is_empty());
+
+    let claim = store.claim_partition(a).await.unwrap();
+    assert_eq!(claim.applied, None, "the refused group moved no mark");
+    let ta = claim.token;
+    let one = chat(a, ta, "CA01", &[1, 2], "2-0");
+    let two = chat(b, tb, "CB01", &[1], "3-0");
+    store.commit_group(&[&one, &two]).await.unwrap();
+    // A redelivered batch (the same messages again) and a batch that only moves its mark.
+    let again = chat(a, ta, "CA01", &[2, 3], "4-0");
+    let mark = chat(b, tb, "CB01", &[], "5-0");
+    store.commit_group(&[&again, &mark]).await.unwrap();
+    assert_eq!(history("CA01").await, [1, 2, 3]);
+    assert_eq!(history("CB01").await, [1]);
+    let ta = store.claim_partition(a).await.unwrap();
+    assert_eq!(ta.applied.as_deref(), Some("4-0"));
+    let tb = store.claim_partition(b).await.unwrap();
+    assert_eq!(tb.applied.as_deref(), Some("5-0"));
+}
+
 async fn group_contract(store: &dyn Store) {
     let (a, b) = (11, 12);
     let ta = store.claim_partition(a).await.unwrap().token;

@@ -139,6 +139,14 @@ INSERT INTO jam_participants (tenant, session_id, user_id, state)
     ON CONFLICT DO NOTHING;
 UPDATE jam_sessions SET state = state - 'participants' WHERE state ? 'participants';
 "#,
+    // The chat path commits in one statement (`CHAT_SQL`): a stale fence has to undo the
+    // whole statement, so it raises, naming the partition.
+    r#"
+CREATE FUNCTION jam_fenced(part int) RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'partition % is fenced', part USING ERRCODE = 'JAMFN', DETAIL = part::text;
+END $$;
+"#,
 ];
 
 /// How long a transaction may sit idle (its client paused or gone) before the server ends it.
@@ -155,6 +163,20 @@ const FENCE_SQL: &str = "UPDATE jam_partitions p SET applied = coalesce(u.applie
      FROM UNNEST($1::int[], $2::bigint[], $3::text[]) AS u(part, fence, applied)
      WHERE p.part = u.part AND p.fence = u.fence
      RETURNING p.part";
+/// A group that holds only fences and chat messages (the hot path) in one statement, run
+/// on its own (autocommit): one round trip instead of BEGIN, the statements and COMMIT.
+/// The fences lock their rows first, as in `FENCE_SQL`; a partition whose fence did not
+/// match raises `FENCED_SQLSTATE` (`jam_fenced`), which undoes the statement whole.
+const CHAT_SQL: &str = "WITH f AS (UPDATE jam_partitions p SET applied = coalesce(u.applied, p.applied)
+         FROM UNNEST($1::int[], $2::bigint[], $3::text[]) AS u(part, fence, applied)
+         WHERE p.part = u.part AND p.fence = u.fence
+         RETURNING p.part),
+     m AS (INSERT INTO jam_messages (tenant, session_id, seq, id, user_id, user_name, message, created_at)
+         SELECT * FROM UNNEST($4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[])
+         ON CONFLICT DO NOTHING)
+     SELECT jam_fenced(w) FROM unnest($1::int[]) AS w WHERE w NOT IN (SELECT part FROM f)";
+/// What `jam_fenced` raises; its detail is the partition.
+const FENCED_SQLSTATE: &str = "JAMFN";
 const UPSERT_SQL: &str = "INSERT INTO jam_sessions (tenant, id, state, part)
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::int[])
      ON CONFLICT (tenant, id) DO UPDATE SET state = excluded.state, part = excluded.part, updated_at = now()";
@@ -380,6 +402,11 @@ impl Store for PgStore {
         let rows = GroupRows::of(&batches)?;
         let t = Instant::now();
         let mut c = self.conn().await?;
+        if rows.chat_only(&batches) {
+            rows.write_chat(&c).await?;
+            observe("commit", t);
+            return Ok(());
+        }
         let tx = c.transaction().await.map_err(db)?;
         // One statement per kind of row for the whole group, each prepared once per
         // connection, all of them sent together (tokio-postgres pipelines concurrent
@@ -662,6 +689,10 @@ struct ParticipantRows<'a> {
 }
 
 impl<'a> ParticipantRows<'a> {
+    fn is_empty(&self) -> bool {
+        self.up_states.is_empty() && self.gone[0].is_empty() && self.cleared[0].is_empty()
+    }
+
     fn of(batches: &[&'a Batch]) -> Result<Self, StoreError> {
         let mut rows = Self::default();
         for c in batches.iter().flat_map(|b| &b.participants) {
@@ -723,7 +754,98 @@ fn part_of(b: &Batch) -> i32 {
     b.fence.as_ref().map_or(-1, |f| f.partition as i32)
 }
 
+/// A group's chat messages as the columns `MESSAGES_SQL` and `CHAT_SQL` take.
+struct MessageColumns<'a> {
+    text: [Vec<&'a str>; 6],
+    seqs: Vec<i64>,
+    created: Vec<i64>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn of(m: &[&'a ChatMessage]) -> Self {
+        let col = |f: fn(&ChatMessage) -> &str| texts(m.iter().copied(), f);
+        Self {
+            text: [
+                col(|x| &x.tenant),
+                col(|x| &x.session_id),
+                col(|x| &x.id),
+                col(|x| &x.user_id),
+                col(|x| &x.user_name),
+                col(|x| &x.message),
+            ],
+            seqs: m.iter().map(|x| x.seq).collect(),
+            created: m.iter().map(|x| x.created_at).collect(),
+        }
+    }
+
+    /// In `MESSAGES_SQL`'s order: tenant, session, seq, id, user, name, message, created.
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        let [tenant, session, id, user, name, message] = &self.text;
+        [
+            tenant,
+            session,
+            &self.seqs,
+            id,
+            user,
+            name,
+            message,
+            &self.created,
+        ]
+    }
+}
+
+/// A stale fence in `CHAT_SQL` is `Fenced`, with its partition; anything else a store error.
+fn fenced_or_db(e: tokio_postgres::Error) -> StoreError {
+    let fenced = e
+        .as_db_error()
+        .filter(|d| d.code().code() == FENCED_SQLSTATE)
+        .and_then(|d| d.detail()?.parse().ok());
+    match fenced {
+        Some(p) => StoreError::Fenced(p),
+        None => db(e),
+    }
+}
+
 impl<'a> GroupRows<'a> {
+    /// Whether the group writes fences and chat messages only: the hot path, one statement.
+    fn chat_only(&self, batches: &[&Batch]) -> bool {
+        !self.fence_parts.is_empty()
+            && self.upsert_ids.is_empty()
+            && self.participants.is_empty()
+            && self.deletes.is_empty()
+            && self.direct.is_empty()
+            && self.attendance.is_empty()
+            && batches
+                .iter()
+                .all(|b| b.inbox.is_empty() && b.online.is_empty() && b.contacts.is_empty())
+    }
+
+    /// Commit a chat-only group in one autocommit statement ([`CHAT_SQL`]).
+    async fn write_chat(&self, c: &deadpool_postgres::Client) -> Result<(), StoreError> {
+        let cols = MessageColumns::of(&self.messages);
+        let st = c.prepare_cached(CHAT_SQL).await.map_err(db)?;
+        let [tenant, session, seq, id, user, name, message, created] = cols.params();
+        c.execute(
+            &st,
+            &[
+                &self.fence_parts,
+                &self.fence_tokens,
+                &self.fence_applied,
+                tenant,
+                session,
+                seq,
+                id,
+                user,
+                name,
+                message,
+                created,
+            ],
+        )
+        .await
+        .map_err(fenced_or_db)?;
+        Ok(())
+    }
+
     fn of(batches: &[&'a Batch]) -> Result<Self, StoreError> {
         let fences: Vec<&Fence> = batches.iter().filter_map(|b| b.fence.as_ref()).collect();
         let upserts = || batches.iter().flat_map(|b| b.upserts.iter());
@@ -786,28 +908,12 @@ impl<'a> GroupRows<'a> {
             tx.execute(&st, &params).await
         };
         let messages = async {
-            let m = &self.messages;
-            if m.is_empty() {
+            if self.messages.is_empty() {
                 return Ok(0);
             }
-            let col = |f: fn(&ChatMessage) -> &str| texts(m.iter().copied(), f);
-            let seqs: Vec<i64> = m.iter().map(|x| x.seq).collect();
-            let created: Vec<i64> = m.iter().map(|x| x.created_at).collect();
+            let cols = MessageColumns::of(&self.messages);
             let st = tx.prepare_cached(MESSAGES_SQL).await?;
-            tx.execute(
-                &st,
-                &[
-                    &col(|x| &x.tenant),
-                    &col(|x| &x.session_id),
-                    &seqs,
-                    &col(|x| &x.id),
-                    &col(|x| &x.user_id),
-                    &col(|x| &x.user_name),
-                    &col(|x| &x.message),
-                    &created,
-                ],
-            )
-            .await
+            tx.execute(&st, &cols.params()).await
         };
         let deletes = async {
             if self.deletes.is_empty() {
