@@ -5,7 +5,8 @@
 //!   one sender chats at `--rate`; deliveries per second and per server CPU-second, and
 //!   send → receive latency percentiles (same machine clock);
 //! - `--rooms K`: K rooms of `--members`, everyone chatting at `--member-rate` (a list makes
-//!   a ramp, one step per rate), lost deliveries counted;
+//!   a ramp, one step per rate), lost deliveries counted; `--timeline-ms N` adds p50/p99
+//!   per N ms of send time, to see when a tail happens;
 //! - `--idle N`: resident memory per idle connection of a gateway;
 //! - `--join-storm N`: N listeners join one session at once.
 //!
