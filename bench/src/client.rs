@@ -32,7 +32,7 @@ pub async fn connect(
 ) -> anyhow::Result<Ws> {
     let token = jwt.sign(&jam_shared::auth::claims_for(user, user, None, 3600));
     // tungstenite zero-fills its read buffer up to `read_buffer_size` before every read
-    // (128 KiB by default): a memset per frame that took a tenth of this tool's CPU, on the
+    // (128 KiB by default): a memset per frame that took a third of this tool's CPU, on the
     // cores the servers it measures share. Frames here are a few hundred bytes. Small
     // sends go out at once (TCP_NODELAY), as the servers' do.
     let config = WebSocketConfig::default().read_buffer_size(4096);

@@ -19,6 +19,8 @@ use crate::Args;
 
 /// How long receivers wait for what is still on its way after the last message is sent.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How long after the step's set-up its first message goes out.
+const START_IN: Duration = Duration::from_millis(100);
 /// Rooms seated at once.
 const SEATING: usize = 16;
 
@@ -72,10 +74,11 @@ async fn step(
 
     let count = (rate * a.seconds).round() as u64;
     let period = Duration::from_secs_f64(1.0 / rate);
-    let t0 = TokioInstant::now() + Duration::from_millis(100);
+    let t0 = TokioInstant::now() + START_IN;
+    // The same start on the clock the members stamp their messages with.
+    let t0_us = now_us() + START_IN.as_micros() as i64;
     let deadline = t0 + Duration::from_secs_f64(a.seconds) + period + DRAIN;
     let members = k * p;
-    let t0_us = now_us() + 100_000;
     let (cpu0, host0) = (cpu_of(&a.pid), host_jiffies());
     let mut tasks = Vec::with_capacity(members);
     for (room, (sid, conns)) in rooms.into_iter().enumerate() {
@@ -95,6 +98,7 @@ async fn step(
     let host_busy = busy_between(host0, host_jiffies());
     let (mut sent, mut received, mut duplicates, mut all) = (0, 0, 0, Vec::new());
     let mut slices: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    let slice_ms = a.timeline_ms.filter(|w| *w > 0);
     // Every connection stays open until the whole step is measured: a member that is done
     // early and hangs up would make the others' last deliveries compete with its leave.
     let mut open = Vec::with_capacity(members);
@@ -105,7 +109,7 @@ async fn step(
         duplicates += r.duplicates;
         received += r.latencies.len() as u64;
         for (sent_us, ms) in r.latencies {
-            if let Some(w) = a.timeline_ms.filter(|w| *w > 0) {
+            if let Some(w) = slice_ms {
                 let at_ms = (sent_us - t0_us).max(0) as u64 / 1000;
                 slices.entry(at_ms / w * w).or_default().push(f64::from(ms));
             }

@@ -158,31 +158,45 @@ fn db(e: tokio_postgres::Error) -> StoreError {
 }
 
 /// The fences first in meaning: they lock the partitions' rows, so a claim cannot slip in
-/// between; a partition not returned means another owner claimed it.
-const FENCE_SQL: &str = "UPDATE jam_partitions p SET applied = coalesce(u.applied, p.applied)
+/// between; a partition not returned means another owner claimed it. Parameters $1–$3.
+macro_rules! fence_sql {
+    () => {
+        "UPDATE jam_partitions p SET applied = coalesce(u.applied, p.applied)
      FROM UNNEST($1::int[], $2::bigint[], $3::text[]) AS u(part, fence, applied)
      WHERE p.part = u.part AND p.fence = u.fence
-     RETURNING p.part";
+     RETURNING p.part"
+    };
+}
+/// A group's chat messages, appended; the eight parameters' numbers are given (tenant,
+/// session, seq, id, user, name, message, created).
+macro_rules! messages_sql {
+    ($t:literal, $s:literal, $q:literal, $i:literal, $u:literal, $n:literal, $m:literal, $c:literal) => {
+        concat!(
+            "INSERT INTO jam_messages (tenant, session_id, seq, id, user_id, user_name, message, created_at)
+     SELECT * FROM UNNEST($", $t, "::text[], $", $s, "::text[], $", $q, "::bigint[], $", $i,
+            "::text[], $", $u, "::text[], $", $n, "::text[], $", $m, "::text[], $", $c, "::bigint[])
+     ON CONFLICT DO NOTHING"
+        )
+    };
+}
+const FENCE_SQL: &str = fence_sql!();
 /// A group that holds only fences and chat messages (the hot path) in one statement, run
 /// on its own (autocommit): one round trip instead of BEGIN, the statements and COMMIT.
 /// The fences lock their rows first, as in `FENCE_SQL`; a partition whose fence did not
 /// match raises `FENCED_SQLSTATE` (`jam_fenced`), which undoes the statement whole.
-const CHAT_SQL: &str = "WITH f AS (UPDATE jam_partitions p SET applied = coalesce(u.applied, p.applied)
-         FROM UNNEST($1::int[], $2::bigint[], $3::text[]) AS u(part, fence, applied)
-         WHERE p.part = u.part AND p.fence = u.fence
-         RETURNING p.part),
-     m AS (INSERT INTO jam_messages (tenant, session_id, seq, id, user_id, user_name, message, created_at)
-         SELECT * FROM UNNEST($4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[])
-         ON CONFLICT DO NOTHING)
-     SELECT jam_fenced(w) FROM unnest($1::int[]) AS w WHERE w NOT IN (SELECT part FROM f)";
+const CHAT_SQL: &str = concat!(
+    "WITH f AS (",
+    fence_sql!(),
+    "), m AS (",
+    messages_sql!(4, 5, 6, 7, 8, 9, 10, 11),
+    ") SELECT jam_fenced(w) FROM unnest($1::int[]) AS w WHERE w NOT IN (SELECT part FROM f)"
+);
 /// What `jam_fenced` raises; its detail is the partition.
 const FENCED_SQLSTATE: &str = "JAMFN";
 const UPSERT_SQL: &str = "INSERT INTO jam_sessions (tenant, id, state, part)
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::int[])
      ON CONFLICT (tenant, id) DO UPDATE SET state = excluded.state, part = excluded.part, updated_at = now()";
-const MESSAGES_SQL: &str = "INSERT INTO jam_messages (tenant, session_id, seq, id, user_id, user_name, message, created_at)
-     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])
-     ON CONFLICT DO NOTHING";
+const MESSAGES_SQL: &str = messages_sql!(1, 2, 3, 4, 5, 6, 7, 8);
 const PARTICIPANTS_SQL: &str = "INSERT INTO jam_participants (tenant, session_id, user_id, state)
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[])
      ON CONFLICT (tenant, session_id, user_id) DO UPDATE SET state = excluded.state";
@@ -820,29 +834,21 @@ impl<'a> GroupRows<'a> {
                 .all(|b| b.inbox.is_empty() && b.online.is_empty() && b.contacts.is_empty())
     }
 
+    /// `FENCE_SQL`'s parameters ($1–$3 of `CHAT_SQL` too).
+    fn fence_params(&self) -> [&(dyn ToSql + Sync); 3] {
+        [&self.fence_parts, &self.fence_tokens, &self.fence_applied]
+    }
+
     /// Commit a chat-only group in one autocommit statement ([`CHAT_SQL`]).
     async fn write_chat(&self, c: &deadpool_postgres::Client) -> Result<(), StoreError> {
         let cols = MessageColumns::of(&self.messages);
         let st = c.prepare_cached(CHAT_SQL).await.map_err(db)?;
-        let [tenant, session, seq, id, user, name, message, created] = cols.params();
-        c.execute(
-            &st,
-            &[
-                &self.fence_parts,
-                &self.fence_tokens,
-                &self.fence_applied,
-                tenant,
-                session,
-                seq,
-                id,
-                user,
-                name,
-                message,
-                created,
-            ],
-        )
-        .await
-        .map_err(fenced_or_db)?;
+        let params: Vec<_> = self
+            .fence_params()
+            .into_iter()
+            .chain(cols.params())
+            .collect();
+        c.execute(&st, &params).await.map_err(fenced_or_db)?;
         Ok(())
     }
 
@@ -886,12 +892,7 @@ impl<'a> GroupRows<'a> {
                 return Ok(Vec::new());
             }
             let st = tx.prepare_cached(FENCE_SQL).await?;
-            let rows = tx
-                .query(
-                    &st,
-                    &[&self.fence_parts, &self.fence_tokens, &self.fence_applied],
-                )
-                .await?;
+            let rows = tx.query(&st, &self.fence_params()).await?;
             Ok(rows.iter().map(|r| r.get::<_, i32>(0)).collect())
         };
         let upserts = async {
