@@ -339,21 +339,28 @@ impl Partition {
         Some(acks)
     }
 
-    /// Load what the commands need from the store before they apply (users' inboxes),
-    /// retrying with back-off while the store is away; `None` when stopped meanwhile.
+    /// Load what the commands need from the store before they apply (users' inboxes and
+    /// watchers, one read each for the whole batch), retrying with back-off while the store
+    /// is away; `None` when stopped meanwhile.
     async fn prefetch(&mut self, cmds: &[Command], stop: &CancellationToken) -> Option<()> {
         let store = self.sh.store.clone();
-        for key in self.engine.inboxes_needed(cmds) {
+        let users = self.engine.inboxes_needed(cmds);
+        if !users.is_empty() {
             let rows = self
-                .retrying("an inbox", stop, || store.inbox(&key.0, &key.1))
+                .retrying("inboxes", stop, || store.inboxes(&users))
                 .await?;
-            self.engine.add_inbox(key, rows);
+            for (key, rows) in users.into_iter().zip(rows) {
+                self.engine.add_inbox(key, rows);
+            }
         }
-        for key in self.engine.watchers_needed(cmds) {
-            let w = self
-                .retrying("watchers", stop, || store.watchers(&key.0, &key.1))
+        let users = self.engine.watchers_needed(cmds);
+        if !users.is_empty() {
+            let lists = self
+                .retrying("watchers", stop, || store.watchers(&users))
                 .await?;
-            self.engine.add_watchers(key, w);
+            for (key, w) in users.into_iter().zip(lists) {
+                self.engine.add_watchers(key, w);
+            }
         }
         Some(())
     }

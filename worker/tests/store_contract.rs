@@ -531,9 +531,9 @@ async fn inbox_contract(store: &dyn Store) {
         ]))
         .await
         .unwrap();
-    let mut state = store.inbox("t1", "u").await.unwrap();
-    state.sort();
-    assert_eq!(state, [(1, false), (2, true), (4, false)]);
+    let mut state = store.inboxes(&users(&[("t1", "u")])).await.unwrap();
+    state[0].sort();
+    assert_eq!(state, [vec![(1, false), (2, true), (4, false)]]);
     let page = store
         .notifications("t1", "u", None, 2, false)
         .await
@@ -554,17 +554,23 @@ async fn inbox_contract(store: &dyn Store) {
         }]))
         .await
         .unwrap();
-    assert!(store
-        .inbox("t1", "u")
+    let state = store
+        .inboxes(&users(&[("t2", "u"), ("t1", "nobody"), ("t1", "u")]))
         .await
-        .unwrap()
+        .unwrap();
+    assert_eq!(state.len(), 3, "one inbox per user asked, in order");
+    assert_eq!(state[0], [(1, false)], "tenants apart");
+    assert!(state[1].is_empty());
+    assert_eq!(state[2].len(), 3);
+    assert!(state[2].iter().all(|(_, read)| *read));
+}
+
+/// (tenant, user) pairs, as the batched reads take them.
+fn users(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
         .iter()
-        .all(|(_, read)| *read));
-    assert_eq!(
-        store.inbox("t2", "u").await.unwrap(),
-        [(1, false)],
-        "tenants apart"
-    );
+        .map(|(t, u)| (t.to_string(), u.to_string()))
+        .collect()
 }
 
 fn online(tenant: &str, user: &str, conns: &[&str]) -> OnlineUser {
@@ -616,22 +622,22 @@ async fn people_contract(store: &dyn Store) {
     store
         .commit(&commit(
             vec![online("t1", "cy", &[])],
-            vec![set("ann", &["cy"])],
+            vec![set("ann", &["cy"]), set("zed", &["cy", "ann"])],
         ))
         .await
         .unwrap();
-    let mut w = store.watchers("t1", "ben").await.unwrap();
-    w.sort();
+    let asked = users(&[("t1", "ben"), ("t2", "ben"), ("t1", "cy"), ("t1", "ann")]);
+    let w = store.watchers(&asked).await.unwrap();
     assert_eq!(
-        w,
+        w[0],
         ["ann"],
         "the message's contact stays when the backend list drops ben"
     );
-    assert_eq!(store.watchers("t1", "ann").await.unwrap(), ["ben"]);
-    assert_eq!(
-        store.watchers("t2", "ben").await.unwrap(),
-        Vec::<String>::new()
-    );
+    assert!(w[1].is_empty(), "tenants apart");
+    assert_eq!(w[2], ["ann", "zed"], "every watcher, once, sorted");
+    assert_eq!(w[3], ["ben", "zed"]);
+    assert_eq!(w.len(), 4);
+    assert!(store.watchers(&[]).await.unwrap().is_empty());
     let ids: Vec<String> = ["ben", "cy", "zed"].iter().map(|s| s.to_string()).collect();
     assert_eq!(
         store.contacts_online("t1", "ann", &ids).await.unwrap(),

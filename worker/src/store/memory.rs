@@ -247,9 +247,12 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn watchers(&self, tenant: &str, user_id: &str) -> Result<Vec<String>, StoreError> {
+    async fn watchers(&self, users: &[(String, String)]) -> Result<Vec<Vec<String>>, StoreError> {
         let s = self.state.lock().unwrap();
-        Ok(watchers_of(&s.contacts, tenant, user_id))
+        Ok(users
+            .iter()
+            .map(|(tenant, user_id)| watchers_of(&s.contacts, tenant, user_id))
+            .collect())
     }
 
     async fn contacts_online(
@@ -276,12 +279,20 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
-    async fn inbox(&self, tenant: &str, user_id: &str) -> Result<Vec<(i64, bool)>, StoreError> {
+    async fn inboxes(
+        &self,
+        users: &[(String, String)],
+    ) -> Result<Vec<Vec<(i64, bool)>>, StoreError> {
         let s = self.state.lock().unwrap();
-        Ok(s.inbox
-            .get(&(tenant.to_string(), user_id.to_string()))
-            .map(|m| m.values().map(|n| (n.id, n.read_at.is_some())).collect())
-            .unwrap_or_default())
+        Ok(users
+            .iter()
+            .map(|key| {
+                s.inbox
+                    .get(key)
+                    .map(|m| m.values().map(|n| (n.id, n.read_at.is_some())).collect())
+                    .unwrap_or_default()
+            })
+            .collect())
     }
 
     async fn notifications(

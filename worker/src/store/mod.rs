@@ -159,9 +159,13 @@ pub trait Store: Send + Sync + 'static {
         session_id: &str,
     ) -> Result<Vec<Attendance>, StoreError>;
 
-    /// Every notification id of a user and whether it was read: the engine's inbox state,
-    /// loaded when the user's first inbox command of an ownership arrives.
-    async fn inbox(&self, tenant: &str, user_id: &str) -> Result<Vec<(i64, bool)>, StoreError>;
+    /// Every notification id of each user (tenant, user) and whether it was read, in the
+    /// order asked: the engine's inbox state, loaded when a user's first inbox command of
+    /// an ownership arrives. One read for all the users of a batch.
+    async fn inboxes(
+        &self,
+        users: &[(String, String)],
+    ) -> Result<Vec<Vec<(i64, bool)>>, StoreError>;
 
     /// A page of a user's notifications, newest first: ids below `before`, at most `limit`,
     /// unread ones only with `unread_only`.
@@ -177,8 +181,9 @@ pub trait Store: Send + Sync + 'static {
     /// The online users of a partition (claim), with their watchers.
     async fn load_online(&self, partition: u32) -> Result<Vec<OnlineUser>, StoreError>;
 
-    /// The users who watch `user_id` (whose contacts include it).
-    async fn watchers(&self, tenant: &str, user_id: &str) -> Result<Vec<String>, StoreError>;
+    /// The users who watch each user (tenant, user): whose contacts include it, sorted, in
+    /// the order asked. One read for all the online and offline commands of a batch.
+    async fn watchers(&self, users: &[(String, String)]) -> Result<Vec<Vec<String>>, StoreError>;
 
     /// Which of `ids` are contacts of `user_id`, and whether each is online.
     async fn contacts_online(

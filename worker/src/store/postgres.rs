@@ -231,6 +231,41 @@ const READ_ALL_SQL: &str = "UPDATE jam_notifications n SET read_at = u.at
 const UNNOTIFY_SQL: &str = "DELETE FROM jam_notifications
      WHERE (tenant, user_id, id) IN (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]))";
 
+const DIRECT_HISTORY_SQL: &str = "SELECT id, sender_id, sender_name, receiver_id, content, created_at FROM jam_direct_messages
+     WHERE tenant = $1 AND ((sender_id = $2 AND receiver_id = $3) OR (sender_id = $3 AND receiver_id = $2))
+       AND created_at < $4
+     ORDER BY created_at DESC, id DESC LIMIT $5";
+/// The watchers of many users at once: row `i` (from 1) answers the `i`-th user asked.
+const WATCHERS_SQL: &str = "SELECT u.i, w.user_id
+     FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u(tenant, user_id, i)
+     JOIN jam_contacts w ON w.tenant = u.tenant AND w.contact_id = u.user_id
+     GROUP BY u.i, w.user_id ORDER BY u.i, w.user_id COLLATE \"C\"";
+/// The inboxes of many users at once, numbered as in `WATCHERS_SQL`.
+const INBOXES_SQL: &str = "SELECT u.i, n.id, n.read_at IS NOT NULL
+     FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u(tenant, user_id, i)
+     JOIN jam_notifications n ON n.tenant = u.tenant AND n.user_id = u.user_id";
+
+/// A read through a statement prepared once per connection: no Parse round trip and no
+/// parsing and planning from scratch on every call.
+async fn read(
+    c: &deadpool_postgres::Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    let st = c.prepare_cached(sql).await.map_err(db)?;
+    c.query(&st, params).await.map_err(db)
+}
+
+/// (tenant, user) pairs as the two arrays `WATCHERS_SQL` and `INBOXES_SQL` take.
+fn columns(users: &[(String, String)]) -> (Vec<&str>, Vec<&str>) {
+    users.iter().map(|(t, u)| (t.as_str(), u.as_str())).unzip()
+}
+
+/// Which user asked (0-based) a row of `WATCHERS_SQL` or `INBOXES_SQL` answers.
+fn row_index(r: &tokio_postgres::Row) -> usize {
+    usize::try_from(r.get::<_, i64>(0) - 1).unwrap_or(usize::MAX)
+}
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
@@ -338,26 +373,24 @@ impl Store for PgStore {
     async fn load_sessions(&self, partition: u32) -> Result<Vec<SessionRecord>, StoreError> {
         let t = Instant::now();
         let c = self.conn().await?;
-        let rows = c
-            .query(
-                "SELECT s.state, (SELECT max(m.seq) FROM jam_messages m
+        let rows = read(
+            &c,
+            "SELECT s.state, (SELECT max(m.seq) FROM jam_messages m
                                   WHERE m.tenant = s.tenant AND m.session_id = s.id
                                     AND m.created_at >= (s.state->>'created_at')::bigint)
                  FROM jam_sessions s WHERE s.part = $1 OR s.part < 0",
-                &[&(partition as i32)],
-            )
-            .await
-            .map_err(db)?;
-        let prows = c
-            .query(
-                "SELECT p.tenant, p.session_id, p.state FROM jam_participants p
+            &[&(partition as i32)],
+        )
+        .await?;
+        let prows = read(
+            &c,
+            "SELECT p.tenant, p.session_id, p.state FROM jam_participants p
                  JOIN jam_sessions s ON s.tenant = p.tenant AND s.id = p.session_id
                  WHERE s.part = $1 OR s.part < 0
                  ORDER BY p.tenant, p.session_id, (p.state->>'joined_at')::bigint, p.user_id",
-                &[&(partition as i32)],
-            )
-            .await
-            .map_err(db)?;
+            &[&(partition as i32)],
+        )
+        .await?;
         observe("load_sessions", t);
         let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
         let mut participants: HashMap<(String, String), Vec<ParticipantRecord>> = HashMap::new();
@@ -384,15 +417,14 @@ impl Store for PgStore {
     async fn list_sessions(&self, tenant: &str) -> Result<Vec<(SessionRecord, usize)>, StoreError> {
         let t = Instant::now();
         let c = self.conn().await?;
-        let rows = c
-            .query(
-                "SELECT s.state, (SELECT count(*) FROM jam_participants p
+        let rows = read(
+            &c,
+            "SELECT s.state, (SELECT count(*) FROM jam_participants p
                                   WHERE p.tenant = s.tenant AND p.session_id = s.id)
                  FROM jam_sessions s WHERE s.tenant = $1",
-                &[&tenant],
-            )
-            .await
-            .map_err(db)?;
+            &[&tenant],
+        )
+        .await?;
         observe("list_sessions", t);
         rows.into_iter()
             .map(|r| {
@@ -449,15 +481,20 @@ impl Store for PgStore {
     ) -> Result<Vec<ChatMessage>, StoreError> {
         let t = Instant::now();
         let c = self.conn().await?;
-        let rows = c
-            .query(
-                "SELECT id, session_id, user_id, user_name, message, created_at, seq FROM jam_messages
+        let rows = read(
+            &c,
+            "SELECT id, session_id, user_id, user_name, message, created_at, seq FROM jam_messages
                  WHERE tenant = $1 AND session_id = $2 AND seq < $3 AND created_at >= $5
                  ORDER BY seq DESC LIMIT $4",
-                &[&tenant, &session_id, &before.unwrap_or(i64::MAX), &(limit as i64), &since],
-            )
-            .await
-            .map_err(db)?;
+            &[
+                &tenant,
+                &session_id,
+                &before.unwrap_or(i64::MAX),
+                &(limit as i64),
+                &since,
+            ],
+        )
+        .await?;
         observe("history", t);
         let mut out: Vec<ChatMessage> = rows
             .into_iter()
@@ -486,16 +523,9 @@ impl Store for PgStore {
     ) -> Result<Vec<DirectMessage>, StoreError> {
         let t = Instant::now();
         let c = self.conn().await?;
-        let rows = c
-            .query(
-                "SELECT id, sender_id, sender_name, receiver_id, content, created_at FROM jam_direct_messages
-                 WHERE tenant = $1 AND ((sender_id = $2 AND receiver_id = $3) OR (sender_id = $3 AND receiver_id = $2))
-                   AND created_at < $4
-                 ORDER BY created_at DESC, id DESC LIMIT $5",
-                &[&tenant, &a, &b, &before.unwrap_or(i64::MAX), &(limit as i64)],
-            )
-            .await
-            .map_err(db)?;
+        let before = before.unwrap_or(i64::MAX);
+        let limit = limit as i64;
+        let rows = read(&c, DIRECT_HISTORY_SQL, &[&tenant, &a, &b, &before, &limit]).await?;
         observe("direct_history", t);
         let mut out: Vec<DirectMessage> = rows
             .into_iter()
@@ -520,14 +550,13 @@ impl Store for PgStore {
     ) -> Result<Vec<Attendance>, StoreError> {
         let t = Instant::now();
         let c = self.conn().await?;
-        let rows = c
-            .query(
-                "SELECT user_id, user_name, host, checked_in_at, checked_out_at FROM jam_attendance
+        let rows = read(
+            &c,
+            "SELECT user_id, user_name, host, checked_in_at, checked_out_at FROM jam_attendance
                  WHERE tenant = $1 AND session_id = $2 ORDER BY checked_in_at, user_id",
-                &[&tenant, &session_id],
-            )
-            .await
-            .map_err(db)?;
+            &[&tenant, &session_id],
+        )
+        .await?;
         observe("attendance", t);
         Ok(rows
             .into_iter()
@@ -543,18 +572,24 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn inbox(&self, tenant: &str, user_id: &str) -> Result<Vec<(i64, bool)>, StoreError> {
+    async fn inboxes(
+        &self,
+        users: &[(String, String)],
+    ) -> Result<Vec<Vec<(i64, bool)>>, StoreError> {
+        let mut out = vec![Vec::new(); users.len()];
+        if users.is_empty() {
+            return Ok(out);
+        }
         let t = Instant::now();
         let c = self.conn().await?;
-        let rows = c
-            .query(
-                "SELECT id, read_at IS NOT NULL FROM jam_notifications WHERE tenant = $1 AND user_id = $2",
-                &[&tenant, &user_id],
-            )
-            .await
-            .map_err(db)?;
+        let (tenants, ids) = columns(users);
+        for r in read(&c, INBOXES_SQL, &[&tenants, &ids]).await? {
+            if let Some(inbox) = out.get_mut(row_index(&r)) {
+                inbox.push((r.get(1), r.get(2)));
+            }
+        }
         observe("inbox", t);
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(out)
     }
 
     async fn notifications(
@@ -567,15 +602,9 @@ impl Store for PgStore {
     ) -> Result<Vec<Notification>, StoreError> {
         let t = Instant::now();
         let c = self.conn().await?;
-        let rows = c
-            .query(
-                "SELECT id, type, priority, title, message, data, created_at, read_at FROM jam_notifications
+        let rows = read(&c, "SELECT id, type, priority, title, message, data, created_at, read_at FROM jam_notifications
                  WHERE tenant = $1 AND user_id = $2 AND id < $3 AND (NOT $5 OR read_at IS NULL)
-                 ORDER BY id DESC LIMIT $4",
-                &[&tenant, &user_id, &before.unwrap_or(i64::MAX), &(limit as i64), &unread_only],
-            )
-            .await
-            .map_err(db)?;
+                 ORDER BY id DESC LIMIT $4", &[&tenant, &user_id, &before.unwrap_or(i64::MAX), &(limit as i64), &unread_only]).await?;
         observe("notifications", t);
         Ok(rows
             .into_iter()
@@ -596,16 +625,15 @@ impl Store for PgStore {
 
     async fn load_online(&self, partition: u32) -> Result<Vec<OnlineUser>, StoreError> {
         let c = self.conn().await?;
-        let rows = c
-            .query(
-                "SELECT o.tenant, o.user_id, o.conns,
+        let rows = read(
+            &c,
+            "SELECT o.tenant, o.user_id, o.conns,
                         coalesce((SELECT array_agg(DISTINCT w.user_id) FROM jam_contacts w
                                   WHERE w.tenant = o.tenant AND w.contact_id = o.user_id), '{}')
                  FROM jam_online o WHERE o.part = $1",
-                &[&(partition as i32)],
-            )
-            .await
-            .map_err(db)?;
+            &[&(partition as i32)],
+        )
+        .await?;
         rows.into_iter()
             .map(|r| {
                 let conns: serde_json::Value = r.get(2);
@@ -620,18 +648,21 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn watchers(&self, tenant: &str, user_id: &str) -> Result<Vec<String>, StoreError> {
+    async fn watchers(&self, users: &[(String, String)]) -> Result<Vec<Vec<String>>, StoreError> {
+        let mut out = vec![Vec::new(); users.len()];
+        if users.is_empty() {
+            return Ok(out);
+        }
         let t = Instant::now();
         let c = self.conn().await?;
-        let rows = c
-            .query(
-                "SELECT DISTINCT user_id FROM jam_contacts WHERE tenant = $1 AND contact_id = $2",
-                &[&tenant, &user_id],
-            )
-            .await
-            .map_err(db)?;
+        let (tenants, ids) = columns(users);
+        for r in read(&c, WATCHERS_SQL, &[&tenants, &ids]).await? {
+            if let Some(w) = out.get_mut(row_index(&r)) {
+                w.push(r.get(1));
+            }
+        }
         observe("watchers", t);
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        Ok(out)
     }
 
     async fn contacts_online(
@@ -641,16 +672,15 @@ impl Store for PgStore {
         ids: &[String],
     ) -> Result<Vec<(String, bool)>, StoreError> {
         let c = self.conn().await?;
-        let rows = c
-            .query(
-                "SELECT DISTINCT c.contact_id, o.user_id IS NOT NULL FROM jam_contacts c
+        let rows = read(
+            &c,
+            "SELECT DISTINCT c.contact_id, o.user_id IS NOT NULL FROM jam_contacts c
                  LEFT JOIN jam_online o ON o.tenant = c.tenant AND o.user_id = c.contact_id
                  WHERE c.tenant = $1 AND c.user_id = $2 AND c.contact_id = ANY($3)
                  ORDER BY 1",
-                &[&tenant, &user_id, &ids],
-            )
-            .await
-            .map_err(db)?;
+            &[&tenant, &user_id, &ids],
+        )
+        .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
