@@ -227,9 +227,11 @@ impl Partition {
             let work = self.work(fx, acks);
             if let Some(w) = work {
                 // Bounded: a slow commit holds the reader here (back-pressure).
+                let t = Instant::now();
                 if lane.send(w).await.is_err() {
                     break;
                 }
+                stage("queue", t);
             }
         }
         match lane.finish(STOP_GRACE).await {
@@ -329,12 +331,16 @@ impl Partition {
                 }
             }
         }
+        let t = Instant::now();
         self.prefetch(&cmds, stop).await?;
+        stage("prefetch", t);
+        let t = Instant::now();
         self.applied = last;
         for cmd in cmds {
             self.apply_one(cmd, fx);
         }
         self.engine.end_batch(fx);
+        stage("apply", t);
         metrics::histogram!("jam_command_batch_size").record(acks.len() as f64);
         Some(acks)
     }
@@ -425,6 +431,14 @@ impl Partition {
             acks,
         })
     }
+}
+
+/// Time a partition spent in one stage of a batch (`jam_partition_stage_seconds`): loading
+/// what the commands need, applying them, or waiting for room in the committer's queue (a
+/// slow commit). With `jam_command_lag_seconds` it says where a command's wait comes from.
+fn stage(name: &'static str, since: Instant) {
+    metrics::histogram!("jam_partition_stage_seconds", "stage" => name)
+        .record(since.elapsed().as_secs_f64());
 }
 
 #[cfg(test)]
