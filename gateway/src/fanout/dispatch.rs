@@ -7,7 +7,7 @@ use jam_shared::bus::BusMessage;
 use jam_shared::protocol::envelope::{splice_ref, Envelope};
 use tokio::sync::mpsc;
 
-use super::table::{ConnHandle, Table};
+use super::table::{ConnHandle, State, Table};
 use crate::ws::framing::OutFrame;
 
 /// Route bus messages until the bus closes.
@@ -68,116 +68,154 @@ pub fn resync_all(table: &Table) {
 }
 
 pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
+    let Some((env, frames)) = decode(msg) else {
+        return;
+    };
+    let channel: &str = &msg.channel;
+    let inbox = channel == table.inbox;
+    let mut empty = Vec::new();
+    let targets = {
+        let mut s = table.state.lock().unwrap();
+        let st = &mut *s;
+        admit(st, &env, channel, &mut empty);
+        // Recipients are picked under the lock; the writes happen after it (a syscall per
+        // socket: a large room would otherwise hold the table for milliseconds).
+        let targets = recipients(st, &env, channel, inbox);
+        // Leaves apply after delivery: the leaver sees its own user_left / session_ended.
+        remove_leavers(st, &env, channel, &mut empty);
+        targets
+    };
+    table.release(empty);
+    write(&targets, &frames, &env, inbox);
+}
+
+/// The envelope and its frames, each encoded once for every recipient; `None` (counted)
+/// when the message is malformed.
+fn decode(msg: &BusMessage) -> Option<(Envelope, Vec<OutFrame>)> {
     let (env, frames) = match Envelope::decode(&msg.payload) {
         Ok(x) => x,
         Err(e) => {
             metrics::counter!("jam_bus_malformed_total").increment(1);
             tracing::warn!(channel = %msg.channel, error = %e, "malformed bus message");
-            return;
+            return None;
         }
     };
     if frames.iter().any(|f| std::str::from_utf8(f).is_err()) {
         metrics::counter!("jam_bus_malformed_total").increment(1);
-        return;
+        return None;
     }
-    // Encoded once per event; every member's writer sends these same bytes.
-    let frames: Vec<OutFrame> = frames.iter().map(|f| OutFrame::text(f)).collect();
     if env.ts > 0 {
         let lat = (jam_shared::clock::now_us() - env.ts).max(0) as f64 / 1e6;
         metrics::histogram!("jam_delivery_latency_seconds").record(lat);
     }
-    let channel: &str = &msg.channel;
-    let mut empty = Vec::new();
-    let mut targets: Vec<ConnHandle> = Vec::new();
-    let inbox = channel == table.inbox;
-    {
-        let mut s = table.state.lock().unwrap();
-        let st = &mut *s;
-        if let (Some(join), Some(ch)) = (env.join_conn.as_deref(), st.channels.get_mut(channel)) {
-            if let Some(id) = ch.pending.take(join) {
-                ch.members.insert(id);
+    Some((env, frames.iter().map(|f| OutFrame::text(f)).collect()))
+}
+
+/// Before delivery: a join the worker answered makes its connection a member of
+/// `channel`; a refused join (`drop_pending`) forgets the pending connection, and the room
+/// when nobody is left in it.
+fn admit(st: &mut State, env: &Envelope, channel: &str, empty: &mut Vec<String>) {
+    if let (Some(join), Some(ch)) = (env.join_conn.as_deref(), st.channels.get_mut(channel)) {
+        if let Some(id) = ch.pending.take(join) {
+            ch.members.insert(id);
+        }
+    }
+    let Some(room) = env.drop_pending.as_deref() else {
+        return;
+    };
+    if let (Some(conn), Some(ch)) = (env.conn.as_deref(), st.channels.get_mut(room)) {
+        ch.pending.remove(conn);
+        if !ch.members.contains(conn) {
+            if let Some(e) = st.conns.get_mut(conn) {
+                e.leave(room);
             }
         }
-        if let Some(room) = env.drop_pending.as_deref() {
-            if let (Some(conn), Some(ch)) = (env.conn.as_deref(), st.channels.get_mut(room)) {
-                ch.pending.remove(conn);
-                if !ch.members.contains(conn) {
-                    if let Some(e) = st.conns.get_mut(conn) {
-                        e.leave(room);
-                    }
-                }
-                if ch.members.is_empty() && ch.pending.is_empty() {
-                    empty.push(room.to_string());
-                }
-            }
+        if ch.members.is_empty() && ch.pending.is_empty() {
+            empty.push(room.to_string());
         }
-        // Recipients are picked under the lock; the writes happen after it (a syscall per
-        // socket: a large room would otherwise hold the table for milliseconds).
-        if inbox {
-            // Replies for one connection of this gateway: routed by the envelope alone.
-            if let Some(entry) = env.conn.as_deref().and_then(|c| st.conns.get(c)) {
-                targets.push(entry.handle.clone());
-            }
-        } else if let Some(ch) = st.channels.get(channel) {
-            match env.conn.as_deref() {
-                Some(conn) if ch.members.contains(conn) => {
-                    targets.extend(st.conns.get(conn).map(|e| e.handle.clone()));
-                }
-                Some(_) => {}
-                None => {
-                    for m in ch.members.iter() {
-                        let Some(e) = st.conns.get(m) else { continue };
-                        let skip = env
-                            .except_user
-                            .as_deref()
-                            .is_some_and(|u| &*e.handle.user_id == u);
-                        if !skip {
-                            targets.push(e.handle.clone());
-                        }
-                    }
-                }
-            }
+    }
+}
+
+/// Who gets this message: on the inbox, the one connection it names; on a room, that
+/// connection if it is a member, or every member but `except_user`'s.
+fn recipients(st: &State, env: &Envelope, channel: &str, inbox: bool) -> Vec<ConnHandle> {
+    let mut targets = Vec::new();
+    if inbox {
+        // Replies for one connection of this gateway: routed by the envelope alone.
+        if let Some(entry) = env.conn.as_deref().and_then(|c| st.conns.get(c)) {
+            targets.push(entry.handle.clone());
         }
-        // Leaves apply after delivery: the leaver sees its own user_left / session_ended.
-        let mut leaving: Vec<Arc<str>> = Vec::new();
-        if let Some(ch) = st.channels.get(channel) {
-            if env.close_room {
-                leaving.extend(ch.members.iter().cloned());
-            }
-            if let Some(c) = env.leave_conn.as_deref() {
-                if let Some(id) = ch.members.get(c) {
-                    leaving.push(id.clone());
-                }
-            }
-            if let Some(u) = env.leave_user.as_deref() {
-                leaving.extend(
-                    ch.members
-                        .iter()
-                        .filter(|m| st.conns.get(*m).is_some_and(|e| &*e.handle.user_id == u))
-                        .cloned(),
-                );
-            }
+        return targets;
+    }
+    let Some(ch) = st.channels.get(channel) else {
+        return targets;
+    };
+    match env.conn.as_deref() {
+        Some(conn) if ch.members.contains(conn) => {
+            targets.extend(st.conns.get(conn).map(|e| e.handle.clone()));
         }
-        if !leaving.is_empty() {
-            if let Some(ch) = st.channels.get_mut(channel) {
-                for id in &leaving {
-                    ch.members.remove(id);
-                }
-                if ch.members.is_empty() && ch.pending.is_empty() {
-                    empty.push(channel.to_string());
-                }
-            }
-            for id in &leaving {
-                if let Some(e) = st.conns.get_mut(id) {
-                    e.leave(channel);
+        Some(_) => {}
+        None => {
+            for m in ch.members.iter() {
+                let Some(e) = st.conns.get(m) else { continue };
+                let skip = env
+                    .except_user
+                    .as_deref()
+                    .is_some_and(|u| &*e.handle.user_id == u);
+                if !skip {
+                    targets.push(e.handle.clone());
                 }
             }
         }
     }
-    table.release(empty);
+    targets
+}
+
+/// After delivery: the connections the message takes out of `channel` (one, a user's, or
+/// all when the room closes) stop being members, and the room goes when empty.
+fn remove_leavers(st: &mut State, env: &Envelope, channel: &str, empty: &mut Vec<String>) {
+    let mut leaving: Vec<Arc<str>> = Vec::new();
+    if let Some(ch) = st.channels.get(channel) {
+        if env.close_room {
+            leaving.extend(ch.members.iter().cloned());
+        }
+        if let Some(c) = env.leave_conn.as_deref() {
+            if let Some(id) = ch.members.get(c) {
+                leaving.push(id.clone());
+            }
+        }
+        if let Some(u) = env.leave_user.as_deref() {
+            leaving.extend(
+                ch.members
+                    .iter()
+                    .filter(|m| st.conns.get(*m).is_some_and(|e| &*e.handle.user_id == u))
+                    .cloned(),
+            );
+        }
+    }
+    if leaving.is_empty() {
+        return;
+    }
+    if let Some(ch) = st.channels.get_mut(channel) {
+        for id in &leaving {
+            ch.members.remove(id);
+        }
+        if ch.members.is_empty() && ch.pending.is_empty() {
+            empty.push(channel.to_string());
+        }
+    }
+    for id in &leaving {
+        if let Some(e) = st.conns.get_mut(id) {
+            e.leave(channel);
+        }
+    }
+}
+
+/// Push the frames to each recipient, the `ref` spliced into the requester's copy.
+fn write(targets: &[ConnHandle], frames: &[OutFrame], env: &Envelope, inbox: bool) {
     // Counted per frame, not per delivery: metric lookups stay off the per-socket loop.
     let mut sent = vec![0u64; frames.len()];
-    for h in &targets {
+    for h in targets {
         // The `ref` goes on the first frame of the requester's copy (on the inbox, every
         // reply is the requester's).
         let ref_here = match (&env.r#ref, env.ref_conn.as_deref()) {
