@@ -126,10 +126,7 @@ impl Partition {
     pub async fn run(mut self, stop: CancellationToken, lease: LeaseClock) {
         let lane = self.sh.lanes.lane(self.id);
         let mut taken_over = false;
-        let mut from_pending = true;
-        let mut last_sweep = Instant::now();
-        let mut last_tick = Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut ls = LoopState::new();
         while !stop.is_cancelled() && lane.closed().is_none() {
             if !taken_over {
                 // What the previous owner read and never acknowledged is ours now, and
@@ -138,34 +135,13 @@ impl Partition {
                 // through the same recovery as a failed read: a Redis that restarted
                 // empty in between has no group to take them from.
                 if self.take_over_pending(0).await.is_none() {
-                    self.bus_failed(&stop, &mut backoff).await;
+                    self.bus_failed(&stop, &mut ls.backoff).await;
                     continue;
                 }
                 taken_over = true;
             }
             let mut fx = Effects::default();
-            while let Ok(v) = self.verified.try_recv() {
-                self.engine.apply_verified(&v.cmd, v.ok, &mut fx);
-            }
-            if last_sweep.elapsed() >= SWEEP {
-                // Anything another consumer holds on our stream is stranded (a reader
-                // that woke after losing the lease): take it and read pending first.
-                last_sweep = Instant::now();
-                // Idle for a while: not one of our own batches still in flight.
-                let idle = SWEEP.as_millis() as u64 * 2;
-                if self.take_over_pending(idle).await.unwrap_or(0) > 0 {
-                    from_pending = true;
-                }
-            }
-            if last_tick.elapsed() >= TICK {
-                last_tick = Instant::now();
-                let liveness = self.sh.liveness.lock().unwrap();
-                self.engine.tick(
-                    jam_shared::clock::now_ms(),
-                    &|g| liveness.is_alive(g),
-                    &mut fx,
-                );
-            }
+            self.housekeeping(&mut ls, &mut fx).await;
             if !lease.holds(self.sh.lease_ttl / 2) {
                 // Renewals are late (a Redis outage, or this process was paused): read
                 // nothing until the owner renews or hands the partition over.
@@ -179,53 +155,13 @@ impl Partition {
                     _ = stop.cancelled() => {}
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
-                from_pending = true;
+                ls.from_pending = true;
                 continue;
             }
-            let from = if from_pending {
-                ReadFrom::Pending {
-                    after: self.applied.to_string(),
-                }
-            } else {
-                ReadFrom::New
-            };
-            // Never cancelled mid-way: a dropped read would strand what it delivered.
-            let read = self
-                .sh
-                .bus
-                .read_group(
-                    &[self.stream.clone()],
-                    WORKER_GROUP,
-                    &self.sh.node,
-                    BATCH,
-                    BLOCK_MS,
-                    from,
-                )
-                .await;
-            let mut acks = Vec::new();
-            match read {
-                Ok(entries) => {
-                    backoff = Duration::from_millis(100);
-                    self.sh.liveness.lock().unwrap().bus_healthy();
-                    if from_pending && entries.is_empty() {
-                        from_pending = false;
-                    }
-                    match self.apply_entries(entries, &mut fx, &stop).await {
-                        Some(a) => acks = a,
-                        // Stopped while the store was away: they stay pending.
-                        None => from_pending = true,
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(partition = self.id, error = %e, "reading commands failed; retrying");
-                    from_pending = true;
-                    self.bus_failed(&stop, &mut backoff).await;
-                }
-            }
+            let acks = self.read_and_apply(&mut ls, &mut fx, &stop).await;
             self.engine
                 .flush_presence(jam_shared::clock::now_ms(), &mut fx);
-            let work = self.work(fx, acks);
-            if let Some(w) = work {
+            if let Some(w) = self.work(fx, acks) {
                 // Bounded: a slow commit holds the reader here (back-pressure).
                 let t = Instant::now();
                 if lane.send(w).await.is_err() {
@@ -249,6 +185,83 @@ impl Partition {
         }
         self.sh.health.release(self.id);
         tracing::info!(partition = self.id, "partition released");
+    }
+
+    /// Between batches: results of password checks, the periodic sweep for entries another
+    /// consumer holds on our stream, and the timers' tick.
+    async fn housekeeping(&mut self, ls: &mut LoopState, fx: &mut Effects) {
+        while let Ok(v) = self.verified.try_recv() {
+            self.engine.apply_verified(&v.cmd, v.ok, fx);
+        }
+        if ls.last_sweep.elapsed() >= SWEEP {
+            // Anything another consumer holds on our stream is stranded (a reader
+            // that woke after losing the lease): take it and read pending first.
+            ls.last_sweep = Instant::now();
+            // Idle for a while: not one of our own batches still in flight.
+            let idle = SWEEP.as_millis() as u64 * 2;
+            if self.take_over_pending(idle).await.unwrap_or(0) > 0 {
+                ls.from_pending = true;
+            }
+        }
+        if ls.last_tick.elapsed() >= TICK {
+            ls.last_tick = Instant::now();
+            let liveness = self.sh.liveness.lock().unwrap();
+            self.engine
+                .tick(jam_shared::clock::now_ms(), &|g| liveness.is_alive(g), fx);
+        }
+    }
+
+    /// Read the next batch (this consumer's pending entries first, after a takeover or a
+    /// failure) and apply it; what to acknowledge once it is committed.
+    async fn read_and_apply(
+        &mut self,
+        ls: &mut LoopState,
+        fx: &mut Effects,
+        stop: &CancellationToken,
+    ) -> Vec<(String, String)> {
+        let from = if ls.from_pending {
+            ReadFrom::Pending {
+                after: self.applied.to_string(),
+            }
+        } else {
+            ReadFrom::New
+        };
+        // Never cancelled mid-way: a dropped read would strand what it delivered.
+        let read = self
+            .sh
+            .bus
+            .read_group(
+                std::slice::from_ref(&self.stream),
+                WORKER_GROUP,
+                &self.sh.node,
+                BATCH,
+                BLOCK_MS,
+                from,
+            )
+            .await;
+        match read {
+            Ok(entries) => {
+                ls.backoff = Duration::from_millis(100);
+                self.sh.liveness.lock().unwrap().bus_healthy();
+                if ls.from_pending && entries.is_empty() {
+                    ls.from_pending = false;
+                }
+                match self.apply_entries(entries, fx, stop).await {
+                    Some(acks) => acks,
+                    // Stopped while the store was away: they stay pending.
+                    None => {
+                        ls.from_pending = true;
+                        Vec::new()
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(partition = self.id, error = %e, "reading commands failed; retrying");
+                ls.from_pending = true;
+                self.bus_failed(stop, &mut ls.backoff).await;
+                Vec::new()
+            }
+        }
     }
 
     /// After a failed read or takeover: the bus counts as unhealthy (gateways are not
@@ -430,6 +443,28 @@ impl Partition {
             queries: std::mem::take(&mut fx.queries),
             acks,
         })
+    }
+}
+
+/// What a partition's loop carries from one batch to the next.
+struct LoopState {
+    /// Read this consumer's pending entries (not new ones) next: after a takeover, a failed
+    /// read or a pause, until a read of them comes back empty.
+    from_pending: bool,
+    /// The pause after the next failed read (doubling up to `READ_BACKOFF_MAX`).
+    backoff: Duration,
+    last_sweep: Instant,
+    last_tick: Instant,
+}
+
+impl LoopState {
+    fn new() -> Self {
+        Self {
+            from_pending: true,
+            backoff: Duration::from_millis(100),
+            last_sweep: Instant::now(),
+            last_tick: Instant::now(),
+        }
     }
 }
 
