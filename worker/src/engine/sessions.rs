@@ -113,80 +113,119 @@ impl Engine {
             }
         }
         let large = rec.participants.len() >= self.cfg.large_room;
-        let mine = self.conn_refs(cmd);
-        let rec = self.sessions.get_mut(&key).expect("checked above");
-        let mut deltas = Vec::new();
-        let mut coalesced = false;
-        let mut joined = None;
-        if already {
-            let p = rec.participant_mut(&cmd.user_id).expect("member");
-            let was_offline = !p.is_online();
-            // A REST join changes nothing about the member's sockets.
-            if !cmd.ephemeral {
-                p.can_rate = can_rate;
-                p.offline_since = None;
-                rec.with_conns(&cmd.user_id, |conns| {
-                    if !conns.iter().any(|c| c.conn == cmd.conn) {
-                        conns.extend(mine);
-                    }
-                });
-            }
-            let online = rec.participant(&cmd.user_id).is_some_and(|p| p.is_online());
-            if was_offline && online {
-                if large {
-                    coalesced = true;
-                } else {
-                    let count = rec.online_count();
-                    deltas.push(frame(
-                        "user_online",
-                        &json!({"sessionId": sid, "userId": cmd.user_id, "count": count}),
-                    ));
-                }
-            }
+        let seated = if already {
+            self.seat_again(cmd, &key, can_rate, large)
         } else {
-            let mut p = ParticipantRecord::new(
-                &cmd.user_id,
-                &cmd.user_name,
-                Role::Participant,
-                now_ms(),
-                mine,
-            );
-            p.can_rate = can_rate;
-            let view = p.view();
-            fx.attendance.push(attendance(&key, &rec.host_id, &p, None));
-            rec.join(p);
-            if large {
-                coalesced = true;
-            } else {
-                let seq = rec.next_seq();
-                joined = Some(seq);
-                deltas.push(frame(
-                    "user_joined",
-                    &json!({
-                        "sessionId": sid, "userId": cmd.user_id, "userName": cmd.user_name,
-                        "participant": view, "count": rec.online_count(), "seq": seq,
-                    }),
-                ));
-            }
-        }
-        if let (Some(seq), Some(f)) = (joined, deltas.last()) {
+            self.seat_new(cmd, &key, can_rate, large, fx)
+        };
+        if let (Some(seq), Some(f)) = (seated.joined, seated.deltas.last()) {
             let cap = self.cfg.recovery_events;
             let log = self.log.entry(key.clone()).or_default();
             log.push(seq, f.clone(), cap);
         }
-        if !deltas.is_empty() {
-            fx.room(&key, Envelope::default(), deltas);
+        if !seated.deltas.is_empty() {
+            fx.room(&key, Envelope::default(), seated.deltas);
         }
-        // Rejoining with `sinceSeq`: the room events missed since, when all are still kept.
+        let mut frames = self.joiner_frames(cmd, &key);
+        if seated.coalesced {
+            self.coalesce(&key, usize::from(!already), 0);
+        }
+        // A joiner starts where the host is (a join is a sync trigger).
+        if let Some(f) = self.joiner_sync_frame(&key, &cmd.user_id) {
+            frames.push(f);
+        }
+        fx.touch(&key);
+        answer_joiner(cmd, &key, frames, fx);
+    }
+
+    /// A member joins again (another socket, or back from offline): its connections are
+    /// added, and the room hears it is online if it was not.
+    fn seat_again(
+        &mut self,
+        cmd: &Command,
+        key: &SessionKey,
+        can_rate: bool,
+        large: bool,
+    ) -> Seated {
+        let mine = self.conn_refs(cmd);
+        let rec = self.sessions.get_mut(key).expect("checked by the caller");
+        let mut seated = Seated::default();
+        let p = rec.participant_mut(&cmd.user_id).expect("member");
+        let was_offline = !p.is_online();
+        // A REST join changes nothing about the member's sockets.
+        if !cmd.ephemeral {
+            p.can_rate = can_rate;
+            p.offline_since = None;
+            rec.with_conns(&cmd.user_id, |conns| {
+                if !conns.iter().any(|c| c.conn == cmd.conn) {
+                    conns.extend(mine);
+                }
+            });
+        }
+        let online = rec.participant(&cmd.user_id).is_some_and(|p| p.is_online());
+        if was_offline && online {
+            if large {
+                seated.coalesced = true;
+            } else {
+                let count = rec.online_count();
+                seated.deltas.push(frame(
+                    "user_online",
+                    &json!({"sessionId": key.1, "userId": cmd.user_id, "count": count}),
+                ));
+            }
+        }
+        seated
+    }
+    /// A new participant takes a seat (checked-in for attendance), announced with its
+    /// `seq`, or counted in the room's next `presence_diff` when the room is large.
+    fn seat_new(
+        &mut self,
+        cmd: &Command,
+        key: &SessionKey,
+        can_rate: bool,
+        large: bool,
+        fx: &mut Effects,
+    ) -> Seated {
+        let mine = self.conn_refs(cmd);
+        let rec = self.sessions.get_mut(key).expect("checked by the caller");
+        let mut seated = Seated::default();
+        let mut p = ParticipantRecord::new(
+            &cmd.user_id,
+            &cmd.user_name,
+            Role::Participant,
+            now_ms(),
+            mine,
+        );
+        p.can_rate = can_rate;
+        let view = p.view();
+        fx.attendance.push(attendance(key, &rec.host_id, &p, None));
+        rec.join(p);
+        if large {
+            seated.coalesced = true;
+        } else {
+            let seq = rec.next_seq();
+            seated.joined = Some(seq);
+            seated.deltas.push(frame(
+                "user_joined",
+                &json!({
+                    "sessionId": key.1, "userId": cmd.user_id, "userName": cmd.user_name,
+                    "participant": view, "count": rec.online_count(), "seq": seq,
+                }),
+            ));
+        }
+        seated
+    }
+
+    /// What the joiner gets: the session (with the events it missed since `sinceSeq` when
+    /// all are still kept, or the recent history), then the members.
+    fn joiner_frames(&self, cmd: &Command, key: &SessionKey) -> Vec<bytes::Bytes> {
+        let rec = &self.sessions[key];
         let since_seq = match &cmd.action {
             Action::JoinSession { since_seq, .. } => *since_seq,
             _ => None,
         };
-        let missed = since_seq.map(|s| {
-            self.log
-                .get(&key)
-                .and_then(|log| log.since(s, rec.last_seq))
-        });
+        let missed =
+            since_seq.map(|s| self.log.get(key).and_then(|log| log.since(s, rec.last_seq)));
         let mut body = json!({ "session": rec.view_for(self.cfg.large_room) });
         if let Some(m) = &missed {
             body["recovered"] = json!(m.is_some());
@@ -198,19 +237,10 @@ impl Engine {
             // The missed events travel inside the reply, in order: `session` is the state
             // after the last of them.
             Some(Some(events)) => vec![super::recovery::with_missed(&snapshot, &events)],
-            _ => vec![snapshot, self.history_frame(&key)],
+            _ => vec![snapshot, self.history_frame(key)],
         };
-        let rec = &self.sessions[&key];
         frames.push(self.members_frame(rec));
-        if coalesced {
-            self.coalesce(&key, usize::from(!already), 0);
-        }
-        // A joiner starts where the host is (a join is a sync trigger).
-        if let Some(f) = self.joiner_sync_frame(&key, &cmd.user_id) {
-            frames.push(f);
-        }
-        fx.touch(&key);
-        answer_joiner(cmd, &key, frames, fx);
+        frames
     }
 
     /// The last messages of a session, as a joiner gets them.
@@ -430,6 +460,17 @@ impl Engine {
             self.remove_participant(key, user_id, fx);
         }
     }
+}
+
+/// What seating a joiner changed for the room.
+#[derive(Default)]
+struct Seated {
+    /// Frames for the room (`user_joined` or `user_online`), when it is small.
+    deltas: Vec<bytes::Bytes>,
+    /// The `seq` of a new member's `user_joined` (kept for recovery).
+    joined: Option<i64>,
+    /// A large room hears of it in the next `presence_diff` instead.
+    coalesced: bool,
 }
 
 /// The joiner's snapshot: through the room channel for a socket (which becomes a member
