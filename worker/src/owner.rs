@@ -93,8 +93,26 @@ impl Owner {
         metrics::gauge!("jam_worker_partitions_owned").set(self.owned.len() as f64);
     }
 
+    /// One round: register, renew what is held, then give back the surplus or claim up to
+    /// a fair share (the partitions ÷ the live workers, rounded up).
     async fn balance(&mut self) {
         let ttl_ms = self.ttl.as_millis() as u64;
+        let Some(live) = self.register(ttl_ms).await else {
+            return;
+        };
+        self.renew_held(ttl_ms).await;
+        let target = (self.sh.partitions as usize).div_ceil(live);
+        metrics::gauge!("jam_workers_live").set(live as f64);
+        if self.owned.len() > target {
+            self.give_back_surplus(target).await;
+            return;
+        }
+        self.claim_share(target, ttl_ms).await;
+    }
+
+    /// Say this worker is alive (and applying, while every partition held commits); how
+    /// many workers are, or `None` when the registry cannot be reached.
+    async fn register(&self, ttl_ms: u64) -> Option<usize> {
         let live = match self
             .sh
             .bus
@@ -104,7 +122,7 @@ impl Owner {
             Ok(n) => n.max(1),
             Err(e) => {
                 tracing::warn!(error = %e, "worker registry unreachable; keeping what is held");
-                return;
+                return None;
             }
         };
         // Gateways are ready only while some worker applies commands: announce it while
@@ -119,7 +137,11 @@ impl Owner {
                 tracing::debug!(error = %e, "announcing that commands are applied failed");
             }
         }
-        // Renew (or re-take after a Redis restart) what we hold; stop what someone else has.
+        Some(live)
+    }
+
+    /// Renew (or re-take after a Redis restart) what we hold; stop what someone else has.
+    async fn renew_held(&mut self, ttl_ms: u64) {
         let held: Vec<u32> = self.owned.keys().copied().collect();
         for p in held {
             let finished = self.owned.get(&p).is_some_and(|o| o.task.is_finished());
@@ -142,32 +164,35 @@ impl Owner {
                 o.lease.extend(sent + self.ttl);
             }
         }
-        let target = (self.sh.partitions as usize).div_ceil(live);
-        metrics::gauge!("jam_workers_live").set(live as f64);
-        if self.owned.len() > target {
-            // Give back the surplus so a newcomer gets its share.
-            let surplus: Vec<u32> = self
-                .owned
-                .keys()
-                .copied()
-                .take(self.owned.len() - target)
-                .collect();
-            // All at once: the owned partitions' renewals wait for this round.
-            let stops: Vec<_> = surplus
-                .into_iter()
-                .map(|p| {
-                    tracing::info!(
-                        partition = p,
-                        target,
-                        "handing a partition to another worker"
-                    );
-                    let o = self.owned.remove(&p).expect("held");
-                    stop_and_release(self.sh.clone(), p, o)
-                })
-                .collect();
-            futures::future::join_all(stops).await;
-            return;
-        }
+    }
+
+    /// Give back the partitions above `target`, so a newcomer gets its share.
+    async fn give_back_surplus(&mut self, target: usize) {
+        let surplus: Vec<u32> = self
+            .owned
+            .keys()
+            .copied()
+            .take(self.owned.len().saturating_sub(target))
+            .collect();
+        // All at once: the owned partitions' renewals wait for this round.
+        let stops: Vec<_> = surplus
+            .into_iter()
+            .map(|p| {
+                tracing::info!(
+                    partition = p,
+                    target,
+                    "handing a partition to another worker"
+                );
+                let o = self.owned.remove(&p).expect("held");
+                stop_and_release(self.sh.clone(), p, o)
+            })
+            .collect();
+        futures::future::join_all(stops).await;
+    }
+
+    /// Claim free partitions up to `target`, starting from this worker's own place in the
+    /// ring (so workers starting together try different ones first).
+    async fn claim_share(&mut self, target: usize, ttl_ms: u64) {
         let start = keys::partition_of(&self.sh.node, self.sh.partitions);
         for i in 0..self.sh.partitions {
             if self.owned.len() >= target {
