@@ -26,6 +26,37 @@ async fn cluster_protocol_scenarios() {
     scenario::shows_and_attendance(&a.ws_url(), &b.ws_url(), &a.http("")).await;
     scenario::notifications(&a.ws_url(), &b.ws_url(), &a.http("")).await;
     scenario::contacts_presence(&a.ws_url(), &b.ws_url(), &a.http("")).await;
+    message_path_is_measured(&c).await;
+}
+
+/// The histograms docs/operations.md follows a message by have seen it: the wait in the
+/// stream, each stage of a batch, the commit and the publish, the hand-off to the gateways,
+/// and the batched reads before apply (the contacts scenario reads watchers).
+async fn message_path_is_measured(c: &Cluster) {
+    let worker = jam_tests::metrics::scrape(&c.worker.http("/metrics")).await;
+    let count = |name: &str, labels: &[(&str, &str)]| {
+        jam_tests::metrics::sum(&worker, &format!("{name}_count"), labels)
+    };
+    for stage in ["prefetch", "apply", "queue"] {
+        assert!(
+            count("jam_partition_stage_seconds", &[("stage", stage)]) > 0.0,
+            "no {stage} stage measured"
+        );
+    }
+    for name in [
+        "jam_command_lag_seconds",
+        "jam_commit_seconds",
+        "jam_publish_seconds",
+    ] {
+        assert!(count(name, &[]) > 0.0, "{name} measured nothing");
+    }
+    assert!(count("jam_pg_query_duration_seconds", &[("op", "watchers")]) > 0.0);
+    let mut delivered = 0.0;
+    for g in [&c.a, &c.b] {
+        let text = jam_tests::metrics::scrape(&g.http("/metrics")).await;
+        delivered += jam_tests::metrics::sum(&text, "jam_delivery_latency_seconds_count", &[]);
+    }
+    assert!(delivered > 0.0, "the gateways measured no delivery");
 }
 
 #[tokio::test]
