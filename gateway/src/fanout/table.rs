@@ -581,6 +581,25 @@ impl Table {
             .map(|e| e.handle.clone())
             .collect()
     }
+
+    /// The connections in one of `slices` fixed slices (by their id), so that a task
+    /// visiting one slice at a time reaches each connection once per round.
+    pub fn connections_in_slice(&self, slice: u32, slices: u32) -> Vec<ConnHandle> {
+        self.state
+            .lock()
+            .unwrap()
+            .conns
+            .iter()
+            .filter(|(id, _)| slice_of(id, slices) == slice)
+            .map(|(_, e)| e.handle.clone())
+            .collect()
+    }
+}
+
+/// Which of `slices` slices a connection id falls in.
+pub fn slice_of(id: &str, slices: u32) -> u32 {
+    let h = std::hash::BuildHasher::hash_one(&Fx::default(), id);
+    (h % u64::from(slices.max(1))) as u32
 }
 
 #[cfg(test)]
@@ -623,6 +642,24 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), kill.cancelled_here())
             .await
             .expect("already fired");
+    }
+
+    #[test]
+    fn connection_slices_cover_every_id_once_and_evenly() {
+        let ids: Vec<String> = (0..10_000).map(|_| jam_shared::ids::unique()).collect();
+        let mut per_slice = [0usize; 10];
+        for id in &ids {
+            let s = slice_of(id, 10);
+            assert_eq!(s, slice_of(id, 10), "an id stays in its slice");
+            per_slice[s as usize] += 1;
+        }
+        assert_eq!(per_slice.iter().sum::<usize>(), ids.len());
+        assert!(
+            per_slice.iter().all(|n| (800..1200).contains(n)),
+            "{per_slice:?}"
+        );
+        assert_eq!(slice_of("x", 1), 0);
+        assert_eq!(slice_of("x", 0), 0, "no slices is one slice");
     }
 
     #[test]

@@ -32,6 +32,10 @@ use crate::state::AppState;
 
 /// Pings measure the round trip the sync engine uses; the best of the recent ones counts.
 const PING_EVERY: Duration = Duration::from_secs(10);
+/// The pinger's round is cut in this many slices, one every `PING_EVERY / PING_SLICES`.
+const PING_SLICES: u32 = 10;
+/// Sockets pinged before the pinger lets other tasks run.
+const PING_BURST: usize = 1024;
 const RTT_SAMPLES: usize = 8;
 /// A connection silent (no frame, no pong) for this long is dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -253,15 +257,25 @@ fn ping_now() -> OutFrame {
 /// Ping every WebSocket of the gateway every [`PING_EVERY`] (one task for all: an idle
 /// connection holds no timer of its own). The pong carries the send time back: the
 /// round trip the sync engine uses, and proof the peer is alive (see [`IDLE_TIMEOUT`]).
+/// One slice of the connections at a time ([`PING_SLICES`] per round), yielding every
+/// [`PING_BURST`] sockets: a gateway's pings, and the pongs they bring back, never come
+/// as one burst that holds up the events being delivered.
 pub async fn pinger(table: Arc<crate::fanout::Table>) {
-    let mut every = tokio::time::interval(PING_EVERY);
+    let mut every = tokio::time::interval(PING_EVERY / PING_SLICES);
     every.tick().await;
-    loop {
+    for slice in (0..PING_SLICES).cycle() {
         every.tick().await;
         let ping = ping_now();
-        for c in table.connections() {
+        for (i, c) in table
+            .connections_in_slice(slice, PING_SLICES)
+            .iter()
+            .enumerate()
+        {
             if c.is_socket() {
                 c.push(ping.clone());
+            }
+            if i % PING_BURST == PING_BURST - 1 {
+                tokio::task::yield_now().await;
             }
         }
     }
