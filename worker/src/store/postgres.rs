@@ -231,6 +231,10 @@ const READ_ALL_SQL: &str = "UPDATE jam_notifications n SET read_at = u.at
 const UNNOTIFY_SQL: &str = "DELETE FROM jam_notifications
      WHERE (tenant, user_id, id) IN (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]))";
 
+const NOTIFICATIONS_SQL: &str =
+    "SELECT id, type, priority, title, message, data, created_at, read_at FROM jam_notifications
+     WHERE tenant = $1 AND user_id = $2 AND id < $3 AND (NOT $5 OR read_at IS NULL)
+     ORDER BY id DESC LIMIT $4";
 const DIRECT_HISTORY_SQL: &str = "SELECT id, sender_id, sender_name, receiver_id, content, created_at FROM jam_direct_messages
      WHERE tenant = $1 AND ((sender_id = $2 AND receiver_id = $3) OR (sender_id = $3 AND receiver_id = $2))
        AND created_at < $4
@@ -254,16 +258,6 @@ async fn read(
 ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
     let st = c.prepare_cached(sql).await.map_err(db)?;
     c.query(&st, params).await.map_err(db)
-}
-
-/// (tenant, user) pairs as the two arrays `WATCHERS_SQL` and `INBOXES_SQL` take.
-fn columns(users: &[(String, String)]) -> (Vec<&str>, Vec<&str>) {
-    users.iter().map(|(t, u)| (t.as_str(), u.as_str())).unzip()
-}
-
-/// Which user asked (0-based) a row of `WATCHERS_SQL` or `INBOXES_SQL` answers.
-fn row_index(r: &tokio_postgres::Row) -> usize {
-    usize::try_from(r.get::<_, i64>(0) - 1).unwrap_or(usize::MAX)
 }
 
 #[derive(Clone)]
@@ -300,6 +294,33 @@ impl PgStore {
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// One read for many users (`WATCHERS_SQL`, `INBOXES_SQL`): each row's first column
+    /// numbers the user it answers; `row` takes the rest. The answers in `users`' order.
+    async fn per_user<T>(
+        &self,
+        op: &'static str,
+        sql: &str,
+        users: &[(String, String)],
+        row: fn(&tokio_postgres::Row) -> T,
+    ) -> Result<Vec<Vec<T>>, StoreError> {
+        let mut out: Vec<Vec<T>> = users.iter().map(|_| Vec::new()).collect();
+        if users.is_empty() {
+            return Ok(out);
+        }
+        let t = Instant::now();
+        let c = self.conn().await?;
+        let (tenants, ids): (Vec<&str>, Vec<&str>) =
+            users.iter().map(|(t, u)| (t.as_str(), u.as_str())).unzip();
+        for r in read(&c, sql, &[&tenants, &ids]).await? {
+            let i = usize::try_from(r.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
+            if let Some(answer) = out.get_mut(i) {
+                answer.push(row(&r));
+            }
+        }
+        observe(op, t);
+        Ok(out)
     }
 
     async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -576,20 +597,8 @@ impl Store for PgStore {
         &self,
         users: &[(String, String)],
     ) -> Result<Vec<Vec<(i64, bool)>>, StoreError> {
-        let mut out = vec![Vec::new(); users.len()];
-        if users.is_empty() {
-            return Ok(out);
-        }
-        let t = Instant::now();
-        let c = self.conn().await?;
-        let (tenants, ids) = columns(users);
-        for r in read(&c, INBOXES_SQL, &[&tenants, &ids]).await? {
-            if let Some(inbox) = out.get_mut(row_index(&r)) {
-                inbox.push((r.get(1), r.get(2)));
-            }
-        }
-        observe("inbox", t);
-        Ok(out)
+        self.per_user("inbox", INBOXES_SQL, users, |r| (r.get(1), r.get(2)))
+            .await
     }
 
     async fn notifications(
@@ -602,9 +611,10 @@ impl Store for PgStore {
     ) -> Result<Vec<Notification>, StoreError> {
         let t = Instant::now();
         let c = self.conn().await?;
-        let rows = read(&c, "SELECT id, type, priority, title, message, data, created_at, read_at FROM jam_notifications
-                 WHERE tenant = $1 AND user_id = $2 AND id < $3 AND (NOT $5 OR read_at IS NULL)
-                 ORDER BY id DESC LIMIT $4", &[&tenant, &user_id, &before.unwrap_or(i64::MAX), &(limit as i64), &unread_only]).await?;
+        let before = before.unwrap_or(i64::MAX);
+        let limit = limit as i64;
+        let params: [&(dyn ToSql + Sync); 5] = [&tenant, &user_id, &before, &limit, &unread_only];
+        let rows = read(&c, NOTIFICATIONS_SQL, &params).await?;
         observe("notifications", t);
         Ok(rows
             .into_iter()
@@ -649,20 +659,8 @@ impl Store for PgStore {
     }
 
     async fn watchers(&self, users: &[(String, String)]) -> Result<Vec<Vec<String>>, StoreError> {
-        let mut out = vec![Vec::new(); users.len()];
-        if users.is_empty() {
-            return Ok(out);
-        }
-        let t = Instant::now();
-        let c = self.conn().await?;
-        let (tenants, ids) = columns(users);
-        for r in read(&c, WATCHERS_SQL, &[&tenants, &ids]).await? {
-            if let Some(w) = out.get_mut(row_index(&r)) {
-                w.push(r.get(1));
-            }
-        }
-        observe("watchers", t);
-        Ok(out)
+        self.per_user("watchers", WATCHERS_SQL, users, |r| r.get(1))
+            .await
     }
 
     async fn contacts_online(
