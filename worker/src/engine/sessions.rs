@@ -118,13 +118,13 @@ impl Engine {
         } else {
             self.seat_new(cmd, &key, can_rate, large, fx)
         };
-        if let (Some(seq), Some(f)) = (seated.joined, seated.deltas.last()) {
+        if let (Some(seq), Some(f)) = (seated.joined, &seated.delta) {
             let cap = self.cfg.recovery_events;
             let log = self.log.entry(key.clone()).or_default();
             log.push(seq, f.clone(), cap);
         }
-        if !seated.deltas.is_empty() {
-            fx.room(&key, Envelope::default(), seated.deltas);
+        if let Some(f) = seated.delta {
+            fx.room(&key, Envelope::default(), vec![f]);
         }
         let mut frames = self.joiner_frames(cmd, &key);
         if seated.coalesced {
@@ -168,7 +168,7 @@ impl Engine {
                 seated.coalesced = true;
             } else {
                 let count = rec.online_count();
-                seated.deltas.push(frame(
+                seated.delta = Some(frame(
                     "user_online",
                     &json!({"sessionId": key.1, "userId": cmd.user_id, "count": count}),
                 ));
@@ -205,7 +205,7 @@ impl Engine {
         } else {
             let seq = rec.next_seq();
             seated.joined = Some(seq);
-            seated.deltas.push(frame(
+            seated.delta = Some(frame(
                 "user_joined",
                 &json!({
                     "sessionId": key.1, "userId": cmd.user_id, "userName": cmd.user_name,
@@ -465,8 +465,8 @@ impl Engine {
 /// What seating a joiner changed for the room.
 #[derive(Default)]
 struct Seated {
-    /// Frames for the room (`user_joined` or `user_online`), when it is small.
-    deltas: Vec<bytes::Bytes>,
+    /// The frame for the room (`user_joined` or `user_online`), when it is small.
+    delta: Option<bytes::Bytes>,
     /// The `seq` of a new member's `user_joined` (kept for recovery).
     joined: Option<i64>,
     /// A large room hears of it in the next `presence_diff` instead.
