@@ -144,6 +144,42 @@ async fn bus_contract(bus: Arc<dyn Bus>) {
     assert_eq!((&*m.channel, &m.payload[..]), ("c3", &b"d applied"[..]));
     assert!(nothing_pending(&*bus, &streams).await);
 
+    // A group: several events, in order, on two channels (binary payloads kept byte for
+    // byte), and entries of two streams acknowledged at once.
+    sub.subscribe("c4").await.unwrap();
+    for (s, p) in [("s0", "e"), ("s1", "f"), ("s0", "g")] {
+        bus.xadd(s, Bytes::from(p)).await.unwrap();
+    }
+    let got = bus
+        .read_group(&streams, "g", "w1", 10, 500, ReadFrom::New)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    let acks: Vec<(String, String)> = got
+        .iter()
+        .map(|e| (e.stream.clone(), e.id.clone()))
+        .collect();
+    let events: Vec<(String, Bytes)> = (0..5u8)
+        .map(|i| {
+            let channel = if i % 2 == 0 { "c3" } else { "c4" };
+            (
+                channel.to_string(),
+                Bytes::from(vec![i, 0, 0xff, b'\'', b'"']),
+            )
+        })
+        .collect();
+    bus.publish_and_ack(events.clone(), "g", &acks)
+        .await
+        .unwrap();
+    for (channel, payload) in &events {
+        let m = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((&*m.channel, &m.payload), (channel.as_str(), payload));
+    }
+    assert!(nothing_pending(&*bus, &streams).await);
+
     // Leases: one owner at a time; renewal only by the owner; release frees it; expiry too.
     assert!(bus
         .lease("L", "w1", 10_000, LeaseOp::Acquire)

@@ -59,6 +59,34 @@ else
 end
 "#;
 
+/// A worker's committed group in one command: its events published in order, then each
+/// stream's entries acknowledged and deleted (deletion keeps streams short and drops join
+/// passwords). KEYS = the streams; ARGV = group, number of events, (channel, payload) per
+/// event, then per stream the number of its ids and the ids. One command is one write on
+/// each side: fred flushes every command of a pipeline on its own, so a pipeline of the
+/// same cost several writes and packets each way (docs/benchmarks.md).
+const PUBLISH_ACK_SCRIPT: &str = r#"
+local group = ARGV[1]
+local i = 3
+for _ = 1, tonumber(ARGV[2]) do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  local from = i
+  while from < i + n do
+    local to = math.min(from + 499, i + n - 1)
+    redis.call('XACK', KEYS[k], group, unpack(ARGV, from, to))
+    redis.call('XDEL', KEYS[k], unpack(ARGV, from, to))
+    from = to + 1
+  end
+  i = i + n
+end
+return 1
+"#;
+
 /// Count one event in a window that starts with the first (fixed-window rate limits).
 const COUNT_SCRIPT: &str = r#"
 local n = redis.call('INCR', KEYS[1])
@@ -143,6 +171,33 @@ impl RedisBus {
             sharded,
             blocking: Default::default(),
         })
+    }
+
+    /// [`Bus::publish_and_ack`] on one server (single or behind Sentinel): one script.
+    async fn publish_and_ack_script(
+        &self,
+        msgs: Vec<(String, Bytes)>,
+        group: &str,
+        by_stream: HashMap<&str, Vec<String>>,
+    ) -> Result<(), BusError> {
+        let ids: usize = by_stream.values().map(Vec::len).sum();
+        let mut args: Vec<Value> = Vec::with_capacity(2 + 2 * msgs.len() + by_stream.len() + ids);
+        args.push(group.into());
+        args.push((msgs.len() as i64).into());
+        for (channel, payload) in msgs {
+            args.push(channel.into());
+            args.push(Value::Bytes(payload));
+        }
+        let mut streams = Vec::with_capacity(by_stream.len());
+        for (stream, ids) in by_stream {
+            streams.push(stream.to_string());
+            args.push((ids.len() as i64).into());
+            args.extend(ids.into_iter().map(Value::from));
+        }
+        self.client
+            .eval::<(), _, _, _>(PUBLISH_ACK_SCRIPT, streams, args)
+            .await
+            .map_err(err)
     }
 
     /// The blocking-read connection for `streams`, connected on first use.
@@ -469,7 +524,10 @@ impl Bus for RedisBus {
         for (s, id) in entries {
             by_stream.entry(s.as_str()).or_default().push(id.clone());
         }
-        // One pipeline (one hand-over to fred's router, one round trip): the publishes,
+        if !self.sharded {
+            return self.publish_and_ack_script(msgs, group, by_stream).await;
+        }
+        // In a cluster the streams and channels live on different shards: one pipeline (one hand-over to fred's router, one round trip): the publishes,
         // then every stream's acknowledgement, then its deletion (which keeps streams
         // short and drops join passwords). Redis runs them in that order.
         let p = self.client.pipeline();
