@@ -477,9 +477,32 @@ async fn postgres_store_meets_the_contract() {
         PgStore::connect(&url, 4).await.unwrap();
         store_contract(Arc::new(store)).await;
     }
+    statements_are_bounded(&url).await;
     let _ = client
         .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .await;
+}
+
+/// A statement stuck behind a lock fails after the statement timeout instead of waiting
+/// for good (the URL's own `statement_timeout` overrides the default of 30 s).
+async fn statements_are_bounded(url: &str) {
+    let store = PgStore::connect(&format!("{url}?options=-c%20statement_timeout%3D300"), 2)
+        .await
+        .unwrap();
+    let (locker, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE jam_sessions IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), store.list_sessions("t"))
+        .await
+        .expect("the server ends the statement; the call does not hang");
+    assert!(read.is_err(), "a statement past its timeout is an error");
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    store.list_sessions("t").await.unwrap();
 }
 
 fn note(tenant: &str, id: i64) -> InboxChange {

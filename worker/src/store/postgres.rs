@@ -151,6 +151,15 @@ END $$;
 
 /// How long a transaction may sit idle (its client paused or gone) before the server ends it.
 const STALLED_TX: Duration = Duration::from_secs(3);
+/// The longest any statement may run: the server cancels it after that (the caller sees an
+/// error and retries with back-off). The hot path's statements take milliseconds; the
+/// migrations and the retention purge, which may take long on large tables, lift it for
+/// their own transaction.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A server that stops answering (host down, network cut) is noticed by the kernel within
+/// about this long, for idle connections through keepalives and for unacknowledged writes
+/// through TCP_USER_TIMEOUT; the connection then fails instead of waiting for good.
+const DEAD_PEER: Duration = Duration::from_secs(30);
 
 fn db(e: tokio_postgres::Error) -> StoreError {
     metrics::counter!("jam_pg_errors_total").increment(1);
@@ -272,10 +281,23 @@ impl PgStore {
         // A worker paused or cut off inside a transaction must not hold its locks (the
         // partition row above all) until it wakes: the server aborts such a transaction
         // after a few idle seconds, so a new owner's claim waits that long at most.
-        cfg.options(format!(
-            "-c idle_in_transaction_session_timeout={}",
-            STALLED_TX.as_millis()
-        ));
+        let ours = format!(
+            "-c idle_in_transaction_session_timeout={} -c statement_timeout={}",
+            STALLED_TX.as_millis(),
+            STATEMENT_TIMEOUT.as_millis()
+        );
+        // Options given in the URL (`?options=-c%20statement_timeout%3D5000`) come after
+        // ours, so an operator's setting wins.
+        let options = match cfg.get_options() {
+            Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
+            _ => ours,
+        };
+        cfg.options(options);
+        cfg.keepalives(true)
+            .keepalives_idle(DEAD_PEER / 3)
+            .keepalives_interval(DEAD_PEER / 6)
+            .keepalives_retries(4)
+            .tcp_user_timeout(DEAD_PEER);
         let mgr = Manager::from_config(
             cfg,
             NoTls,
@@ -337,6 +359,11 @@ impl PgStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(db)?;
+        // A migration may rewrite a large table, and a second worker waits here for the
+        // first one's: neither is bound by the statement timeout.
+        tx.batch_execute("SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(db)?;
         tx.execute("SELECT pg_advisory_xact_lock(7362831)", &[])
             .await
             .map_err(db)?;
@@ -683,18 +710,25 @@ impl Store for PgStore {
     }
 
     async fn purge_messages(&self, before: i64) -> Result<u64, StoreError> {
-        let c = self.conn().await?;
-        let a = c
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        // The first purge after a long pause may delete many rows: not bound by the
+        // statement timeout (nothing waits on it; it holds no lock the hot path needs).
+        tx.batch_execute("SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(db)?;
+        let a = tx
             .execute("DELETE FROM jam_messages WHERE created_at < $1", &[&before])
             .await
             .map_err(db)?;
-        let b = c
+        let b = tx
             .execute(
                 "DELETE FROM jam_direct_messages WHERE created_at < $1",
                 &[&before],
             )
             .await
             .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(a + b)
     }
 
