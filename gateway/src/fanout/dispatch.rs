@@ -54,8 +54,8 @@ pub fn resync_all(table: &Table) {
             &serde_json::json!({"sessionId": sid, "reason": "events_dropped"}),
         );
         let f = OutFrame::text(&f);
-        for m in ch.members.iter() {
-            if st.conns.get(m).is_some_and(|e| e.handle.push(f.clone())) {
+        for h in ch.members.iter() {
+            if h.push(f.clone()) {
                 told += 1;
             }
         }
@@ -74,19 +74,26 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
     let channel: &str = &msg.channel;
     let inbox = channel == table.inbox;
     let mut empty = Vec::new();
-    let targets = {
+    let (targets, requester) = {
         let mut s = table.state.lock().unwrap();
         let st = &mut *s;
         admit(st, &env, channel, &mut empty);
         // Recipients are picked under the lock; the writes happen after it (a syscall per
         // socket: a large room would otherwise hold the table for milliseconds).
         let targets = recipients(st, &env, channel, inbox);
+        // The connection whose copy carries the `ref`, found once: matched to the
+        // recipients by address, not by reading each one's id.
+        let requester = env
+            .ref_conn
+            .as_deref()
+            .and_then(|c| st.conns.get(c))
+            .map(|e| e.handle.clone());
         // Leaves apply after delivery: the leaver sees its own user_left / session_ended.
         remove_leavers(st, &env, channel, &mut empty);
-        targets
+        (targets, requester)
     };
     table.release(empty);
-    write(&targets, &frames, &env, inbox);
+    write(&targets, &frames, &env, inbox, requester.as_ref());
 }
 
 /// The envelope and its frames, each encoded once for every recipient; `None` (counted)
@@ -116,8 +123,8 @@ fn decode(msg: &BusMessage) -> Option<(Envelope, Vec<OutFrame>)> {
 /// when nobody is left in it.
 fn admit(st: &mut State, env: &Envelope, channel: &str, empty: &mut Vec<String>) {
     if let (Some(join), Some(ch)) = (env.join_conn.as_deref(), st.channels.get_mut(channel)) {
-        if let Some(id) = ch.pending.take(join) {
-            ch.members.insert(id);
+        if let Some(e) = ch.pending.take(join).and_then(|id| st.conns.get(&id)) {
+            ch.members.insert(e.handle.clone());
         }
     }
     let Some(room) = env.drop_pending.as_deref() else {
@@ -151,19 +158,12 @@ fn recipients(st: &State, env: &Envelope, channel: &str, inbox: bool) -> Vec<Con
         return targets;
     };
     match env.conn.as_deref() {
-        Some(conn) if ch.members.contains(conn) => {
-            targets.extend(st.conns.get(conn).map(|e| e.handle.clone()));
-        }
-        Some(_) => {}
+        Some(conn) => targets.extend(ch.members.get(conn).cloned()),
         None => {
-            for m in ch.members.iter() {
-                let Some(e) = st.conns.get(m) else { continue };
-                let skip = env
-                    .except_user
-                    .as_deref()
-                    .is_some_and(|u| &*e.handle.user_id == u);
+            for h in ch.members.iter() {
+                let skip = env.except_user.as_deref().is_some_and(|u| &*h.user_id == u);
                 if !skip {
-                    targets.push(e.handle.clone());
+                    targets.push(h.clone());
                 }
             }
         }
@@ -177,19 +177,19 @@ fn remove_leavers(st: &mut State, env: &Envelope, channel: &str, empty: &mut Vec
     let mut leaving: Vec<Arc<str>> = Vec::new();
     if let Some(ch) = st.channels.get(channel) {
         if env.close_room {
-            leaving.extend(ch.members.iter().cloned());
+            leaving.extend(ch.members.iter().map(|h| h.id.clone()));
         }
         if let Some(c) = env.leave_conn.as_deref() {
-            if let Some(id) = ch.members.get(c) {
-                leaving.push(id.clone());
+            if let Some(h) = ch.members.get(c) {
+                leaving.push(h.id.clone());
             }
         }
         if let Some(u) = env.leave_user.as_deref() {
             leaving.extend(
                 ch.members
                     .iter()
-                    .filter(|m| st.conns.get(*m).is_some_and(|e| &*e.handle.user_id == u))
-                    .cloned(),
+                    .filter(|h| &*h.user_id == u)
+                    .map(|h| h.id.clone()),
             );
         }
     }
@@ -212,15 +212,20 @@ fn remove_leavers(st: &mut State, env: &Envelope, channel: &str, empty: &mut Vec
 }
 
 /// Push the frames to each recipient, the `ref` spliced into the requester's copy.
-fn write(targets: &[ConnHandle], frames: &[OutFrame], env: &Envelope, inbox: bool) {
+fn write(
+    targets: &[ConnHandle],
+    frames: &[OutFrame],
+    env: &Envelope,
+    inbox: bool,
+    requester: Option<&ConnHandle>,
+) {
     // Counted per frame, not per delivery: metric lookups stay off the per-socket loop.
     let mut sent = vec![0u64; frames.len()];
     for h in targets {
         // The `ref` goes on the first frame of the requester's copy (on the inbox, every
         // reply is the requester's).
-        let ref_here = match (&env.r#ref, env.ref_conn.as_deref()) {
-            (Some(r), _) if inbox => Some(r),
-            (Some(r), Some(rc)) if rc == &*h.id => Some(r),
+        let ref_here = match &env.r#ref {
+            Some(r) if inbox || requester.is_some_and(|q| q.same(h)) => Some(r),
             _ => None,
         };
         for (i, f) in frames.iter().enumerate() {

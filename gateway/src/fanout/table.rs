@@ -123,6 +123,11 @@ impl ConnHandle {
         }))
     }
 
+    /// The same connection (one allocation), without reading its id.
+    pub fn same(&self, other: &ConnHandle) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     pub fn is_socket(&self) -> bool {
         matches!(self.out, Out::Socket(_))
     }
@@ -230,37 +235,63 @@ pub(crate) struct Channel {
     pub subscribed: bool,
 }
 
-/// A channel's members. A user channel (one per connection) nearly always has one, kept
-/// inline: a set of one allocates four slots, about 96 bytes for every idle connection.
+/// A channel's members, as handles: a delivery walks them without looking each id up in
+/// the connection table (hashing an id reads its bytes, one more cache miss per recipient
+/// of a fan-out). A user channel (one per connection) nearly always has one, kept inline: a
+/// set of one allocates four slots, about 96 bytes for every idle connection.
 #[derive(Default)]
 pub(crate) enum Members {
     #[default]
     None,
-    One(Arc<str>),
-    Many(HashSet<Arc<str>, Fx>),
+    One(ConnHandle),
+    Many(HashSet<Member, Fx>),
+}
+
+/// A connection in a channel's set, hashed and compared by its id (so the set is looked
+/// up by id as before).
+pub(crate) struct Member(ConnHandle);
+
+impl std::hash::Hash for Member {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (*self.0.id).hash(state)
+    }
+}
+
+impl PartialEq for Member {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for Member {}
+
+impl std::borrow::Borrow<str> for Member {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
 }
 
 impl Members {
-    /// Add `id`; false if it was a member already.
-    pub fn insert(&mut self, id: Arc<str>) -> bool {
+    /// Add `handle`; false if it was a member already.
+    pub fn insert(&mut self, handle: ConnHandle) -> bool {
         match self {
-            Members::None => *self = Members::One(id),
-            Members::One(x) if *x == id => return false,
+            Members::None => *self = Members::One(handle),
+            Members::One(x) if x.id == handle.id => return false,
             Members::One(x) => {
-                let first = x.clone();
-                *self = Members::Many([first, id].into_iter().collect());
+                let first = Member(x.clone());
+                *self = Members::Many([first, Member(handle)].into_iter().collect());
             }
-            Members::Many(set) => return set.insert(id),
+            Members::Many(set) => return set.insert(Member(handle)),
         }
         true
     }
 
-    /// The member `id`, as shared with the connection table.
-    pub fn get(&self, id: &str) -> Option<&Arc<str>> {
+    /// The member whose id is `id`.
+    pub fn get(&self, id: &str) -> Option<&ConnHandle> {
         match self {
             Members::None => None,
-            Members::One(x) => (&**x == id).then_some(x),
-            Members::Many(set) => set.get(id),
+            Members::One(x) => (&*x.id == id).then_some(x),
+            Members::Many(set) => set.get(id).map(|m| &m.0),
         }
     }
 
@@ -270,7 +301,7 @@ impl Members {
 
     pub fn remove(&mut self, id: &str) {
         match self {
-            Members::One(x) if &**x == id => *self = Members::None,
+            Members::One(x) if &*x.id == id => *self = Members::None,
             Members::Many(set) => {
                 set.remove(id);
                 if set.is_empty() {
@@ -285,11 +316,11 @@ impl Members {
         matches!(self, Members::None)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+    pub fn iter(&self) -> impl Iterator<Item = &ConnHandle> {
         let (one, many) = match self {
             Members::None => (None, None),
             Members::One(x) => (Some(x), None),
-            Members::Many(set) => (None, Some(set.iter())),
+            Members::Many(set) => (None, Some(set.iter().map(|m| &m.0))),
         };
         one.into_iter().chain(many.into_iter().flatten())
     }
@@ -445,7 +476,7 @@ impl Table {
             let mut s = self.state.lock().unwrap();
             let id = handle.id.clone();
             let (name, ch) = s.channel(&user_channel);
-            ch.members.insert(id.clone());
+            ch.members.insert(handle.clone());
             let need_sub = !ch.subscribed;
             let channels = vec![name];
             s.conns.insert(id, ConnEntry { handle, channels });
@@ -664,19 +695,22 @@ mod tests {
 
     #[test]
     fn members_kept_inline_or_in_a_set_behave_as_one_set() {
-        let ids: Vec<Arc<str>> = ["a", "b", "c"].into_iter().map(Arc::from).collect();
+        let conns: Vec<ConnHandle> = ["a", "b", "c"]
+            .into_iter()
+            .map(|id| ConnHandle::new(id, "u", mpsc::channel(1).0))
+            .collect();
         let mut m = Members::default();
         assert!(m.is_empty() && m.get("a").is_none());
-        assert!(m.insert(ids[0].clone()));
-        assert!(!m.insert(ids[0].clone()), "a member is added once");
+        assert!(m.insert(conns[0].clone()));
+        assert!(!m.insert(conns[0].clone()), "a member is added once");
         assert!(matches!(m, Members::One(_)), "one member is inline");
-        assert!(m.insert(ids[1].clone()) && m.insert(ids[2].clone()));
-        assert!(!m.insert(ids[1].clone()));
-        let mut all: Vec<&str> = m.iter().map(|x| &**x).collect();
+        assert!(m.insert(conns[1].clone()) && m.insert(conns[2].clone()));
+        assert!(!m.insert(conns[1].clone()));
+        let mut all: Vec<&str> = m.iter().map(|x| &*x.id).collect();
         all.sort_unstable();
         assert_eq!(all, ["a", "b", "c"]);
-        // The shared name comes back, not a copy.
-        assert!(Arc::ptr_eq(m.get("b").unwrap(), &ids[1]));
+        // The connection itself comes back, not a copy.
+        assert!(m.get("b").unwrap().same(&conns[1]));
         m.remove("b");
         m.remove("zz");
         assert!(!m.contains("b") && m.contains("a") && m.contains("c"));
@@ -684,7 +718,7 @@ mod tests {
         m.remove("c");
         assert!(m.is_empty() && m.iter().next().is_none());
         let mut one = Members::default();
-        one.insert(ids[2].clone());
+        one.insert(conns[2].clone());
         one.remove("a");
         assert!(
             one.contains("c"),
