@@ -126,6 +126,38 @@ async fn bus_contract(bus: Arc<dyn Bus>) {
         .is_empty());
     assert!(nothing_pending(&*bus, &streams).await);
 
+    // A blocked read wakes for an entry on any stream it reads, at once, and not for a
+    // stream it does not read.
+    for (stream, wakes) in [("elsewhere", false), ("s1", true), ("s0", true)] {
+        let reader = tokio::spawn({
+            let (bus, streams) = (bus.clone(), streams.clone());
+            async move {
+                let t = std::time::Instant::now();
+                let got = bus
+                    .read_group(&streams, "g", "w1", 10, 1_500, ReadFrom::New)
+                    .await
+                    .unwrap();
+                (got, t.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        bus.xadd(stream, Bytes::from_static(b"late")).await.unwrap();
+        let (got, waited) = reader.await.unwrap();
+        if wakes {
+            assert_eq!(got.len(), 1, "{stream}");
+            assert_eq!(got[0].stream, stream);
+            assert!(
+                waited < Duration::from_millis(1_000),
+                "{stream}: {waited:?}"
+            );
+            bus.ack("g", &[(got[0].stream.clone(), got[0].id.clone())])
+                .await
+                .unwrap();
+        } else {
+            assert!(got.is_empty(), "an entry of another stream: {got:?}");
+        }
+    }
+
     // Publish and acknowledge in one call: the event is out and the entry is done.
     sub.subscribe("c3").await.unwrap();
     bus.xadd("s1", Bytes::from_static(b"d")).await.unwrap();

@@ -20,7 +20,7 @@ struct State {
     /// Subscriber → (receiver, channels, dropped a message since it was last told).
     subs: HashMap<u64, (mpsc::Sender<BusMessage>, HashSet<String>, bool)>,
     next_sub: u64,
-    streams: HashMap<String, VecDeque<(u64, Bytes)>>,
+    streams: HashMap<String, Stream>,
     next_id: u64,
     /// Lease key → (owner, expiry).
     leases: HashMap<String, (String, Instant)>,
@@ -30,15 +30,50 @@ struct State {
     members: HashMap<String, HashMap<String, Instant>>,
 }
 
+/// A stream's entries, and the readers waiting for its next one: an entry wakes only the
+/// readers of its own stream (one wake-up for all of them woke every partition's reader
+/// for every command, 16 in the standalone: docs/benchmarks.md).
+#[derive(Default)]
+struct Stream {
+    entries: VecDeque<(u64, Bytes)>,
+    ready: Arc<Notify>,
+}
+
 #[derive(Clone, Default)]
 pub struct MemoryBus {
     state: Arc<Mutex<State>>,
-    notify: Arc<Notify>,
 }
 
 impl MemoryBus {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Up to `count` entries of `streams`, oldest first across them (as one consumer
+    /// reading all partitions would), taken out of their streams.
+    fn take_oldest(&self, streams: &[String], count: usize) -> Vec<StreamEntry> {
+        let mut s = self.state.lock().unwrap();
+        let mut out = Vec::new();
+        while out.len() < count {
+            let oldest = streams
+                .iter()
+                .filter_map(|st| {
+                    s.streams
+                        .get(st)
+                        .and_then(|q| q.entries.front())
+                        .map(|(id, _)| (*id, st))
+                })
+                .min_by_key(|(id, _)| *id);
+            let Some((_, st)) = oldest else { break };
+            let q = s.streams.get_mut(st).expect("just found");
+            let (id, payload) = q.entries.pop_front().expect("just found");
+            out.push(StreamEntry {
+                stream: st.clone(),
+                id: format!("{id}-0"),
+                payload,
+            });
+        }
+        out
     }
 }
 
@@ -126,15 +161,18 @@ impl Bus for MemoryBus {
             let mut s = self.state.lock().unwrap();
             s.next_id += 1;
             let id = s.next_id;
-            let q = s.streams.entry(stream.to_string()).or_default();
-            if q.len() >= STREAM_CAP {
+            if !s.streams.contains_key(stream) {
+                s.streams.insert(stream.to_string(), Stream::default());
+            }
+            let q = s.streams.get_mut(stream).expect("just made sure");
+            if q.entries.len() >= STREAM_CAP {
                 return Err(BusError::Redis("stream full".into()));
             }
-            q.push_back((id, payload));
+            q.entries.push_back((id, payload));
+            // Readers register before they look (see `read_group`): none misses this.
+            q.ready.notify_waiters();
             id
         };
-        self.notify.notify_waiters();
-        self.notify.notify_one();
         Ok(format!("{id}-0"))
     }
 
@@ -156,35 +194,25 @@ impl Bus for MemoryBus {
             return Ok(Vec::new());
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(block_ms);
+        let readies: Vec<Arc<Notify>> = {
+            let mut s = self.state.lock().unwrap();
+            streams
+                .iter()
+                .map(|st| s.streams.entry(st.clone()).or_default().ready.clone())
+                .collect()
+        };
         loop {
-            let notified = self.notify.notified();
-            {
-                let mut s = self.state.lock().unwrap();
-                // Oldest first across streams, as one consumer reading all partitions would.
-                let mut out = Vec::new();
-                while out.len() < count {
-                    let oldest = streams
-                        .iter()
-                        .filter_map(|st| {
-                            s.streams
-                                .get(st)
-                                .and_then(|q| q.front())
-                                .map(|(id, _)| (*id, st))
-                        })
-                        .min_by_key(|(id, _)| *id);
-                    let Some((_, st)) = oldest else { break };
-                    let (id, payload) = s.streams.get_mut(st).unwrap().pop_front().unwrap();
-                    out.push(StreamEntry {
-                        stream: st.clone(),
-                        id: format!("{id}-0"),
-                        payload,
-                    });
-                }
-                if !out.is_empty() {
-                    return Ok(out);
-                }
+            let mut waits: Vec<_> = readies.iter().map(|r| Box::pin(r.notified())).collect();
+            // Registered before looking: an entry added after the look wakes this reader.
+            for w in &mut waits {
+                w.as_mut().enable();
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let out = self.take_oldest(streams, count);
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let any = futures::future::select_all(waits);
+            if tokio::time::timeout_at(deadline, any).await.is_err() {
                 return Ok(Vec::new());
             }
         }
