@@ -26,6 +26,7 @@ async fn cluster_protocol_scenarios() {
     scenario::shows_and_attendance(&a.ws_url(), &b.ws_url(), &a.http("")).await;
     scenario::notifications(&a.ws_url(), &b.ws_url(), &a.http("")).await;
     scenario::contacts_presence(&a.ws_url(), &b.ws_url(), &a.http("")).await;
+    scenario::greeting_comes_first(&a.ws_url(), &b.ws_url()).await;
     message_path_is_measured(&c).await;
 }
 

@@ -25,6 +25,12 @@ async fn standalone_tenants() {
 }
 
 #[tokio::test]
+async fn standalone_greeting_comes_first() {
+    let jam = procs::standalone(&[("JAM_RATE_LIMIT_PER_SEC", "1000")]).await;
+    scenario::greeting_comes_first(&jam.ws_url(), &jam.ws_url()).await;
+}
+
+#[tokio::test]
 async fn standalone_reconnect_recovery() {
     // The sender chats faster than the default frame rate allows.
     let jam = procs::standalone(&[("JAM_RATE_LIMIT_PER_SEC", "1000")]).await;

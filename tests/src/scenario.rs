@@ -877,3 +877,40 @@ pub async fn contacts_presence(url_a: &str, url_b: &str, http_a: &str) {
         "tenants apart"
     );
 }
+
+/// A connection's first frame is `authenticated`, even while frames stream to its user on
+/// that gateway: here, direct messages to another connection of the same user. (Before the
+/// greeting went out ahead of registration, a frame on the user's channel could overtake it
+/// in the cluster, while the gateway waited to tell the workers about the new connection.)
+pub async fn greeting_comes_first(url_a: &str, url_b: &str) {
+    let t = |u: &str| token(u, &u.to_uppercase(), Some("greet"));
+    let mut sender = Client::connect(url_a, &t("gsender")).await;
+    // Keeps the user's channel subscribed on gateway b, so that its frames flow there.
+    let mut held = Client::connect(url_b, &t("gtarget")).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sending = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut sent = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sender
+                    .send(json!({"type": "message", "data": {"receiverId": "gtarget", "content": "x", "messageType": "TEXT"}}))
+                    .await;
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            sent
+        }
+    });
+    held.recv_type("direct_message").await;
+    for _ in 0..80 {
+        // `connect` asserts that the first frame is `authenticated`.
+        let mut c = Client::connect(url_b, &t("gtarget")).await;
+        c.recv_type("direct_message").await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sending.await.unwrap() > 20,
+        "direct messages flowed meanwhile"
+    );
+}

@@ -167,19 +167,11 @@ struct Live {
 }
 
 impl Reader {
-    /// Register, tell the workers and greet the client; false when the bus is away.
+    /// Greet the client, register, tell the workers; false when the bus is away. The
+    /// greeting goes first, before the connection is in the table: nothing (a ping, a frame
+    /// on the user's channel) can reach the client ahead of `authenticated`.
     async fn start(&self, expires_at: Option<i64>) -> bool {
         let (st, handle, who) = (&self.st, &self.handle, &self.who);
-        let user_channel = keys::user_channel(&who.tenant, &who.user_id);
-        if let Err(e) = st.table.register(handle.clone(), user_channel).await {
-            tracing::warn!(error = %e, "could not subscribe the user channel");
-            st.table.unregister(&handle.id);
-            return false;
-        }
-        metrics::gauge!("jam_connections_open").increment(1.0);
-        metrics::counter!("jam_connections_opened_total").increment(1);
-        tracing::info!("connected");
-        report_connect(st, who, &handle.id).await;
         handle.push_json(&frame(
             "authenticated",
             &json!({
@@ -191,6 +183,19 @@ impl Reader {
         ));
         // The first round-trip sample at once; then the gateway's pinger (see [`pinger`]).
         handle.push(ping_now());
+        let user_channel = keys::user_channel(&who.tenant, &who.user_id);
+        if let Err(e) = st.table.register(handle.clone(), user_channel).await {
+            tracing::warn!(error = %e, "could not subscribe the user channel");
+            st.table.unregister(&handle.id);
+            handle.push_json(&error(ErrorCode::Unavailable, "bus unavailable, reconnect"));
+            handle.close(close::SERVICE_RESTART);
+            handle.finish(CLOSE_GRACE).await;
+            return false;
+        }
+        metrics::gauge!("jam_connections_open").increment(1.0);
+        metrics::counter!("jam_connections_opened_total").increment(1);
+        tracing::info!("connected");
+        report_connect(st, who, &handle.id).await;
         true
     }
 }
