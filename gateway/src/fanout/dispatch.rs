@@ -81,11 +81,12 @@ pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {
         // Recipients are picked under the lock; the writes happen after it (a syscall per
         // socket: a large room would otherwise hold the table for milliseconds).
         let targets = recipients(st, &env, channel, inbox);
-        // The connection whose copy carries the `ref`, found once: matched to the
-        // recipients by address, not by reading each one's id.
+        // The connection whose copy carries the `ref` (on a room; on the inbox every copy
+        // does), found once: matched to the recipients by address, not by each one's id.
         let requester = env
             .ref_conn
             .as_deref()
+            .filter(|_| env.r#ref.is_some() && !inbox)
             .and_then(|c| st.conns.get(c))
             .map(|e| e.handle.clone());
         // Leaves apply after delivery: the leaver sees its own user_left / session_ended.

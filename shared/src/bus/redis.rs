@@ -527,7 +527,8 @@ impl Bus for RedisBus {
         if !self.sharded {
             return self.publish_and_ack_script(msgs, group, by_stream).await;
         }
-        // In a cluster the streams and channels live on different shards: one pipeline (one hand-over to fred's router, one round trip): the publishes,
+        // In a cluster the streams and channels live on different shards, so no script:
+        // one pipeline (one hand-over to fred's router, one round trip) of the publishes,
         // then every stream's acknowledgement, then its deletion (which keeps streams
         // short and drops join passwords). Redis runs them in that order.
         let p = self.client.pipeline();

@@ -161,6 +161,13 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// through TCP_USER_TIMEOUT; the connection then fails instead of waiting for good.
 const DEAD_PEER: Duration = Duration::from_secs(30);
 
+/// Lift [`STATEMENT_TIMEOUT`] for the rest of `tx`.
+async fn unbounded(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.batch_execute("SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(db)
+}
+
 fn db(e: tokio_postgres::Error) -> StoreError {
     metrics::counter!("jam_pg_errors_total").increment(1);
     StoreError::Db(e.to_string())
@@ -361,9 +368,7 @@ impl PgStore {
         let tx = c.transaction().await.map_err(db)?;
         // A migration may rewrite a large table, and a second worker waits here for the
         // first one's: neither is bound by the statement timeout.
-        tx.batch_execute("SET LOCAL statement_timeout = 0")
-            .await
-            .map_err(db)?;
+        unbounded(&tx).await?;
         tx.execute("SELECT pg_advisory_xact_lock(7362831)", &[])
             .await
             .map_err(db)?;
@@ -714,9 +719,7 @@ impl Store for PgStore {
         let tx = c.transaction().await.map_err(db)?;
         // The first purge after a long pause may delete many rows: not bound by the
         // statement timeout (nothing waits on it; it holds no lock the hot path needs).
-        tx.batch_execute("SET LOCAL statement_timeout = 0")
-            .await
-            .map_err(db)?;
+        unbounded(&tx).await?;
         let a = tx
             .execute("DELETE FROM jam_messages WHERE created_at < $1", &[&before])
             .await
