@@ -277,6 +277,27 @@ async fn readiness_follows_redis_without_a_restart() {
     assert_eq!(seen["message"], "still here", "{seen}");
 }
 
+/// SIGTERM while Redis is away: the worker abandons the reads Redis never answers (what
+/// they delivered stays pending for the next owner), gives up releasing its leases after a
+/// short wait (they expire) and exits within a bound. It used to wait out each read's 30 s
+/// slack and each release's command timeout: 40 s.
+#[tokio::test]
+async fn a_worker_stops_within_a_bound_while_redis_is_away() {
+    let mut redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let mut worker = procs::worker(&redis.url(), &db.url, &[]).await;
+    wait_status(&worker.http("/ready"), 200, Duration::from_secs(10)).await;
+    redis.stop();
+    wait_status(&worker.http("/ready"), 503, Duration::from_secs(15)).await;
+    let t = Instant::now();
+    worker.signal("TERM");
+    assert!(
+        worker.wait_exit(Duration::from_secs(12)).await,
+        "the worker did not exit within 12 s of SIGTERM with Redis away"
+    );
+    eprintln!("worker exited {:?} after SIGTERM", t.elapsed());
+}
+
 /// A worker whose consumer group vanishes while it takes its partitions over (a Redis
 /// that restarted empty between the group's creation and the takeover of what was
 /// pending) creates the group again and serves every partition once the group stays.

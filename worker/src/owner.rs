@@ -8,13 +8,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jam_shared::bus::{BusMessage, LeaseOp, Subscription};
+use jam_shared::bus::{BusError, BusMessage, LeaseOp, Subscription};
 use jam_shared::keys;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::partition::{Partition, Shared};
+
+/// How long a stopping partition waits for Redis to take its lease back.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Owned {
     stop: CancellationToken,
@@ -68,6 +71,8 @@ impl Owner {
         tracing::info!(node = %self.sh.node, partitions = self.sh.partitions, "worker started");
         loop {
             tokio::select! {
+                // First: after a long round the next tick is due at once.
+                biased;
                 _ = shutdown.cancelled() => break,
                 _ = every.tick() => self.round().await,
             }
@@ -113,10 +118,9 @@ impl Owner {
     /// Say this worker is alive (and applying, while every partition held commits); how
     /// many workers are, or `None` when the registry cannot be reached.
     async fn register(&self, ttl_ms: u64) -> Option<usize> {
+        let bus = &self.sh.bus;
         let live = match self
-            .sh
-            .bus
-            .register_member(keys::WORKER_REGISTRY, &self.sh.node, ttl_ms)
+            .bounded(bus.register_member(keys::WORKER_REGISTRY, &self.sh.node, ttl_ms))
             .await
         {
             Ok(n) => n.max(1),
@@ -129,9 +133,7 @@ impl Owner {
         // every partition held commits (a store outage lets the entry expire).
         if self.sh.health.committing() {
             if let Err(e) = self
-                .sh
-                .bus
-                .register_member(keys::WORKERS_APPLYING, &self.sh.node, ttl_ms)
+                .bounded(bus.register_member(keys::WORKERS_APPLYING, &self.sh.node, ttl_ms))
                 .await
             {
                 tracing::debug!(error = %e, "announcing that commands are applied failed");
@@ -141,29 +143,46 @@ impl Owner {
     }
 
     /// Renew (or re-take after a Redis restart) what we hold; stop what someone else has.
+    /// All renewals at once: one round trip (the client pipelines them) and one bound for
+    /// them all, however many partitions are held.
     async fn renew_held(&mut self, ttl_ms: u64) {
         let held: Vec<u32> = self.owned.keys().copied().collect();
-        for p in held {
-            let finished = self.owned.get(&p).is_some_and(|o| o.task.is_finished());
-            let sent = Instant::now();
-            let lease = self
+        let sent = Instant::now();
+        let this = &*self;
+        let answers = futures::future::join_all(held.iter().map(|&p| async move {
+            let key = keys::partition_lease(p);
+            let acquire = this
                 .sh
                 .bus
-                .lease(
-                    &keys::partition_lease(p),
-                    &self.sh.node,
-                    ttl_ms,
-                    LeaseOp::Acquire,
-                )
-                .await;
+                .lease(&key, &this.sh.node, ttl_ms, LeaseOp::Acquire);
+            this.bounded(acquire).await
+        }))
+        .await;
+        let mut lost = Vec::new();
+        for (p, lease) in held.into_iter().zip(answers) {
+            let finished = self.owned.get(&p).is_some_and(|o| o.task.is_finished());
             if finished || matches!(lease, Ok(false)) {
                 tracing::warn!(partition = p, finished, "partition lost");
-                let o = self.owned.remove(&p).expect("held");
-                stop_and_release(self.sh.clone(), p, o).await;
+                lost.push((p, self.owned.remove(&p).expect("held")));
             } else if let (Ok(true), Some(o)) = (&lease, self.owned.get(&p)) {
                 o.lease.extend(sent + self.ttl);
             }
         }
+        let stops = lost
+            .into_iter()
+            .map(|(p, o)| stop_and_release(self.sh.clone(), p, o));
+        futures::future::join_all(stops).await;
+    }
+
+    /// A round's Redis call, bounded by a quarter of the lease's lifetime: an answer later
+    /// than that is no use to a renewal, and a round that waited longer would hold up the
+    /// next one and the worker's stop. A lease Redis granted without the answer arriving
+    /// is ours at the next round's acquire (same owner), or expires.
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, BusError>>,
+    ) -> Result<T, BusError> {
+        BusError::within(self.ttl / 4, fut).await
     }
 
     /// Give back the partitions above `target`, so a newcomer gets its share.
@@ -203,14 +222,12 @@ impl Owner {
                 continue;
             }
             let sent = Instant::now();
+            let key = keys::partition_lease(p);
             match self
-                .sh
-                .bus
-                .lease(
-                    &keys::partition_lease(p),
-                    &self.sh.node,
-                    ttl_ms,
-                    LeaseOp::Acquire,
+                .bounded(
+                    self.sh
+                        .bus
+                        .lease(&key, &self.sh.node, ttl_ms, LeaseOp::Acquire),
                 )
                 .await
             {
@@ -238,15 +255,15 @@ impl Owner {
 }
 
 /// Stop a partition (its committer finishes what was applied) and give its lease back.
+/// Giving it back only saves the next owner the lease's expiry, so a Redis that does not
+/// answer gets [`RELEASE_TIMEOUT`], not the command timeout.
 async fn stop_and_release(sh: Shared, p: u32, o: Owned) {
     o.stop.cancel();
     let _ = o.task.await;
     sh.health.release(p);
-    if let Err(e) = sh
-        .bus
-        .lease(&keys::partition_lease(p), &sh.node, 0, LeaseOp::Release)
-        .await
-    {
+    let key = keys::partition_lease(p);
+    let release = sh.bus.lease(&key, &sh.node, 0, LeaseOp::Release);
+    if let Err(e) = BusError::within(RELEASE_TIMEOUT, release).await {
         tracing::warn!(partition = p, error = %e, "releasing a lease failed; it will expire");
     }
 }

@@ -80,7 +80,9 @@ impl Partition {
     pub async fn claim(id: u32, sh: Shared, stop: &CancellationToken) -> Option<Self> {
         let mut delay = Duration::from_millis(100);
         loop {
-            match Self::try_claim(id, sh.clone()).await {
+            // Abandoned at a stop: a fence bumped without the answer only means the next
+            // owner's claim bumps it again.
+            match unless_stopped(stop, Self::try_claim(id, sh.clone())).await? {
                 Ok(p) => return Some(p),
                 Err(e) => {
                     tracing::warn!(partition = id, error = %e, "claiming partition failed; retrying");
@@ -134,14 +136,18 @@ impl Partition {
                 // failed takeover would strand those entries in a dead consumer's list),
                 // through the same recovery as a failed read: a Redis that restarted
                 // empty in between has no group to take them from.
-                if self.take_over_pending(0).await.is_none() {
+                let took = unless_stopped(&stop, self.take_over_pending(0)).await;
+                if took.is_none() {
+                    break;
+                }
+                if took.flatten().is_none() {
                     self.bus_failed(&stop, &mut ls.backoff).await;
                     continue;
                 }
                 taken_over = true;
             }
             let mut fx = Effects::default();
-            self.housekeeping(&mut ls, &mut fx).await;
+            self.housekeeping(&mut ls, &mut fx, &stop).await;
             if !lease.holds(self.sh.lease_ttl / 2) {
                 // Renewals are late (a Redis outage, or this process was paused): read
                 // nothing until the owner renews or hands the partition over.
@@ -189,7 +195,12 @@ impl Partition {
 
     /// Between batches: results of password checks, the periodic sweep for entries another
     /// consumer holds on our stream, and the timers' tick.
-    async fn housekeeping(&mut self, ls: &mut LoopState, fx: &mut Effects) {
+    async fn housekeeping(
+        &mut self,
+        ls: &mut LoopState,
+        fx: &mut Effects,
+        stop: &CancellationToken,
+    ) {
         while let Ok(v) = self.verified.try_recv() {
             self.engine.apply_verified(&v.cmd, v.ok, fx);
         }
@@ -199,7 +210,8 @@ impl Partition {
             ls.last_sweep = Instant::now();
             // Idle for a while: not one of our own batches still in flight.
             let idle = SWEEP.as_millis() as u64 * 2;
-            if self.take_over_pending(idle).await.unwrap_or(0) > 0 {
+            let took = unless_stopped(stop, self.take_over_pending(idle)).await;
+            if took.flatten().unwrap_or(0) > 0 {
                 ls.from_pending = true;
             }
         }
@@ -226,19 +238,20 @@ impl Partition {
         } else {
             ReadFrom::New
         };
-        // Never cancelled mid-way: a dropped read would strand what it delivered.
-        let read = self
-            .sh
-            .bus
-            .read_group(
-                std::slice::from_ref(&self.stream),
-                WORKER_GROUP,
-                &self.sh.node,
-                BATCH,
-                BLOCK_MS,
-                from,
-            )
-            .await;
+        let read = self.sh.bus.read_group(
+            std::slice::from_ref(&self.stream),
+            WORKER_GROUP,
+            &self.sh.node,
+            BATCH,
+            BLOCK_MS,
+            from,
+        );
+        // Abandoned only when the partition stops (see `unless_stopped`); without that a
+        // stop waits out a read Redis never answers (up to `BLOCK_MS` + 30 s).
+        let Some(read) = unless_stopped(stop, read).await else {
+            ls.from_pending = true;
+            return Vec::new();
+        };
         match read {
             Ok(entries) => {
                 ls.backoff = Duration::from_millis(100);
@@ -275,7 +288,8 @@ impl Partition {
         }
         *backoff = (*backoff * 2).min(READ_BACKOFF_MAX);
         let streams = [self.stream.clone()];
-        if let Err(e) = self.sh.bus.ensure_group(&streams, WORKER_GROUP).await {
+        let ensure = self.sh.bus.ensure_group(&streams, WORKER_GROUP);
+        if let Some(Err(e)) = unless_stopped(stop, ensure).await {
             tracing::debug!(error = %e, "group re-creation failed");
         }
     }
@@ -474,6 +488,21 @@ impl LoopState {
 fn stage(name: &'static str, since: Instant) {
     metrics::histogram!("jam_partition_stage_seconds", "stage" => name)
         .record(since.elapsed().as_secs_f64());
+}
+
+/// `fut`, or `None` once the partition is told to stop. Only for bus calls whose effect,
+/// when Redis applied them and the answer was dropped, the next owner undoes: entries a
+/// read or a takeover moved to this consumer stay pending, and the next owner takes them
+/// over before it reads anything (`take_over_pending(0)`).
+async fn unless_stopped<T>(
+    stop: &CancellationToken,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        r = fut => Some(r),
+        _ = stop.cancelled() => None,
+    }
 }
 
 #[cfg(test)]

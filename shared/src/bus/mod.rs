@@ -17,12 +17,25 @@ pub enum BusError {
     Redis(String),
     #[error("bus closed")]
     Closed,
+    /// The caller's own bound ran out before Redis answered.
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl BusError {
+    /// `fut`, or [`BusError::Timeout`] once `bound` has passed without an answer.
+    pub async fn within<T>(
+        bound: std::time::Duration,
+        fut: impl std::future::Future<Output = Result<T, BusError>>,
+    ) -> Result<T, BusError> {
+        tokio::time::timeout(bound, fut)
+            .await
+            .unwrap_or(Err(BusError::Timeout(bound)))
+    }
+
     /// Whether trying again later can help (a lost connection) or not (a closed bus).
     pub fn retryable(&self) -> bool {
-        matches!(self, BusError::Redis(_))
+        matches!(self, BusError::Redis(_) | BusError::Timeout(_))
     }
 }
 
