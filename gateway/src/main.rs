@@ -23,6 +23,11 @@ enum Cmd {
     Gentoken(jam_gateway::cli::GentokenArgs),
 }
 
+/// jemalloc: no per-allocation header and size-class slabs cost an idle connection less
+/// than glibc's malloc (decision 21, docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     jam_shared::telemetry::run_main(None, serve())
 }

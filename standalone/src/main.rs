@@ -24,6 +24,11 @@ enum Cmd {
 /// thread, the least CPU per message (docs/decisions/0014-one-loop-for-the-standalone.md).
 const STANDALONE_THREADS: usize = 1;
 
+/// jemalloc: no per-allocation header and size-class slabs cost an idle connection less
+/// than glibc's malloc (decision 21, docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     jam_shared::telemetry::run_main(Some(STANDALONE_THREADS), serve())
 }

@@ -14,6 +14,11 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "jam-worker", version, about = "jam worker: owns sessions, drift and timers", after_help = Config::help())]
 struct Cli {}
 
+/// jemalloc: no per-allocation header and size-class slabs cost an idle connection less
+/// than glibc's malloc (decision 21, docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     jam_shared::telemetry::run_main(None, serve())
 }
