@@ -451,3 +451,66 @@ async fn a_postgres_outage_is_ridden_out_and_readiness_follows_it() {
         .await;
     assert_eq!(history_texts(&hist), ["before", "during"]);
 }
+
+/// SIGTERM while PostgreSQL is away and batches wait behind a commit that cannot finish:
+/// the worker drops what it could not commit (it stays pending in the stream, none of it
+/// acknowledged) and exits within a bound; the next worker applies it, once. The partition
+/// used to wait for room in the committer's lane for as long as the outage lasted, so the
+/// worker never stopped.
+#[tokio::test]
+async fn a_worker_stops_within_a_bound_while_postgres_is_away() {
+    let redis = PrivateRedis::start();
+    let db = TestDb::create().await;
+    let (pg, url) = gated(&db.url);
+    pg.open().await;
+    let mut worker = procs::worker(&redis.url(), &url, &[]).await;
+    let gw = procs::gateway(&redis.url(), "gw-a", &[]).await;
+    wait_status(&gw.http("/ready"), 200, Duration::from_secs(10)).await;
+    let mut alice = Client::connect(&gw.ws_url(), &token("alice", "Alice", None)).await;
+    let sid = create(&mut alice, json!({"name": "outage"})).await;
+    say(&mut alice, &sid, "before").await;
+
+    pg.cut();
+    // One batch each: the committer retries the first, the next waits in the lane and the
+    // ones after hold the partition's reader.
+    let texts: Vec<String> = (0..4).map(|i| format!("during {i}")).collect();
+    for (i, text) in texts.iter().enumerate() {
+        alice
+            .send(json!({"type": "send_message", "sessionId": sid, "message": text, "ref": format!("d{i}")}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let t = Instant::now();
+    worker.signal("TERM");
+    assert!(
+        worker.wait_exit(Duration::from_secs(15)).await,
+        "the worker did not exit within 15 s of SIGTERM with PostgreSQL away"
+    );
+    eprintln!("worker exited {:?} after SIGTERM", t.elapsed());
+    assert!(
+        alice
+            .try_recv_where(Duration::from_millis(200), |f| f["type"] == "new_message")
+            .await
+            .is_none(),
+        "nothing was acknowledged while it could not be stored"
+    );
+
+    pg.open().await;
+    let _next = procs::worker(&redis.url(), &url, &[]).await;
+    for i in 0..texts.len() {
+        let ack = alice
+            .recv_where_within(
+                "an ack from the next worker",
+                Duration::from_secs(30),
+                |f| f["ref"] == format!("d{i}").as_str(),
+            )
+            .await;
+        assert_eq!(ack["type"], "new_message", "{ack}");
+    }
+    let hist = alice
+        .request(json!({"type": "load_history", "sessionId": sid}))
+        .await;
+    let mut want = vec!["before".to_string()];
+    want.extend(texts);
+    assert_eq!(history_texts(&hist), want);
+}

@@ -14,7 +14,7 @@ use jam_shared::ErrorCode;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::{LaneClosed, Lanes, Work};
+use crate::commit::{Lane, LaneClosed, Lanes, Work};
 use crate::engine::{Effects, Engine, EngineConfig, GatewayLiveness};
 use crate::owner::LeaseClock;
 use crate::passwords::{Verified, Verifier};
@@ -153,7 +153,7 @@ impl Partition {
                 // nothing until the owner renews or hands the partition over.
                 self.sh.liveness.lock().unwrap().bus_unhealthy();
                 if let Some(w) = self.work(fx, Vec::new()) {
-                    if lane.send(w).await.is_err() {
+                    if !queue(&lane, w, &stop).await {
                         break;
                     }
                 }
@@ -170,7 +170,7 @@ impl Partition {
             if let Some(w) = self.work(fx, acks) {
                 // Bounded: a slow commit holds the reader here (back-pressure).
                 let t = Instant::now();
-                if lane.send(w).await.is_err() {
+                if !queue(&lane, w, &stop).await {
                     break;
                 }
                 stage("queue", t);
@@ -488,6 +488,14 @@ impl LoopState {
 fn stage(name: &'static str, since: Instant) {
     metrics::histogram!("jam_partition_stage_seconds", "stage" => name)
         .record(since.elapsed().as_secs_f64());
+}
+
+/// Hand `w` to the committer, unless the partition stops while it waits for room (a commit
+/// that cannot finish: the store away). What `w` applied then stays pending in the stream
+/// and the next owner applies it again: none of it was committed, published or
+/// acknowledged. `false` when the partition's loop should end.
+async fn queue(lane: &Lane, w: Work, stop: &CancellationToken) -> bool {
+    matches!(unless_stopped(stop, lane.send(w)).await, Some(Ok(())))
 }
 
 /// `fut`, or `None` once the partition is told to stop. Only for bus calls whose effect,
