@@ -406,48 +406,87 @@ fn gated(url: &str) -> (TcpGate, String) {
     (gate, url)
 }
 
-/// PostgreSQL going away under a running worker: the gateways stop being ready (no
-/// worker applies commands), a message sent meanwhile waits, and once PostgreSQL is back
-/// it is committed and acknowledged: the outage is ridden out, nothing restarts.
-#[tokio::test]
-async fn a_postgres_outage_is_ridden_out_and_readiness_follows_it() {
+/// A worker and a gateway on a PostgreSQL behind a gate, and alice in a session where she
+/// said "before".
+struct GatedStack {
+    _redis: PrivateRedis,
+    _db: TestDb,
+    redis_url: String,
+    pg: TcpGate,
+    pg_url: String,
+    worker: jam_tests::procs::Proc,
+    gw: jam_tests::procs::Proc,
+    alice: Client,
+    sid: String,
+}
+
+async fn gated_stack(worker_env: &[(&str, &str)]) -> GatedStack {
     let redis = PrivateRedis::start();
     let db = TestDb::create().await;
-    let (pg, url) = gated(&db.url);
+    let (pg, pg_url) = gated(&db.url);
     pg.open().await;
-    let ttl = [("JAM_LEASE_TTL_MS", "2000")];
-    let mut worker = procs::worker(&redis.url(), &url, &ttl).await;
+    let worker = procs::worker(&redis.url(), &pg_url, worker_env).await;
     let gw = procs::gateway(&redis.url(), "gw-a", &[]).await;
     wait_status(&gw.http("/ready"), 200, Duration::from_secs(10)).await;
     let mut alice = Client::connect(&gw.ws_url(), &token("alice", "Alice", None)).await;
     let sid = create(&mut alice, json!({"name": "outage"})).await;
     say(&mut alice, &sid, "before").await;
+    GatedStack {
+        redis_url: redis.url(),
+        _redis: redis,
+        _db: db,
+        pg,
+        pg_url,
+        worker,
+        gw,
+        alice,
+        sid,
+    }
+}
 
-    pg.cut();
-    alice
-        .send(json!({"type": "send_message", "sessionId": sid, "message": "during", "ref": "d"}))
+/// Send `text` with `r` as its ref, without waiting for the answer.
+async fn send_ref(s: &mut GatedStack, text: &str, r: &str) {
+    let sid = s.sid.clone();
+    s.alice
+        .send(json!({"type": "send_message", "sessionId": sid, "message": text, "ref": r}))
         .await;
-    wait_status(&worker.http("/ready"), 503, Duration::from_secs(15)).await;
-    wait_status(&gw.http("/ready"), 503, Duration::from_secs(15)).await;
+}
+
+/// The acknowledgement of the message sent with ref `r` (its sender's `new_message`).
+async fn acked(alice: &mut Client, r: &str) {
+    let ack = alice
+        .recv_where_within("the ack after the outage", Duration::from_secs(30), |f| {
+            f["ref"] == r
+        })
+        .await;
+    assert_eq!(ack["type"], "new_message", "{ack}");
+}
+
+/// PostgreSQL going away under a running worker: the gateways stop being ready (no
+/// worker applies commands), a message sent meanwhile waits, and once PostgreSQL is back
+/// it is committed and acknowledged: the outage is ridden out, nothing restarts.
+#[tokio::test]
+async fn a_postgres_outage_is_ridden_out_and_readiness_follows_it() {
+    let mut s = gated_stack(&[("JAM_LEASE_TTL_MS", "2000")]).await;
+    s.pg.cut();
+    send_ref(&mut s, "during", "d").await;
+    wait_status(&s.worker.http("/ready"), 503, Duration::from_secs(15)).await;
+    wait_status(&s.gw.http("/ready"), 503, Duration::from_secs(15)).await;
     assert!(
-        alice
+        s.alice
             .try_recv_where(Duration::from_secs(1), |f| f["ref"] == "d")
             .await
             .is_none(),
         "not acknowledged while it cannot be stored"
     );
 
-    pg.open().await;
-    let ack = alice
-        .recv_where_within("the ack after the outage", Duration::from_secs(30), |f| {
-            f["ref"] == "d"
-        })
-        .await;
-    assert_eq!(ack["type"], "new_message", "{ack}");
-    wait_status(&gw.http("/ready"), 200, Duration::from_secs(15)).await;
-    assert!(worker.running(), "the worker rode it out");
-    let hist = alice
-        .request(json!({"type": "load_history", "sessionId": sid}))
+    s.pg.open().await;
+    acked(&mut s.alice, "d").await;
+    wait_status(&s.gw.http("/ready"), 200, Duration::from_secs(15)).await;
+    assert!(s.worker.running(), "the worker rode it out");
+    let hist = s
+        .alice
+        .request(json!({"type": "load_history", "sessionId": s.sid}))
         .await;
     assert_eq!(history_texts(&hist), ["before", "during"]);
 }
@@ -459,56 +498,38 @@ async fn a_postgres_outage_is_ridden_out_and_readiness_follows_it() {
 /// worker never stopped.
 #[tokio::test]
 async fn a_worker_stops_within_a_bound_while_postgres_is_away() {
-    let redis = PrivateRedis::start();
-    let db = TestDb::create().await;
-    let (pg, url) = gated(&db.url);
-    pg.open().await;
-    let mut worker = procs::worker(&redis.url(), &url, &[]).await;
-    let gw = procs::gateway(&redis.url(), "gw-a", &[]).await;
-    wait_status(&gw.http("/ready"), 200, Duration::from_secs(10)).await;
-    let mut alice = Client::connect(&gw.ws_url(), &token("alice", "Alice", None)).await;
-    let sid = create(&mut alice, json!({"name": "outage"})).await;
-    say(&mut alice, &sid, "before").await;
-
-    pg.cut();
+    let mut s = gated_stack(&[]).await;
+    s.pg.cut();
     // One batch each: the committer retries the first, the next waits in the lane and the
     // ones after hold the partition's reader.
     let texts: Vec<String> = (0..4).map(|i| format!("during {i}")).collect();
     for (i, text) in texts.iter().enumerate() {
-        alice
-            .send(json!({"type": "send_message", "sessionId": sid, "message": text, "ref": format!("d{i}")}))
-            .await;
+        send_ref(&mut s, text, &format!("d{i}")).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let t = Instant::now();
-    worker.signal("TERM");
+    s.worker.signal("TERM");
     assert!(
-        worker.wait_exit(Duration::from_secs(15)).await,
+        s.worker.wait_exit(Duration::from_secs(15)).await,
         "the worker did not exit within 15 s of SIGTERM with PostgreSQL away"
     );
     eprintln!("worker exited {:?} after SIGTERM", t.elapsed());
     assert!(
-        alice
+        s.alice
             .try_recv_where(Duration::from_millis(200), |f| f["type"] == "new_message")
             .await
             .is_none(),
         "nothing was acknowledged while it could not be stored"
     );
 
-    pg.open().await;
-    let _next = procs::worker(&redis.url(), &url, &[]).await;
+    s.pg.open().await;
+    let _next = procs::worker(&s.redis_url, &s.pg_url, &[]).await;
     for i in 0..texts.len() {
-        let ack = alice
-            .recv_where_within(
-                "an ack from the next worker",
-                Duration::from_secs(30),
-                |f| f["ref"] == format!("d{i}").as_str(),
-            )
-            .await;
-        assert_eq!(ack["type"], "new_message", "{ack}");
+        acked(&mut s.alice, &format!("d{i}")).await;
     }
-    let hist = alice
-        .request(json!({"type": "load_history", "sessionId": sid}))
+    let hist = s
+        .alice
+        .request(json!({"type": "load_history", "sessionId": s.sid}))
         .await;
     let mut want = vec!["before".to_string()];
     want.extend(texts);
