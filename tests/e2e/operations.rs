@@ -409,9 +409,8 @@ fn gated(url: &str) -> (TcpGate, String) {
 /// A worker and a gateway on a PostgreSQL behind a gate, and alice in a session where she
 /// said "before".
 struct GatedStack {
-    _redis: PrivateRedis,
+    redis: PrivateRedis,
     _db: TestDb,
-    redis_url: String,
     pg: TcpGate,
     pg_url: String,
     worker: jam_tests::procs::Proc,
@@ -432,8 +431,7 @@ async fn gated_stack(worker_env: &[(&str, &str)]) -> GatedStack {
     let sid = create(&mut alice, json!({"name": "outage"})).await;
     say(&mut alice, &sid, "before").await;
     GatedStack {
-        redis_url: redis.url(),
-        _redis: redis,
+        redis,
         _db: db,
         pg,
         pg_url,
@@ -500,12 +498,15 @@ async fn a_postgres_outage_is_ridden_out_and_readiness_follows_it() {
 async fn a_worker_stops_within_a_bound_while_postgres_is_away() {
     let mut s = gated_stack(&[]).await;
     s.pg.cut();
-    // One batch each: the committer retries the first, the next waits in the lane and the
-    // ones after hold the partition's reader.
+    // One batch each, the next sent once the worker has read the last: the committer
+    // retries the first, the second waits in its queue (two in flight per partition), the
+    // third holds the partition's reader, the fourth stays unread in the stream.
     let texts: Vec<String> = (0..4).map(|i| format!("during {i}")).collect();
     for (i, text) in texts.iter().enumerate() {
         send_ref(&mut s, text, &format!("d{i}")).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        if i < 3 {
+            s.redis.wait_read(i + 1).await;
+        }
     }
     let t = Instant::now();
     s.worker.signal("TERM");
@@ -523,7 +524,7 @@ async fn a_worker_stops_within_a_bound_while_postgres_is_away() {
     );
 
     s.pg.open().await;
-    let _next = procs::worker(&s.redis_url, &s.pg_url, &[]).await;
+    let _next = procs::worker(&s.redis.url(), &s.pg_url, &[]).await;
     for i in 0..texts.len() {
         acked(&mut s.alice, &format!("d{i}")).await;
     }

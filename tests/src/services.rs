@@ -78,19 +78,54 @@ impl PrivateRedis {
 
     /// Entries waiting on jam's command streams (acknowledged ones are deleted).
     pub fn queued_commands(&self) -> usize {
-        let cli = |args: &[&str]| {
-            let out = Command::new("redis-cli")
-                .arg("-p")
-                .arg(self.port.to_string())
-                .args(args)
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).to_string()
-        };
-        cli(&["--scan", "--pattern", "jam:cmd:*"])
+        self.cli(&["--scan", "--pattern", "jam:cmd:*"])
             .lines()
-            .map(|stream| cli(&["XLEN", stream]).trim().parse::<usize>().unwrap_or(0))
+            .map(|stream| {
+                self.cli(&["XLEN", stream])
+                    .trim()
+                    .parse::<usize>()
+                    .unwrap_or(0)
+            })
             .sum()
+    }
+
+    /// Commands a worker has read and not acknowledged yet (the consumer group's pending
+    /// entries on jam's command streams).
+    pub fn read_commands(&self) -> usize {
+        self.cli(&["--scan", "--pattern", "jam:cmd:*"])
+            .lines()
+            .map(|stream| {
+                let pending = self.cli(&["XPENDING", stream, jam_shared::keys::WORKER_GROUP]);
+                pending
+                    .lines()
+                    .next()
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// Wait until a worker has read exactly `n` commands it has not acknowledged.
+    pub async fn wait_read(&self, n: usize) {
+        let t = Instant::now();
+        while self.read_commands() != n {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{} commands read and unacknowledged, not {n}",
+                self.read_commands()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
     }
 
     /// Wait until at least `n` commands are queued.

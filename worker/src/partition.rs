@@ -136,13 +136,13 @@ impl Partition {
                 // failed takeover would strand those entries in a dead consumer's list),
                 // through the same recovery as a failed read: a Redis that restarted
                 // empty in between has no group to take them from.
-                let took = unless_stopped(&stop, self.take_over_pending(0)).await;
-                if took.is_none() {
-                    break;
-                }
-                if took.flatten().is_none() {
-                    self.bus_failed(&stop, &mut ls.backoff).await;
-                    continue;
+                match unless_stopped(&stop, self.take_over_pending(0)).await {
+                    None => break,
+                    Some(None) => {
+                        self.bus_failed(&stop, &mut ls.backoff).await;
+                        continue;
+                    }
+                    Some(Some(_)) => {}
                 }
                 taken_over = true;
             }
