@@ -18,6 +18,8 @@ pub fn init(json: bool, filter: &str) {
     prometheus();
 }
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -58,6 +60,93 @@ pub fn prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// A hot-path metric: its name and, for a labelled one, the label and its value, all
+/// `'static` (so the series stay bounded).
+type Site = (usize, usize, usize);
+
+fn site(name: &'static str, label: Option<(&'static str, &'static str)>) -> Site {
+    let (k, v) = label.unwrap_or(("", ""));
+    (
+        name.as_ptr() as usize,
+        k.as_ptr() as usize,
+        v.as_ptr() as usize,
+    )
+}
+
+/// Hashes a [`Site`]'s three addresses with one multiply each (FxHash's step): SipHash's
+/// rounds cost more than the lookup they replace.
+#[derive(Default)]
+struct SiteHasher(u64);
+
+impl std::hash::Hasher for SiteHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Handles<H> = HashMap<Site, H, std::hash::BuildHasherDefault<SiteHasher>>;
+
+thread_local! {
+    static COUNTERS: RefCell<Handles<metrics::Counter>> = RefCell::default();
+    static HISTOGRAMS: RefCell<Handles<metrics::Histogram>> = RefCell::default();
+}
+
+fn counter(name: &'static str, label: Option<(&'static str, &'static str)>) -> metrics::Counter {
+    match label {
+        Some((k, v)) => metrics::counter!(name, k => v),
+        None => metrics::counter!(name),
+    }
+}
+
+fn histogram(
+    name: &'static str,
+    label: Option<(&'static str, &'static str)>,
+) -> metrics::Histogram {
+    match label {
+        Some((k, v)) => metrics::histogram!(name, k => v),
+        None => metrics::histogram!(name),
+    }
+}
+
+/// Add `n` to a counter on the hot path. The `metrics` macros look their key up in the
+/// recorder on every call (a hash, a lock, an `Arc` cloned and dropped): 3.5 % of a chat
+/// message's CPU in the rooms scenario (docs/benchmarks.md, 2026-12-05). This keeps each
+/// handle per thread once the recorder is installed ([`init`]); before that it does what
+/// the macro does (nothing is recorded without a recorder).
+pub fn count(name: &'static str, label: Option<(&'static str, &'static str)>, n: u64) {
+    if PROMETHEUS.get().is_none() {
+        return counter(name, label).increment(n);
+    }
+    let at = site(name, label);
+    COUNTERS.with_borrow_mut(|m| match m.get(&at) {
+        Some(h) => h.increment(n),
+        None => m.entry(at).or_insert(counter(name, label)).increment(n),
+    });
+}
+
+/// Record `value` in a histogram on the hot path; see [`count`].
+pub fn observe(name: &'static str, label: Option<(&'static str, &'static str)>, value: f64) {
+    if PROMETHEUS.get().is_none() {
+        return histogram(name, label).record(value);
+    }
+    let at = site(name, label);
+    HISTOGRAMS.with_borrow_mut(|m| match m.get(&at) {
+        Some(h) => h.record(value),
+        None => m.entry(at).or_insert(histogram(name, label)).record(value),
+    });
 }
 
 /// Cancel `token` on SIGTERM or Ctrl-C.
@@ -116,4 +205,36 @@ pub fn run_main<F: std::future::Future>(default_threads: Option<usize>, main: F)
     let out = rt.block_on(main);
     rt.shutdown_timeout(BLOCKING_SHUTDOWN_GRACE);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_handles_count_into_the_recorders_series() {
+        prometheus();
+        for n in [2, 3] {
+            count("jam_test_kept_total", Some(("type", "a")), n);
+        }
+        count("jam_test_kept_total", Some(("type", "b")), 1);
+        count("jam_test_kept_plain_total", None, 4);
+        // Another thread keeps its own handles to the same series.
+        std::thread::spawn(|| count("jam_test_kept_total", Some(("type", "a")), 10))
+            .join()
+            .unwrap();
+        for v in [0.002, 0.2] {
+            observe("jam_test_kept_seconds", Some(("stage", "x")), v);
+        }
+        let text = prometheus().render();
+        let line = |l: &str| text.lines().any(|x| x == l);
+        assert!(line("jam_test_kept_total{type=\"a\"} 15"), "{text}");
+        assert!(line("jam_test_kept_total{type=\"b\"} 1"), "{text}");
+        assert!(line("jam_test_kept_plain_total 4"), "{text}");
+        assert!(line("jam_test_kept_seconds_count{stage=\"x\"} 2"), "{text}");
+        assert!(
+            line("jam_test_kept_seconds_bucket{stage=\"x\",le=\"0.0025\"} 1"),
+            "{text}"
+        );
+    }
 }

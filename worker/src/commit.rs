@@ -14,6 +14,7 @@ use crate::store::{Batch, Store, StoreError};
 use bytes::Bytes;
 use jam_shared::bus::Bus;
 use jam_shared::keys::WORKER_GROUP;
+use jam_shared::telemetry::{count, observe};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -184,7 +185,7 @@ impl Committer {
             .collect();
         let t = Instant::now();
         self.publish_and_ack(publishes, &acks).await;
-        metrics::histogram!("jam_publish_seconds").record(t.elapsed().as_secs_f64());
+        observe("jam_publish_seconds", None, t.elapsed().as_secs_f64());
         for q in group
             .iter_mut()
             .flat_map(|q| std::mem::take(&mut q.work.queries))
@@ -214,8 +215,8 @@ impl Committer {
             let t = Instant::now();
             match self.store.commit_group(&batches).await {
                 Ok(()) => {
-                    metrics::histogram!("jam_commit_seconds").record(t.elapsed().as_secs_f64());
-                    metrics::histogram!("jam_commit_batches").record(group.len() as f64);
+                    observe("jam_commit_seconds", None, t.elapsed().as_secs_f64());
+                    observe("jam_commit_batches", None, group.len() as f64);
                     for q in group.iter() {
                         self.health.store_ok(q.partition, true);
                     }
@@ -262,7 +263,7 @@ impl Committer {
                 .await
             {
                 Ok(()) => {
-                    metrics::counter!("jam_events_published_total").increment(n as u64);
+                    count("jam_events_published_total", None, n as u64);
                     return;
                 }
                 Err(e) if attempt < PUBLISH_ATTEMPTS => {

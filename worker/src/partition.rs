@@ -346,8 +346,8 @@ impl Partition {
             }
             last = id;
             if id.0 > 1_000_000_000_000 {
-                metrics::histogram!("jam_command_lag_seconds")
-                    .record((now - id.0 as i64).max(0) as f64 / 1000.0);
+                let lag = (now - id.0 as i64).max(0) as f64 / 1000.0;
+                jam_shared::telemetry::observe("jam_command_lag_seconds", None, lag);
             }
             match serde_json::from_slice::<Command>(&e.payload) {
                 Ok(c) => cmds.push(c),
@@ -368,7 +368,7 @@ impl Partition {
         }
         self.engine.end_batch(fx);
         stage("apply", t);
-        metrics::histogram!("jam_command_batch_size").record(acks.len() as f64);
+        jam_shared::telemetry::observe("jam_command_batch_size", None, acks.len() as f64);
         Some(acks)
     }
 
@@ -486,8 +486,8 @@ impl LoopState {
 /// what the commands need, applying them, or waiting for room in the committer's queue (a
 /// slow commit). With `jam_command_lag_seconds` it says where a command's wait comes from.
 fn stage(name: &'static str, since: Instant) {
-    metrics::histogram!("jam_partition_stage_seconds", "stage" => name)
-        .record(since.elapsed().as_secs_f64());
+    let secs = since.elapsed().as_secs_f64();
+    jam_shared::telemetry::observe("jam_partition_stage_seconds", Some(("stage", name)), secs);
 }
 
 /// Hand `w` to the committer, unless the partition stops while it waits for room (a commit

@@ -114,7 +114,7 @@ fn decode(msg: &BusMessage) -> Option<(Envelope, Vec<OutFrame>)> {
     }
     if env.ts > 0 {
         let lat = (jam_shared::clock::now_us() - env.ts).max(0) as f64 / 1e6;
-        metrics::histogram!("jam_delivery_latency_seconds").record(lat);
+        jam_shared::telemetry::observe("jam_delivery_latency_seconds", None, lat);
     }
     Some((env, frames.iter().map(|f| OutFrame::text(f)).collect()))
 }
@@ -249,9 +249,10 @@ fn count_out(frame: &OutFrame, deliveries: u64) {
     if deliveries == 0 {
         return;
     }
-    metrics::counter!("jam_frames_out_total", "type" => frame_type(frame.payload()))
-        .increment(deliveries);
-    metrics::counter!("jam_bytes_out_total").increment(frame.as_bytes().len() as u64 * deliveries);
+    let ty = frame_type(frame.payload());
+    jam_shared::telemetry::count("jam_frames_out_total", Some(("type", ty)), deliveries);
+    let bytes = frame.as_bytes().len() as u64 * deliveries;
+    jam_shared::telemetry::count("jam_bytes_out_total", None, bytes);
 }
 
 /// The event type of a frame the worker serialized, without parsing it: producers write

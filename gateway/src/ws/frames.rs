@@ -156,7 +156,7 @@ pub async fn handle(
         ));
     }
     let (r#ref, ty, v) = parse(text)?;
-    metrics::counter!("jam_frames_in_total", "type" => known_type(&ty)).increment(1);
+    jam_shared::telemetry::count("jam_frames_in_total", Some(("type", known_type(&ty))), 1);
     match ty.as_str() {
         "ping" => {
             return Ok(Outcome::Reply(with_ref(

@@ -186,7 +186,7 @@ impl Engine {
     /// a join that needs its password checked goes through [`Engine::password_needed`].
     pub fn apply(&mut self, cmd: &Command, fx: &mut Effects) {
         let kind = action_name(&cmd.action);
-        metrics::counter!("jam_commands_total", "type" => kind).increment(1);
+        jam_shared::telemetry::count("jam_commands_total", Some(("type", kind)), 1);
         match &cmd.action {
             Action::CreateSession { .. } => self.create_session(cmd, fx),
             Action::JoinSession {

@@ -359,7 +359,8 @@ impl PgStore {
             .get()
             .await
             .map_err(|e| StoreError::Pool(e.to_string()));
-        metrics::histogram!("jam_pg_pool_wait_seconds").record(t.elapsed().as_secs_f64());
+        let waited = t.elapsed().as_secs_f64();
+        jam_shared::telemetry::observe("jam_pg_pool_wait_seconds", None, waited);
         c
     }
 
@@ -398,8 +399,8 @@ impl PgStore {
 }
 
 fn observe(op: &'static str, t: Instant) {
-    metrics::histogram!("jam_pg_query_duration_seconds", "op" => op)
-        .record(t.elapsed().as_secs_f64());
+    let secs = t.elapsed().as_secs_f64();
+    jam_shared::telemetry::observe("jam_pg_query_duration_seconds", Some(("op", op)), secs);
 }
 
 #[async_trait]
