@@ -121,32 +121,36 @@ fn histogram(
     }
 }
 
-/// Add `n` to a counter on the hot path. The `metrics` macros look their key up in the
-/// recorder on every call (a hash, a lock, an `Arc` cloned and dropped): 3.5 % of a chat
-/// message's CPU in the rooms scenario (docs/benchmarks.md, 2026-12-05). This keeps each
-/// handle per thread once the recorder is installed ([`init`]); before that it does what
-/// the macro does (nothing is recorded without a recorder).
-pub fn count(name: &'static str, label: Option<(&'static str, &'static str)>, n: u64) {
+/// Use the handle kept in `kept` for `at`, made by `make` the first time. Before the
+/// recorder is installed ([`init`]) nothing is kept: a handle made then would stay a no-op.
+fn with_kept<H>(
+    kept: &'static std::thread::LocalKey<RefCell<Handles<H>>>,
+    at: Site,
+    make: impl FnOnce() -> H,
+    use_it: impl FnOnce(&H),
+) {
     if PROMETHEUS.get().is_none() {
-        return counter(name, label).increment(n);
+        return use_it(&make());
     }
-    let at = site(name, label);
-    COUNTERS.with_borrow_mut(|m| match m.get(&at) {
-        Some(h) => h.increment(n),
-        None => m.entry(at).or_insert(counter(name, label)).increment(n),
+    kept.with_borrow_mut(|m| match m.get(&at) {
+        Some(h) => use_it(h),
+        None => use_it(m.entry(at).or_insert(make())),
     });
+}
+
+/// Add `n` to a counter on the hot path. The `metrics` macros look their key up in the
+/// recorder on every call (a hash, a lock, an `Arc` cloned and dropped): 3.3 % of the
+/// standalone's CPU in the rooms scenario (docs/benchmarks.md, 2026-12-05). This keeps each
+/// handle per thread.
+pub fn count(name: &'static str, label: Option<(&'static str, &'static str)>, n: u64) {
+    let make = || counter(name, label);
+    with_kept(&COUNTERS, site(name, label), make, |h| h.increment(n));
 }
 
 /// Record `value` in a histogram on the hot path; see [`count`].
 pub fn observe(name: &'static str, label: Option<(&'static str, &'static str)>, value: f64) {
-    if PROMETHEUS.get().is_none() {
-        return histogram(name, label).record(value);
-    }
-    let at = site(name, label);
-    HISTOGRAMS.with_borrow_mut(|m| match m.get(&at) {
-        Some(h) => h.record(value),
-        None => m.entry(at).or_insert(histogram(name, label)).record(value),
-    });
+    let make = || histogram(name, label);
+    with_kept(&HISTOGRAMS, site(name, label), make, |h| h.record(value));
 }
 
 /// Cancel `token` on SIGTERM or Ctrl-C.
