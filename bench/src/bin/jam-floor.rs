@@ -11,7 +11,9 @@
 //! Prints the server thread's CPU time (from `/proc/thread-self/schedstat`) per write and
 //! deliveries per server CPU-second counted as `../shared/bench` counts them (a message
 //! delivered to its room's other `P − 1` members). A server that writes once per recipient
-//! cannot beat that figure here; see docs/benchmarks.md.
+//! cannot beat that figure here. The client is one `epoll` thread in this process, not
+//! `../shared/bench`'s load client, so the figure is the floor under the lightest client;
+//! see docs/benchmarks.md.
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
@@ -38,7 +40,7 @@ struct Args {
     frame_bytes: usize,
 }
 
-/// Bytes a member sends: a masked client text frame of this size.
+/// Bytes a member sends per message (the server counts them and does not parse them).
 const IN_FRAME: usize = 96;
 
 fn main() -> Result<()> {
