@@ -442,6 +442,17 @@ async fn gated_stack(worker_env: &[(&str, &str)]) -> GatedStack {
     }
 }
 
+impl GatedStack {
+    /// The texts of the session's stored history, oldest first.
+    async fn history(&mut self) -> Vec<String> {
+        let hist = self
+            .alice
+            .request(json!({"type": "load_history", "sessionId": self.sid}))
+            .await;
+        history_texts(&hist)
+    }
+}
+
 /// Send `text` with `r` as its ref, without waiting for the answer.
 async fn send_ref(s: &mut GatedStack, text: &str, r: &str) {
     let sid = s.sid.clone();
@@ -482,11 +493,7 @@ async fn a_postgres_outage_is_ridden_out_and_readiness_follows_it() {
     acked(&mut s.alice, "d").await;
     wait_status(&s.gw.http("/ready"), 200, Duration::from_secs(15)).await;
     assert!(s.worker.running(), "the worker rode it out");
-    let hist = s
-        .alice
-        .request(json!({"type": "load_history", "sessionId": s.sid}))
-        .await;
-    assert_eq!(history_texts(&hist), ["before", "during"]);
+    assert_eq!(s.history().await, ["before", "during"]);
 }
 
 /// SIGTERM while PostgreSQL is away and batches wait behind a commit that cannot finish:
@@ -528,11 +535,7 @@ async fn a_worker_stops_within_a_bound_while_postgres_is_away() {
     for i in 0..texts.len() {
         acked(&mut s.alice, &format!("d{i}")).await;
     }
-    let hist = s
-        .alice
-        .request(json!({"type": "load_history", "sessionId": s.sid}))
-        .await;
     let mut want = vec!["before".to_string()];
     want.extend(texts);
-    assert_eq!(history_texts(&hist), want);
+    assert_eq!(s.history().await, want);
 }
