@@ -123,9 +123,8 @@ impl Services {
             action,
         };
         let partition = keys::partition_of(&cmd.partition_key(), self.cfg.partitions);
-        let payload = serde_json::to_vec(&cmd).expect("command serializes");
         self.bus
-            .xadd(&keys::command_stream(partition), payload.into())
+            .xadd_command(&keys::command_stream(partition), cmd)
             .await
             .map(|_| ())
     }

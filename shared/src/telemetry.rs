@@ -191,9 +191,10 @@ pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
 /// hash, a DNS lookup) before it exits anyway: SIGTERM always ends the process.
 pub const BLOCKING_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Run `main` on a multi-threaded runtime that, once `main` returns, waits at most
+/// Run `main` on a runtime that, once `main` returns, waits at most
 /// [`BLOCKING_SHUTDOWN_GRACE`] for blocking tasks instead of waiting for them forever.
-/// It has `JAM_THREADS` event-loop threads, else `default_threads`, else one per core. An
+/// It has `JAM_THREADS` event-loop threads, else `default_threads`, else one per core; one
+/// thread is tokio's current-thread runtime (the loop runs on the calling thread). An
 /// invalid `JAM_THREADS` is reported by `Config::from_env` inside `main`.
 pub fn run_main<F: std::future::Future>(default_threads: Option<usize>, main: F) -> F::Output {
     let env = std::env::vars().collect();
@@ -201,10 +202,18 @@ pub fn run_main<F: std::future::Future>(default_threads: Option<usize>, main: F)
         .ok()
         .flatten()
         .or(default_threads);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads {
-        rt.worker_threads(n);
-    }
+    let mut rt = match threads {
+        // One loop: tokio's current-thread scheduler, with no work-stealing machinery
+        // (atomics, a run queue shared with no one, an idle thread to wake or not) on
+        // every hand-over between tasks (decision 14).
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.worker_threads(n);
+            rt
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = rt.enable_all().build().expect("tokio runtime");
     let out = rt.block_on(main);
     rt.shutdown_timeout(BLOCKING_SHUTDOWN_GRACE);

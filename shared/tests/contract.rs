@@ -264,6 +264,42 @@ async fn bus_contract(bus: Arc<dyn Bus>) {
     bus.ping().await.unwrap();
 }
 
+/// Commands appended as values come back as the same commands, in order, mixed with
+/// entries appended as bytes: decoded from JSON on Redis, handed over as they are in memory.
+async fn command_contract(bus: Arc<dyn Bus>) {
+    let streams = vec!["k0".to_string()];
+    bus.ensure_group(&streams, "g").await.unwrap();
+    let cmd = |n: u32| jam_shared::protocol::Command {
+        id: format!("c{n}"),
+        tenant: "t".into(),
+        user_id: "u".into(),
+        user_name: "U".into(),
+        conn: "conn".into(),
+        gateway: "gw#1".into(),
+        r#ref: Some(serde_json::json!({"n": n})),
+        received_at: 1_700_000_000_000,
+        ephemeral: false,
+        rtt_ms: Some(12.5),
+        action: jam_shared::protocol::Action::SendMessage {
+            session_id: "s".into(),
+            message: format!("hello {n}"),
+        },
+    };
+    bus.xadd_command("k0", cmd(1)).await.unwrap();
+    let as_bytes = serde_json::to_vec(&cmd(2)).unwrap();
+    bus.xadd("k0", Bytes::from(as_bytes)).await.unwrap();
+    bus.xadd_command("k0", cmd(3)).await.unwrap();
+    let got = bus
+        .read_group(&streams, "g", "w1", 10, 500, ReadFrom::New)
+        .await
+        .unwrap();
+    let cmds: Vec<_> = got
+        .into_iter()
+        .map(|mut e| e.take_command().unwrap())
+        .collect();
+    assert_eq!(cmds, [cmd(1), cmd(2), cmd(3)]);
+}
+
 /// Redis only: entries read but not acknowledged come back from a pending read, in order,
 /// after a given id; another consumer can take them over.
 async fn pending_contract(bus: Arc<dyn Bus>) {
@@ -328,7 +364,9 @@ async fn pending_contract(bus: Arc<dyn Bus>) {
 
 #[tokio::test]
 async fn memory_bus_meets_the_contract() {
-    bus_contract(Arc::new(MemoryBus::new())).await;
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    bus_contract(bus.clone()).await;
+    command_contract(bus).await;
 }
 
 #[tokio::test]
@@ -339,5 +377,6 @@ async fn redis_bus_meets_the_contract() {
         .unwrap();
     let bus: Arc<dyn Bus> = Arc::new(bus);
     bus_contract(bus.clone()).await;
+    command_contract(bus.clone()).await;
     pending_contract(bus).await;
 }

@@ -337,7 +337,7 @@ impl Partition {
         let mut acks = Vec::with_capacity(entries.len());
         let mut cmds = Vec::with_capacity(entries.len());
         let mut last = self.applied;
-        for e in entries {
+        for mut e in entries {
             let id = EntryId::parse(&e.id).unwrap_or_default();
             acks.push((e.stream.clone(), e.id.clone()));
             if id <= last {
@@ -349,7 +349,7 @@ impl Partition {
                 let lag = (now - id.0 as i64).max(0) as f64 / 1000.0;
                 jam_shared::telemetry::observe("jam_command_lag_seconds", None, lag);
             }
-            match serde_json::from_slice::<Command>(&e.payload) {
+            match e.take_command() {
                 Ok(c) => cmds.push(c),
                 Err(err) => {
                     metrics::counter!("jam_command_errors_total", "code" => "MALFORMED")

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use super::{Bus, BusError, BusMessage, LeaseOp, ReadFrom, StreamEntry, Subscription};
+use crate::protocol::Command;
 
 /// Entries a stream holds before XADD is refused (the Redis bus trims at the same size).
 pub const STREAM_CAP: usize = 100_000;
@@ -30,12 +31,18 @@ struct State {
     members: HashMap<String, HashMap<String, Instant>>,
 }
 
+/// What an entry holds: bytes someone appended, or a command handed over as it is.
+enum Entry {
+    Bytes(Bytes),
+    Command(Box<Command>),
+}
+
 /// A stream's entries, and the readers waiting for its next one: an entry wakes only the
 /// readers of its own stream (one wake-up for all of them woke every partition's reader
 /// for every command, 16 in the standalone: docs/benchmarks.md).
 #[derive(Default)]
 struct Stream {
-    entries: VecDeque<(u64, Bytes)>,
+    entries: VecDeque<(u64, Entry)>,
     ready: Arc<Notify>,
 }
 
@@ -47,6 +54,23 @@ pub struct MemoryBus {
 impl MemoryBus {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn append(&self, stream: &str, entry: Entry) -> Result<String, BusError> {
+        let mut s = self.state.lock().unwrap();
+        s.next_id += 1;
+        let id = s.next_id;
+        if !s.streams.contains_key(stream) {
+            s.streams.insert(stream.to_string(), Stream::default());
+        }
+        let q = s.streams.get_mut(stream).expect("just made sure");
+        if q.entries.len() >= STREAM_CAP {
+            return Err(BusError::Redis("stream full".into()));
+        }
+        q.entries.push_back((id, entry));
+        // Readers register before they look (see `read_group`): none misses this.
+        q.ready.notify_waiters();
+        Ok(format!("{id}-0"))
     }
 
     /// Up to `count` entries of `streams`, oldest first across them (as one consumer
@@ -66,11 +90,16 @@ impl MemoryBus {
                 .min_by_key(|(id, _)| *id);
             let Some((_, st)) = oldest else { break };
             let q = s.streams.get_mut(st).expect("just found");
-            let (id, payload) = q.entries.pop_front().expect("just found");
+            let (id, entry) = q.entries.pop_front().expect("just found");
+            let (payload, command) = match entry {
+                Entry::Bytes(b) => (b, None),
+                Entry::Command(c) => (Bytes::new(), Some(c)),
+            };
             out.push(StreamEntry {
                 stream: st.clone(),
                 id: format!("{id}-0"),
                 payload,
+                command,
             });
         }
         out
@@ -157,23 +186,11 @@ impl Bus for MemoryBus {
     }
 
     async fn xadd(&self, stream: &str, payload: Bytes) -> Result<String, BusError> {
-        let id = {
-            let mut s = self.state.lock().unwrap();
-            s.next_id += 1;
-            let id = s.next_id;
-            if !s.streams.contains_key(stream) {
-                s.streams.insert(stream.to_string(), Stream::default());
-            }
-            let q = s.streams.get_mut(stream).expect("just made sure");
-            if q.entries.len() >= STREAM_CAP {
-                return Err(BusError::Redis("stream full".into()));
-            }
-            q.entries.push_back((id, payload));
-            // Readers register before they look (see `read_group`): none misses this.
-            q.ready.notify_waiters();
-            id
-        };
-        Ok(format!("{id}-0"))
+        self.append(stream, Entry::Bytes(payload))
+    }
+
+    async fn xadd_command(&self, stream: &str, cmd: Command) -> Result<String, BusError> {
+        self.append(stream, Entry::Command(Box::new(cmd)))
     }
 
     async fn ensure_group(&self, _streams: &[String], _group: &str) -> Result<(), BusError> {

@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::protocol::Command;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("redis: {0}")]
@@ -74,7 +76,30 @@ pub struct BusMessage {
 pub struct StreamEntry {
     pub stream: String,
     pub id: String,
+    /// The command's JSON (from Redis); empty when `command` carries it.
     pub payload: Bytes,
+    /// The command itself, on the in-process bus: it never was encoded.
+    pub command: Option<Box<Command>>,
+}
+
+impl StreamEntry {
+    /// An entry whose command is in `payload`.
+    pub fn encoded(stream: String, id: String, payload: Bytes) -> Self {
+        Self {
+            stream,
+            id,
+            payload,
+            command: None,
+        }
+    }
+
+    /// The command this entry carries, decoded from its bytes when it has no value.
+    pub fn take_command(&mut self) -> Result<Command, serde_json::Error> {
+        match self.command.take() {
+            Some(c) => Ok(*c),
+            None => serde_json::from_slice(&self.payload),
+        }
+    }
 }
 
 /// A set of channel subscriptions feeding one receiver. A gateway holds one for all of
@@ -117,6 +142,14 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Append a command to a stream; returns its id.
     async fn xadd(&self, stream: &str, payload: Bytes) -> Result<String, BusError>;
+
+    /// Append `cmd` to a stream: as JSON ([`xadd`](Self::xadd)) on a bus between processes;
+    /// the in-process bus hands the value itself to its reader (no encoding and decoding of
+    /// every command inside one process: about 5 % of the standalone's CPU in rooms).
+    async fn xadd_command(&self, stream: &str, cmd: Command) -> Result<String, BusError> {
+        let payload = serde_json::to_vec(&cmd).expect("command serializes");
+        self.xadd(stream, payload.into()).await
+    }
 
     /// Create the consumer group on each stream if missing.
     async fn ensure_group(&self, streams: &[String], group: &str) -> Result<(), BusError>;

@@ -287,11 +287,9 @@ fn parse_entries(stream: &str, entries: Vec<(String, HashMap<String, Bytes>)>) -
     entries
         .into_iter()
         .filter_map(|(id, mut fields)| {
-            fields.remove("c").map(|payload| StreamEntry {
-                stream: stream.to_string(),
-                id,
-                payload,
-            })
+            fields
+                .remove("c")
+                .map(|payload| StreamEntry::encoded(stream.to_string(), id, payload))
         })
         .collect()
 }
@@ -321,11 +319,11 @@ fn parse_autoclaim(stream: &str, v: Value) -> Vec<StreamEntry> {
             let mut it = fields.into_iter();
             while let (Some(k), Some(v)) = (it.next(), it.next()) {
                 if k.as_str().as_deref() == Some("c") {
-                    return Some(StreamEntry {
-                        stream: stream.to_string(),
+                    return Some(StreamEntry::encoded(
+                        stream.to_string(),
                         id,
-                        payload: v.into_bytes()?,
-                    });
+                        v.into_bytes()?,
+                    ));
                 }
             }
             None

@@ -67,7 +67,18 @@ impl State {
                 }
             }
         }
-        self.participants.retain(|_, rows| !rows.is_empty());
+        // Only the sessions this batch touched can have become empty (a scan of every
+        // session on every commit was most of this function's time in rooms).
+        for c in changes {
+            let key = (c.tenant.clone(), c.session_id.clone());
+            if self
+                .participants
+                .get(&key)
+                .is_some_and(|rows| rows.is_empty())
+            {
+                self.participants.remove(&key);
+            }
+        }
     }
 
     /// The session's participants, as the engine keeps them: in the order they joined.
