@@ -13,6 +13,13 @@ use crate::client::{connect, Ws};
 use crate::procstat::cpu_of;
 use crate::Args;
 
+/// What counts as the room's traffic: not the server's pings, which would also keep the
+/// room from ever looking settled (with a thousand members one arrives somewhere every
+/// second or so, and the run waited out its whole `--timeout`).
+fn is_room_frame(m: &Message) -> bool {
+    !matches!(m, Message::Ping(_) | Message::Pong(_))
+}
+
 /// Connect `n` listeners (64 at a time), then let them all join `sid` at once. Every member
 /// counts what it receives from the first join until the room settles: every join answered
 /// and no frame for a second. Then all stop together (nobody leaves before that).
@@ -49,6 +56,7 @@ pub async fn run(
             tokio::select! {
                 _ = stop.changed() => break,
                 m = host.next() => match m {
+                    Some(Ok(m)) if !is_room_frame(&m) => {}
                     Some(Ok(m)) => {
                         hf.fetch_add(1, Ordering::Relaxed);
                         hb.fetch_add(m.len() as u64, Ordering::Relaxed);
@@ -88,6 +96,9 @@ pub async fn run(
                         _ => break,
                     },
                 };
+                if !is_room_frame(&m) {
+                    continue;
+                }
                 frames.fetch_add(1, Ordering::Relaxed);
                 bytes.fetch_add(m.len() as u64, Ordering::Relaxed);
                 if let Message::Text(t) = &m {
@@ -166,4 +177,16 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_are_not_room_frames() {
+        assert!(!is_room_frame(&Message::Ping(vec![1].into())));
+        assert!(!is_room_frame(&Message::Pong(vec![].into())));
+        assert!(is_room_frame(&Message::text("{\"type\":\"user_joined\"}")));
+    }
 }
