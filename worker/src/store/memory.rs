@@ -47,6 +47,8 @@ impl State {
                 _ => None,
             })
             .collect();
+        // A session leaves the map when a change empties it (never by a scan of every
+        // session on every commit: that was most of this function's time in rooms).
         for c in changes {
             let key = (c.tenant.clone(), c.session_id.clone());
             match &c.row {
@@ -57,26 +59,20 @@ impl State {
                 RowChange::Delete(user_id) => {
                     if let Some(rows) = self.participants.get_mut(&key) {
                         rows.remove(user_id);
+                        if rows.is_empty() {
+                            self.participants.remove(&key);
+                        }
                     }
                 }
                 RowChange::Clear => {
                     if let Some(rows) = self.participants.get_mut(&key) {
                         let (t, sid) = (c.tenant.as_str(), c.session_id.as_str());
                         rows.retain(|u, _| upserted.contains(&(t, sid, u)));
+                        if rows.is_empty() {
+                            self.participants.remove(&key);
+                        }
                     }
                 }
-            }
-        }
-        // Only the sessions this batch touched can have become empty (a scan of every
-        // session on every commit was most of this function's time in rooms).
-        for c in changes {
-            let key = (c.tenant.clone(), c.session_id.clone());
-            if self
-                .participants
-                .get(&key)
-                .is_some_and(|rows| rows.is_empty())
-            {
-                self.participants.remove(&key);
             }
         }
     }
