@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use jam_shared::bus::memory::MemoryBus;
 use jam_shared::bus::redis::RedisBus;
-use jam_shared::bus::{Bus, LeaseOp, ReadFrom};
+use jam_shared::bus::{Bus, LeaseOp, Payload, ReadFrom, StreamEntry};
 
 struct Redis(Child, u16);
 
@@ -48,6 +48,14 @@ impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The bytes an entry appended with `xadd` carries.
+fn bytes_of(e: &StreamEntry) -> Bytes {
+    match &e.payload {
+        Payload::Bytes(b) => b.clone(),
+        Payload::Command(c) => panic!("appended as bytes, read as a command: {c:?}"),
     }
 }
 
@@ -106,7 +114,7 @@ async fn bus_contract(bus: Arc<dyn Bus>) {
     let of = |s: &str| {
         got.iter()
             .filter(|e| e.stream == s)
-            .map(|e| e.payload.clone())
+            .map(bytes_of)
             .collect::<Vec<_>>()
     };
     assert_eq!(
@@ -293,10 +301,7 @@ async fn command_contract(bus: Arc<dyn Bus>) {
         .read_group(&streams, "g", "w1", 10, 500, ReadFrom::New)
         .await
         .unwrap();
-    let cmds: Vec<_> = got
-        .into_iter()
-        .map(|mut e| e.take_command().unwrap())
-        .collect();
+    let cmds: Vec<_> = got.into_iter().map(|e| e.into_command().unwrap()).collect();
     assert_eq!(cmds, [cmd(1), cmd(2), cmd(3)]);
 }
 
@@ -327,7 +332,7 @@ async fn pending_contract(bus: Arc<dyn Bus>) {
         .await
         .unwrap();
     assert_eq!(
-        again.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+        again.iter().map(bytes_of).collect::<Vec<_>>(),
         [Bytes::from_static(b"y"), Bytes::from_static(b"z")]
     );
     let taken = bus.claim_stale("p0", "g", "w2", 0, 10).await.unwrap();

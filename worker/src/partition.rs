@@ -337,7 +337,7 @@ impl Partition {
         let mut acks = Vec::with_capacity(entries.len());
         let mut cmds = Vec::with_capacity(entries.len());
         let mut last = self.applied;
-        for mut e in entries {
+        for e in entries {
             let id = EntryId::parse(&e.id).unwrap_or_default();
             acks.push((e.stream.clone(), e.id.clone()));
             if id <= last {
@@ -349,12 +349,13 @@ impl Partition {
                 let lag = (now - id.0 as i64).max(0) as f64 / 1000.0;
                 jam_shared::telemetry::observe("jam_command_lag_seconds", None, lag);
             }
-            match e.take_command() {
+            match e.into_command() {
                 Ok(c) => cmds.push(c),
                 Err(err) => {
                     metrics::counter!("jam_command_errors_total", "code" => "MALFORMED")
                         .increment(1);
-                    tracing::error!(stream = %e.stream, id = %e.id, error = %err, "dropping malformed command");
+                    let (stream, id) = acks.last().expect("pushed above");
+                    tracing::error!(%stream, %id, error = %err, "dropping malformed command");
                 }
             }
         }

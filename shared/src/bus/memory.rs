@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
-use super::{Bus, BusError, BusMessage, LeaseOp, ReadFrom, StreamEntry, Subscription};
+use super::{Bus, BusError, BusMessage, LeaseOp, Payload, ReadFrom, StreamEntry, Subscription};
 use crate::protocol::Command;
 
 /// Entries a stream holds before XADD is refused (the Redis bus trims at the same size).
@@ -31,18 +31,12 @@ struct State {
     members: HashMap<String, HashMap<String, Instant>>,
 }
 
-/// What an entry holds: bytes someone appended, or a command handed over as it is.
-enum Entry {
-    Bytes(Bytes),
-    Command(Box<Command>),
-}
-
 /// A stream's entries, and the readers waiting for its next one: an entry wakes only the
 /// readers of its own stream (one wake-up for all of them woke every partition's reader
 /// for every command, 16 in the standalone: docs/benchmarks.md).
 #[derive(Default)]
 struct Stream {
-    entries: VecDeque<(u64, Entry)>,
+    entries: VecDeque<(u64, Payload)>,
     ready: Arc<Notify>,
 }
 
@@ -56,7 +50,7 @@ impl MemoryBus {
         Self::default()
     }
 
-    fn append(&self, stream: &str, entry: Entry) -> Result<String, BusError> {
+    fn append(&self, stream: &str, payload: Payload) -> Result<String, BusError> {
         let mut s = self.state.lock().unwrap();
         s.next_id += 1;
         let id = s.next_id;
@@ -67,7 +61,7 @@ impl MemoryBus {
         if q.entries.len() >= STREAM_CAP {
             return Err(BusError::Redis("stream full".into()));
         }
-        q.entries.push_back((id, entry));
+        q.entries.push_back((id, payload));
         // Readers register before they look (see `read_group`): none misses this.
         q.ready.notify_waiters();
         Ok(format!("{id}-0"))
@@ -90,16 +84,11 @@ impl MemoryBus {
                 .min_by_key(|(id, _)| *id);
             let Some((_, st)) = oldest else { break };
             let q = s.streams.get_mut(st).expect("just found");
-            let (id, entry) = q.entries.pop_front().expect("just found");
-            let (payload, command) = match entry {
-                Entry::Bytes(b) => (b, None),
-                Entry::Command(c) => (Bytes::new(), Some(c)),
-            };
+            let (id, payload) = q.entries.pop_front().expect("just found");
             out.push(StreamEntry {
                 stream: st.clone(),
                 id: format!("{id}-0"),
                 payload,
-                command,
             });
         }
         out
@@ -186,11 +175,11 @@ impl Bus for MemoryBus {
     }
 
     async fn xadd(&self, stream: &str, payload: Bytes) -> Result<String, BusError> {
-        self.append(stream, Entry::Bytes(payload))
+        self.append(stream, Payload::Bytes(payload))
     }
 
     async fn xadd_command(&self, stream: &str, cmd: Command) -> Result<String, BusError> {
-        self.append(stream, Entry::Command(Box::new(cmd)))
+        self.append(stream, Payload::Command(Box::new(cmd)))
     }
 
     async fn ensure_group(&self, _streams: &[String], _group: &str) -> Result<(), BusError> {

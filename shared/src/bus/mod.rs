@@ -71,33 +71,37 @@ pub struct BusMessage {
     pub payload: Bytes,
 }
 
+/// What a stream entry carries: a command's JSON (from Redis, or appended as bytes), or, on
+/// the in-process bus, the command itself, never encoded.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Bytes(Bytes),
+    Command(Box<Command>),
+}
+
 /// One entry read from a command stream.
 #[derive(Debug, Clone)]
 pub struct StreamEntry {
     pub stream: String,
     pub id: String,
-    /// The command's JSON (from Redis); empty when `command` carries it.
-    pub payload: Bytes,
-    /// The command itself, on the in-process bus: it never was encoded.
-    pub command: Option<Box<Command>>,
+    pub payload: Payload,
 }
 
 impl StreamEntry {
-    /// An entry whose command is in `payload`.
+    /// An entry whose command is in `payload`'s bytes.
     pub fn encoded(stream: String, id: String, payload: Bytes) -> Self {
         Self {
             stream,
             id,
-            payload,
-            command: None,
+            payload: Payload::Bytes(payload),
         }
     }
 
     /// The command this entry carries, decoded from its bytes when it has no value.
-    pub fn take_command(&mut self) -> Result<Command, serde_json::Error> {
-        match self.command.take() {
-            Some(c) => Ok(*c),
-            None => serde_json::from_slice(&self.payload),
+    pub fn into_command(self) -> Result<Command, serde_json::Error> {
+        match self.payload {
+            Payload::Command(c) => Ok(*c),
+            Payload::Bytes(b) => serde_json::from_slice(&b),
         }
     }
 }
