@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use crate::model::{SessionStatus, SessionSummary};
 use crate::store::{Store, StoreError};
+use bytes::Bytes;
 use jam_shared::bus::Bus;
 use jam_shared::protocol::event::{error, frame};
+use jam_shared::protocol::Command;
 use jam_shared::ErrorCode;
 use serde_json::json;
 
@@ -14,7 +16,7 @@ use crate::engine::effects::reply_to;
 use crate::engine::Query;
 
 pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
-    // One extra row tells whether an older page exists.
+    let store = &*store;
     let (cmd, reply) = match q {
         Query::History {
             cmd,
@@ -23,15 +25,7 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             before,
             limit,
         } => {
-            let r = store
-                .history(&cmd.tenant, &session_id, since, before, limit + 1)
-                .await;
-            let f = page(r, limit, |msgs, more| {
-                frame(
-                    "message_history",
-                    &json!({"sessionId": session_id, "messages": msgs, "hasMore": more}),
-                )
-            });
+            let f = history(store, &cmd, &session_id, since, before, limit).await;
             (cmd, f)
         }
         Query::Direct {
@@ -40,36 +34,11 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             before,
             limit,
         } => {
-            let r = store
-                .direct_history(&cmd.tenant, &cmd.user_id, &with, before, limit + 1)
-                .await;
-            let f = page(r, limit, |msgs, more| {
-                frame(
-                    "direct_history",
-                    &json!({"with": with, "messages": msgs, "hasMore": more}),
-                )
-            });
+            let f = direct(store, &cmd, &with, before, limit).await;
             (cmd, f)
         }
         Query::Sessions { cmd } => {
-            let f = match store.list_sessions(&cmd.tenant).await {
-                Ok(all) => {
-                    let mut list: Vec<_> = all
-                        .iter()
-                        .filter(|(s, _)| !s.is_private && s.status == SessionStatus::Active)
-                        .map(|(s, n)| SessionSummary {
-                            participant_count: *n,
-                            ..s.summary()
-                        })
-                        .collect();
-                    list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-                    frame("sessions_list", &json!({ "sessions": list }))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "listing sessions failed");
-                    error(ErrorCode::Unavailable, "sessions unavailable, try again")
-                }
-            };
+            let f = sessions(store, &cmd).await;
             (cmd, f)
         }
         Query::Notifications {
@@ -79,45 +48,11 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             unread_only,
             unread_count,
         } => {
-            let r = store
-                .notifications(&cmd.tenant, &cmd.user_id, before, limit + 1, unread_only)
-                .await;
-            let f = match r {
-                Ok(mut rows) => {
-                    let has_more = rows.len() > limit;
-                    rows.truncate(limit);
-                    frame(
-                        "notifications",
-                        &json!({"notifications": rows, "hasMore": has_more, "unreadCount": unread_count}),
-                    )
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "notifications query failed");
-                    error(
-                        ErrorCode::Unavailable,
-                        "notifications unavailable, try again",
-                    )
-                }
-            };
+            let f = notifications(store, &cmd, before, limit, unread_only, unread_count).await;
             (cmd, f)
         }
         Query::Presence { cmd, user_ids } => {
-            let f = match store
-                .contacts_online(&cmd.tenant, &cmd.user_id, &user_ids)
-                .await
-            {
-                Ok(rows) => {
-                    let users: Vec<_> = rows
-                        .into_iter()
-                        .map(|(id, online)| json!({"userId": id, "online": online}))
-                        .collect();
-                    frame("presence", &json!({ "users": users }))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "presence query failed");
-                    error(ErrorCode::Unavailable, "presence unavailable, try again")
-                }
-            };
+            let f = presence(store, &cmd, &user_ids).await;
             (cmd, f)
         }
         Query::Attendance {
@@ -126,26 +61,7 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             require_host,
             live,
         } => {
-            let f = match store.attendance(&cmd.tenant, &session_id).await {
-                Ok(rows) if rows.is_empty() && !live => {
-                    error(ErrorCode::SessionNotFound, "Session not found")
-                }
-                Ok(rows)
-                    if require_host
-                        .as_ref()
-                        .is_some_and(|u| !rows.iter().any(|r| &r.user_id == u && r.host)) =>
-                {
-                    error(ErrorCode::Forbidden, "only the host can see who attended")
-                }
-                Ok(rows) => frame(
-                    "attendance",
-                    &json!({"sessionId": session_id, "attendance": rows}),
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "attendance query failed");
-                    error(ErrorCode::Unavailable, "attendance unavailable, try again")
-                }
-            };
+            let f = attendance(store, &cmd, &session_id, require_host.as_deref(), live).await;
             (cmd, f)
         }
     };
@@ -155,12 +71,144 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
     }
 }
 
-/// A page of `limit` from a query that asked for `limit + 1` rows (oldest first).
+/// The error frame for a query the store could not answer (a retry may help).
+fn unavailable(what: &str, e: &StoreError) -> Bytes {
+    tracing::warn!(error = %e, "{what} query failed");
+    error(
+        ErrorCode::Unavailable,
+        &format!("{what} unavailable, try again"),
+    )
+}
+
+async fn history(
+    store: &dyn Store,
+    cmd: &Command,
+    session_id: &str,
+    since: i64,
+    before: Option<i64>,
+    limit: usize,
+) -> Bytes {
+    let r = store
+        .history(&cmd.tenant, session_id, since, before, limit + 1)
+        .await;
+    page(r, limit, |msgs, more| {
+        frame(
+            "message_history",
+            &json!({"sessionId": session_id, "messages": msgs, "hasMore": more}),
+        )
+    })
+}
+
+async fn direct(
+    store: &dyn Store,
+    cmd: &Command,
+    with: &str,
+    before: Option<i64>,
+    limit: usize,
+) -> Bytes {
+    let r = store
+        .direct_history(&cmd.tenant, &cmd.user_id, with, before, limit + 1)
+        .await;
+    page(r, limit, |msgs, more| {
+        frame(
+            "direct_history",
+            &json!({"with": with, "messages": msgs, "hasMore": more}),
+        )
+    })
+}
+
+/// Public, active sessions, newest first.
+async fn sessions(store: &dyn Store, cmd: &Command) -> Bytes {
+    match store.list_sessions(&cmd.tenant).await {
+        Ok(all) => {
+            let mut list: Vec<_> = all
+                .iter()
+                .filter(|(s, _)| !s.is_private && s.status == SessionStatus::Active)
+                .map(|(s, n)| SessionSummary {
+                    participant_count: *n,
+                    ..s.summary()
+                })
+                .collect();
+            list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+            frame("sessions_list", &json!({ "sessions": list }))
+        }
+        Err(e) => unavailable("sessions", &e),
+    }
+}
+
+async fn notifications(
+    store: &dyn Store,
+    cmd: &Command,
+    before: Option<i64>,
+    limit: usize,
+    unread_only: bool,
+    unread_count: usize,
+) -> Bytes {
+    let r = store
+        .notifications(&cmd.tenant, &cmd.user_id, before, limit + 1, unread_only)
+        .await;
+    match r {
+        Ok(mut rows) => {
+            let has_more = rows.len() > limit;
+            rows.truncate(limit);
+            frame(
+                "notifications",
+                &json!({"notifications": rows, "hasMore": has_more, "unreadCount": unread_count}),
+            )
+        }
+        Err(e) => unavailable("notifications", &e),
+    }
+}
+
+/// Which of `user_ids` (the asker's contacts) are online.
+async fn presence(store: &dyn Store, cmd: &Command, user_ids: &[String]) -> Bytes {
+    match store
+        .contacts_online(&cmd.tenant, &cmd.user_id, user_ids)
+        .await
+    {
+        Ok(rows) => {
+            let users: Vec<_> = rows
+                .into_iter()
+                .map(|(id, online)| json!({"userId": id, "online": online}))
+                .collect();
+            frame("presence", &json!({ "users": users }))
+        }
+        Err(e) => unavailable("presence", &e),
+    }
+}
+
+/// Who attended a session; `require_host`: only for the session's host.
+async fn attendance(
+    store: &dyn Store,
+    cmd: &Command,
+    session_id: &str,
+    require_host: Option<&str>,
+    live: bool,
+) -> Bytes {
+    match store.attendance(&cmd.tenant, session_id).await {
+        Ok(rows) if rows.is_empty() && !live => {
+            error(ErrorCode::SessionNotFound, "Session not found")
+        }
+        Ok(rows)
+            if require_host.is_some_and(|u| !rows.iter().any(|r| r.user_id == u && r.host)) =>
+        {
+            error(ErrorCode::Forbidden, "only the host can see who attended")
+        }
+        Ok(rows) => frame(
+            "attendance",
+            &json!({"sessionId": session_id, "attendance": rows}),
+        ),
+        Err(e) => unavailable("attendance", &e),
+    }
+}
+
+/// A page of `limit` from a query that asked for `limit + 1` rows (oldest first): the
+/// extra row tells whether an older page exists.
 fn page<T>(
     rows: Result<Vec<T>, StoreError>,
     limit: usize,
-    build: impl FnOnce(Vec<T>, bool) -> bytes::Bytes,
-) -> bytes::Bytes {
+    build: impl FnOnce(Vec<T>, bool) -> Bytes,
+) -> Bytes {
     match rows {
         Ok(mut rows) => {
             let has_more = rows.len() > limit;
@@ -169,9 +217,6 @@ fn page<T>(
             }
             build(rows, has_more)
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "history query failed");
-            error(ErrorCode::Unavailable, "history unavailable, try again")
-        }
+        Err(e) => unavailable("history", &e),
     }
 }
