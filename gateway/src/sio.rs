@@ -112,32 +112,10 @@ async fn connect(st: AppState, s: SocketRef) {
         refuse(&s, "UNAUTHORIZED", "Unauthorized");
         return;
     };
-    let Ok(permit) = st.conn_limit.clone().try_acquire_owned() else {
-        refuse(&s, "UNAVAILABLE", "too many connections");
-        return;
-    };
-    // The same per-IP slots as a WebSocket's (one count per gateway for both kinds).
-    let per_ip = st.cfg.limits.connections_per_ip > 0;
-    let ip = s
-        .req_parts()
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let ip_slot = match ip
-        .filter(|_| per_ip)
-        .map(|ip| st.limits.ip_slot(ip))
-        .transpose()
-    {
-        Ok(slot) => slot,
-        Err(r) => {
-            refuse(&s, r.code.as_str(), &r.message);
-            return;
-        }
-    };
-    let user_slot = match st.limits.user_slot(&verified.identity) {
-        Ok(slot) => slot,
-        Err(r) => {
-            refuse(&s, r.code.as_str(), &r.message);
+    let slots = match admit(&st, &s, &verified.identity) {
+        Ok(slots) => slots,
+        Err((code, message)) => {
+            refuse(&s, code, &message);
             return;
         }
     };
@@ -166,16 +144,62 @@ async fn connect(st: AppState, s: SocketRef) {
         handle: handle.clone(),
     });
     crate::ws::connection::report_connect(&st, &who, &id).await;
+    greet(&s, &who, &id, verified.expires_at);
+    let in_rx = route_events(&s, &conn);
+    let reader = conn.clone();
+    let expires_at = verified.expires_at;
+    st.tracker
+        .spawn(async move { reader.read(in_rx, expires_at).await });
+    st.tracker.spawn(async move {
+        let _held = slots;
+        conn.pump(s, rx).await;
+    });
+}
+
+/// A connection's places under the gateway's, the user's and the address's limits, held
+/// until it ends.
+type Slots = (
+    tokio::sync::OwnedSemaphorePermit,
+    crate::limits::Slot,
+    Option<crate::limits::Slot>,
+);
+
+/// The same limits as a WebSocket's (one count per gateway for both kinds), or the code
+/// and message to refuse with.
+fn admit(st: &AppState, s: &SocketRef, who: &Identity) -> Result<Slots, (&'static str, String)> {
+    let Ok(permit) = st.conn_limit.clone().try_acquire_owned() else {
+        return Err(("UNAVAILABLE", "too many connections".into()));
+    };
+    let ip = s
+        .req_parts()
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .filter(|_| st.cfg.limits.connections_per_ip > 0);
+    let refused = |r: crate::limits::Refused| (r.code.as_str(), r.message);
+    let ip_slot = ip
+        .map(|ip| st.limits.ip_slot(ip))
+        .transpose()
+        .map_err(refused)?;
+    let user_slot = st.limits.user_slot(who).map_err(refused)?;
+    Ok((permit, user_slot, ip_slot))
+}
+
+/// `authenticated` (jam's clients), then show-chat-socketio.md's `connected`.
+fn greet(s: &SocketRef, who: &Identity, id: &str, expires_at: Option<i64>) {
     let hello = json!({
         "userId": who.user_id, "userName": who.user_name, "username": who.user_name,
-        "connectionId": id, "expiresAt": verified.expires_at,
+        "connectionId": id, "expiresAt": expires_at,
     });
     let _ = s.emit("authenticated", &hello);
-    // show-chat-socketio.md's greeting.
-    let mut connected = hello.clone();
+    let mut connected = hello;
     connected["message"] = json!("Connected");
     let _ = s.emit("connected", &connected);
+}
 
+/// The connection's events into one bounded queue (a full one answers `RATE_LIMITED`), and
+/// its end into the connection's kill switch.
+fn route_events(s: &SocketRef, conn: &Arc<Conn>) -> mpsc::Receiver<Incoming> {
     // socketioxide calls a handler in arrival order and spawns the future it returns: the
     // event is queued before that, so one task handles a connection's events in order.
     let (in_tx, in_rx) = mpsc::channel::<Incoming>(INBOUND);
@@ -197,15 +221,7 @@ async fn connect(st: AppState, s: SocketRef) {
         let c = c.clone();
         async move { c.handle.kill.cancel() }
     });
-    let reader = conn.clone();
-    let expires_at = verified.expires_at;
-    st.tracker
-        .spawn(async move { reader.read(in_rx, expires_at).await });
-    let pump = conn.clone();
-    st.tracker.spawn(async move {
-        let _held = (permit, user_slot, ip_slot);
-        pump.pump(s, rx).await;
-    });
+    in_rx
 }
 
 fn refuse(s: &SocketRef, code: &str, message: &str) {
