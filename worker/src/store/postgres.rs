@@ -947,116 +947,124 @@ impl<'a> GroupRows<'a> {
         })
     }
 
-    /// Run the group's statements; the partitions whose fence matched.
+    /// Run the group's statements, pipelined on the transaction's connection; the
+    /// partitions whose fence matched.
     async fn write(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         batches: &[&Batch],
     ) -> Result<Vec<i32>, tokio_postgres::Error> {
-        let fence = async {
-            if self.fence_parts.is_empty() {
-                return Ok(Vec::new());
-            }
-            let st = tx.prepare_cached(FENCE_SQL).await?;
-            let rows = tx.query(&st, &self.fence_params()).await?;
-            Ok(rows.iter().map(|r| r.get::<_, i32>(0)).collect())
-        };
-        let upserts = async {
-            if self.upsert_ids.is_empty() {
-                return Ok(0);
-            }
-            let st = tx.prepare_cached(UPSERT_SQL).await?;
-            let params: [&(dyn ToSql + Sync); 4] = [
-                &self.upsert_tenants,
-                &self.upsert_ids,
-                &self.upsert_states,
-                &self.upsert_parts,
-            ];
-            tx.execute(&st, &params).await
-        };
-        let messages = async {
-            if self.messages.is_empty() {
-                return Ok(0);
-            }
-            let cols = MessageColumns::of(&self.messages);
-            let st = tx.prepare_cached(MESSAGES_SQL).await?;
-            tx.execute(&st, &cols.params()).await
-        };
-        let deletes = async {
-            if self.deletes.is_empty() {
-                return Ok(0);
-            }
-            let tenants: Vec<&str> = self.deletes.iter().map(|d| d.0.as_str()).collect();
-            let ids: Vec<&str> = self.deletes.iter().map(|d| d.1.as_str()).collect();
-            let st = tx.prepare_cached(DELETE_SQL).await?;
-            tx.execute(&st, &[&tenants, &ids]).await
-        };
-        let direct = async {
-            let d = &self.direct;
-            if d.is_empty() {
-                return Ok(0);
-            }
-            let col = |f: fn(&DirectMessage) -> &str| texts(d.iter().copied(), f);
-            let created: Vec<i64> = d.iter().map(|x| x.created_at).collect();
-            let st = tx.prepare_cached(DIRECT_SQL).await?;
-            tx.execute(
-                &st,
-                &[
-                    &col(|x| &x.tenant),
-                    &col(|x| &x.id),
-                    &col(|x| &x.sender_id),
-                    &col(|x| &x.sender_name),
-                    &col(|x| &x.receiver_id),
-                    &col(|x| &x.content),
-                    &created,
-                ],
-            )
-            .await
-        };
-        let attendance = async {
-            let a = &self.attendance;
-            if a.is_empty() {
-                return Ok(0);
-            }
-            let col = |f: fn(&Attendance) -> &str| texts(a, f);
-            let hosts: Vec<bool> = a.iter().map(|x| x.host).collect();
-            let ins: Vec<i64> = a.iter().map(|x| x.checked_in_at).collect();
-            let outs: Vec<Option<i64>> = a.iter().map(|x| x.checked_out_at).collect();
-            let st = tx.prepare_cached(ATTENDANCE_SQL).await?;
-            tx.execute(
-                &st,
-                &[
-                    &col(|x| &x.tenant),
-                    &col(|x| &x.session_id),
-                    &col(|x| &x.user_id),
-                    &col(|x| &x.user_name),
-                    &hosts,
-                    &ins,
-                    &outs,
-                ],
-            )
-            .await
-        };
         // Inboxes, online users and contacts: per batch (rarer, several statements each).
         let people = futures::future::try_join_all(batches.iter().map(|b| async move {
             let inbox = inbox_changes(tx, &b.inbox).await?;
             let online = online_and_contacts(tx, &b.online, &b.contacts, part_of(b)).await?;
             Ok::<_, tokio_postgres::Error>(inbox + online)
         }));
-        let participants = self.participants.write(tx);
         let (fenced, ..) = futures::try_join!(
-            fence,
-            upserts,
-            participants,
-            messages,
-            deletes,
-            direct,
-            attendance,
+            self.fence(tx),
+            self.upsert_sessions(tx),
+            self.participants.write(tx),
+            self.insert_messages(tx),
+            self.delete_sessions(tx),
+            self.insert_direct(tx),
+            self.upsert_attendance(tx),
             people
         )?;
         Ok(fenced)
     }
+
+    async fn fence(&self, tx: &Tx<'_>) -> Result<Vec<i32>, tokio_postgres::Error> {
+        if self.fence_parts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let st = tx.prepare_cached(FENCE_SQL).await?;
+        let rows = tx.query(&st, &self.fence_params()).await?;
+        Ok(rows.iter().map(|r| r.get::<_, i32>(0)).collect())
+    }
+
+    async fn upsert_sessions(&self, tx: &Tx<'_>) -> Result<u64, tokio_postgres::Error> {
+        if self.upsert_ids.is_empty() {
+            return Ok(0);
+        }
+        let st = tx.prepare_cached(UPSERT_SQL).await?;
+        let params: [&(dyn ToSql + Sync); 4] = [
+            &self.upsert_tenants,
+            &self.upsert_ids,
+            &self.upsert_states,
+            &self.upsert_parts,
+        ];
+        tx.execute(&st, &params).await
+    }
+
+    async fn insert_messages(&self, tx: &Tx<'_>) -> Result<u64, tokio_postgres::Error> {
+        if self.messages.is_empty() {
+            return Ok(0);
+        }
+        let cols = MessageColumns::of(&self.messages);
+        let st = tx.prepare_cached(MESSAGES_SQL).await?;
+        tx.execute(&st, &cols.params()).await
+    }
+
+    async fn delete_sessions(&self, tx: &Tx<'_>) -> Result<u64, tokio_postgres::Error> {
+        if self.deletes.is_empty() {
+            return Ok(0);
+        }
+        let tenants: Vec<&str> = self.deletes.iter().map(|d| d.0.as_str()).collect();
+        let ids: Vec<&str> = self.deletes.iter().map(|d| d.1.as_str()).collect();
+        let st = tx.prepare_cached(DELETE_SQL).await?;
+        tx.execute(&st, &[&tenants, &ids]).await
+    }
+
+    async fn insert_direct(&self, tx: &Tx<'_>) -> Result<u64, tokio_postgres::Error> {
+        let d = &self.direct;
+        if d.is_empty() {
+            return Ok(0);
+        }
+        let col = |f: fn(&DirectMessage) -> &str| texts(d.iter().copied(), f);
+        let created: Vec<i64> = d.iter().map(|x| x.created_at).collect();
+        let st = tx.prepare_cached(DIRECT_SQL).await?;
+        tx.execute(
+            &st,
+            &[
+                &col(|x| &x.tenant),
+                &col(|x| &x.id),
+                &col(|x| &x.sender_id),
+                &col(|x| &x.sender_name),
+                &col(|x| &x.receiver_id),
+                &col(|x| &x.content),
+                &created,
+            ],
+        )
+        .await
+    }
+
+    async fn upsert_attendance(&self, tx: &Tx<'_>) -> Result<u64, tokio_postgres::Error> {
+        let a = &self.attendance;
+        if a.is_empty() {
+            return Ok(0);
+        }
+        let col = |f: fn(&Attendance) -> &str| texts(a, f);
+        let hosts: Vec<bool> = a.iter().map(|x| x.host).collect();
+        let ins: Vec<i64> = a.iter().map(|x| x.checked_in_at).collect();
+        let outs: Vec<Option<i64>> = a.iter().map(|x| x.checked_out_at).collect();
+        let st = tx.prepare_cached(ATTENDANCE_SQL).await?;
+        tx.execute(
+            &st,
+            &[
+                &col(|x| &x.tenant),
+                &col(|x| &x.session_id),
+                &col(|x| &x.user_id),
+                &col(|x| &x.user_name),
+                &hosts,
+                &ins,
+                &outs,
+            ],
+        )
+        .await
+    }
 }
+
+type Tx<'t> = deadpool_postgres::Transaction<'t>;
 
 /// The last change of each (tenant, session, user) in a batch, keeping its first check-in:
 /// a join and a leave in one batch end checked out, a leave and a rejoin checked in.
