@@ -333,6 +333,23 @@ async fn direct_messages_reach_every_connection_and_persist() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["messages"].as_array().unwrap().len(), 1);
     assert_eq!(v["messages"][0]["content"], "psst");
+    // A query string that does not parse is the caller's error, with the reason.
+    let r = http
+        .get(c.b.http("/api/messages/direct?with=alice&limit=many"))
+        .header(
+            "authorization",
+            format!("Bearer {}", token("bob", "Bob", None)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "BAD_REQUEST");
+    assert!(
+        v["error"].as_str().unwrap().contains("limit"),
+        "the reason names the field: {v}"
+    );
 }
 
 #[tokio::test]

@@ -167,7 +167,7 @@ pub async fn session_messages(
     Path(id): Path<String>,
     q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(p) = q.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let Query(p) = q?;
     let v = rpc(
         &st,
         &who,
@@ -197,7 +197,7 @@ pub async fn direct_messages(
     Caller(who): Caller,
     q: Result<Query<DirectPage>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(p) = q.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let Query(p) = q?;
     let v = rpc(
         &st,
         &who,
@@ -315,8 +315,7 @@ pub async fn attendance(
     let backend = parts.headers.contains_key("x-api-key");
     let who = if backend {
         super::publish::backend_key(&st, &parts.headers)?;
-        let Query(q) = Query::<TenantQuery>::try_from_uri(&parts.uri)
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+        let Query(q) = Query::<TenantQuery>::try_from_uri(&parts.uri)?;
         super::publish::backend_identity(super::publish::backend_tenant(q.tenant)?)
     } else {
         Caller::from_request_parts(&mut parts, &st).await?.0

@@ -126,7 +126,7 @@ pub async fn list(
     Caller(who): Caller,
     q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(p) = q.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let Query(p) = q?;
     let v = rpc(
         &st,
         &who,

@@ -34,6 +34,13 @@ impl ApiError {
     }
 }
 
+/// A query string that does not parse is the caller's error (400), with axum's reason.
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        Self::new(ErrorCode::BadRequest, e.body_text())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         metrics::counter!("jam_errors_total", "code" => self.code.as_str()).increment(1);
