@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use jam_tests::cluster::Cluster;
 use jam_tests::scenario::{create, join, say};
-use jam_tests::{token, Client};
+use jam_tests::{bearer, token, Client};
 use serde_json::{json, Value};
 
 const API_KEY: &str = "test-api-key";
@@ -211,7 +211,7 @@ async fn history_pages_return_every_message_once() {
 
     // Over REST, the same with pages of 25.
     let http = reqwest::Client::new();
-    let bearer = format!("Bearer {}", token("bob", "Bob", None));
+    let as_bob = bearer("bob", "Bob");
     let mut rest_seen = Vec::new();
     let mut before: Option<i64> = None;
     loop {
@@ -224,7 +224,7 @@ async fn history_pages_return_every_message_once() {
         }
         let r = http
             .get(&url)
-            .header("authorization", &bearer)
+            .header("authorization", &as_bob)
             .send()
             .await
             .unwrap();
@@ -248,13 +248,13 @@ async fn history_pages_return_every_message_once() {
             "{}?limit=500",
             c.a.http(&format!("/api/sessions/{sid}/messages"))
         ))
-        .header("authorization", &bearer)
+        .header("authorization", &as_bob)
         .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
     // Outsiders: 403 NOT_IN_SESSION; no token: 401.
-    let eve = format!("Bearer {}", token("eve", "Eve", None));
+    let eve = bearer("eve", "Eve");
     let r = http
         .get(c.a.http(&format!("/api/sessions/{sid}/messages")))
         .header("authorization", eve)
@@ -308,10 +308,7 @@ async fn direct_messages_reach_every_connection_and_persist() {
     let http = reqwest::Client::new();
     let r = http
         .get(c.b.http("/api/messages/direct?with=alice"))
-        .header(
-            "authorization",
-            format!("Bearer {}", token("carol", "Carol", None)),
-        )
+        .header("authorization", bearer("carol", "Carol"))
         .send()
         .await
         .unwrap();
@@ -323,10 +320,7 @@ async fn direct_messages_reach_every_connection_and_persist() {
     // bob's conversation with alice holds only bob's message.
     let r = http
         .get(c.b.http("/api/messages/direct?with=alice"))
-        .header(
-            "authorization",
-            format!("Bearer {}", token("bob", "Bob", None)),
-        )
+        .header("authorization", bearer("bob", "Bob"))
         .send()
         .await
         .unwrap();
@@ -336,10 +330,7 @@ async fn direct_messages_reach_every_connection_and_persist() {
     // A query string that does not parse is the caller's error, with the reason.
     let r = http
         .get(c.b.http("/api/messages/direct?with=alice&limit=many"))
-        .header(
-            "authorization",
-            format!("Bearer {}", token("bob", "Bob", None)),
-        )
+        .header("authorization", bearer("bob", "Bob"))
         .send()
         .await
         .unwrap();

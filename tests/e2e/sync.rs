@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use jam_tests::cluster::Cluster;
 use jam_tests::scenario::{create, join};
 use jam_tests::services::{PrivateRedis, TestDb};
-use jam_tests::{procs, token, Client};
+use jam_tests::{bearer, procs, token, Client};
 use serde_json::{json, Value};
 
 fn sync_cmd(action: &'static str) -> impl Fn(&Value) -> bool {
@@ -88,10 +88,7 @@ async fn host_changes_reach_everyone_and_drift_is_corrected() {
     let http = reqwest::Client::new();
     let r = http
         .patch(a.http(&format!("/api/sessions/{sid}/offset")))
-        .header(
-            "authorization",
-            format!("Bearer {}", token("carol", "Carol", None)),
-        )
+        .header("authorization", bearer("carol", "Carol"))
         .json(&json!({"offsetMs": 5000}))
         .send()
         .await
@@ -145,10 +142,7 @@ async fn host_changes_reach_everyone_and_drift_is_corrected() {
     c.worker.restart().await;
     let r = http
         .get(b.http(&format!("/api/sessions/{sid}/state")))
-        .header(
-            "authorization",
-            format!("Bearer {}", token("carol", "Carol", None)),
-        )
+        .header("authorization", bearer("carol", "Carol"))
         .send()
         .await
         .unwrap();

@@ -18,3 +18,8 @@ pub fn token(sub: &str, name: &str, tenant: Option<&str>) -> String {
     let jwt = jam_shared::auth::JwtVerifier::new(SECRET);
     jwt.sign(&jam_shared::auth::claims_for(sub, name, tenant, 3600))
 }
+
+/// An `authorization` header value for a REST call as `sub` (the default tenant).
+pub fn bearer(sub: &str, name: &str) -> String {
+    format!("Bearer {}", token(sub, name, None))
+}
