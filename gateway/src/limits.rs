@@ -111,8 +111,12 @@ impl Limiter {
         &self.cfg
     }
 
-    /// One more WebSocket from `ip`.
-    pub fn ip_slot(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
+    /// One more connection (WebSocket or Socket.IO) from `ip`; `None` when connections
+    /// per address are not limited (`connections_per_ip` 0) or the address is unknown.
+    pub fn ip_slot(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Option<Slot>, Refused> {
+        let Some(ip) = ip.filter(|_| self.cfg.connections_per_ip > 0) else {
+            return Ok(None);
+        };
         if !take(&self.ips, ip, self.cfg.connections_per_ip) {
             return Err(Refused::new(
                 ErrorCode::LimitExceeded,
@@ -123,10 +127,10 @@ impl Limiter {
                 ),
             ));
         }
-        Ok(Slot {
+        Ok(Some(Slot {
             limiter: self.clone(),
             key: SlotKey::Ip(ip),
-        })
+        }))
     }
 
     /// One more WebSocket for `who`.
@@ -247,7 +251,7 @@ mod tests {
         );
         drop(a);
         assert!(l.user_slot(&who("a")).is_ok());
-        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let ip: Option<IpAddr> = Some("127.0.0.9".parse().unwrap());
         let slots: Vec<_> = (0..3).map(|_| l.ip_slot(ip).unwrap()).collect();
         assert!(l.ip_slot(ip).is_err());
         drop(slots);

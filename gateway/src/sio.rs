@@ -174,13 +174,9 @@ fn admit(st: &AppState, s: &SocketRef, who: &Identity) -> Result<Slots, (&'stati
         .req_parts()
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
-        .filter(|_| st.cfg.limits.connections_per_ip > 0);
+        .map(|c| c.0.ip());
     let refused = |r: crate::limits::Refused| (r.code.as_str(), r.message);
-    let ip_slot = ip
-        .map(|ip| st.limits.ip_slot(ip))
-        .transpose()
-        .map_err(refused)?;
+    let ip_slot = st.limits.ip_slot(ip).map_err(refused)?;
     let user_slot = st.limits.user_slot(who).map_err(refused)?;
     Ok((permit, user_slot, ip_slot))
 }

@@ -75,12 +75,7 @@ pub async fn handler(
         }
     }
     let token = token.map(|(t, _)| t);
-    let per_ip = st.cfg.limits.connections_per_ip > 0;
-    let ip_slot = match ip
-        .filter(|_| per_ip)
-        .map(|ip| st.limits.ip_slot(ip))
-        .transpose()
-    {
+    let ip_slot = match st.limits.ip_slot(ip) {
         Ok(s) => s,
         Err(r) => return (StatusCode::TOO_MANY_REQUESTS, r.message).into_response(),
     };
