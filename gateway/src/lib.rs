@@ -154,15 +154,13 @@ pub async fn run(
 
     shutdown.cancelled().await;
     let grace = st.cfg.drain_grace;
+    st.draining.cancel();
+    let open = st.table.close_all(ws::close::SERVICE_RESTART);
     tracing::info!(
-        connections = st.table.connections().len(),
+        connections = open,
         grace_secs = grace.as_secs_f64(),
         "draining"
     );
-    st.draining.cancel();
-    for c in st.table.connections() {
-        c.close(ws::close::SERVICE_RESTART);
-    }
     st.tracker.close();
     if tokio::time::timeout(grace, st.tracker.wait())
         .await

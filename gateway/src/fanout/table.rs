@@ -381,9 +381,18 @@ impl ConnEntry {
 pub(crate) struct State {
     pub conns: HashMap<Arc<str>, ConnEntry, Fx>,
     pub channels: HashMap<Arc<str>, Channel, Fx>,
+    /// Set by [`Table::close_all`]: a connection registered afterwards is closed with
+    /// this code as it is added.
+    closing: Option<u16>,
 }
 
 impl State {
+    fn close_if_closing(&self, handle: &ConnHandle) {
+        if let Some(code) = self.closing {
+            handle.close(code);
+        }
+    }
+
     /// The channel named `name` (created empty when new) and its shared name.
     fn channel(&mut self, name: &str) -> (Arc<str>, &mut Channel) {
         let key = match self.channels.get_key_value(name) {
@@ -460,6 +469,7 @@ impl Table {
     /// Add a connection that only gets frames addressed to it (a REST call's reply slot).
     pub fn register_direct(&self, handle: ConnHandle) {
         let mut s = self.state.lock().unwrap();
+        s.close_if_closing(&handle);
         s.conns.insert(
             handle.id.clone(),
             ConnEntry {
@@ -474,6 +484,7 @@ impl Table {
         let _g = self.sub_lock.lock().await;
         let need_sub = {
             let mut s = self.state.lock().unwrap();
+            s.close_if_closing(&handle);
             let id = handle.id.clone();
             let (name, ch) = s.channel(&user_channel);
             ch.members.insert(handle.clone());
@@ -603,6 +614,21 @@ impl Table {
         s.conns.get(conn).map(|e| e.handle.clone())
     }
 
+    /// Close every connection with `code`, and every one registered from now on (the
+    /// drain): a connection greeted just before the drain but not yet in the table is not
+    /// missed. Returns how many were open.
+    pub fn close_all(&self, code: u16) -> usize {
+        let conns: Vec<ConnHandle> = {
+            let mut s = self.state.lock().unwrap();
+            s.closing = Some(code);
+            s.conns.values().map(|e| e.handle.clone()).collect()
+        };
+        for c in &conns {
+            c.close(code);
+        }
+        conns.len()
+    }
+
     pub fn connections(&self) -> Vec<ConnHandle> {
         self.state
             .lock()
@@ -673,6 +699,34 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), kill.cancelled_here())
             .await
             .expect("already fired");
+    }
+
+    #[tokio::test]
+    async fn a_connection_registered_after_close_all_is_closed_too() {
+        use jam_shared::bus::{memory::MemoryBus, Bus};
+        let (sub, _rx) = MemoryBus::new().subscription(8).await.unwrap();
+        let table = Table::new(sub, "gw-test".into()).await.unwrap();
+        let code = |c: &ConnHandle| c.close_code.load(Ordering::SeqCst);
+        let before = ConnHandle::new("before", "u", mpsc::channel(1).0);
+        table
+            .register(before.clone(), "user:u".into())
+            .await
+            .unwrap();
+        let direct = ConnHandle::new("direct", "u", mpsc::channel(1).0);
+        assert_eq!(code(&before), 0, "nothing closed yet");
+
+        assert_eq!(table.close_all(1012), 1, "one was open");
+        assert_eq!(code(&before), 1012);
+        assert!(before.kill.is_cancelled());
+
+        // Greeted before the drain, in the table after its sweep: closed as it is added.
+        let late = ConnHandle::new("late", "v", mpsc::channel(1).0);
+        table.register(late.clone(), "user:v".into()).await.unwrap();
+        table.register_direct(direct.clone());
+        for c in [&late, &direct] {
+            assert_eq!(code(c), 1012, "{}", c.id);
+            assert!(c.kill.is_cancelled(), "{}", c.id);
+        }
     }
 
     #[test]
