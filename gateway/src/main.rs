@@ -25,6 +25,7 @@ enum Cmd {
 
 /// jemalloc: no per-allocation header and size-class slabs cost an idle connection less
 /// than glibc's malloc (decision 21, docs/benchmarks.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

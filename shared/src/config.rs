@@ -28,6 +28,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "PostgreSQL URL; empty = in-memory store (standalone only)",
     ),
     (
+        "JAM_DATABASE_POOL_SIZE",
+        "16",
+        "PostgreSQL connections a worker opens at most (opened as needed; a worker commits on one); workers × this must stay under the server's max_connections",
+    ),
+    (
         "JAM_JWT_SECRET",
         "",
         "HS256 secret for client tokens (required outside standalone)",
@@ -280,6 +285,7 @@ pub struct Config {
     pub worker_listen_addr: String,
     pub redis_url: Option<String>,
     pub database_url: Option<String>,
+    pub database_pool_size: usize,
     pub jwt_secret: Option<String>,
     pub auth: AuthSettings,
     pub limits: Limits,
@@ -450,6 +456,13 @@ impl Config {
                 reason: "must be 4..=16".into(),
             });
         }
+        let database_pool_size: usize = s.num("JAM_DATABASE_POOL_SIZE")?;
+        if !(1..=1000).contains(&database_pool_size) {
+            return Err(ConfigError {
+                var: "JAM_DATABASE_POOL_SIZE",
+                reason: "must be 1..=1000".into(),
+            });
+        }
         let log_format = s.string("JAM_LOG_FORMAT");
         if log_format != "plain" && log_format != "json" {
             return Err(ConfigError {
@@ -471,6 +484,7 @@ impl Config {
             worker_listen_addr: s.string("JAM_WORKER_LISTEN_ADDR"),
             redis_url: s.opt("JAM_REDIS_URL"),
             database_url: s.opt("JAM_DATABASE_URL"),
+            database_pool_size,
             jwt_secret: s.opt("JAM_JWT_SECRET"),
             auth: AuthSettings {
                 public_key: s.opt("JAM_JWT_PUBLIC_KEY"),
@@ -671,6 +685,11 @@ mod tests {
         assert_eq!(e.var, "JAM_PARTITIONS");
         assert!(Config::from_map(&map(&[("JAM_PARTITIONS", "0")])).is_err());
         assert!(Config::from_map(&map(&[("JAM_LOG_FORMAT", "xml")])).is_err());
+        let pool = |v| Config::from_map(&map(&[("JAM_DATABASE_POOL_SIZE", v)]));
+        assert_eq!(pool("4").unwrap().database_pool_size, 4);
+        for bad in ["0", "1001", "some"] {
+            assert_eq!(pool(bad).unwrap_err().var, "JAM_DATABASE_POOL_SIZE");
+        }
         assert_eq!(Config::threads_from_map(&map(&[])).unwrap(), None);
         let three = map(&[("JAM_THREADS", "3")]);
         assert!(Config::from_map(&three).is_ok());

@@ -25,7 +25,7 @@ pub async fn run(
         None => Arc::new(MemoryBus::new()),
     };
     let store: Arc<dyn Store> = match &cfg.database_url {
-        Some(url) => Arc::new(PgStore::connect(url, 8).await?),
+        Some(url) => Arc::new(PgStore::connect(url, cfg.database_pool_size).await?),
         None => Arc::new(MemoryStore::new()),
     };
     // The development secret only when nothing else checks tokens.

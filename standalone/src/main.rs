@@ -26,6 +26,7 @@ const STANDALONE_THREADS: usize = 1;
 
 /// jemalloc: no per-allocation header and size-class slabs cost an idle connection less
 /// than glibc's malloc (decision 21, docs/benchmarks.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -218,6 +218,10 @@ pub fn worker_starting(redis: &str, db: &str, name: &str, extra: &[(&str, &str)]
     env.insert("JAM_REDIS_URL".into(), redis.into());
     env.insert("JAM_DATABASE_URL".into(), db.into());
     env.insert("JAM_INSTANCE_ID".into(), name.into());
+    // Tests run side by side against one PostgreSQL (100 connections by default), several
+    // workers each: a few connections per worker (the default is 16).
+    env.entry("JAM_DATABASE_POOL_SIZE".into())
+        .or_insert_with(|| "4".into());
     Proc::spawn("jam-worker", "JAM_WORKER_LISTEN_ADDR", env)
 }
 

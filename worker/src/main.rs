@@ -16,6 +16,7 @@ struct Cli {}
 
 /// jemalloc: no per-allocation header and size-class slabs cost an idle connection less
 /// than glibc's malloc (decision 21, docs/benchmarks.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -41,7 +42,11 @@ async fn serve() -> anyhow::Result<()> {
     let Some(bus) = until_up("redis", &shutdown, || RedisBus::connect(&redis)).await else {
         return Ok(());
     };
-    let Some(store) = until_up("postgres", &shutdown, || PgStore::connect(&db, 16)).await else {
+    let Some(store) = until_up("postgres", &shutdown, || {
+        PgStore::connect(&db, cfg.database_pool_size)
+    })
+    .await
+    else {
         return Ok(());
     };
     let (bus, store) = (Arc::new(bus), Arc::new(store));
