@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod client;
 mod fanout;
+mod follow;
 mod idle;
 mod procstat;
 mod rooms;

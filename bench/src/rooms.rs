@@ -1,7 +1,10 @@
 //! `--rooms K`: K rooms of `--members` P; every member chats at `--member-rate` messages a
 //! second for `--seconds`, and every member timestamps what the others send. Several rates
-//! make a ramp: one step per rate, each with fresh rooms and connections. A delivery not
-//! received within [`DRAIN`] after the step's last message counts as lost.
+//! make a ramp: one step per rate, each with fresh rooms and connections. Members follow
+//! their room's `seq` as a client should ([`crate::follow`]): a gap or a `resync_required`
+//! (a gateway that fell behind the bus drops events, pub/sub being at-most-once) makes them
+//! rejoin with `sinceSeq`, and what the reply brings back counts as received then. A
+//! delivery not received within [`DRAIN`] after the step's last message counts as lost.
 
 use std::time::Duration;
 
@@ -13,6 +16,7 @@ use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{connect, now_us, until, Ws};
+use crate::follow::{Follower, Next};
 use crate::procstat::{busy_between, cpu_of, host_jiffies};
 use crate::stats::Latencies;
 use crate::Args;
@@ -23,6 +27,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 const START_IN: Duration = Duration::from_millis(100);
 /// Rooms seated at once.
 const SEATING: usize = 16;
+/// The longest a member waits for its room's next event after a `resync_required`.
+const RESYNC_WAIT: Duration = Duration::from_secs(1);
 
 /// One step's figures.
 struct Step {
@@ -31,6 +37,11 @@ struct Step {
     expected: u64,
     received: u64,
     duplicates: u64,
+    /// Rejoins after a gap or a `resync_required`, and those answered by a snapshot.
+    rejoins: u64,
+    snapshots: u64,
+    /// Deliveries that came in a rejoin's reply, not live.
+    recovered: u64,
     latencies: Latencies,
     /// Per `--timeline-ms` slice of send time: (slice start ms, its latencies).
     timeline: Vec<(u64, Latencies)>,
@@ -62,7 +73,7 @@ async fn step(
     rate: f64,
 ) -> anyhow::Result<Step> {
     let p = a.members;
-    let rooms: Vec<(String, Vec<Ws>)> = stream::iter(0..k)
+    let rooms: Vec<(String, Vec<(Ws, u64)>)> = stream::iter(0..k)
         .map(|room| seat(a, jwt, step, room))
         .buffer_unordered(SEATING)
         .collect::<Vec<_>>()
@@ -82,10 +93,13 @@ async fn step(
     let (cpu0, host0) = (cpu_of(&a.pid), host_jiffies());
     let mut tasks = Vec::with_capacity(members);
     for (room, (sid, conns)) in rooms.into_iter().enumerate() {
-        for (index, ws) in conns.into_iter().enumerate() {
+        for (index, (ws, seq)) in conns.into_iter().enumerate() {
             // Members start spread over one period, so the load is even.
             let offset = period.mul_f64((room * p + index) as f64 / members as f64);
+            // Each member waits its own time after a `resync_required`, spread over a second.
+            let wait = RESYNC_WAIT.mul_f64(((room * p + index) * 7919 % 1000) as f64 / 1000.0);
             let m = Member {
+                follower: Follower::new(&sid, seq, wait),
                 sid: sid.clone(),
                 index,
                 count,
@@ -97,6 +111,7 @@ async fn step(
     tokio::time::sleep_until(t0 + Duration::from_secs_f64(a.seconds)).await;
     let host_busy = busy_between(host0, host_jiffies());
     let (mut sent, mut received, mut duplicates, mut all) = (0, 0, 0, Vec::new());
+    let (mut rejoins, mut snapshots, mut recovered) = (0, 0, 0);
     let mut slices: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
     let slice_ms = a.timeline_ms.filter(|w| *w > 0);
     // Every connection stays open until the whole step is measured: a member that is done
@@ -107,6 +122,9 @@ async fn step(
         open.push(r.conn.take());
         sent += r.sent;
         duplicates += r.duplicates;
+        rejoins += r.rejoins;
+        snapshots += r.snapshots;
+        recovered += r.recovered;
         received += r.latencies.len() as u64;
         for (sent_us, ms) in r.latencies {
             if let Some(w) = slice_ms {
@@ -124,6 +142,9 @@ async fn step(
         expected: members as u64 * count * (p as u64 - 1),
         received,
         duplicates,
+        rejoins,
+        snapshots,
+        recovered,
         latencies: Latencies::new(all),
         timeline: slices
             .into_iter()
@@ -135,13 +156,13 @@ async fn step(
 }
 
 /// Connect a room's members (spread over the gateways), the first creates the session and
-/// the rest join it.
+/// the rest join it; each with the room's `seq` in its reply.
 async fn seat(
     a: &Args,
     jwt: &jam_shared::auth::JwtVerifier,
     step: usize,
     room: usize,
-) -> anyhow::Result<(String, Vec<Ws>)> {
+) -> anyhow::Result<(String, Vec<(Ws, u64)>)> {
     let p = a.members;
     let mut conns = Vec::with_capacity(p);
     for i in 0..p {
@@ -157,6 +178,7 @@ async fn seat(
         .as_str()
         .with_context(|| format!("room {room} not created: {created}"))?
         .to_string();
+    let mut seqs = vec![seq_in(&created)?];
     for ws in &mut conns[1..] {
         let join = json!({"type":"join_session","sessionId": sid,"ref":"j"});
         ws.send(Message::Text(join.to_string().into())).await?;
@@ -164,11 +186,19 @@ async fn seat(
         if joined["type"] == "error" {
             bail!("joining room {room} failed: {joined}");
         }
+        seqs.push(seq_in(&joined)?);
     }
-    Ok((sid, conns))
+    Ok((sid, conns.into_iter().zip(seqs).collect()))
+}
+
+fn seq_in(reply: &serde_json::Value) -> anyhow::Result<u64> {
+    reply["session"]["seq"]
+        .as_u64()
+        .with_context(|| format!("no session seq in {reply}"))
 }
 
 struct Member {
+    follower: Follower,
     sid: String,
     index: usize,
     count: u64,
@@ -182,32 +212,43 @@ struct MemberResult {
     latencies: Vec<(i64, f32)>,
     /// Deliveries of a message this member had received already.
     duplicates: u64,
+    rejoins: u64,
+    snapshots: u64,
+    /// Deliveries that came in a rejoin's reply.
+    recovered: u64,
     /// The member's connection, closed by the step once every member is done.
     conn: Option<Ws>,
 }
 
 impl Member {
     async fn run(
-        self,
+        mut self,
         ws: Ws,
         start: TokioInstant,
         period: Duration,
         deadline: TokioInstant,
     ) -> MemberResult {
-        let (mut sink, mut stream) = ws.split();
+        let (sink, mut stream) = ws.split();
+        // The sender's and the receiver's (a rejoin) frames share the socket.
+        let sink = tokio::sync::Mutex::new(sink);
+        let (sid, index, count) = (self.sid.clone(), self.index, self.count);
         let send = async {
             let mut tick = tokio::time::interval_at(start, period);
             let mut sent = 0;
-            for _ in 0..self.count {
+            for _ in 0..count {
                 tick.tick().await;
                 // `<sent at, µs>:<member>:<n>`: the receivers' clock is the same.
                 let frame = format!(
-                    r#"{{"type":"send_message","sessionId":"{}","message":"{}:{}:{sent}"}}"#,
-                    self.sid,
+                    r#"{{"type":"send_message","sessionId":"{sid}","message":"{}:{index}:{sent}"}}"#,
                     now_us(),
-                    self.index
                 );
-                if sink.send(Message::Text(frame.into())).await.is_err() {
+                if sink
+                    .lock()
+                    .await
+                    .send(Message::Text(frame.into()))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 sent += 1;
@@ -215,32 +256,81 @@ impl Member {
             sent
         };
         let receive = async {
-            let mut latencies = Vec::with_capacity(self.expect as usize);
-            let mut seen = std::collections::HashSet::with_capacity(self.expect as usize);
-            let mut duplicates = 0;
-            while (latencies.len() as u64) < self.expect {
-                let t = match tokio::time::timeout_at(deadline, stream.next()).await {
-                    Ok(Some(Ok(Message::Text(t)))) => t,
+            let mut got = Received::new(index, self.expect);
+            while (got.latencies.len() as u64) < self.expect {
+                let wake = self.follower.due().map_or(deadline, |d| d.min(deadline));
+                let next = match tokio::time::timeout_at(wake, stream.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        let next = self.follower.frame(&t, TokioInstant::now());
+                        if matches!(next, Next::Live) {
+                            got.take(chat_stamp(&t), false);
+                        }
+                        next
+                    }
                     Ok(Some(Ok(_))) => continue,
+                    Err(_) if wake < deadline => self.follower.tick(TokioInstant::now()),
                     _ => break,
                 };
-                match chat_stamp(&t) {
-                    Some(s) if s.from == self.index => {}
-                    Some(s) if !seen.insert((s.from, s.n)) => duplicates += 1,
-                    Some(s) => {
-                        latencies.push((s.sent_us, ((now_us() - s.sent_us) as f64 / 1000.0) as f32))
+                match next {
+                    Next::Live | Next::Skip => {}
+                    Next::Recovered(texts, page) => {
+                        for text in texts {
+                            got.take(stamp_of(&text), true);
+                        }
+                        if let Some(f) = page {
+                            let _ = sink.lock().await.send(Message::Text(f.into())).await;
+                        }
                     }
-                    None => {}
+                    Next::Rejoin(f) => {
+                        let _ = sink.lock().await.send(Message::Text(f.into())).await;
+                    }
                 }
             }
-            (latencies, duplicates)
+            got
         };
-        let (sent, (latencies, duplicates)) = tokio::join!(send, receive);
+        let (sent, got) = tokio::join!(send, receive);
         MemberResult {
             sent,
-            latencies,
-            duplicates,
-            conn: sink.reunite(stream).ok(),
+            latencies: got.latencies,
+            duplicates: got.duplicates,
+            rejoins: self.follower.rejoins,
+            snapshots: self.follower.snapshots,
+            recovered: got.recovered,
+            conn: sink.into_inner().reunite(stream).ok(),
+        }
+    }
+}
+
+/// What one member counted of the others' messages.
+struct Received {
+    index: usize,
+    latencies: Vec<(i64, f32)>,
+    seen: std::collections::HashSet<(usize, u64)>,
+    duplicates: u64,
+    recovered: u64,
+}
+
+impl Received {
+    fn new(index: usize, expect: u64) -> Self {
+        Self {
+            index,
+            latencies: Vec::with_capacity(expect as usize),
+            seen: std::collections::HashSet::with_capacity(expect as usize),
+            duplicates: 0,
+            recovered: 0,
+        }
+    }
+
+    fn take(&mut self, stamp: Option<Stamp>, recovered: bool) {
+        match stamp {
+            Some(s) if s.from == self.index => {}
+            Some(s) if !self.seen.insert((s.from, s.n)) => self.duplicates += 1,
+            Some(s) => {
+                let ms = ((now_us() - s.sent_us) as f64 / 1000.0) as f32;
+                self.latencies.push((s.sent_us, ms));
+                self.recovered += u64::from(recovered);
+            }
+            None => {}
         }
     }
 }
@@ -260,7 +350,11 @@ fn chat_stamp(frame: &str) -> Option<Stamp> {
     }
     let key = r#""message":""#;
     let at = frame.find(key)? + key.len();
-    let text = &frame[at..at + frame[at..].find('"')?];
+    stamp_of(&frame[at..at + frame[at..].find('"')?])
+}
+
+/// The stamp in a chat text this tool wrote.
+fn stamp_of(text: &str) -> Option<Stamp> {
     let mut parts = text.split(':');
     let mut next = || parts.next();
     Some(Stamp {
@@ -286,6 +380,7 @@ impl Step {
                 "member_rate": self.rate, "msgs_per_s": msgs_per_s, "seconds": a.seconds,
                 "gateways": a.url.len(), "sent": self.sent, "expected": self.expected,
                 "received": self.received, "lost": lost, "duplicates": self.duplicates,
+                "rejoins": self.rejoins, "snapshots": self.snapshots, "recovered": self.recovered,
                 "p50_ms": l.pct(0.5), "p90_ms": l.pct(0.9), "p99_ms": l.pct(0.99), "max_ms": l.pct(1.0),
                 "server_cpu_s": self.server_cpu, "deliveries_per_cpu_s": per_cpu,
                 "host_busy": self.host_busy,
@@ -297,6 +392,12 @@ impl Step {
             "rooms {k}×{} at {} msg/s each = {msgs_per_s:.0} msgs/s for {} s over {} gateway(s): {} sent, {} of {} deliveries, {lost} lost, {} duplicates",
             a.members, self.rate, a.seconds, a.url.len(), self.sent, self.received, self.expected, self.duplicates
         );
+        if self.rejoins > 0 {
+            println!(
+                "  {} rejoins after dropped events ({} answered by a snapshot): {} deliveries came in their replies",
+                self.rejoins, self.snapshots, self.recovered
+            );
+        }
         println!(
             "  latency send→receive ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}; host busy {:.0} %",
             l.pct(0.5),

@@ -12,6 +12,16 @@ export class JamError extends Error {
 }
 /** Close codes after which reconnecting with the same token cannot help. */
 const STOP_CODES = new Set([1008, 4001]);
+/** A room event's `seq`: its own, or a room-wide snapshot's (a host hand-over). Answers to
+ * a join carry the room's seq too, but they are not events of the room. */
+function seqOf(f) {
+    if (typeof f.seq === "number")
+        return f.seq;
+    const session = f.session;
+    if (f.type === "session_update" && f.ref === undefined && typeof session?.seq === "number")
+        return session.seq;
+    return undefined;
+}
 export class Jam {
     opts;
     ws = null;
@@ -20,6 +30,10 @@ export class Jam {
     nextRef = 0;
     /** Sessions this client is in, and the last room seq it applied in each. */
     sessions = new Map();
+    /** Sessions being rejoined after a gap: their room events come in the rejoin's answer. */
+    resyncing = new Set();
+    /** Sessions told `resync_required` and not yet shown in order: the rejoin timer. */
+    suspects = new Map();
     closedByUser = false;
     reconnecting = false;
     lastClose = 0;
@@ -62,6 +76,9 @@ export class Jam {
     /** Close for good (no reconnect). */
     close() {
         this.closedByUser = true;
+        for (const t of this.suspects.values())
+            clearTimeout(t);
+        this.suspects.clear();
         this.ws?.close(1000);
     }
     /** Drop the socket as a network failure would (reconnects): for tests and demos. */
@@ -122,7 +139,7 @@ export class Jam {
     }
     async leaveSession(sessionId) {
         await this.request({ type: "leave_session", sessionId });
-        this.sessions.delete(sessionId);
+        this.forget(sessionId);
     }
     /** Resolves with the committed message (its `seq`), once it is stored. */
     sendMessage(sessionId, message, idempotencyKey) {
@@ -165,17 +182,71 @@ export class Jam {
             else
                 p.resolve(f);
         }
-        this.track(f);
-        this.emit(f.type, f);
+        if (this.track(f))
+            this.emit(f.type, f);
     }
-    /** Keep each session's last applied room seq (what a rejoin recovers from). */
+    /** Keep each session's last applied room seq (what a rejoin recovers from) and see that
+     * room events come in order: on a jump in `seq`, or when a `resync_required` is not
+     * followed in time by the room's next event, rejoin with `sinceSeq` and replay what the
+     * answer brings. Whether to emit the frame now (not when its rejoin will bring it). */
     track(f) {
         const sid = typeof f.sessionId === "string" ? f.sessionId : undefined;
-        if (sid && typeof f.seq === "number" && this.sessions.has(sid)) {
-            this.sessions.set(sid, Math.max(this.sessions.get(sid), f.seq));
+        if (!sid || !this.sessions.has(sid))
+            return true;
+        if (f.type === "session_ended") {
+            this.forget(sid);
+            return true;
         }
-        if (f.type === "session_ended" && sid)
-            this.sessions.delete(sid);
+        if (f.type === "resync_required") {
+            this.suspect(sid);
+            return true;
+        }
+        const seq = seqOf(f);
+        if (seq === undefined)
+            return true;
+        if (this.resyncing.has(sid))
+            return false;
+        const last = this.sessions.get(sid);
+        if (seq > last + 1) {
+            void this.resync(sid);
+            return false;
+        }
+        if (seq === last + 1) {
+            this.sessions.set(sid, seq);
+            this.unsuspect(sid);
+        }
+        return true;
+    }
+    /** The gateway dropped events, not necessarily this room's: the room's next event shows
+     * it (in order: none were), or a rejoin after a random part of `resyncWaitMs`. */
+    suspect(sessionId) {
+        if (this.suspects.has(sessionId) || this.resyncing.has(sessionId))
+            return;
+        const wait = Math.random() * (this.opts.resyncWaitMs ?? 1000);
+        this.suspects.set(sessionId, setTimeout(() => void this.resync(sessionId), wait));
+    }
+    unsuspect(sessionId) {
+        clearTimeout(this.suspects.get(sessionId));
+        this.suspects.delete(sessionId);
+    }
+    forget(sessionId) {
+        this.unsuspect(sessionId);
+        this.sessions.delete(sessionId);
+    }
+    async resync(sessionId) {
+        this.unsuspect(sessionId);
+        if (this.resyncing.has(sessionId) || !this.sessions.has(sessionId))
+            return;
+        this.resyncing.add(sessionId);
+        try {
+            await this.rejoin(sessionId);
+        }
+        catch {
+            // Not connected or not answered: the reconnect rejoins every session anyway.
+        }
+        finally {
+            this.resyncing.delete(sessionId);
+        }
     }
     // --- Reconnect -----------------------------------------------------------------------
     onClose(ws, code, reason) {
@@ -226,28 +297,35 @@ export class Jam {
     /** Rejoin every session with its last seq: the missed room events come inside the
      * answer and are replayed as events, in order; when they cannot be, a fresh snapshot. */
     async rejoinAll() {
-        for (const [sessionId, sinceSeq] of [...this.sessions]) {
-            let f;
-            try {
-                f = await this.request({ type: "join_session", sessionId, sinceSeq });
-            }
-            catch (e) {
-                if (e instanceof JamError && e.code === "SESSION_NOT_FOUND") {
-                    this.sessions.delete(sessionId);
-                    this.emit("session_ended", { sessionId, reason: "not_found" });
-                    continue;
-                }
-                throw e;
-            }
-            if (f.recovered) {
-                for (const missed of f.missed ?? [])
-                    this.dispatch(missed);
-            }
-            else {
-                this.emit("resynced", { sessionId, session: f.session });
-            }
-            this.sessions.set(sessionId, f.session.seq);
+        for (const sessionId of [...this.sessions.keys()])
+            await this.rejoin(sessionId);
+    }
+    /** Rejoin one session from its last seq and replay what it missed, in order. */
+    async rejoin(sessionId) {
+        const sinceSeq = this.sessions.get(sessionId);
+        if (sinceSeq === undefined)
+            return;
+        let f;
+        try {
+            f = await this.request({ type: "join_session", sessionId, sinceSeq });
         }
+        catch (e) {
+            if (e instanceof JamError && e.code === "SESSION_NOT_FOUND") {
+                this.forget(sessionId);
+                this.emit("session_ended", { sessionId, reason: "not_found" });
+                return;
+            }
+            throw e;
+        }
+        this.resyncing.delete(sessionId);
+        if (f.recovered) {
+            for (const missed of f.missed ?? [])
+                this.dispatch(missed);
+        }
+        else {
+            this.emit("resynced", { sessionId, session: f.session });
+        }
+        this.sessions.set(sessionId, f.session.seq);
     }
 }
 /**

@@ -15,6 +15,9 @@ export interface JamOptions {
   /** Reconnect back-off bounds (default 250 ms to 10 s, jittered). */
   reconnectMinMs?: number;
   reconnectMaxMs?: number;
+  /** After `resync_required`, how long at most to wait for the room's next event before
+   * rejoining (default 1 s; each client waits a random part of it). */
+  resyncWaitMs?: number;
   /** A WebSocket implementation when there is no global one. */
   WebSocket?: typeof WebSocket;
 }
@@ -138,6 +141,15 @@ export class JamError extends Error {
 /** Close codes after which reconnecting with the same token cannot help. */
 const STOP_CODES = new Set([1008, 4001]);
 
+/** A room event's `seq`: its own, or a room-wide snapshot's (a host hand-over). Answers to
+ * a join carry the room's seq too, but they are not events of the room. */
+function seqOf(f: Frame): number | undefined {
+  if (typeof f.seq === "number") return f.seq;
+  const session = (f as { session?: { seq?: unknown } }).session;
+  if (f.type === "session_update" && f.ref === undefined && typeof session?.seq === "number") return session.seq;
+  return undefined;
+}
+
 type Pending = { resolve: (f: Frame) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> };
 
 export class Jam {
@@ -147,6 +159,10 @@ export class Jam {
   private nextRef = 0;
   /** Sessions this client is in, and the last room seq it applied in each. */
   private readonly sessions = new Map<string, number>();
+  /** Sessions being rejoined after a gap: their room events come in the rejoin's answer. */
+  private readonly resyncing = new Set<string>();
+  /** Sessions told `resync_required` and not yet shown in order: the rejoin timer. */
+  private readonly suspects = new Map<string, ReturnType<typeof setTimeout>>();
   private closedByUser = false;
   private reconnecting = false;
   private lastClose = 0;
@@ -188,6 +204,8 @@ export class Jam {
   /** Close for good (no reconnect). */
   close(): void {
     this.closedByUser = true;
+    for (const t of this.suspects.values()) clearTimeout(t);
+    this.suspects.clear();
     this.ws?.close(1000);
   }
 
@@ -255,7 +273,7 @@ export class Jam {
 
   async leaveSession(sessionId: string): Promise<void> {
     await this.request({ type: "leave_session", sessionId });
-    this.sessions.delete(sessionId);
+    this.forget(sessionId);
   }
 
   /** Resolves with the committed message (its `seq`), once it is stored. */
@@ -304,17 +322,68 @@ export class Jam {
       if (f.type === "error") p.reject(new JamError(String(f.code), String(f.message)));
       else p.resolve(f);
     }
-    this.track(f);
-    this.emit(f.type, f);
+    if (this.track(f)) this.emit(f.type, f);
   }
 
-  /** Keep each session's last applied room seq (what a rejoin recovers from). */
-  private track(f: Frame): void {
+  /** Keep each session's last applied room seq (what a rejoin recovers from) and see that
+   * room events come in order: on a jump in `seq`, or when a `resync_required` is not
+   * followed in time by the room's next event, rejoin with `sinceSeq` and replay what the
+   * answer brings. Whether to emit the frame now (not when its rejoin will bring it). */
+  private track(f: Frame): boolean {
     const sid = typeof f.sessionId === "string" ? f.sessionId : undefined;
-    if (sid && typeof f.seq === "number" && this.sessions.has(sid)) {
-      this.sessions.set(sid, Math.max(this.sessions.get(sid)!, f.seq));
+    if (!sid || !this.sessions.has(sid)) return true;
+    if (f.type === "session_ended") {
+      this.forget(sid);
+      return true;
     }
-    if (f.type === "session_ended" && sid) this.sessions.delete(sid);
+    if (f.type === "resync_required") {
+      this.suspect(sid);
+      return true;
+    }
+    const seq = seqOf(f);
+    if (seq === undefined) return true;
+    if (this.resyncing.has(sid)) return false;
+    const last = this.sessions.get(sid)!;
+    if (seq > last + 1) {
+      void this.resync(sid);
+      return false;
+    }
+    if (seq === last + 1) {
+      this.sessions.set(sid, seq);
+      this.unsuspect(sid);
+    }
+    return true;
+  }
+
+  /** The gateway dropped events, not necessarily this room's: the room's next event shows
+   * it (in order: none were), or a rejoin after a random part of `resyncWaitMs`. */
+  private suspect(sessionId: string): void {
+    if (this.suspects.has(sessionId) || this.resyncing.has(sessionId)) return;
+    const wait = Math.random() * (this.opts.resyncWaitMs ?? 1000);
+    this.suspects.set(sessionId, setTimeout(() => void this.resync(sessionId), wait));
+  }
+
+  private unsuspect(sessionId: string): void {
+    clearTimeout(this.suspects.get(sessionId));
+    this.suspects.delete(sessionId);
+  }
+
+  private forget(sessionId: string): void {
+    this.unsuspect(sessionId);
+    this.sessions.delete(sessionId);
+  }
+
+  private async resync(sessionId: string): Promise<void> {
+    this.unsuspect(sessionId);
+    if (this.resyncing.has(sessionId) || !this.sessions.has(sessionId)) return;
+    this.resyncing.add(sessionId);
+    try {
+      await this.rejoin(sessionId);
+    } catch {
+      // Not connected or not answered: the reconnect rejoins every session anyway.
+    } finally {
+      this.resyncing.delete(sessionId);
+    }
   }
 
   // --- Reconnect -----------------------------------------------------------------------
@@ -365,25 +434,31 @@ export class Jam {
   /** Rejoin every session with its last seq: the missed room events come inside the
    * answer and are replayed as events, in order; when they cannot be, a fresh snapshot. */
   private async rejoinAll(): Promise<void> {
-    for (const [sessionId, sinceSeq] of [...this.sessions]) {
-      let f: Events["session_update"];
-      try {
-        f = await this.request<Events["session_update"]>({ type: "join_session", sessionId, sinceSeq });
-      } catch (e) {
-        if (e instanceof JamError && e.code === "SESSION_NOT_FOUND") {
-          this.sessions.delete(sessionId);
-          this.emit("session_ended", { sessionId, reason: "not_found" });
-          continue;
-        }
-        throw e;
+    for (const sessionId of [...this.sessions.keys()]) await this.rejoin(sessionId);
+  }
+
+  /** Rejoin one session from its last seq and replay what it missed, in order. */
+  private async rejoin(sessionId: string): Promise<void> {
+    const sinceSeq = this.sessions.get(sessionId);
+    if (sinceSeq === undefined) return;
+    let f: Events["session_update"];
+    try {
+      f = await this.request<Events["session_update"]>({ type: "join_session", sessionId, sinceSeq });
+    } catch (e) {
+      if (e instanceof JamError && e.code === "SESSION_NOT_FOUND") {
+        this.forget(sessionId);
+        this.emit("session_ended", { sessionId, reason: "not_found" });
+        return;
       }
-      if (f.recovered) {
-        for (const missed of f.missed ?? []) this.dispatch(missed as Frame);
-      } else {
-        this.emit("resynced", { sessionId, session: f.session });
-      }
-      this.sessions.set(sessionId, f.session.seq);
+      throw e;
     }
+    this.resyncing.delete(sessionId);
+    if (f.recovered) {
+      for (const missed of f.missed ?? []) this.dispatch(missed as Frame);
+    } else {
+      this.emit("resynced", { sessionId, session: f.session });
+    }
+    this.sessions.set(sessionId, f.session.seq);
   }
 }
 

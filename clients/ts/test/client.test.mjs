@@ -139,3 +139,62 @@ test("the playback helper: a joiner follows the host within 100 ms", async () =>
   host.close();
   guest.close();
 });
+
+/** A socket the test speaks for: what the client sends is kept, frames are pushed in. */
+class FakeSocket {
+  static last = null;
+  constructor(url) {
+    this.url = url;
+    this.readyState = 1;
+    this.sent = [];
+    FakeSocket.last = this;
+  }
+  send(data) {
+    this.sent.push(JSON.parse(data));
+  }
+  close(code = 1000, reason = "") {
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+  push(f) {
+    this.onmessage?.({ data: JSON.stringify(f) });
+  }
+}
+
+test("a jump in a room's seq, or resync_required with no next event, rejoins from the last seq applied", async () => {
+  const c = new Jam({ url: "ws://fake", token: "t", WebSocket: FakeSocket, resyncWaitMs: 50 });
+  const connecting = c.connect();
+  const ws = FakeSocket.last;
+  ws.push({ type: "authenticated", userId: "u", userName: "U" });
+  await connecting;
+  const joining = c.joinSession("S");
+  ws.push({ type: "session_update", ref: ws.sent.at(-1).ref, session: { id: "S", seq: 3 } });
+  await joining;
+  const got = [];
+  c.on("new_message", (m) => got.push(m.seq));
+  const msg = (seq) => ({ type: "new_message", sessionId: "S", message: `m${seq}`, seq });
+  ws.push(msg(4));
+  ws.push(msg(6)); // 5 was dropped on its way
+  const rejoin = ws.sent.at(-1);
+  assert.equal(rejoin.type, "join_session");
+  assert.equal(rejoin.sinceSeq, 4);
+  ws.push(msg(7)); // left to the answer, which holds it
+  ws.push({ type: "session_update", ref: rejoin.ref, recovered: true, session: { id: "S", seq: 7 }, missed: [msg(5), msg(6), msg(7)] });
+  await until(() => got.length >= 4);
+  ws.push(msg(8));
+  assert.deepEqual(got, [4, 5, 6, 7, 8], "each once, in order");
+
+  // Told to resync, then the room's next event in order: nothing of this room was dropped.
+  const sent = ws.sent.length;
+  ws.push({ type: "resync_required", sessionId: "S", reason: "events_dropped" });
+  ws.push(msg(9));
+  await new Promise((r) => setTimeout(r, 150));
+  assert.equal(ws.sent.length, sent, "no rejoin");
+
+  // Told to resync, then silence: the dropped events may have been the room's last.
+  ws.push({ type: "resync_required", sessionId: "S", reason: "events_dropped" });
+  await until(() => ws.sent.length > sent);
+  assert.equal(ws.sent.at(-1).type, "join_session");
+  assert.equal(ws.sent.at(-1).sinceSeq, 9);
+  c.close();
+});

@@ -1,0 +1,332 @@
+//! A room member's view of its room's event order, as docs/protocol.md asks of a client
+//! ("Sequence numbers and ordering"): apply each `seq` once and in order, and on a gap or a
+//! `resync_required` rejoin with `sinceSeq` and take what was missed from the reply. Pure:
+//! it reads frames and says what to do; the member does the I/O and keeps the time.
+//!
+//! `resync_required` says that a gateway dropped events, not whose: a member waits for its
+//! room's next event, which shows whether any of the room's were among them (the next
+//! `seq`: none were; a jump: rejoin), and rejoins only if none comes within its own wait
+//! (the drop may have been the room's last events). A whole gateway's members told at once
+//! then do not all rejoin at once.
+//!
+//! When a rejoin comes too late for the events still kept, its answer is a snapshot and the
+//! last messages; the member pages `load_history` back to its last applied `seq` for the
+//! rest, as a client that shows a chat log must.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// What a member does with one frame.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    /// A live frame in order (or a duplicate, or not a room event): count it if it is chat.
+    Live,
+    /// Nothing to count: an event that a pending rejoin's reply will carry, or the reply
+    /// itself when it recovered no chat.
+    Skip,
+    /// Events were missed: send this `join_session` and count nothing yet.
+    Rejoin(String),
+    /// The chat texts a rejoin brought back (its `missed`, or the `message_history` after a
+    /// snapshot, page by page): each counts as received now. With the next page to ask for.
+    Recovered(Vec<String>, Option<String>),
+}
+
+pub struct Follower {
+    sid: String,
+    /// The last `seq` applied.
+    last: u64,
+    /// The `ref` of the rejoin whose reply is awaited.
+    awaiting: Option<String>,
+    /// The `sinceSeq` it asked from.
+    since: u64,
+    /// A rejoin's reply was a snapshot: its chat after this `seq` comes in the next
+    /// `message_history`, and in pages before it.
+    history_after: Option<u64>,
+    /// The page asked for: (its `ref`, the `seq` the history is needed after).
+    paging: Option<(String, u64)>,
+    pages: u64,
+    /// How long to wait for the room's next event after a `resync_required`.
+    wait: Duration,
+    /// Told to resync and not yet shown in order: rejoin at this time.
+    suspect_until: Option<Instant>,
+    /// Rejoins sent.
+    pub rejoins: u64,
+    /// Replies that could not recover (a snapshot instead, or an error).
+    pub snapshots: u64,
+}
+
+impl Follower {
+    /// A member whose join reply carried `seq`, and who waits `wait` for its room's next
+    /// event after a `resync_required`.
+    pub fn new(sid: &str, seq: u64, wait: Duration) -> Self {
+        Self {
+            sid: sid.to_string(),
+            last: seq,
+            awaiting: None,
+            since: seq,
+            history_after: None,
+            paging: None,
+            pages: 0,
+            wait,
+            suspect_until: None,
+            rejoins: 0,
+            snapshots: 0,
+        }
+    }
+
+    /// When [`Follower::tick`] is due, if it is.
+    pub fn due(&self) -> Option<Instant> {
+        self.suspect_until
+    }
+
+    /// Rejoin when the wait after a `resync_required` ran out with no event of the room.
+    pub fn tick(&mut self, now: Instant) -> Next {
+        match self.suspect_until {
+            Some(at) if now >= at && self.awaiting.is_none() => self.rejoin(),
+            _ => Next::Skip,
+        }
+    }
+
+    pub fn frame(&mut self, t: &str, now: Instant) -> Next {
+        if self.awaiting.is_some() {
+            return self.while_rejoining(t);
+        }
+        if t.contains(r#""type":"message_history""#) {
+            if let Some(next) = self.history(t) {
+                return next;
+            }
+        }
+        if t.contains(r#""type":"resync_required""#) {
+            self.suspect_until.get_or_insert(now + self.wait);
+            return Next::Skip;
+        }
+        match seq_of(t) {
+            Some(s) if s == self.last + 1 => {
+                self.last = s;
+                self.suspect_until = None;
+                Next::Live
+            }
+            Some(s) if s > self.last + 1 => self.rejoin(),
+            _ => Next::Live,
+        }
+    }
+
+    fn rejoin(&mut self) -> Next {
+        self.suspect_until = None;
+        self.rejoins += 1;
+        let r = format!("r{}", self.rejoins);
+        let f = serde_json::json!({"type": "join_session", "sessionId": self.sid,
+                                   "sinceSeq": self.last, "ref": r});
+        self.awaiting = Some(r);
+        self.since = self.last;
+        Next::Rejoin(f.to_string())
+    }
+
+    /// Until the reply comes, room events are left to it (its `missed` holds every event
+    /// after `sinceSeq`, those arriving meanwhile included).
+    fn while_rejoining(&mut self, t: &str) -> Next {
+        let Some(r) = &self.awaiting else {
+            return Next::Skip;
+        };
+        if !t.contains(&format!(r#""ref":"{r}""#)) {
+            return Next::Skip;
+        }
+        self.awaiting = None;
+        let Ok(v) = serde_json::from_str::<Value>(t) else {
+            self.snapshots += 1;
+            return Next::Skip;
+        };
+        let Some(seq) = v["session"]["seq"].as_u64() else {
+            // An error: the next gap or resync asks again.
+            self.snapshots += 1;
+            return Next::Skip;
+        };
+        self.last = seq;
+        if v["recovered"] == true {
+            let missed = v["missed"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let chat = missed.iter().filter(|e| e["type"] == "new_message");
+            return Next::Recovered(chat.filter_map(text_of).collect(), None);
+        }
+        self.snapshots += 1;
+        self.history_after = Some(self.since);
+        Next::Skip
+    }
+
+    /// A snapshot's `message_history`, or a page asked for after it: the chat after the
+    /// needed `seq`, and the next page while the oldest message is still after it.
+    fn history(&mut self, t: &str) -> Option<Next> {
+        let after = match &self.paging {
+            Some((r, after)) if t.contains(&format!(r#""ref":"{r}""#)) => *after,
+            _ if !t.contains(r#""ref":"#) => self.history_after.take()?,
+            _ => return None,
+        };
+        self.paging = None;
+        let v: Value = serde_json::from_str(t).ok()?;
+        let messages = v["messages"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let seq = |m: &Value| m["seq"].as_u64().unwrap_or(0);
+        let texts = messages
+            .iter()
+            .filter(|m| seq(m) > after)
+            .filter_map(text_of)
+            .collect();
+        let oldest = messages.iter().map(seq).min();
+        let more = v["hasMore"] == true && oldest.is_some_and(|o| o > after + 1);
+        let page = more.then(|| {
+            self.pages += 1;
+            let r = format!("h{}", self.pages);
+            let f = serde_json::json!({"type": "load_history", "sessionId": self.sid,
+                                       "before": oldest, "limit": 100, "ref": r});
+            self.paging = Some((r, after));
+            f.to_string()
+        });
+        Some(Next::Recovered(texts, page))
+    }
+}
+
+/// A frame's own `seq`. `new_message` (nearly every frame here) ends with it, so a scan
+/// finds it; anything else is parsed, its top level only.
+fn seq_of(t: &str) -> Option<u64> {
+    if t.contains(r#""type":"new_message""#) {
+        let key = r#""seq":"#;
+        let at = t.rfind(key)? + key.len();
+        let end = t[at..].find(|c: char| !c.is_ascii_digit())? + at;
+        return t[at..end].parse().ok();
+    }
+    serde_json::from_str::<Value>(t).ok()?["seq"].as_u64()
+}
+
+fn text_of(e: &Value) -> Option<String> {
+    e["message"].as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Follower, Next};
+    use serde_json::json;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    const WAIT: Duration = Duration::from_millis(300);
+
+    fn chat(seq: u64, text: &str) -> String {
+        json!({"type": "new_message", "sessionId": "K7", "message": text, "seq": seq}).to_string()
+    }
+
+    const RESYNC: &str = r#"{"type":"resync_required","sessionId":"K7","reason":"events_dropped"}"#;
+
+    #[test]
+    fn events_in_order_are_live_and_a_gap_rejoins_from_the_last_applied() {
+        let now = Instant::now();
+        let mut f = Follower::new("K7", 4, WAIT);
+        assert_eq!(f.frame(&chat(5, "a"), now), Next::Live);
+        assert_eq!(
+            f.frame(&chat(5, "a"), now),
+            Next::Live,
+            "a duplicate is the caller's to count"
+        );
+        assert_eq!(
+            f.frame(r#"{"type":"typing","userId":"u"}"#, now),
+            Next::Live
+        );
+        let Next::Rejoin(r) = f.frame(&chat(8, "d"), now) else {
+            panic!("a gap must rejoin");
+        };
+        let r: serde_json::Value = serde_json::from_str(&r).unwrap();
+        assert_eq!(r["sinceSeq"], 5);
+        assert_eq!(r["sessionId"], "K7");
+        // Until the reply, live events are left to it.
+        assert_eq!(f.frame(&chat(9, "e"), now), Next::Skip);
+        let reply = json!({"type": "session_update", "ref": r["ref"], "recovered": true,
+            "session": {"seq": 9},
+            "missed": [json!({"type": "new_message", "message": "b", "seq": 6}),
+                       json!({"type": "user_left", "userId": "x", "seq": 7}),
+                       json!({"type": "new_message", "message": "c", "seq": 8}),
+                       json!({"type": "new_message", "message": "e", "seq": 9})]});
+        assert_eq!(
+            f.frame(&reply.to_string(), now),
+            Next::Recovered(vec!["b".into(), "c".into(), "e".into()], None)
+        );
+        assert_eq!(f.frame(&chat(9, "e"), now), Next::Live, "already applied");
+        assert_eq!(f.frame(&chat(10, "f"), now), Next::Live);
+        assert_eq!((f.rejoins, f.snapshots), (1, 0));
+    }
+
+    #[test]
+    fn after_resync_required_the_next_event_in_order_clears_it() {
+        let now = Instant::now();
+        let mut f = Follower::new("K7", 2, WAIT);
+        assert_eq!(f.frame(RESYNC, now), Next::Skip);
+        assert_eq!(f.due(), Some(now + WAIT));
+        assert_eq!(f.tick(now + WAIT / 2), Next::Skip, "not due yet");
+        assert_eq!(f.frame(&chat(3, "c"), now), Next::Live);
+        assert_eq!(f.due(), None);
+        assert_eq!(f.tick(now + WAIT * 2), Next::Skip);
+        assert_eq!(f.rejoins, 0);
+    }
+
+    #[test]
+    fn after_resync_required_a_jump_or_silence_rejoins() {
+        let now = Instant::now();
+        let mut jump = Follower::new("K7", 2, WAIT);
+        jump.frame(RESYNC, now);
+        assert!(matches!(jump.frame(&chat(5, "e"), now), Next::Rejoin(_)));
+        let mut quiet = Follower::new("K7", 2, WAIT);
+        quiet.frame(RESYNC, now);
+        let Next::Rejoin(r) = quiet.tick(now + WAIT) else {
+            panic!("no event within the wait must rejoin");
+        };
+        assert!(r.contains(r#""sinceSeq":2"#), "{r}");
+        assert_eq!(quiet.due(), None);
+    }
+
+    #[test]
+    fn a_snapshot_reply_recovers_from_the_history_paged_back_to_the_last_applied() {
+        let now = Instant::now();
+        let mut f = Follower::new("K7", 2, WAIT);
+        assert!(matches!(f.frame(&chat(4, "d"), now), Next::Rejoin(_)));
+        let reply =
+            r#"{"type":"session_update","ref":"r1","recovered":false,"session":{"seq":40}}"#;
+        assert_eq!(f.frame(reply, now), Next::Skip);
+        let history = json!({"type": "message_history", "sessionId": "K7", "hasMore": true,
+            "messages": [{"message": "x", "seq": 39}, {"message": "y", "seq": 40}]});
+        let Next::Recovered(texts, Some(page)) = f.frame(&history.to_string(), now) else {
+            panic!("the history does not reach back to seq 2: a page must be asked for");
+        };
+        assert_eq!(texts, ["x", "y"]);
+        let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+        assert_eq!(
+            (page["type"].as_str(), page["before"].as_u64()),
+            (Some("load_history"), Some(39))
+        );
+        // Live events go on meanwhile, from the snapshot's seq.
+        assert_eq!(f.frame(&chat(41, "z"), now), Next::Live);
+        let older = json!({"type": "message_history", "ref": page["ref"], "sessionId": "K7", "hasMore": true,
+            "messages": [{"message": "a", "seq": 1}, {"message": "b", "seq": 2},
+                         {"message": "c", "seq": 3}, {"message": "d", "seq": 4}]});
+        assert_eq!(
+            f.frame(&older.to_string(), now),
+            Next::Recovered(vec!["c".into(), "d".into()], None),
+            "what was applied before the gap is not taken again, and no page is needed"
+        );
+        assert_eq!((f.rejoins, f.snapshots), (1, 1));
+    }
+
+    #[test]
+    fn an_error_reply_lets_the_next_gap_ask_again() {
+        let now = Instant::now();
+        let mut f = Follower::new("K7", 1, WAIT);
+        assert!(matches!(f.frame(&chat(3, "c"), now), Next::Rejoin(_)));
+        let error = r#"{"type":"error","ref":"r1","code":"RATE_LIMITED"}"#;
+        assert_eq!(f.frame(error, now), Next::Skip);
+        assert!(matches!(f.frame(&chat(4, "d"), now), Next::Rejoin(_)));
+        assert_eq!((f.rejoins, f.snapshots), (2, 1));
+    }
+}
