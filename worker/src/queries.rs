@@ -91,7 +91,7 @@ async fn history(
     let r = store
         .history(&cmd.tenant, session_id, since, before, limit + 1)
         .await;
-    page(r, limit, |msgs, more| {
+    page("history", r, limit, |msgs, more| {
         frame(
             "message_history",
             &json!({"sessionId": session_id, "messages": msgs, "hasMore": more}),
@@ -109,7 +109,7 @@ async fn direct(
     let r = store
         .direct_history(&cmd.tenant, &cmd.user_id, with, before, limit + 1)
         .await;
-    page(r, limit, |msgs, more| {
+    page("direct messages", r, limit, |msgs, more| {
         frame(
             "direct_history",
             &json!({"with": with, "messages": msgs, "hasMore": more}),
@@ -203,8 +203,9 @@ async fn attendance(
 }
 
 /// A page of `limit` from a query that asked for `limit + 1` rows (oldest first): the
-/// extra row tells whether an older page exists.
+/// extra row tells whether an older page exists. `what` names it in an error.
 fn page<T>(
+    what: &str,
     rows: Result<Vec<T>, StoreError>,
     limit: usize,
     build: impl FnOnce(Vec<T>, bool) -> Bytes,
@@ -217,6 +218,30 @@ fn page<T>(
             }
             build(rows, has_more)
         }
-        Err(e) => unavailable("history", &e),
+        Err(e) => unavailable(what, &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page;
+    use crate::store::StoreError;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_page_keeps_the_newest_and_a_failed_read_names_what_was_read() {
+        let ok = page("history", Ok(vec![1, 2, 3]), 2, |rows, more| {
+            Bytes::from(format!("{rows:?} {more}"))
+        });
+        assert_eq!(ok, "[2, 3] true");
+        let failed = page::<i32>(
+            "direct messages",
+            Err(StoreError::Db("gone".into())),
+            2,
+            |_, _| Bytes::new(),
+        );
+        let text = std::str::from_utf8(&failed).unwrap();
+        assert!(text.contains("direct messages unavailable"), "{text}");
+        assert!(text.contains("UNAVAILABLE"), "{text}");
     }
 }
