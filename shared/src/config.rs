@@ -420,6 +420,24 @@ impl Src<'_> {
             reason: format!("not a number: {s:?}"),
         })
     }
+    /// A number that must lie in `range`.
+    fn num_in<T>(
+        &self,
+        var: &'static str,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display,
+    {
+        let n = self.num(var)?;
+        if !range.contains(&n) {
+            return Err(ConfigError {
+                var,
+                reason: format!("must be {}..={}", range.start(), range.end()),
+            });
+        }
+        Ok(n)
+    }
     fn flag(&self, var: &'static str) -> Result<bool, ConfigError> {
         match self.raw(var).unwrap_or(Self::default(var)) {
             "true" | "1" | "yes" | "on" => Ok(true),
@@ -442,27 +460,9 @@ impl Config {
         // Used by `telemetry::run_main` before this runs; checked here, so that a bad value
         // stops the process with the other configuration errors.
         Self::threads_from_map(map)?;
-        let partitions: u32 = s.num("JAM_PARTITIONS")?;
-        if partitions == 0 || partitions > 4096 {
-            return Err(ConfigError {
-                var: "JAM_PARTITIONS",
-                reason: "must be 1..=4096".into(),
-            });
-        }
-        let session_id_len: usize = s.num("JAM_SESSION_ID_LENGTH")?;
-        if !(4..=16).contains(&session_id_len) {
-            return Err(ConfigError {
-                var: "JAM_SESSION_ID_LENGTH",
-                reason: "must be 4..=16".into(),
-            });
-        }
-        let database_pool_size: usize = s.num("JAM_DATABASE_POOL_SIZE")?;
-        if !(1..=1000).contains(&database_pool_size) {
-            return Err(ConfigError {
-                var: "JAM_DATABASE_POOL_SIZE",
-                reason: "must be 1..=1000".into(),
-            });
-        }
+        let partitions: u32 = s.num_in("JAM_PARTITIONS", 1..=4096)?;
+        let session_id_len: usize = s.num_in("JAM_SESSION_ID_LENGTH", 4..=16)?;
+        let database_pool_size: usize = s.num_in("JAM_DATABASE_POOL_SIZE", 1..=1000)?;
         let log_format = s.string("JAM_LOG_FORMAT");
         if log_format != "plain" && log_format != "json" {
             return Err(ConfigError {
@@ -565,13 +565,7 @@ impl Config {
         if s.raw("JAM_THREADS").is_none() {
             return Ok(None);
         }
-        match s.num::<usize>("JAM_THREADS")? {
-            n @ 1..=256 => Ok(Some(n)),
-            _ => Err(ConfigError {
-                var: "JAM_THREADS",
-                reason: "must be 1..=256".into(),
-            }),
-        }
+        s.num_in("JAM_THREADS", 1..=256).map(Some)
     }
 
     /// This process's name on the bus for this boot: `<instance>#<boot>`. Connections and
