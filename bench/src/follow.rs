@@ -37,10 +37,8 @@ pub struct Follower {
     sid: String,
     /// The last `seq` applied.
     last: u64,
-    /// The `ref` of the rejoin whose reply is awaited.
-    awaiting: Option<String>,
-    /// The `sinceSeq` it asked from.
-    since: u64,
+    /// The rejoin whose reply is awaited: its `ref` and the `sinceSeq` it asked from.
+    awaiting: Option<(String, u64)>,
     /// A rejoin's reply was a snapshot: its chat after this `seq` comes in the next
     /// `message_history`, and in pages before it.
     history_after: Option<u64>,
@@ -65,7 +63,6 @@ impl Follower {
             sid: sid.to_string(),
             last: seq,
             awaiting: None,
-            since: seq,
             history_after: None,
             paging: None,
             pages: 0,
@@ -83,8 +80,9 @@ impl Follower {
 
     /// Rejoin when the wait after a `resync_required` ran out with no event of the room.
     pub fn tick(&mut self, now: Instant) -> Next {
+        // Never set while a rejoin is awaited (`rejoin` clears it; `frame` leaves it).
         match self.suspect_until {
-            Some(at) if now >= at && self.awaiting.is_none() => self.rejoin(),
+            Some(at) if now >= at => self.rejoin(),
             _ => Next::Skip,
         }
     }
@@ -93,16 +91,17 @@ impl Follower {
         if self.awaiting.is_some() {
             return self.while_rejoining(t);
         }
-        if t.contains(r#""type":"message_history""#) {
+        let kind = type_of(t);
+        if kind == Some("message_history") {
             if let Some(next) = self.history(t) {
                 return next;
             }
         }
-        if t.contains(r#""type":"resync_required""#) {
+        if kind == Some("resync_required") {
             self.suspect_until.get_or_insert(now + self.wait);
             return Next::Skip;
         }
-        match seq_of(t) {
+        match seq_of(t, kind) {
             Some(s) if s == self.last + 1 => {
                 self.last = s;
                 self.suspect_until = None;
@@ -119,20 +118,20 @@ impl Follower {
         let r = format!("r{}", self.rejoins);
         let f = serde_json::json!({"type": "join_session", "sessionId": self.sid,
                                    "sinceSeq": self.last, "ref": r});
-        self.awaiting = Some(r);
-        self.since = self.last;
+        self.awaiting = Some((r, self.last));
         Next::Rejoin(f.to_string())
     }
 
     /// Until the reply comes, room events are left to it (its `missed` holds every event
     /// after `sinceSeq`, those arriving meanwhile included).
     fn while_rejoining(&mut self, t: &str) -> Next {
-        let Some(r) = &self.awaiting else {
+        let Some((r, since)) = &self.awaiting else {
             return Next::Skip;
         };
         if !t.contains(&format!(r#""ref":"{r}""#)) {
             return Next::Skip;
         }
+        let since = *since;
         self.awaiting = None;
         let Ok(v) = serde_json::from_str::<Value>(t) else {
             self.snapshots += 1;
@@ -153,7 +152,7 @@ impl Follower {
             return Next::Recovered(chat.filter_map(text_of).collect(), None);
         }
         self.snapshots += 1;
-        self.history_after = Some(self.since);
+        self.history_after = Some(since);
         Next::Skip
     }
 
@@ -191,10 +190,18 @@ impl Follower {
     }
 }
 
+/// A frame's `type`: its first `"type"` key, near the start (jam writes it first, after a
+/// `ref` the gateway puts in front; nested ones come later).
+fn type_of(t: &str) -> Option<&str> {
+    let key = r#""type":""#;
+    let rest = &t[t.find(key)? + key.len()..];
+    rest.get(..rest.find('"')?)
+}
+
 /// A frame's own `seq`. `new_message` (nearly every frame here) ends with it, so a scan
 /// finds it; anything else is parsed, its top level only.
-fn seq_of(t: &str) -> Option<u64> {
-    if t.contains(r#""type":"new_message""#) {
+fn seq_of(t: &str, kind: Option<&str>) -> Option<u64> {
+    if kind == Some("new_message") {
         let key = r#""seq":"#;
         let at = t.rfind(key)? + key.len();
         let end = t[at..].find(|c: char| !c.is_ascii_digit())? + at;
@@ -308,7 +315,8 @@ mod tests {
         );
         // Live events go on meanwhile, from the snapshot's seq.
         assert_eq!(f.frame(&chat(41, "z"), now), Next::Live);
-        let older = json!({"type": "message_history", "ref": page["ref"], "sessionId": "K7", "hasMore": true,
+        // As the gateway sends an answer: its `ref` in front.
+        let older = json!({"ref": page["ref"], "type": "message_history", "sessionId": "K7", "hasMore": true,
             "messages": [{"message": "a", "seq": 1}, {"message": "b", "seq": 2},
                          {"message": "c", "seq": 3}, {"message": "d", "seq": 4}]});
         assert_eq!(

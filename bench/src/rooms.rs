@@ -242,13 +242,8 @@ impl Member {
                     r#"{{"type":"send_message","sessionId":"{sid}","message":"{}:{index}:{sent}"}}"#,
                     now_us(),
                 );
-                if sink
-                    .lock()
-                    .await
-                    .send(Message::Text(frame.into()))
-                    .await
-                    .is_err()
-                {
+                let send = async { sink.lock().await.send(Message::Text(frame.into())).await };
+                if !matches!(tokio::time::timeout_at(deadline, send).await, Ok(Ok(()))) {
                     break;
                 }
                 sent += 1;
@@ -271,19 +266,20 @@ impl Member {
                     Err(_) if wake < deadline => self.follower.tick(TokioInstant::now()),
                     _ => break,
                 };
-                match next {
-                    Next::Live | Next::Skip => {}
+                let ask = match next {
+                    Next::Live | Next::Skip => None,
                     Next::Recovered(texts, page) => {
                         for text in texts {
                             got.take(stamp_of(&text), true);
                         }
-                        if let Some(f) = page {
-                            let _ = sink.lock().await.send(Message::Text(f.into())).await;
-                        }
+                        page
                     }
-                    Next::Rejoin(f) => {
-                        let _ = sink.lock().await.send(Message::Text(f.into())).await;
-                    }
+                    Next::Rejoin(f) => Some(f),
+                };
+                if let Some(f) = ask {
+                    // Within the step: a socket that stopped taking frames is the step's end.
+                    let send = async { sink.lock().await.send(Message::Text(f.into())).await };
+                    let _ = tokio::time::timeout_at(deadline, send).await;
                 }
             }
             got

@@ -374,7 +374,6 @@ export class Jam {
   }
 
   private async resync(sessionId: string): Promise<void> {
-    this.unsuspect(sessionId);
     if (this.resyncing.has(sessionId) || !this.sessions.has(sessionId)) return;
     this.resyncing.add(sessionId);
     try {
@@ -437,8 +436,10 @@ export class Jam {
     for (const sessionId of [...this.sessions.keys()]) await this.rejoin(sessionId);
   }
 
-  /** Rejoin one session from its last seq and replay what it missed, in order. */
+  /** Rejoin one session from its last seq and replay what it missed, in order (a pending
+   * resync timer has nothing left to do: this is its rejoin, or the reconnect's). */
   private async rejoin(sessionId: string): Promise<void> {
+    this.unsuspect(sessionId);
     const sinceSeq = this.sessions.get(sessionId);
     if (sinceSeq === undefined) return;
     let f: Events["session_update"];
@@ -452,6 +453,7 @@ export class Jam {
       }
       throw e;
     }
+    // Replayed below through `dispatch`, which holds back a resyncing session's events.
     this.resyncing.delete(sessionId);
     if (f.recovered) {
       for (const missed of f.missed ?? []) this.dispatch(missed as Frame);
