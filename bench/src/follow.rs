@@ -12,11 +12,21 @@
 //! When a rejoin comes too late for the events still kept, its answer is a snapshot and the
 //! last messages; the member pages `load_history` back to its last applied `seq` for the
 //! rest, as a client that shows a chat log must.
+//!
+//! A rejoin's answer crosses the same bus and can be dropped too: one not in after
+//! [`REPLY_WAIT`] is asked for again (a new `ref`, the same `sinceSeq`), the wait doubling
+//! with each unanswered try. (A `resync_required` meanwhile is no sign of its loss: under
+//! load an answer is more often slow than dropped, and asking again at once adds load.)
 
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::time::Instant;
+
+/// How long a rejoin's first answer is awaited before the rejoin is sent again.
+pub const REPLY_WAIT: Duration = Duration::from_secs(3);
+/// The most times [`REPLY_WAIT`] doubles.
+const REPLY_BACKOFF_MAX: u32 = 3;
 
 /// What a member does with one frame.
 #[derive(Debug, PartialEq)]
@@ -37,8 +47,9 @@ pub struct Follower {
     sid: String,
     /// The last `seq` applied.
     last: u64,
-    /// The rejoin whose reply is awaited: its `ref` and the `sinceSeq` it asked from.
-    awaiting: Option<(String, u64)>,
+    /// The rejoin whose reply is awaited: its `ref`, the `sinceSeq` it asked from and when
+    /// it is sent again if no answer has come.
+    awaiting: Option<(String, u64, Instant)>,
     /// A rejoin's reply was a snapshot: its chat after this `seq` comes in the next
     /// `message_history`, and in pages before it.
     history_after: Option<u64>,
@@ -47,6 +58,8 @@ pub struct Follower {
     pages: u64,
     /// How long to wait for the room's next event after a `resync_required`.
     wait: Duration,
+    /// Rejoins in a row that got no answer in time.
+    unanswered: u32,
     /// Told to resync and not yet shown in order: rejoin at this time.
     suspect_until: Option<Instant>,
     /// Rejoins sent.
@@ -66,6 +79,7 @@ impl Follower {
             history_after: None,
             paging: None,
             pages: 0,
+            unanswered: 0,
             wait,
             suspect_until: None,
             rejoins: 0,
@@ -75,14 +89,15 @@ impl Follower {
 
     /// When [`Follower::tick`] is due, if it is.
     pub fn due(&self) -> Option<Instant> {
-        self.suspect_until
+        // Never both: a rejoin clears the suspicion, and none is raised while it is awaited.
+        self.awaiting.as_ref().map(|a| a.2).or(self.suspect_until)
     }
 
-    /// Rejoin when the wait after a `resync_required` ran out with no event of the room.
+    /// Rejoin when the wait after a `resync_required` ran out with no event of the room, or
+    /// a rejoin's answer has not come in time.
     pub fn tick(&mut self, now: Instant) -> Next {
-        // Never set while a rejoin is awaited (`rejoin` clears it; `frame` leaves it).
-        match self.suspect_until {
-            Some(at) if now >= at => self.rejoin(),
+        match self.due() {
+            Some(at) if now >= at => self.rejoin(now),
             _ => Next::Skip,
         }
     }
@@ -92,14 +107,14 @@ impl Follower {
             return self.while_rejoining(t);
         }
         let kind = type_of(t);
+        if kind == Some("resync_required") {
+            self.suspect_until.get_or_insert(now + self.wait);
+            return Next::Skip;
+        }
         if kind == Some("message_history") {
             if let Some(next) = self.history(t) {
                 return next;
             }
-        }
-        if kind == Some("resync_required") {
-            self.suspect_until.get_or_insert(now + self.wait);
-            return Next::Skip;
         }
         match seq_of(t, kind) {
             Some(s) if s == self.last + 1 => {
@@ -107,25 +122,31 @@ impl Follower {
                 self.suspect_until = None;
                 Next::Live
             }
-            Some(s) if s > self.last + 1 => self.rejoin(),
+            Some(s) if s > self.last + 1 => self.rejoin(now),
             _ => Next::Live,
         }
     }
 
-    fn rejoin(&mut self) -> Next {
+    /// Ask for everything after the last applied `seq` (again, if an earlier rejoin's answer
+    /// is still awaited: that one is dropped or late, and its `ref` no longer matches).
+    fn rejoin(&mut self, now: Instant) -> Next {
+        if self.awaiting.is_some() {
+            self.unanswered = (self.unanswered + 1).min(REPLY_BACKOFF_MAX);
+        }
         self.suspect_until = None;
         self.rejoins += 1;
         let r = format!("r{}", self.rejoins);
         let f = serde_json::json!({"type": "join_session", "sessionId": self.sid,
                                    "sinceSeq": self.last, "ref": r});
-        self.awaiting = Some((r, self.last));
+        let reply_by = now + REPLY_WAIT * 2u32.pow(self.unanswered);
+        self.awaiting = Some((r, self.last, reply_by));
         Next::Rejoin(f.to_string())
     }
 
     /// Until the reply comes, room events are left to it (its `missed` holds every event
     /// after `sinceSeq`, those arriving meanwhile included).
     fn while_rejoining(&mut self, t: &str) -> Next {
-        let Some((r, since)) = &self.awaiting else {
+        let Some((r, since, _)) = &self.awaiting else {
             return Next::Skip;
         };
         if !t.contains(&format!(r#""ref":"{r}""#)) {
@@ -133,6 +154,7 @@ impl Follower {
         }
         let since = *since;
         self.awaiting = None;
+        self.unanswered = 0;
         let Ok(v) = serde_json::from_str::<Value>(t) else {
             self.snapshots += 1;
             return Next::Skip;
@@ -216,7 +238,7 @@ fn text_of(e: &Value) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Follower, Next};
+    use super::{Follower, Next, REPLY_WAIT};
     use serde_json::json;
     use std::time::Duration;
     use tokio::time::Instant;
@@ -291,7 +313,60 @@ mod tests {
             panic!("no event within the wait must rejoin");
         };
         assert!(r.contains(r#""sinceSeq":2"#), "{r}");
-        assert_eq!(quiet.due(), None);
+        assert_eq!(
+            quiet.due(),
+            Some(now + WAIT + REPLY_WAIT),
+            "now the rejoin's answer is awaited"
+        );
+    }
+
+    fn reply(r: &serde_json::Value, seq: u64, missed: &[(u64, &str)]) -> String {
+        let missed: Vec<_> = missed
+            .iter()
+            .map(|(s, m)| json!({"type": "new_message", "message": m, "seq": s}))
+            .collect();
+        json!({"ref": r["ref"], "type": "session_update", "recovered": true,
+               "session": {"seq": seq}, "missed": missed})
+        .to_string()
+    }
+
+    fn rejoin_of(n: Next) -> serde_json::Value {
+        let Next::Rejoin(r) = n else {
+            panic!("expected a rejoin, got {n:?}");
+        };
+        serde_json::from_str(&r).unwrap()
+    }
+
+    #[test]
+    fn a_rejoin_not_answered_in_time_is_sent_again_backing_off() {
+        let now = Instant::now();
+        let mut f = Follower::new("K7", 2, WAIT);
+        let first = rejoin_of(f.frame(&chat(4, "d"), now));
+        assert_eq!(f.due(), Some(now + REPLY_WAIT), "an answer is awaited, not forever");
+        // Told to resync meanwhile: the answer is given its time all the same.
+        assert_eq!(f.frame(RESYNC, now), Next::Skip);
+        assert_eq!(f.tick(now + REPLY_WAIT / 2), Next::Skip);
+        let t1 = now + REPLY_WAIT;
+        let second = rejoin_of(f.tick(t1));
+        assert_eq!(second["sinceSeq"], 2, "from the last applied, as the first");
+        assert_ne!(second["ref"], first["ref"]);
+        assert_eq!(f.due(), Some(t1 + REPLY_WAIT * 2), "the wait doubles");
+        let t2 = t1 + REPLY_WAIT * 2;
+        let third = rejoin_of(f.tick(t2));
+        assert_eq!(f.due(), Some(t2 + REPLY_WAIT * 4));
+        // Earlier answers, late, are not the one awaited any more.
+        assert_eq!(f.frame(&reply(&first, 4, &[(3, "c"), (4, "d")]), t2), Next::Skip);
+        assert_eq!(f.frame(&reply(&second, 4, &[(3, "c"), (4, "d")]), t2), Next::Skip);
+        assert_eq!(
+            f.frame(&reply(&third, 5, &[(3, "c"), (4, "d"), (5, "e")]), t2),
+            Next::Recovered(vec!["c".into(), "d".into(), "e".into()], None)
+        );
+        assert_eq!(f.due(), None);
+        assert_eq!(f.frame(&chat(6, "f"), t2), Next::Live);
+        // Answered: the next rejoin starts from the first wait again.
+        rejoin_of(f.frame(&chat(9, "i"), t2));
+        assert_eq!(f.due(), Some(t2 + REPLY_WAIT));
+        assert_eq!(f.rejoins, 4);
     }
 
     #[test]

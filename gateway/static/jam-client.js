@@ -207,6 +207,9 @@ export class Jam {
         if (this.resyncing.has(sid))
             return false;
         const last = this.sessions.get(sid);
+        // Applied already (each seq once).
+        if (seq <= last)
+            return false;
         if (seq > last + 1) {
             void this.resync(sid);
             return false;
@@ -218,7 +221,8 @@ export class Jam {
         return true;
     }
     /** The gateway dropped events, not necessarily this room's: the room's next event shows
-     * it (in order: none were), or a rejoin after a random part of `resyncWaitMs`. */
+     * it (in order: none were), or a rejoin after a random part of `resyncWaitMs`. (A rejoin
+     * in flight is left to its timeout: under load its answer is more often slow than lost.) */
     suspect(sessionId) {
         if (this.suspects.has(sessionId) || this.resyncing.has(sessionId))
             return;
@@ -233,15 +237,27 @@ export class Jam {
         this.unsuspect(sessionId);
         this.sessions.delete(sessionId);
     }
+    /** Rejoin after a gap until an answer comes: one that does not come in time was dropped
+     * or is late, and is asked for again, backing off. Not connected: the reconnect rejoins
+     * every session anyway. */
     async resync(sessionId) {
         if (this.resyncing.has(sessionId) || !this.sessions.has(sessionId))
             return;
         this.resyncing.add(sessionId);
         try {
-            await this.rejoin(sessionId);
-        }
-        catch {
-            // Not connected or not answered: the reconnect rejoins every session anyway.
+            for (let attempt = 0; attempt < 6; attempt++) {
+                try {
+                    await this.rejoin(sessionId);
+                    return;
+                }
+                catch (e) {
+                    const unanswered = e instanceof JamError && e.code === "TIMEOUT";
+                    if (!unanswered || this.ws?.readyState !== 1 || !this.sessions.has(sessionId))
+                        return;
+                }
+                const cap = (this.opts.resyncWaitMs ?? 1000) * 2 ** attempt;
+                await new Promise((r) => setTimeout(r, Math.random() * cap));
+            }
         }
         finally {
             this.resyncing.delete(sessionId);
@@ -308,7 +324,7 @@ export class Jam {
             return;
         let f;
         try {
-            f = await this.request({ type: "join_session", sessionId, sinceSeq });
+            f = await this.request({ type: "join_session", sessionId, sinceSeq }, this.opts.resyncTimeoutMs ?? 5000);
         }
         catch (e) {
             if (e instanceof JamError && e.code === "SESSION_NOT_FOUND") {

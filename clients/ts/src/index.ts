@@ -18,6 +18,9 @@ export interface JamOptions {
   /** After `resync_required`, how long at most to wait for the room's next event before
    * rejoining (default 1 s; each client waits a random part of it). */
   resyncWaitMs?: number;
+  /** How long a rejoin's answer is awaited before it is asked for again, backing off
+   * (default 5 s; the answer crosses the same bus as the events and can be dropped too). */
+  resyncTimeoutMs?: number;
   /** A WebSocket implementation when there is no global one. */
   WebSocket?: typeof WebSocket;
 }
@@ -344,6 +347,8 @@ export class Jam {
     if (seq === undefined) return true;
     if (this.resyncing.has(sid)) return false;
     const last = this.sessions.get(sid)!;
+    // Applied already (each seq once).
+    if (seq <= last) return false;
     if (seq > last + 1) {
       void this.resync(sid);
       return false;
@@ -356,7 +361,8 @@ export class Jam {
   }
 
   /** The gateway dropped events, not necessarily this room's: the room's next event shows
-   * it (in order: none were), or a rejoin after a random part of `resyncWaitMs`. */
+   * it (in order: none were), or a rejoin after a random part of `resyncWaitMs`. (A rejoin
+   * in flight is left to its timeout: under load its answer is more often slow than lost.) */
   private suspect(sessionId: string): void {
     if (this.suspects.has(sessionId) || this.resyncing.has(sessionId)) return;
     const wait = Math.random() * (this.opts.resyncWaitMs ?? 1000);
@@ -373,13 +379,24 @@ export class Jam {
     this.sessions.delete(sessionId);
   }
 
+  /** Rejoin after a gap until an answer comes: one that does not come in time was dropped
+   * or is late, and is asked for again, backing off. Not connected: the reconnect rejoins
+   * every session anyway. */
   private async resync(sessionId: string): Promise<void> {
     if (this.resyncing.has(sessionId) || !this.sessions.has(sessionId)) return;
     this.resyncing.add(sessionId);
     try {
-      await this.rejoin(sessionId);
-    } catch {
-      // Not connected or not answered: the reconnect rejoins every session anyway.
+      for (let attempt = 0; attempt < 6; attempt++) {
+        try {
+          await this.rejoin(sessionId);
+          return;
+        } catch (e) {
+          const unanswered = e instanceof JamError && e.code === "TIMEOUT";
+          if (!unanswered || this.ws?.readyState !== 1 || !this.sessions.has(sessionId)) return;
+        }
+        const cap = (this.opts.resyncWaitMs ?? 1000) * 2 ** attempt;
+        await new Promise((r) => setTimeout(r, Math.random() * cap));
+      }
     } finally {
       this.resyncing.delete(sessionId);
     }
@@ -444,7 +461,10 @@ export class Jam {
     if (sinceSeq === undefined) return;
     let f: Events["session_update"];
     try {
-      f = await this.request<Events["session_update"]>({ type: "join_session", sessionId, sinceSeq });
+      f = await this.request<Events["session_update"]>(
+        { type: "join_session", sessionId, sinceSeq },
+        this.opts.resyncTimeoutMs ?? 5000,
+      );
     } catch (e) {
       if (e instanceof JamError && e.code === "SESSION_NOT_FOUND") {
         this.forget(sessionId);

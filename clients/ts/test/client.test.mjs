@@ -198,3 +198,39 @@ test("a jump in a room's seq, or resync_required with no next event, rejoins fro
   assert.equal(ws.sent.at(-1).sinceSeq, 9);
   c.close();
 });
+
+test("a rejoin whose answer was dropped is asked for again; what was applied is not emitted twice", async () => {
+  const c = new Jam({ url: "ws://fake", token: "t", WebSocket: FakeSocket, resyncWaitMs: 50, resyncTimeoutMs: 300 });
+  const connecting = c.connect();
+  const ws = FakeSocket.last;
+  ws.push({ type: "authenticated", userId: "u", userName: "U" });
+  await connecting;
+  const joining = c.joinSession("S");
+  ws.push({ type: "session_update", ref: ws.sent.at(-1).ref, session: { id: "S", seq: 3 } });
+  await joining;
+  const got = [];
+  c.on("new_message", (m) => got.push(m.seq));
+  const msg = (seq) => ({ type: "new_message", sessionId: "S", message: `m${seq}`, seq });
+  const rejoins = () => ws.sent.filter((f) => f.type === "join_session" && f.sinceSeq !== undefined);
+
+  ws.push(msg(5)); // 4 was dropped
+  const first = rejoins().at(-1);
+  assert.equal(first.sinceSeq, 3);
+  // Told to resync while the answer is on its way: it is given its time.
+  ws.push({ type: "resync_required", sessionId: "S", reason: "events_dropped" });
+  await new Promise((r) => setTimeout(r, 150));
+  assert.equal(rejoins().length, 1);
+  // The answer was dropped: once resyncTimeoutMs is over, the rejoin is sent again.
+  await until(() => rejoins().length === 2, 2000);
+  const second = rejoins().at(-1);
+  assert.equal(second.sinceSeq, 3, "from the same seq");
+  assert.notEqual(second.ref, first.ref);
+  ws.push({ type: "session_update", ref: second.ref, recovered: true, session: { id: "S", seq: 6 }, missed: [msg(4), msg(5), msg(6)] });
+  await until(() => got.length >= 3);
+  // The first answer, late, and a room event applied already: neither is emitted again.
+  ws.push({ type: "session_update", ref: first.ref, recovered: true, session: { id: "S", seq: 5 }, missed: [msg(4), msg(5)] });
+  ws.push(msg(6));
+  ws.push(msg(7));
+  assert.deepEqual(got, [4, 5, 6, 7], "each once, in order");
+  c.close();
+});
