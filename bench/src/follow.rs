@@ -342,7 +342,11 @@ mod tests {
         let now = Instant::now();
         let mut f = Follower::new("K7", 2, WAIT);
         let first = rejoin_of(f.frame(&chat(4, "d"), now));
-        assert_eq!(f.due(), Some(now + REPLY_WAIT), "an answer is awaited, not forever");
+        assert_eq!(
+            f.due(),
+            Some(now + REPLY_WAIT),
+            "an answer is awaited, not forever"
+        );
         // Told to resync meanwhile: the answer is given its time all the same.
         assert_eq!(f.frame(RESYNC, now), Next::Skip);
         assert_eq!(f.tick(now + REPLY_WAIT / 2), Next::Skip);
@@ -355,8 +359,14 @@ mod tests {
         let third = rejoin_of(f.tick(t2));
         assert_eq!(f.due(), Some(t2 + REPLY_WAIT * 4));
         // Earlier answers, late, are not the one awaited any more.
-        assert_eq!(f.frame(&reply(&first, 4, &[(3, "c"), (4, "d")]), t2), Next::Skip);
-        assert_eq!(f.frame(&reply(&second, 4, &[(3, "c"), (4, "d")]), t2), Next::Skip);
+        assert_eq!(
+            f.frame(&reply(&first, 4, &[(3, "c"), (4, "d")]), t2),
+            Next::Skip
+        );
+        assert_eq!(
+            f.frame(&reply(&second, 4, &[(3, "c"), (4, "d")]), t2),
+            Next::Skip
+        );
         assert_eq!(
             f.frame(&reply(&third, 5, &[(3, "c"), (4, "d"), (5, "e")]), t2),
             Next::Recovered(vec!["c".into(), "d".into(), "e".into()], None)
