@@ -194,7 +194,75 @@ async fn store_contract(store: Arc<dyn Store>) {
     group_contract(&*store).await;
     chat_group_contract(&*store).await;
     participants_contract(&*store).await;
+    direct_contract(&*store).await;
     store.ping().await.unwrap();
+}
+
+/// Direct messages: one conversation whichever side asks, paged newest first by (time,
+/// id) whatever order they were committed in, each stored once.
+async fn direct_contract(store: &dyn Store) {
+    let part = 23;
+    let token = store.claim_partition(part).await.unwrap().token;
+    let dm = |tenant: &str, id: &str, from: &str, to: &str, at: i64| DirectMessage {
+        id: id.into(),
+        tenant: tenant.into(),
+        sender_id: from.into(),
+        sender_name: from.to_uppercase(),
+        receiver_id: to.into(),
+        content: format!("{id} {from}->{to}"),
+        created_at: at,
+    };
+    let commit = |direct: Vec<DirectMessage>| Batch {
+        fence: Some(Fence {
+            partition: part,
+            token,
+            applied: None,
+        }),
+        direct,
+        ..Default::default()
+    };
+    let later = vec![
+        dm("td", "x3", "ann", "ben", 300),
+        dm("td", "x5", "ben", "ann", 400),
+    ];
+    let earlier = vec![
+        dm("td", "x1", "ben", "ann", 100),
+        dm("td", "x4", "ann", "ben", 400),
+        dm("td", "x2", "ann", "ben", 200),
+        dm("td", "y1", "ann", "cy", 250),
+        dm("te", "z1", "ann", "ben", 250),
+    ];
+    store.commit(&commit(later.clone())).await.unwrap();
+    store.commit(&commit(earlier)).await.unwrap();
+    store.commit(&commit(later)).await.unwrap();
+    let ids = |page: Vec<DirectMessage>| page.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    let all = store.direct_history("td", "ben", "ann", None, 50).await;
+    assert_eq!(
+        ids(all.unwrap()),
+        ["x1", "x2", "x3", "x4", "x5"],
+        "each once"
+    );
+    let newest = store.direct_history("td", "ann", "ben", None, 2).await;
+    assert_eq!(ids(newest.unwrap()), ["x4", "x5"]);
+    let older = store.direct_history("td", "ann", "ben", Some(400), 2).await;
+    assert_eq!(ids(older.unwrap()), ["x2", "x3"]);
+    let page = store.direct_history("td", "cy", "ann", None, 10).await;
+    assert_eq!(ids(page.unwrap()), ["y1"]);
+    let page = store.direct_history("te", "ben", "ann", None, 10).await;
+    assert_eq!(ids(page.unwrap()), ["z1"]);
+    let m = &store
+        .direct_history("td", "ann", "ben", Some(150), 1)
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (
+            m.sender_id.as_str(),
+            m.sender_name.as_str(),
+            m.receiver_id.as_str()
+        ),
+        ("ben", "BEN", "ann")
+    );
+    assert_eq!((m.content.as_str(), m.created_at), ("x1 ben->ann", 100));
 }
 
 /// Participants have rows of their own: written one by one as they change, read back in

@@ -12,6 +12,13 @@ use crate::model::{
 };
 
 type Key = (String, String);
+/// (tenant, one user, the other), the two users in order: one conversation.
+type Conversation = (String, String, String);
+
+fn conversation(tenant: &str, a: &str, b: &str) -> Conversation {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    (tenant.to_string(), lo.to_string(), hi.to_string())
+}
 
 #[derive(Default)]
 struct State {
@@ -21,7 +28,9 @@ struct State {
     participants: HashMap<Key, BTreeMap<String, ParticipantRecord>>,
     /// Messages by session, ordered by (seq, id): messages outlive their session.
     messages: HashMap<Key, BTreeMap<(i64, String), ChatMessage>>,
-    direct: Vec<DirectMessage>,
+    /// Direct messages by conversation, ordered by (time, id) as PostgreSQL pages them:
+    /// a message is found, stored once and paged without a scan of every other.
+    direct: HashMap<Conversation, BTreeMap<(i64, String), DirectMessage>>,
     /// Session → its attendance rows, first check-in first.
     attendance: HashMap<Key, Vec<Attendance>>,
     /// (tenant, user) → notifications by id.
@@ -122,13 +131,11 @@ impl State {
             s.sessions.remove(key);
         }
         for d in &batch.direct {
-            if !s
-                .direct
-                .iter()
-                .any(|x| x.tenant == d.tenant && x.id == d.id)
-            {
-                s.direct.push(d.clone());
-            }
+            s.direct
+                .entry(conversation(&d.tenant, &d.sender_id, &d.receiver_id))
+                .or_default()
+                .entry((d.created_at, d.id.clone()))
+                .or_insert_with(|| d.clone());
         }
         for change in &batch.attendance {
             apply_attendance(&mut s.attendance, change);
@@ -372,15 +379,14 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Vec<DirectMessage>, StoreError> {
         let s = self.state.lock().unwrap();
+        let Some(msgs) = s.direct.get(&conversation(tenant, a, b)) else {
+            return Ok(Vec::new());
+        };
         let upper = before.unwrap_or(i64::MAX);
-        let mut out: Vec<DirectMessage> = s
-            .direct
-            .iter()
+        let mut out: Vec<DirectMessage> = msgs
+            .range(..(upper, String::new()))
             .rev()
-            .filter(|m| m.tenant == tenant && m.created_at < upper)
-            .filter(|m| {
-                (m.sender_id == a && m.receiver_id == b) || (m.sender_id == b && m.receiver_id == a)
-            })
+            .map(|(_, m)| m)
             .take(limit)
             .cloned()
             .collect();
@@ -397,9 +403,12 @@ impl Store for MemoryStore {
             n += (len - msgs.len()) as u64;
         }
         s.messages.retain(|_, m| !m.is_empty());
-        let len = s.direct.len();
-        s.direct.retain(|m| m.created_at >= before);
-        n += (len - s.direct.len()) as u64;
+        for msgs in s.direct.values_mut() {
+            let len = msgs.len();
+            msgs.retain(|_, m| m.created_at >= before);
+            n += (len - msgs.len()) as u64;
+        }
+        s.direct.retain(|_, m| !m.is_empty());
         Ok(n)
     }
 
