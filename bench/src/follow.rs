@@ -87,6 +87,11 @@ impl Follower {
         }
     }
 
+    /// Whether an answer (a rejoin's, or a history page's) is still awaited.
+    pub fn waiting(&self) -> bool {
+        self.awaiting.is_some() || self.paging.is_some() || self.history_after.is_some()
+    }
+
     /// When [`Follower::tick`] is due, if it is.
     pub fn due(&self) -> Option<Instant> {
         // Never both: a rejoin clears the suspicion, and none is raised while it is awaited.
@@ -347,6 +352,7 @@ mod tests {
             Some(now + REPLY_WAIT),
             "an answer is awaited, not forever"
         );
+        assert!(f.waiting());
         // Told to resync meanwhile: the answer is given its time all the same.
         assert_eq!(f.frame(RESYNC, now), Next::Skip);
         assert_eq!(f.tick(now + REPLY_WAIT / 2), Next::Skip);
@@ -372,6 +378,7 @@ mod tests {
             Next::Recovered(vec!["c".into(), "d".into(), "e".into()], None)
         );
         assert_eq!(f.due(), None);
+        assert!(!f.waiting());
         assert_eq!(f.frame(&chat(6, "f"), t2), Next::Live);
         // Answered: the next rejoin starts from the first wait again.
         rejoin_of(f.frame(&chat(9, "i"), t2));

@@ -42,6 +42,10 @@ struct Step {
     snapshots: u64,
     /// Deliveries that came in a rejoin's reply, not live.
     recovered: u64,
+    /// Members that did not get all they waited for, and those of them still waiting for
+    /// an answer (a rejoin's or a history page's) when the step ended.
+    short: u64,
+    waiting: u64,
     latencies: Latencies,
     /// Per `--timeline-ms` slice of send time: (slice start ms, its latencies).
     timeline: Vec<(u64, Latencies)>,
@@ -112,6 +116,7 @@ async fn step(
     let host_busy = busy_between(host0, host_jiffies());
     let (mut sent, mut received, mut duplicates, mut all) = (0, 0, 0, Vec::new());
     let (mut rejoins, mut snapshots, mut recovered) = (0, 0, 0);
+    let (mut short, mut waiting) = (0, 0);
     let mut slices: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
     let slice_ms = a.timeline_ms.filter(|w| *w > 0);
     // Every connection stays open until the whole step is measured: a member that is done
@@ -125,6 +130,8 @@ async fn step(
         rejoins += r.rejoins;
         snapshots += r.snapshots;
         recovered += r.recovered;
+        short += u64::from(r.short);
+        waiting += u64::from(r.short && r.waiting);
         received += r.latencies.len() as u64;
         for (sent_us, ms) in r.latencies {
             if let Some(w) = slice_ms {
@@ -145,6 +152,8 @@ async fn step(
         rejoins,
         snapshots,
         recovered,
+        short,
+        waiting,
         latencies: Latencies::new(all),
         timeline: slices
             .into_iter()
@@ -216,6 +225,9 @@ struct MemberResult {
     snapshots: u64,
     /// Deliveries that came in a rejoin's reply.
     recovered: u64,
+    /// Fewer deliveries than expected; an answer still awaited at the end.
+    short: bool,
+    waiting: bool,
     /// The member's connection, closed by the step once every member is done.
     conn: Option<Ws>,
 }
@@ -285,6 +297,7 @@ impl Member {
             got
         };
         let (sent, got) = tokio::join!(send, receive);
+        let short = (got.latencies.len() as u64) < self.expect;
         MemberResult {
             sent,
             latencies: got.latencies,
@@ -292,6 +305,8 @@ impl Member {
             rejoins: self.follower.rejoins,
             snapshots: self.follower.snapshots,
             recovered: got.recovered,
+            short,
+            waiting: self.follower.waiting(),
             conn: sink.into_inner().reunite(stream).ok(),
         }
     }
@@ -377,6 +392,7 @@ impl Step {
                 "gateways": a.url.len(), "sent": self.sent, "expected": self.expected,
                 "received": self.received, "lost": lost, "duplicates": self.duplicates,
                 "rejoins": self.rejoins, "snapshots": self.snapshots, "recovered": self.recovered,
+                "members_short": self.short, "members_waiting": self.waiting,
                 "p50_ms": l.pct(0.5), "p90_ms": l.pct(0.9), "p99_ms": l.pct(0.99), "max_ms": l.pct(1.0),
                 "server_cpu_s": self.server_cpu, "deliveries_per_cpu_s": per_cpu,
                 "host_busy": self.host_busy,
@@ -392,6 +408,14 @@ impl Step {
             println!(
                 "  {} rejoins after dropped events ({} answered by a snapshot): {} deliveries came in their replies",
                 self.rejoins, self.snapshots, self.recovered
+            );
+        }
+        if self.short > 0 {
+            // Many members a little short: a backlog the drain did not cover; few members
+            // far short, waiting: answers that never came.
+            println!(
+                "  {} members short of deliveries, {} of them still waiting for an answer",
+                self.short, self.waiting
             );
         }
         println!(
