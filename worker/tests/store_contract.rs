@@ -195,7 +195,66 @@ async fn store_contract(store: Arc<dyn Store>) {
     chat_group_contract(&*store).await;
     participants_contract(&*store).await;
     direct_contract(&*store).await;
+    reused_id_contract(&*store).await;
     store.ping().await.unwrap();
+}
+
+/// A session made again under the id of one that ended (a code drawn again while the old
+/// one's messages are kept): its messages start again at seq 1, are kept beside the old
+/// ones, and each session's history and seq are its own.
+async fn reused_id_contract(store: &dyn Store) {
+    let part = 24;
+    let token = store.claim_partition(part).await.unwrap().token;
+    let said = |id: &str, seq: i64, at: i64| ChatMessage {
+        id: id.into(),
+        created_at: at,
+        ..msg("tr", "REUSED", seq)
+    };
+    let commit = |messages: Vec<ChatMessage>, upserts: Vec<SessionRecord>| Batch {
+        fence: Some(Fence {
+            partition: part,
+            token,
+            applied: None,
+        }),
+        messages,
+        upserts,
+        ..Default::default()
+    };
+    let old = vec![
+        said("o1", 1, 1_000),
+        said("o2", 2, 1_001),
+        said("o3", 3, 1_002),
+    ];
+    store.commit(&commit(old, vec![])).await.unwrap();
+    let again = SessionRecord {
+        created_at: 5_000,
+        last_seq: 0,
+        ..record("REUSED", "tr")
+    };
+    let new = commit(
+        vec![said("n1", 1, 5_001), said("n2", 2, 5_002)],
+        vec![again],
+    );
+    store.commit(&new).await.unwrap();
+    store.commit(&new).await.unwrap();
+    let ids = |page: Vec<ChatMessage>| page.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    let page = store
+        .history("tr", "REUSED", 5_000, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(page),
+        ["n1", "n2"],
+        "the new session's messages, each once"
+    );
+    let page = store
+        .history("tr", "REUSED", 5_000, Some(2), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(page), ["n1"]);
+    let loaded = store.load_sessions(part).await.unwrap();
+    let rec = loaded.iter().find(|r| r.id == "REUSED").unwrap();
+    assert_eq!(rec.last_seq, 2, "the new session's seq, not the old one's");
 }
 
 /// Direct messages: one conversation whichever side asks, paged newest first by (time,
