@@ -182,8 +182,18 @@ export class Jam {
             else
                 p.resolve(f);
         }
+        else if (f.type === "session_update" && this.gaveUpOn(f.ref)) {
+            // The answer to a join given up on (a rejoin asked again): a snapshot older than
+            // the session this client holds, and its `missed` were never applied.
+            return;
+        }
         if (this.track(f))
             this.emit(f.type, f);
+    }
+    /** Whether `ref` is one of this client's requests that is no longer waited for. */
+    gaveUpOn(ref) {
+        const m = typeof ref === "string" ? /^c(\d+)$/.exec(ref) : null;
+        return m !== null && Number(m[1]) <= this.nextRef;
     }
     /** Keep each session's last applied room seq (what a rejoin recovers from) and see that
      * room events come in order: on a jump in `seq`, or when a `resync_required` is not

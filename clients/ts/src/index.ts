@@ -324,8 +324,18 @@ export class Jam {
       clearTimeout(p.timer);
       if (f.type === "error") p.reject(new JamError(String(f.code), String(f.message)));
       else p.resolve(f);
+    } else if (f.type === "session_update" && this.gaveUpOn(f.ref)) {
+      // The answer to a join given up on (a rejoin asked again): a snapshot older than
+      // the session this client holds, and its `missed` were never applied.
+      return;
     }
     if (this.track(f)) this.emit(f.type, f);
+  }
+
+  /** Whether `ref` is one of this client's requests that is no longer waited for. */
+  private gaveUpOn(ref: unknown): boolean {
+    const m = typeof ref === "string" ? /^c(\d+)$/.exec(ref) : null;
+    return m !== null && Number(m[1]) <= this.nextRef;
   }
 
   /** Keep each session's last applied room seq (what a rejoin recovers from) and see that

@@ -210,6 +210,8 @@ test("a rejoin whose answer was dropped is asked for again; what was applied is 
   await joining;
   const got = [];
   c.on("new_message", (m) => got.push(m.seq));
+  const snapshots = [];
+  c.on("session_update", (e) => snapshots.push(e.session.seq));
   const msg = (seq) => ({ type: "new_message", sessionId: "S", message: `m${seq}`, seq });
   const rejoins = () => ws.sent.filter((f) => f.type === "join_session" && f.sinceSeq !== undefined);
 
@@ -232,5 +234,6 @@ test("a rejoin whose answer was dropped is asked for again; what was applied is 
   ws.push(msg(6));
   ws.push(msg(7));
   assert.deepEqual(got, [4, 5, 6, 7], "each once, in order");
+  assert.deepEqual(snapshots, [6], "the late answer's older snapshot is not emitted");
   c.close();
 });
