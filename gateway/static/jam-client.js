@@ -320,10 +320,18 @@ export class Jam {
         }
     }
     /** Rejoin every session with its last seq: the missed room events come inside the
-     * answer and are replayed as events, in order; when they cannot be, a fresh snapshot. */
+     * answer and are replayed as events, in order; when they cannot be, a fresh snapshot.
+     * A rejoin not answered is asked again, backing off, on this connection (throwing here
+     * would open another one beside it). */
     async rejoinAll() {
-        for (const sessionId of [...this.sessions.keys()])
-            await this.rejoin(sessionId);
+        for (const sessionId of [...this.sessions.keys()]) {
+            try {
+                await this.rejoin(sessionId);
+            }
+            catch {
+                void this.resync(sessionId);
+            }
+        }
     }
     /** Rejoin one session from its last seq and replay what it missed, in order (a pending
      * resync timer has nothing left to do: this is its rejoin, or the reconnect's). */

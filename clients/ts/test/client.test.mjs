@@ -237,3 +237,34 @@ test("a rejoin whose answer was dropped is asked for again; what was applied is 
   assert.deepEqual(snapshots, [6], "the late answer's older snapshot is not emitted");
   c.close();
 });
+
+test("after a reconnect, a rejoin not answered is asked again on the same connection", async () => {
+  let sockets = 0;
+  class Counted extends FakeSocket {
+    constructor(url) {
+      super(url);
+      sockets++;
+    }
+  }
+  const c = new Jam({ url: "ws://fake", token: "t", WebSocket: Counted, resyncWaitMs: 50, resyncTimeoutMs: 200, reconnectMinMs: 1, reconnectMaxMs: 1 });
+  const connecting = c.connect();
+  FakeSocket.last.push({ type: "authenticated", userId: "u", userName: "U" });
+  await connecting;
+  const joining = c.joinSession("S");
+  FakeSocket.last.push({ type: "session_update", ref: FakeSocket.last.sent.at(-1).ref, session: { id: "S", seq: 3 } });
+  await joining;
+  const first = FakeSocket.last;
+  first.close(4000, "dropped");
+  await until(() => FakeSocket.last !== first);
+  const second = FakeSocket.last;
+  second.push({ type: "authenticated", userId: "u", userName: "U" });
+  const rejoins = () => second.sent.filter((f) => f.type === "join_session");
+  await until(() => rejoins().length === 1);
+  // No answer: asked again after resyncTimeoutMs, on this socket, not on a new one.
+  await until(() => rejoins().length === 2, 2000);
+  assert.equal(rejoins()[1].sinceSeq, 3);
+  assert.equal(sockets, 2);
+  assert.equal(FakeSocket.last, second);
+  c.close();
+});
+
