@@ -22,6 +22,9 @@ use crate::Health;
 
 const BATCH: usize = 256;
 const BLOCK_MS: u64 = 200;
+/// How long a stopping partition still waits for its blocking read (see
+/// [`seen_through`]): the read's own block and some room for a busy host.
+const READ_STOP_WAIT: Duration = Duration::from_millis(BLOCK_MS + 1_000);
 const TICK: Duration = Duration::from_millis(500);
 /// Longest pause between failed reads: short, so a Redis that comes back is used at once.
 const READ_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -246,9 +249,10 @@ impl Partition {
             BLOCK_MS,
             from,
         );
-        // Abandoned only when the partition stops (see `unless_stopped`); without that a
-        // stop waits out a read Redis never answers (up to `BLOCK_MS` + 30 s).
-        let Some(read) = unless_stopped(stop, read).await else {
+        // Seen through when the partition stops (see `seen_through`), abandoned only if
+        // Redis does not answer it in time: a stop would otherwise wait out a read Redis
+        // never answers (up to `BLOCK_MS` + 30 s).
+        let Some(read) = seen_through(stop, read).await else {
             ls.from_pending = true;
             return Vec::new();
         };
@@ -497,6 +501,25 @@ fn stage(name: &'static str, since: Instant) {
 /// acknowledged. `false` when the partition's loop should end.
 async fn queue(lane: &Lane, w: Work, stop: &CancellationToken) -> bool {
     matches!(unless_stopped(stop, lane.send(w)).await, Some(Ok(())))
+}
+
+/// A blocking read, finished even when the partition is told to stop (within
+/// [`READ_STOP_WAIT`]). Abandoned, it would stay blocked in Redis for up to `BLOCK_MS`
+/// after the lease is given back and take the next commands into this consumer's list,
+/// after the next owner has taken over what was here: they would wait for its sweep
+/// (seconds). Seen through, what it took is pending here before the lease goes, and the
+/// next owner's first takeover gets it. `None` when Redis did not answer in time.
+async fn seen_through<T>(
+    stop: &CancellationToken,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(fut);
+    tokio::select! {
+        biased;
+        r = &mut fut => return Some(r),
+        _ = stop.cancelled() => {}
+    }
+    tokio::time::timeout(READ_STOP_WAIT, fut).await.ok()
 }
 
 /// `fut`, or `None` once the partition is told to stop. Only for bus calls whose effect,
