@@ -224,10 +224,8 @@ export class Jam {
             void this.resync(sid);
             return false;
         }
-        if (seq === last + 1) {
-            this.sessions.set(sid, seq);
-            this.unsuspect(sid);
-        }
+        this.sessions.set(sid, seq);
+        this.unsuspect(sid);
         return true;
     }
     /** The gateway dropped events, not necessarily this room's: the room's next event shows

@@ -363,10 +363,8 @@ export class Jam {
       void this.resync(sid);
       return false;
     }
-    if (seq === last + 1) {
-      this.sessions.set(sid, seq);
-      this.unsuspect(sid);
-    }
+    this.sessions.set(sid, seq);
+    this.unsuspect(sid);
     return true;
   }
 

@@ -161,8 +161,9 @@ class FakeSocket {
   }
 }
 
-test("a jump in a room's seq, or resync_required with no next event, rejoins from the last seq applied", async () => {
-  const c = new Jam({ url: "ws://fake", token: "t", WebSocket: FakeSocket, resyncWaitMs: 50 });
+/** A client on a fake socket, authenticated and in session "S" at seq 3. */
+async function inSessionS(opts, WebSocket = FakeSocket) {
+  const c = new Jam({ url: "ws://fake", token: "t", WebSocket, ...opts });
   const connecting = c.connect();
   const ws = FakeSocket.last;
   ws.push({ type: "authenticated", userId: "u", userName: "U" });
@@ -170,9 +171,16 @@ test("a jump in a room's seq, or resync_required with no next event, rejoins fro
   const joining = c.joinSession("S");
   ws.push({ type: "session_update", ref: ws.sent.at(-1).ref, session: { id: "S", seq: 3 } });
   await joining;
+  return { c, ws };
+}
+
+const msg = (seq) => ({ type: "new_message", sessionId: "S", message: `m${seq}`, seq });
+const RESYNC = { type: "resync_required", sessionId: "S", reason: "events_dropped" };
+
+test("a jump in a room's seq, or resync_required with no next event, rejoins from the last seq applied", async () => {
+  const { c, ws } = await inSessionS({ resyncWaitMs: 50 });
   const got = [];
   c.on("new_message", (m) => got.push(m.seq));
-  const msg = (seq) => ({ type: "new_message", sessionId: "S", message: `m${seq}`, seq });
   ws.push(msg(4));
   ws.push(msg(6)); // 5 was dropped on its way
   const rejoin = ws.sent.at(-1);
@@ -186,13 +194,13 @@ test("a jump in a room's seq, or resync_required with no next event, rejoins fro
 
   // Told to resync, then the room's next event in order: nothing of this room was dropped.
   const sent = ws.sent.length;
-  ws.push({ type: "resync_required", sessionId: "S", reason: "events_dropped" });
+  ws.push(RESYNC);
   ws.push(msg(9));
   await new Promise((r) => setTimeout(r, 150));
   assert.equal(ws.sent.length, sent, "no rejoin");
 
   // Told to resync, then silence: the dropped events may have been the room's last.
-  ws.push({ type: "resync_required", sessionId: "S", reason: "events_dropped" });
+  ws.push(RESYNC);
   await until(() => ws.sent.length > sent);
   assert.equal(ws.sent.at(-1).type, "join_session");
   assert.equal(ws.sent.at(-1).sinceSeq, 9);
@@ -200,26 +208,18 @@ test("a jump in a room's seq, or resync_required with no next event, rejoins fro
 });
 
 test("a rejoin whose answer was dropped is asked for again; what was applied is not emitted twice", async () => {
-  const c = new Jam({ url: "ws://fake", token: "t", WebSocket: FakeSocket, resyncWaitMs: 50, resyncTimeoutMs: 300 });
-  const connecting = c.connect();
-  const ws = FakeSocket.last;
-  ws.push({ type: "authenticated", userId: "u", userName: "U" });
-  await connecting;
-  const joining = c.joinSession("S");
-  ws.push({ type: "session_update", ref: ws.sent.at(-1).ref, session: { id: "S", seq: 3 } });
-  await joining;
+  const { c, ws } = await inSessionS({ resyncWaitMs: 50, resyncTimeoutMs: 300 });
   const got = [];
   c.on("new_message", (m) => got.push(m.seq));
   const snapshots = [];
   c.on("session_update", (e) => snapshots.push(e.session.seq));
-  const msg = (seq) => ({ type: "new_message", sessionId: "S", message: `m${seq}`, seq });
   const rejoins = () => ws.sent.filter((f) => f.type === "join_session" && f.sinceSeq !== undefined);
 
   ws.push(msg(5)); // 4 was dropped
   const first = rejoins().at(-1);
   assert.equal(first.sinceSeq, 3);
   // Told to resync while the answer is on its way: it is given its time.
-  ws.push({ type: "resync_required", sessionId: "S", reason: "events_dropped" });
+  ws.push(RESYNC);
   await new Promise((r) => setTimeout(r, 150));
   assert.equal(rejoins().length, 1);
   // The answer was dropped: once resyncTimeoutMs is over, the rejoin is sent again.
@@ -246,14 +246,8 @@ test("after a reconnect, a rejoin not answered is asked again on the same connec
       sockets++;
     }
   }
-  const c = new Jam({ url: "ws://fake", token: "t", WebSocket: Counted, resyncWaitMs: 50, resyncTimeoutMs: 200, reconnectMinMs: 1, reconnectMaxMs: 1 });
-  const connecting = c.connect();
-  FakeSocket.last.push({ type: "authenticated", userId: "u", userName: "U" });
-  await connecting;
-  const joining = c.joinSession("S");
-  FakeSocket.last.push({ type: "session_update", ref: FakeSocket.last.sent.at(-1).ref, session: { id: "S", seq: 3 } });
-  await joining;
-  const first = FakeSocket.last;
+  const opts = { resyncWaitMs: 50, resyncTimeoutMs: 200, reconnectMinMs: 1, reconnectMaxMs: 1 };
+  const { c, ws: first } = await inSessionS(opts, Counted);
   first.close(4000, "dropped");
   await until(() => FakeSocket.last !== first);
   const second = FakeSocket.last;
