@@ -20,6 +20,43 @@ fn conversation(tenant: &str, a: &str, b: &str) -> Conversation {
     (tenant.to_string(), lo.to_string(), hi.to_string())
 }
 
+/// Rows ordered by (seq or time, id), as chat and direct messages are kept.
+type Ordered<T> = BTreeMap<(i64, String), T>;
+
+/// The newest `limit` rows below `upper` that `keep` accepts, oldest first: a page.
+fn newest_below<T: Clone>(
+    rows: &Ordered<T>,
+    upper: i64,
+    limit: usize,
+    keep: impl Fn(&T) -> bool,
+) -> Vec<T> {
+    let mut out: Vec<T> = rows
+        .range(..(upper, String::new()))
+        .rev()
+        .map(|(_, m)| m)
+        .filter(|m| keep(m))
+        .take(limit)
+        .cloned()
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Drop the rows `keep` refuses, and the groups left empty; how many went.
+fn purge<K: Eq + std::hash::Hash, T>(
+    groups: &mut HashMap<K, Ordered<T>>,
+    keep: impl Fn(&T) -> bool,
+) -> u64 {
+    let mut n = 0u64;
+    for rows in groups.values_mut() {
+        let len = rows.len();
+        rows.retain(|_, m| keep(m));
+        n += (len - rows.len()) as u64;
+    }
+    groups.retain(|_, rows| !rows.is_empty());
+    n
+}
+
 #[derive(Default)]
 struct State {
     /// Session → (partition, record).
@@ -27,10 +64,10 @@ struct State {
     /// Session → its participants' rows by user (a table of its own, as in PostgreSQL).
     participants: HashMap<Key, BTreeMap<String, ParticipantRecord>>,
     /// Messages by session, ordered by (seq, id): messages outlive their session.
-    messages: HashMap<Key, BTreeMap<(i64, String), ChatMessage>>,
+    messages: HashMap<Key, Ordered<ChatMessage>>,
     /// Direct messages by conversation, ordered by (time, id) as PostgreSQL pages them:
     /// a message is found, stored once and paged without a scan of every other.
-    direct: HashMap<Conversation, BTreeMap<(i64, String), DirectMessage>>,
+    direct: HashMap<Conversation, Ordered<DirectMessage>>,
     /// Session → its attendance rows, first check-in first.
     attendance: HashMap<Key, Vec<Attendance>>,
     /// (tenant, user) → notifications by id.
@@ -358,16 +395,7 @@ impl Store for MemoryStore {
             return Ok(Vec::new());
         };
         let upper = before.unwrap_or(i64::MAX);
-        let mut out: Vec<ChatMessage> = msgs
-            .range(..(upper, String::new()))
-            .rev()
-            .map(|(_, m)| m)
-            .filter(|m| m.created_at >= since)
-            .take(limit)
-            .cloned()
-            .collect();
-        out.reverse();
-        Ok(out)
+        Ok(newest_below(msgs, upper, limit, |m| m.created_at >= since))
     }
 
     async fn direct_history(
@@ -382,34 +410,18 @@ impl Store for MemoryStore {
         let Some(msgs) = s.direct.get(&conversation(tenant, a, b)) else {
             return Ok(Vec::new());
         };
-        let upper = before.unwrap_or(i64::MAX);
-        let mut out: Vec<DirectMessage> = msgs
-            .range(..(upper, String::new()))
-            .rev()
-            .map(|(_, m)| m)
-            .take(limit)
-            .cloned()
-            .collect();
-        out.reverse();
-        Ok(out)
+        Ok(newest_below(
+            msgs,
+            before.unwrap_or(i64::MAX),
+            limit,
+            |_| true,
+        ))
     }
 
     async fn purge_messages(&self, before: i64) -> Result<u64, StoreError> {
         let mut s = self.state.lock().unwrap();
-        let mut n = 0u64;
-        for msgs in s.messages.values_mut() {
-            let len = msgs.len();
-            msgs.retain(|_, m| m.created_at >= before);
-            n += (len - msgs.len()) as u64;
-        }
-        s.messages.retain(|_, m| !m.is_empty());
-        for msgs in s.direct.values_mut() {
-            let len = msgs.len();
-            msgs.retain(|_, m| m.created_at >= before);
-            n += (len - msgs.len()) as u64;
-        }
-        s.direct.retain(|_, m| !m.is_empty());
-        Ok(n)
+        let chat = purge(&mut s.messages, |m| m.created_at >= before);
+        Ok(chat + purge(&mut s.direct, |m| m.created_at >= before))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
