@@ -47,13 +47,14 @@ pub struct Follower {
     sid: String,
     /// The last `seq` applied.
     last: u64,
-    /// The rejoin whose reply is awaited: its `ref`, the `sinceSeq` it asked from and when
-    /// it is sent again if no answer has come.
+    /// The rejoin whose reply is awaited: how its `ref` reads in the answer, the
+    /// `sinceSeq` it asked from and when it is sent again if no answer has come.
     awaiting: Option<(String, u64, Instant)>,
     /// A rejoin's reply was a snapshot: its chat after this `seq` comes in the next
     /// `message_history`, and in pages before it.
     history_after: Option<u64>,
-    /// The page asked for: (its `ref`, the `seq` the history is needed after).
+    /// The page asked for: (how its `ref` reads in the answer, the `seq` the history is
+    /// needed after).
     paging: Option<(String, u64)>,
     pages: u64,
     /// How long to wait for the room's next event after a `resync_required`.
@@ -144,17 +145,17 @@ impl Follower {
         let f = serde_json::json!({"type": "join_session", "sessionId": self.sid,
                                    "sinceSeq": self.last, "ref": r});
         let reply_by = now + REPLY_WAIT * 2u32.pow(self.unanswered);
-        self.awaiting = Some((r, self.last, reply_by));
+        self.awaiting = Some((ref_key(&r), self.last, reply_by));
         Next::Rejoin(f.to_string())
     }
 
     /// Until the reply comes, room events are left to it (its `missed` holds every event
     /// after `sinceSeq`, those arriving meanwhile included).
     fn while_rejoining(&mut self, t: &str) -> Next {
-        let Some((r, since, _)) = &self.awaiting else {
+        let Some((key, since, _)) = &self.awaiting else {
             return Next::Skip;
         };
-        if !t.contains(&format!(r#""ref":"{r}""#)) {
+        if !t.contains(key.as_str()) {
             return Next::Skip;
         }
         let since = *since;
@@ -187,7 +188,7 @@ impl Follower {
     /// needed `seq`, and the next page while the oldest message is still after it.
     fn history(&mut self, t: &str) -> Option<Next> {
         let after = match &self.paging {
-            Some((r, after)) if t.contains(&format!(r#""ref":"{r}""#)) => *after,
+            Some((key, after)) if t.contains(key.as_str()) => *after,
             _ if !t.contains(r#""ref":"#) => self.history_after.take()?,
             _ => return None,
         };
@@ -210,11 +211,16 @@ impl Follower {
             let r = format!("h{}", self.pages);
             let f = serde_json::json!({"type": "load_history", "sessionId": self.sid,
                                        "before": oldest, "limit": 100, "ref": r});
-            self.paging = Some((r, after));
+            self.paging = Some((ref_key(&r), after));
             f.to_string()
         });
         Some(Next::Recovered(texts, page))
     }
+}
+
+/// How the `ref` `r` reads in an answer (made once per request, not per frame read).
+fn ref_key(r: &str) -> String {
+    format!(r#""ref":"{r}""#)
 }
 
 /// A frame's `type`: its first `"type"` key, near the start (jam writes it first, after a
