@@ -17,6 +17,8 @@
 //! [`REPLY_WAIT`] is asked for again (a new `ref`, the same `sinceSeq`), the wait doubling
 //! with each unanswered try. (A `resync_required` meanwhile is no sign of its loss: under
 //! load an answer is more often slow than dropped, and asking again at once adds load.)
+//! The same holds for the history after a snapshot: a snapshot's `message_history` not in
+//! by then is asked for with `load_history`, and a page not answered is asked for again.
 
 use std::time::Duration;
 
@@ -43,6 +45,18 @@ pub enum Next {
     Recovered(Vec<String>, Option<String>),
 }
 
+/// A `load_history` page asked for.
+struct Page {
+    /// How its `ref` reads in the answer.
+    key: String,
+    /// The history is needed after this `seq`.
+    after: u64,
+    /// Where the page ends (`None`: the newest).
+    before: Option<u64>,
+    /// When it is asked for again if no answer has come.
+    by: Instant,
+}
+
 pub struct Follower {
     sid: String,
     /// The last `seq` applied.
@@ -51,15 +65,14 @@ pub struct Follower {
     /// `sinceSeq` it asked from and when it is sent again if no answer has come.
     awaiting: Option<(String, u64, Instant)>,
     /// A rejoin's reply was a snapshot: its chat after this `seq` comes in the next
-    /// `message_history`, and in pages before it.
-    history_after: Option<u64>,
-    /// The page asked for: (how its `ref` reads in the answer, the `seq` the history is
-    /// needed after).
-    paging: Option<(String, u64)>,
+    /// `message_history` (asked for if it is not in by the time given), and in pages before it.
+    history_after: Option<(u64, Instant)>,
+    /// The history page asked for and not answered yet.
+    paging: Option<Page>,
     pages: u64,
     /// How long to wait for the room's next event after a `resync_required`.
     wait: Duration,
-    /// Rejoins in a row that got no answer in time.
+    /// Requests (rejoins or pages) in a row that got no answer in time.
     unanswered: u32,
     /// Told to resync and not yet shown in order: rejoin at this time.
     suspect_until: Option<Instant>,
@@ -95,22 +108,60 @@ impl Follower {
 
     /// When [`Follower::tick`] is due, if it is.
     pub fn due(&self) -> Option<Instant> {
+        self.rejoin_due().into_iter().chain(self.page_due()).min()
+    }
+
+    fn rejoin_due(&self) -> Option<Instant> {
         // Never both: a rejoin clears the suspicion, and none is raised while it is awaited.
         self.awaiting.as_ref().map(|a| a.2).or(self.suspect_until)
     }
 
+    fn page_due(&self) -> Option<Instant> {
+        let page = self.paging.as_ref().map(|p| p.by);
+        page.or(self.history_after.map(|h| h.1))
+    }
+
     /// Rejoin when the wait after a `resync_required` ran out with no event of the room, or
-    /// a rejoin's answer has not come in time.
+    /// a rejoin's answer has not come in time; ask for history that has not come in time.
     pub fn tick(&mut self, now: Instant) -> Next {
-        match self.due() {
-            Some(at) if now >= at => self.rejoin(now),
-            _ => Next::Skip,
+        if self.rejoin_due().is_some_and(|at| now >= at) {
+            return self.rejoin(now);
         }
+        if self.page_due().is_none_or(|at| now < at) {
+            return Next::Skip;
+        }
+        let (after, before) = match (self.paging.take(), self.history_after.take()) {
+            (Some(p), _) => (p.after, p.before),
+            (None, Some((after, _))) => (after, None),
+            (None, None) => return Next::Skip,
+        };
+        self.unanswered = (self.unanswered + 1).min(REPLY_BACKOFF_MAX);
+        Next::Recovered(Vec::new(), Some(self.ask_page(after, before, now)))
+    }
+
+    /// The `load_history` for the page ending `before` (the newest: `None`), awaited until a
+    /// time that doubles with each unanswered request.
+    fn ask_page(&mut self, after: u64, before: Option<u64>, now: Instant) -> String {
+        self.pages += 1;
+        let r = format!("h{}", self.pages);
+        let f = serde_json::json!({"type": "load_history", "sessionId": self.sid,
+                                   "before": before, "limit": 100, "ref": r});
+        self.paging = Some(Page {
+            key: ref_key(&r),
+            after,
+            before,
+            by: self.reply_by(now),
+        });
+        f.to_string()
+    }
+
+    fn reply_by(&self, now: Instant) -> Instant {
+        now + REPLY_WAIT * 2u32.pow(self.unanswered)
     }
 
     pub fn frame(&mut self, t: &str, now: Instant) -> Next {
         if self.awaiting.is_some() {
-            return self.while_rejoining(t);
+            return self.while_rejoining(t, now);
         }
         let kind = type_of(t);
         if kind == Some("resync_required") {
@@ -118,7 +169,7 @@ impl Follower {
             return Next::Skip;
         }
         if kind == Some("message_history") {
-            if let Some(next) = self.history(t) {
+            if let Some(next) = self.history(t, now) {
                 return next;
             }
         }
@@ -144,14 +195,13 @@ impl Follower {
         let r = format!("r{}", self.rejoins);
         let f = serde_json::json!({"type": "join_session", "sessionId": self.sid,
                                    "sinceSeq": self.last, "ref": r});
-        let reply_by = now + REPLY_WAIT * 2u32.pow(self.unanswered);
-        self.awaiting = Some((ref_key(&r), self.last, reply_by));
+        self.awaiting = Some((ref_key(&r), self.last, self.reply_by(now)));
         Next::Rejoin(f.to_string())
     }
 
     /// Until the reply comes, room events are left to it (its `missed` holds every event
     /// after `sinceSeq`, those arriving meanwhile included).
-    fn while_rejoining(&mut self, t: &str) -> Next {
+    fn while_rejoining(&mut self, t: &str, now: Instant) -> Next {
         let Some((key, since, _)) = &self.awaiting else {
             return Next::Skip;
         };
@@ -180,19 +230,20 @@ impl Follower {
             return Next::Recovered(chat.filter_map(text_of).collect(), None);
         }
         self.snapshots += 1;
-        self.history_after = Some(since);
+        self.history_after = Some((since, self.reply_by(now)));
         Next::Skip
     }
 
     /// A snapshot's `message_history`, or a page asked for after it: the chat after the
     /// needed `seq`, and the next page while the oldest message is still after it.
-    fn history(&mut self, t: &str) -> Option<Next> {
+    fn history(&mut self, t: &str, now: Instant) -> Option<Next> {
         let after = match &self.paging {
-            Some((key, after)) if t.contains(key.as_str()) => *after,
-            _ if !t.contains(r#""ref":"#) => self.history_after.take()?,
+            Some(p) if t.contains(p.key.as_str()) => p.after,
+            _ if !t.contains(r#""ref":"#) => self.history_after.take()?.0,
             _ => return None,
         };
         self.paging = None;
+        self.unanswered = 0;
         let v: Value = serde_json::from_str(t).ok()?;
         let messages = v["messages"]
             .as_array()
@@ -206,14 +257,7 @@ impl Follower {
             .collect();
         let oldest = messages.iter().map(seq).min();
         let more = v["hasMore"] == true && oldest.is_some_and(|o| o > after + 1);
-        let page = more.then(|| {
-            self.pages += 1;
-            let r = format!("h{}", self.pages);
-            let f = serde_json::json!({"type": "load_history", "sessionId": self.sid,
-                                       "before": oldest, "limit": 100, "ref": r});
-            self.paging = Some((ref_key(&r), after));
-            f.to_string()
-        });
+        let page = more.then(|| self.ask_page(after, oldest, now));
         Some(Next::Recovered(texts, page))
     }
 }
@@ -423,6 +467,70 @@ mod tests {
             "what was applied before the gap is not taken again, and no page is needed"
         );
         assert_eq!((f.rejoins, f.snapshots), (1, 1));
+    }
+
+    fn page_of(n: Next) -> serde_json::Value {
+        let Next::Recovered(texts, Some(page)) = n else {
+            panic!("expected a page to ask for, got {n:?}");
+        };
+        assert!(texts.is_empty(), "{texts:?}");
+        serde_json::from_str(&page).unwrap()
+    }
+
+    #[test]
+    fn history_not_in_by_its_time_is_asked_for_again() {
+        let now = Instant::now();
+        let mut f = Follower::new("K7", 2, WAIT);
+        assert!(matches!(f.frame(&chat(4, "d"), now), Next::Rejoin(_)));
+        let snapshot =
+            r#"{"type":"session_update","ref":"r1","recovered":false,"session":{"seq":40}}"#;
+        assert_eq!(f.frame(snapshot, now), Next::Skip);
+        assert_eq!(
+            f.due(),
+            Some(now + REPLY_WAIT),
+            "the history is awaited, not forever"
+        );
+        assert_eq!(f.tick(now + REPLY_WAIT / 2), Next::Skip);
+        // The snapshot's own `message_history` never came: the newest page is asked for.
+        let t1 = now + REPLY_WAIT;
+        let newest = page_of(f.tick(t1));
+        assert_eq!(newest["type"], "load_history");
+        assert!(newest["before"].is_null(), "{newest}");
+        assert!(f.waiting());
+        assert_eq!(f.due(), Some(t1 + REPLY_WAIT * 2), "the wait doubles");
+        let answer = json!({"ref": newest["ref"], "type": "message_history", "sessionId": "K7",
+            "hasMore": true, "messages": [{"message": "y", "seq": 40}]});
+        let Next::Recovered(texts, Some(older)) = f.frame(&answer.to_string(), t1) else {
+            panic!("seq 3 to 39 are still missing: the page before must be asked for");
+        };
+        assert_eq!(texts, ["y"]);
+        let older: serde_json::Value = serde_json::from_str(&older).unwrap();
+        assert_eq!(older["before"], 40);
+        assert_eq!(
+            f.due(),
+            Some(t1 + REPLY_WAIT),
+            "answered: the first wait again"
+        );
+        // That page is not answered: the same page again, under a new `ref`.
+        let t2 = t1 + REPLY_WAIT;
+        let again = page_of(f.tick(t2));
+        assert_eq!(again["before"], 40);
+        assert_ne!(again["ref"], older["ref"]);
+        let late = json!({"ref": older["ref"], "type": "message_history", "sessionId": "K7",
+            "hasMore": false, "messages": [{"message": "c", "seq": 3}]});
+        assert_eq!(
+            f.frame(&late.to_string(), t2),
+            Next::Live,
+            "the late answer is not the one awaited, and carries no live chat"
+        );
+        let answer = json!({"ref": again["ref"], "type": "message_history", "sessionId": "K7",
+            "hasMore": false, "messages": [{"message": "c", "seq": 3}, {"message": "x", "seq": 39}]});
+        assert_eq!(
+            f.frame(&answer.to_string(), t2),
+            Next::Recovered(vec!["c".into(), "x".into()], None)
+        );
+        assert!(!f.waiting());
+        assert_eq!(f.due(), None);
     }
 
     #[test]
