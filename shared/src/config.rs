@@ -254,6 +254,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "chat and direct messages older than this are purged (0 = keep forever)",
     ),
     (
+        "JAM_MEMORY_HISTORY",
+        "5000",
+        "without PostgreSQL: chat messages kept per session and direct messages per conversation, in memory; the oldest go first (0 = no bound)",
+    ),
+    (
         "JAM_SEEK_THRESHOLD_MS",
         "1000",
         "drift above which a participant is seeked",
@@ -321,6 +326,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// `None`: keep messages forever.
     pub chat_retention: Option<Duration>,
+    /// The in-memory store's messages per session and per conversation (`None`: no bound).
+    pub memory_history: Option<usize>,
     /// Random per process start: a restarted process under the same name is a new node.
     pub boot_id: String,
     pub log_json: bool,
@@ -553,6 +560,7 @@ impl Config {
             chat_retention: Some(s.num::<f64>("JAM_CHAT_RETENTION_DAYS")?)
                 .filter(|d| *d > 0.0 && d.is_finite())
                 .map(|d| Duration::from_secs_f64(d * 86_400.0)),
+            memory_history: Some(s.num::<usize>("JAM_MEMORY_HISTORY")?).filter(|n| *n > 0),
             boot_id: crate::ids::unique()[..8].to_string(),
             log_json: log_format == "json",
             log_filter: s.string("JAM_LOG"),
@@ -649,6 +657,7 @@ mod tests {
         assert!(c.token_check_required().is_err());
         assert!(c.auth.allowed_origins.is_empty());
         assert_eq!(c.limits.connections_per_user, 20);
+        assert_eq!(c.memory_history, Some(5000));
         let c = Config::from_map(&map(&[
             ("JAM_JWKS_URL", "http://127.0.0.1:1/jwks"),
             (
@@ -684,6 +693,10 @@ mod tests {
         for bad in ["0", "1001", "some"] {
             assert_eq!(pool(bad).unwrap_err().var, "JAM_DATABASE_POOL_SIZE");
         }
+        let history = |v| Config::from_map(&map(&[("JAM_MEMORY_HISTORY", v)]));
+        assert_eq!(history("20").unwrap().memory_history, Some(20));
+        assert_eq!(history("0").unwrap().memory_history, None, "no bound");
+        assert_eq!(history("-1").unwrap_err().var, "JAM_MEMORY_HISTORY");
         assert_eq!(Config::threads_from_map(&map(&[])).unwrap(), None);
         let three = map(&[("JAM_THREADS", "3")]);
         assert!(Config::from_map(&three).is_ok());

@@ -26,7 +26,7 @@ pub async fn run(
     };
     let store: Arc<dyn Store> = match &cfg.database_url {
         Some(url) => Arc::new(PgStore::connect(url, cfg.database_pool_size).await?),
-        None => Arc::new(MemoryStore::new()),
+        None => Arc::new(MemoryStore::with_history_limit(cfg.memory_history)),
     };
     // The development secret only when nothing else checks tokens.
     let a = &cfg.auth;

@@ -112,3 +112,30 @@ async fn standalone_contacts_presence() {
     let jam = procs::standalone(&[("JAM_API_KEY", scenario::SHOW_API_KEY)]).await;
     scenario::contacts_presence(&jam.ws_url(), &jam.ws_url(), &jam.http("")).await;
 }
+
+/// Without PostgreSQL, history lives in memory: each session keeps its newest
+/// `JAM_MEMORY_HISTORY` messages, and a page asks for no more than is kept.
+#[tokio::test]
+async fn standalone_history_in_memory_is_bounded() {
+    let jam = procs::standalone(&[
+        ("JAM_MEMORY_HISTORY", "3"),
+        ("JAM_RATE_LIMIT_PER_SEC", "1000"),
+    ])
+    .await;
+    let mut alice = Client::connect(&jam.ws_url(), &token("mem-alice", "Alice", None)).await;
+    let sid = create(&mut alice, json!({"name": "bounded"})).await;
+    for i in 1..=5 {
+        scenario::say(&mut alice, &sid, &format!("m{i}")).await;
+    }
+    let page = alice
+        .request(json!({"type": "load_history", "sessionId": sid, "limit": 50}))
+        .await;
+    let texts: Vec<_> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["m3", "m4", "m5"], "{page}");
+    assert_eq!(page["hasMore"], false, "{page}");
+}

@@ -584,6 +584,60 @@ async fn memory_store_meets_the_contract() {
     store_contract(Arc::new(MemoryStore::new())).await;
 }
 
+/// In memory, where nothing is on disk, each session's chat and each conversation keep
+/// their newest messages only (`JAM_MEMORY_HISTORY`), and pages end where they end.
+#[tokio::test]
+async fn memory_store_keeps_the_newest_messages_within_its_bound() {
+    let store = MemoryStore::with_history_limit(Some(3));
+    let token = store.claim_partition(2).await.unwrap().token;
+    let dm = |id: &str, at: i64| DirectMessage {
+        id: id.into(),
+        tenant: "t".into(),
+        sender_id: if at % 2 == 0 { "ann" } else { "ben" }.into(),
+        sender_name: "N".into(),
+        receiver_id: if at % 2 == 0 { "ben" } else { "ann" }.into(),
+        content: id.into(),
+        created_at: at,
+    };
+    let batch = |messages: Vec<ChatMessage>, direct: Vec<DirectMessage>| Batch {
+        fence: Some(Fence {
+            partition: 2,
+            token,
+            applied: None,
+        }),
+        messages,
+        direct,
+        ..Default::default()
+    };
+    let first = (1..=4).map(|q| msg("t", "S", q)).collect();
+    let dms = (1..=5).map(|at| dm(&format!("d{at}"), at)).collect();
+    store.commit(&batch(first, dms)).await.unwrap();
+    // Another session's messages are not counted against this one's.
+    let other = vec![msg("t", "O", 1), msg("t", "O", 2)];
+    store.commit(&batch(other, vec![])).await.unwrap();
+    store
+        .commit(&batch(vec![msg("t", "S", 5)], vec![]))
+        .await
+        .unwrap();
+    let seqs = |page: Vec<ChatMessage>| page.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+    let all = store.history("t", "S", 0, None, 50).await.unwrap();
+    assert_eq!(seqs(all), [3, 4, 5], "the oldest went first");
+    let before = store.history("t", "S", 0, Some(3), 50).await.unwrap();
+    assert!(before.is_empty(), "nothing is left before the bound");
+    let other = store.history("t", "O", 0, None, 50).await.unwrap();
+    assert_eq!(seqs(other), [1, 2]);
+    let ids = |page: Vec<DirectMessage>| page.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    let direct = store.direct_history("t", "ben", "ann", None, 50).await;
+    assert_eq!(ids(direct.unwrap()), ["d3", "d4", "d5"]);
+    // Unbounded, as before: every message stays.
+    let all = MemoryStore::with_history_limit(None);
+    let token = all.claim_partition(2).await.unwrap().token;
+    let mut b = batch((1..=6).map(|q| msg("t", "S", q)).collect(), vec![]);
+    b.fence.as_mut().unwrap().token = token;
+    all.commit(&b).await.unwrap();
+    assert_eq!(all.history("t", "S", 0, None, 50).await.unwrap().len(), 6);
+}
+
 #[tokio::test]
 async fn postgres_store_meets_the_contract() {
     let admin = std::env::var("JAM_TEST_DATABASE_URL")

@@ -42,6 +42,19 @@ fn newest_below<T: Clone>(
     out
 }
 
+/// Keep the newest `limit` rows (all of them: `None`); how many went.
+fn trim<T>(rows: &mut Ordered<T>, limit: Option<usize>) -> u64 {
+    let Some(limit) = limit else {
+        return 0;
+    };
+    let mut n = 0;
+    while rows.len() > limit {
+        rows.pop_first();
+        n += 1;
+    }
+    n
+}
+
 /// Drop the rows `keep` refuses, and the groups left empty; how many went.
 fn purge<K: Eq + std::hash::Hash, T>(
     groups: &mut HashMap<K, Ordered<T>>,
@@ -59,6 +72,9 @@ fn purge<K: Eq + std::hash::Hash, T>(
 
 #[derive(Default)]
 struct State {
+    /// Messages kept per session and per conversation: memory, unlike PostgreSQL's disk,
+    /// would otherwise grow with every message until the retention purge.
+    history_limit: Option<usize>,
     /// Session → (partition, record).
     sessions: HashMap<Key, (i64, SessionRecord)>,
     /// Session → its participants' rows by user (a table of its own, as in PostgreSQL).
@@ -156,23 +172,28 @@ impl State {
                 .insert((r.tenant.clone(), r.id.clone()), (part, row));
         }
         s.apply_participants(&batch.participants);
+        let mut dropped = 0;
         for m in &batch.messages {
             let key = (m.tenant.clone(), m.session_id.clone());
-            s.messages
-                .entry(key)
-                .or_default()
-                .entry((m.seq, m.id.clone()))
+            let rows = s.messages.entry(key).or_default();
+            rows.entry((m.seq, m.id.clone()))
                 .or_insert_with(|| m.clone());
+            dropped += trim(rows, s.history_limit);
         }
         for key in &batch.deletes {
             s.sessions.remove(key);
         }
         for d in &batch.direct {
-            s.direct
+            let rows = s
+                .direct
                 .entry(conversation(&d.tenant, &d.sender_id, &d.receiver_id))
-                .or_default()
-                .entry((d.created_at, d.id.clone()))
+                .or_default();
+            rows.entry((d.created_at, d.id.clone()))
                 .or_insert_with(|| d.clone());
+            dropped += trim(rows, s.history_limit);
+        }
+        if dropped > 0 {
+            jam_shared::telemetry::count("jam_memory_history_dropped_total", None, dropped);
         }
         for change in &batch.attendance {
             apply_attendance(&mut s.attendance, change);
@@ -220,8 +241,21 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// A store that keeps every message until the retention purge.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store that keeps the newest `limit` messages of each session and of each
+    /// conversation (`JAM_MEMORY_HISTORY`; `None`: all of them).
+    pub fn with_history_limit(limit: Option<usize>) -> Self {
+        let state = State {
+            history_limit: limit,
+            ..State::default()
+        };
+        Self {
+            state: Arc::new(Mutex::new(state)),
+        }
     }
 }
 
