@@ -43,18 +43,26 @@ pub async fn run(table: Arc<Table>, mut rx: mpsc::Receiver<BusMessage>) {
 /// Room events were dropped on their way to this gateway: every member of every room
 /// here is told to rejoin with its last `seq` (and gets what it missed, or a snapshot).
 pub fn resync_all(table: &Table) {
-    let st = table.state.lock().unwrap();
+    // The members are picked under the lock and told after it, as `deliver` does: a push
+    // may write to the socket, and a gateway's rooms together hold every connection.
+    let rooms: Vec<(String, Vec<ConnHandle>)> = {
+        let st = table.state.lock().unwrap();
+        st.channels
+            .iter()
+            .filter_map(|(channel, ch)| {
+                let sid = jam_shared::keys::room_of(channel)?;
+                Some((sid.to_string(), ch.members.iter().cloned().collect()))
+            })
+            .collect()
+    };
     let mut told = 0u64;
-    for (channel, ch) in &st.channels {
-        let Some(sid) = jam_shared::keys::room_of(channel) else {
-            continue;
-        };
+    for (sid, members) in rooms {
         let f = jam_shared::protocol::event::frame(
             "resync_required",
             &serde_json::json!({"sessionId": sid, "reason": "events_dropped"}),
         );
         let f = OutFrame::text(&f);
-        for h in ch.members.iter() {
+        for h in members {
             if h.push(f.clone()) {
                 told += 1;
             }
