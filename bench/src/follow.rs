@@ -130,10 +130,13 @@ impl Follower {
         if self.page_due().is_none_or(|at| now < at) {
             return Next::Skip;
         }
-        let (after, before) = match (self.paging.take(), self.history_after.take()) {
-            (Some(p), _) => (p.after, p.before),
-            (None, Some((after, _))) => (after, None),
-            (None, None) => return Next::Skip,
+        // The page asked for first; a snapshot's history awaited beside it is left waiting.
+        let (after, before) = match self.paging.take() {
+            Some(p) => (p.after, p.before),
+            None => match self.history_after.take() {
+                Some((after, _)) => (after, None),
+                None => return Next::Skip,
+            },
         };
         self.unanswered = (self.unanswered + 1).min(REPLY_BACKOFF_MAX);
         Next::Recovered(Vec::new(), Some(self.ask_page(after, before, now)))
