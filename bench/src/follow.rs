@@ -439,14 +439,20 @@ mod tests {
         assert_eq!(f.rejoins, 4);
     }
 
+    /// A member at seq 2 that saw seq 4, rejoined, and was answered with a snapshot at 40.
+    fn answered_by_a_snapshot(now: Instant) -> Follower {
+        let mut f = Follower::new("K7", 2, WAIT);
+        assert!(matches!(f.frame(&chat(4, "d"), now), Next::Rejoin(_)));
+        let snapshot =
+            r#"{"type":"session_update","ref":"r1","recovered":false,"session":{"seq":40}}"#;
+        assert_eq!(f.frame(snapshot, now), Next::Skip);
+        f
+    }
+
     #[test]
     fn a_snapshot_reply_recovers_from_the_history_paged_back_to_the_last_applied() {
         let now = Instant::now();
-        let mut f = Follower::new("K7", 2, WAIT);
-        assert!(matches!(f.frame(&chat(4, "d"), now), Next::Rejoin(_)));
-        let reply =
-            r#"{"type":"session_update","ref":"r1","recovered":false,"session":{"seq":40}}"#;
-        assert_eq!(f.frame(reply, now), Next::Skip);
+        let mut f = answered_by_a_snapshot(now);
         let history = json!({"type": "message_history", "sessionId": "K7", "hasMore": true,
             "messages": [{"message": "x", "seq": 39}, {"message": "y", "seq": 40}]});
         let Next::Recovered(texts, Some(page)) = f.frame(&history.to_string(), now) else {
@@ -483,11 +489,7 @@ mod tests {
     #[test]
     fn history_not_in_by_its_time_is_asked_for_again() {
         let now = Instant::now();
-        let mut f = Follower::new("K7", 2, WAIT);
-        assert!(matches!(f.frame(&chat(4, "d"), now), Next::Rejoin(_)));
-        let snapshot =
-            r#"{"type":"session_update","ref":"r1","recovered":false,"session":{"seq":40}}"#;
-        assert_eq!(f.frame(snapshot, now), Next::Skip);
+        let mut f = answered_by_a_snapshot(now);
         assert_eq!(
             f.due(),
             Some(now + REPLY_WAIT),
