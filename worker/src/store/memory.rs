@@ -42,8 +42,15 @@ fn newest_below<T: Clone>(
     out
 }
 
-/// Keep the newest `limit` rows (all of them: `None`); how many went.
-fn trim<T>(rows: &mut Ordered<T>, limit: Option<usize>) -> u64 {
+/// Store `row` under `key` once (a row committed again stays as it was), then keep the
+/// newest `limit` rows (all of them: `None`); how many went.
+fn insert_bounded<T: Clone>(
+    rows: &mut Ordered<T>,
+    key: (i64, String),
+    row: &T,
+    limit: Option<usize>,
+) -> u64 {
+    rows.entry(key).or_insert_with(|| row.clone());
     let Some(limit) = limit else {
         return 0;
     };
@@ -176,9 +183,7 @@ impl State {
         for m in &batch.messages {
             let key = (m.tenant.clone(), m.session_id.clone());
             let rows = s.messages.entry(key).or_default();
-            rows.entry((m.seq, m.id.clone()))
-                .or_insert_with(|| m.clone());
-            dropped += trim(rows, s.history_limit);
+            dropped += insert_bounded(rows, (m.seq, m.id.clone()), m, s.history_limit);
         }
         for key in &batch.deletes {
             s.sessions.remove(key);
@@ -188,9 +193,7 @@ impl State {
                 .direct
                 .entry(conversation(&d.tenant, &d.sender_id, &d.receiver_id))
                 .or_default();
-            rows.entry((d.created_at, d.id.clone()))
-                .or_insert_with(|| d.clone());
-            dropped += trim(rows, s.history_limit);
+            dropped += insert_bounded(rows, (d.created_at, d.id.clone()), d, s.history_limit);
         }
         if dropped > 0 {
             jam_shared::telemetry::count("jam_memory_history_dropped_total", None, dropped);
