@@ -138,7 +138,7 @@ impl Follower {
                 None => return Next::Skip,
             },
         };
-        self.unanswered = (self.unanswered + 1).min(REPLY_BACKOFF_MAX);
+        self.unanswered_again();
         Next::Recovered(Vec::new(), Some(self.ask_page(after, before, now)))
     }
 
@@ -156,6 +156,11 @@ impl Follower {
             by: self.reply_by(now),
         });
         f.to_string()
+    }
+
+    /// A request went unanswered: the next one's wait doubles (up to a bound).
+    fn unanswered_again(&mut self) {
+        self.unanswered = (self.unanswered + 1).min(REPLY_BACKOFF_MAX);
     }
 
     fn reply_by(&self, now: Instant) -> Instant {
@@ -191,7 +196,7 @@ impl Follower {
     /// is still awaited: that one is dropped or late, and its `ref` no longer matches).
     fn rejoin(&mut self, now: Instant) -> Next {
         if self.awaiting.is_some() {
-            self.unanswered = (self.unanswered + 1).min(REPLY_BACKOFF_MAX);
+            self.unanswered_again();
         }
         self.suspect_until = None;
         self.rejoins += 1;
