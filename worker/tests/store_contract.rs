@@ -52,6 +52,30 @@ fn msg(tenant: &str, sid: &str, seq: i64) -> ChatMessage {
     }
 }
 
+/// A batch committed under `partition`'s claim, nothing in it yet.
+fn fenced(partition: u32, token: i64) -> Batch {
+    Batch {
+        fence: Some(Fence {
+            partition,
+            token,
+            applied: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn dm(tenant: &str, id: &str, from: &str, to: &str, at: i64) -> DirectMessage {
+    DirectMessage {
+        id: id.into(),
+        tenant: tenant.into(),
+        sender_id: from.into(),
+        sender_name: from.to_uppercase(),
+        receiver_id: to.into(),
+        content: format!("{id} {from}->{to}"),
+        created_at: at,
+    }
+}
+
 async fn store_contract(store: Arc<dyn Store>) {
     let claim = store.claim_partition(3).await.unwrap();
     assert_eq!(claim.applied, None);
@@ -211,14 +235,9 @@ async fn reused_id_contract(store: &dyn Store) {
         ..msg("tr", "REUSED", seq)
     };
     let commit = |messages: Vec<ChatMessage>, upserts: Vec<SessionRecord>| Batch {
-        fence: Some(Fence {
-            partition: part,
-            token,
-            applied: None,
-        }),
         messages,
         upserts,
-        ..Default::default()
+        ..fenced(part, token)
     };
     let old = vec![
         said("o1", 1, 1_000),
@@ -262,23 +281,9 @@ async fn reused_id_contract(store: &dyn Store) {
 async fn direct_contract(store: &dyn Store) {
     let part = 23;
     let token = store.claim_partition(part).await.unwrap().token;
-    let dm = |tenant: &str, id: &str, from: &str, to: &str, at: i64| DirectMessage {
-        id: id.into(),
-        tenant: tenant.into(),
-        sender_id: from.into(),
-        sender_name: from.to_uppercase(),
-        receiver_id: to.into(),
-        content: format!("{id} {from}->{to}"),
-        created_at: at,
-    };
     let commit = |direct: Vec<DirectMessage>| Batch {
-        fence: Some(Fence {
-            partition: part,
-            token,
-            applied: None,
-        }),
         direct,
-        ..Default::default()
+        ..fenced(part, token)
     };
     let later = vec![
         dm("td", "x3", "ann", "ben", 300),
@@ -590,27 +595,19 @@ async fn memory_store_meets_the_contract() {
 async fn memory_store_keeps_the_newest_messages_within_its_bound() {
     let store = MemoryStore::with_history_limit(Some(3));
     let token = store.claim_partition(2).await.unwrap().token;
-    let dm = |id: &str, at: i64| DirectMessage {
-        id: id.into(),
-        tenant: "t".into(),
-        sender_id: if at % 2 == 0 { "ann" } else { "ben" }.into(),
-        sender_name: "N".into(),
-        receiver_id: if at % 2 == 0 { "ben" } else { "ann" }.into(),
-        content: id.into(),
-        created_at: at,
-    };
     let batch = |messages: Vec<ChatMessage>, direct: Vec<DirectMessage>| Batch {
-        fence: Some(Fence {
-            partition: 2,
-            token,
-            applied: None,
-        }),
         messages,
         direct,
-        ..Default::default()
+        ..fenced(2, token)
     };
     let first = (1..=4).map(|q| msg("t", "S", q)).collect();
-    let dms = (1..=5).map(|at| dm(&format!("d{at}"), at)).collect();
+    let (ann, ben) = ("ann", "ben");
+    let dms = (1..=5)
+        .map(|at| {
+            let (from, to) = if at % 2 == 0 { (ann, ben) } else { (ben, ann) };
+            dm("t", &format!("d{at}"), from, to, at)
+        })
+        .collect();
     store.commit(&batch(first, dms)).await.unwrap();
     // Another session's messages are not counted against this one's.
     let other = vec![msg("t", "O", 1), msg("t", "O", 2)];
@@ -632,9 +629,11 @@ async fn memory_store_keeps_the_newest_messages_within_its_bound() {
     // Unbounded, as before: every message stays.
     let all = MemoryStore::with_history_limit(None);
     let token = all.claim_partition(2).await.unwrap().token;
-    let mut b = batch((1..=6).map(|q| msg("t", "S", q)).collect(), vec![]);
-    b.fence.as_mut().unwrap().token = token;
-    all.commit(&b).await.unwrap();
+    let six = Batch {
+        messages: (1..=6).map(|q| msg("t", "S", q)).collect(),
+        ..fenced(2, token)
+    };
+    all.commit(&six).await.unwrap();
     assert_eq!(all.history("t", "S", 0, None, 50).await.unwrap().len(), 6);
 }
 
@@ -797,14 +796,9 @@ fn online(tenant: &str, user: &str, conns: &[&str]) -> OnlineUser {
 async fn people_contract(store: &dyn Store) {
     let claim = store.claim_partition(5).await.unwrap();
     let commit = |online: Vec<OnlineUser>, contacts: Vec<ContactsChange>| Batch {
-        fence: Some(Fence {
-            partition: 5,
-            token: claim.token,
-            applied: None,
-        }),
         online,
         contacts,
-        ..Default::default()
+        ..fenced(5, claim.token)
     };
     let set = |user: &str, list: &[&str]| ContactsChange::Set {
         tenant: "t1".into(),
