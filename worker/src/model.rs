@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use jam_shared::hash::Map;
 use jam_shared::protocol::sync::{CorrectionState, ParticipantPlayback, Playback, Track};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,7 +142,7 @@ pub struct SessionRecord {
     /// Who is a member, and where in `participants` (not stored: [`SessionRecord::reindex`]
     /// builds it for a record made or loaded whole). Membership in O(1).
     #[serde(skip)]
-    pub index: std::collections::HashMap<String, usize>,
+    pub index: Map<String, usize>,
     /// How many participants are online, kept by [`SessionRecord::with_conns`], `join` and
     /// `remove_at` (not stored).
     #[serde(skip)]

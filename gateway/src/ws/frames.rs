@@ -155,38 +155,10 @@ pub async fn handle(
             None,
         ));
     }
-    let (r#ref, ty, v) = parse(text)?;
-    jam_shared::telemetry::count("jam_frames_in_total", Some(("type", known_type(&ty))), 1);
-    match ty.as_str() {
-        "ping" => {
-            return Ok(Outcome::Reply(with_ref(
-                frame("pong", &json!({"serverTime": jam_shared::clock::now_ms()})),
-                &r#ref,
-            )))
-        }
-        "time_sync" => {
-            let client_time = v.get("clientTime").cloned().unwrap_or(Value::Null);
-            let f = frame(
-                "time_sync",
-                &json!({"clientTime": client_time, "serverTime": jam_shared::clock::now_ms()}),
-            );
-            return Ok(Outcome::Reply(with_ref(f, &r#ref)));
-        }
-        "authenticate" => {
-            return Err(FrameError::new(
-                ErrorCode::BadRequest,
-                "already authenticated",
-                r#ref,
-            ))
-        }
-        "refresh_token" => return refresh(st, who, &v, r#ref).await,
-        t if known_type(t) == "unknown" && st.rpc.forwards(t) => {
-            return forward(st, who, conn, ty, v, r#ref);
-        }
-        _ => {}
-    }
-    let key = idempotency_key(&v, &r#ref)?;
-    let client = to_frame(&ty, v, &r#ref)?;
+    let (r#ref, key, client) = match read(st, who, conn, text).await? {
+        Read::Done(outcome) => return Ok(outcome),
+        Read::Frame(r#ref, key, client) => (r#ref, key, client),
+    };
     let failed = |(c, m): (ErrorCode, String)| FrameError::new(c, m, r#ref.clone());
     let (action, password) = build(st, client).map_err(failed)?;
     check_limits(st, who, conn, limits, &action)
@@ -213,6 +185,100 @@ pub async fn handle(
             FrameError::new(ErrorCode::Unavailable, "bus unavailable, try again", r#ref)
         })?;
     Ok(Outcome::Forwarded)
+}
+
+/// A frame read: answered already, or a client frame with its `ref` and idempotency key.
+enum Read {
+    Done(Outcome),
+    Frame(Option<Value>, Option<String>, ClientFrame),
+}
+
+/// Read a frame: the common one in one pass ([`plain`]), anything else through its JSON
+/// tree, where the frames the gateway answers itself are answered.
+async fn read(st: &AppState, who: &Identity, conn: &str, text: &str) -> Result<Read, FrameError> {
+    if let Some((r#ref, ty, key, client)) = plain(text) {
+        jam_shared::telemetry::count("jam_frames_in_total", Some(("type", ty)), 1);
+        return Ok(Read::Frame(r#ref, key, client));
+    }
+    let (r#ref, ty, v) = parse(text)?;
+    jam_shared::telemetry::count("jam_frames_in_total", Some(("type", known_type(&ty))), 1);
+    let reply = |f| Ok(Read::Done(Outcome::Reply(f)));
+    match ty.as_str() {
+        "ping" => {
+            return reply(with_ref(
+                frame("pong", &json!({"serverTime": jam_shared::clock::now_ms()})),
+                &r#ref,
+            ))
+        }
+        "time_sync" => {
+            let client_time = v.get("clientTime").cloned().unwrap_or(Value::Null);
+            let f = frame(
+                "time_sync",
+                &json!({"clientTime": client_time, "serverTime": jam_shared::clock::now_ms()}),
+            );
+            return reply(with_ref(f, &r#ref));
+        }
+        "authenticate" => {
+            return Err(FrameError::new(
+                ErrorCode::BadRequest,
+                "already authenticated",
+                r#ref,
+            ))
+        }
+        "refresh_token" => return refresh(st, who, &v, r#ref).await.map(Read::Done),
+        t if known_type(t) == "unknown" && st.rpc.forwards(t) => {
+            return forward(st, who, conn, ty, v, r#ref).map(Read::Done);
+        }
+        _ => {}
+    }
+    let key = idempotency_key(v.get("idempotencyKey"), &r#ref)?;
+    let client = to_frame(&ty, v, &r#ref)?;
+    Ok(Read::Frame(r#ref, key, client))
+}
+
+/// Frame types [`plain`] leaves to the JSON tree: answered by the gateway, or wrapped.
+const NOT_PLAIN: &[&str] = &[
+    "ping",
+    "time_sync",
+    "authenticate",
+    "refresh_token",
+    "typing_start",
+    "typing_stop",
+    "message",
+    "create_session",
+];
+
+/// The common frame (a known type that is none of [`NOT_PLAIN`]) straight into its wire
+/// type: one pass for its type, `ref` and idempotency key, one for its fields, and no
+/// `Value` tree (building and walking that tree was 8 % of the standalone's instructions in
+/// rooms, docs/benchmarks.md, 2026-12-07). `None` for anything else or anything wrong: the
+/// tree path then reads it and explains what is wrong, as it always did.
+fn plain(text: &str) -> Option<(Option<Value>, &'static str, Option<String>, ClientFrame)> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "type", borrow)]
+        ty: std::borrow::Cow<'a, str>,
+        #[serde(default, deserialize_with = "present")]
+        r#ref: Option<Value>,
+        #[serde(rename = "idempotencyKey", default, deserialize_with = "present")]
+        key: Option<Value>,
+    }
+    /// A field that is there, `null` included (as `Value::get` sees it).
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+        Value::deserialize(d).map(Some)
+    }
+    // A JSON array would read as a sequence of fields.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let head: Head = serde_json::from_str(text).ok()?;
+    let ty = known_type(&head.ty);
+    if ty == "unknown" || NOT_PLAIN.contains(&ty) {
+        return None;
+    }
+    let key = idempotency_key(head.key.as_ref(), &None).ok()?;
+    let client = serde_json::from_str::<ClientFrame>(text).ok()?;
+    Some((head.r#ref, ty, key, client))
 }
 
 /// A custom event for the application's backend: the call runs on its own task (bounded
@@ -334,8 +400,11 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 64;
 /// A frame's optional `idempotencyKey`: a retry with the same key (same user) is the same
 /// command, so a chat message resent after a lost acknowledgement is stored once and
 /// acknowledged again with its original `seq`.
-fn idempotency_key(v: &Value, r#ref: &Option<Value>) -> Result<Option<String>, FrameError> {
-    match v.get("idempotencyKey") {
+fn idempotency_key(
+    key: Option<&Value>,
+    r#ref: &Option<Value>,
+) -> Result<Option<String>, FrameError> {
+    match key {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(k))
             if !k.is_empty()
@@ -483,6 +552,49 @@ mod tests {
             v.get("message").is_none(),
             "other types are left as they are"
         );
+    }
+
+    /// The tree path, as `read` takes it for a frame `plain` does not.
+    fn through_the_tree(text: &str) -> (Option<Value>, Option<String>, ClientFrame) {
+        let (r#ref, ty, v) = parse(text).ok().unwrap();
+        let key = idempotency_key(v.get("idempotencyKey"), &r#ref)
+            .ok()
+            .unwrap();
+        let client = to_frame(&ty, v, &r#ref).ok().unwrap();
+        (r#ref, key, client)
+    }
+
+    #[test]
+    fn the_one_pass_path_reads_what_the_tree_reads() {
+        let same = [
+            r#"{"type":"send_message","sessionId":"s1","message":"hi \"there\"","ref":7}"#,
+            r#"{"type":"send_message","sessionId":"s1","message":"m","idempotencyKey":"k-1","ref":"r"}"#,
+            r#"{"type":"send_message","sessionId":"s1","message":"m","ref":null,"idempotencyKey":null}"#,
+            r#"{"ref":{"a":[1,2]},"type":"join_session","sessionId":"s2","sinceSeq":4}"#,
+            r#"{"type":"sync_request","sessionId":"s","position":3.5,"extra":{"x":1},"ref":2}"#,
+            r#"{"type":"send\u005fmessage","sessionId":"s1","message":"escaped type"}"#,
+            r#"  {"type":"leave_session","sessionId":"s1","unknown":true}"#,
+            r#"{"type":"send_message","sessionId":5,"message":"a number as an id"}"#,
+        ];
+        for text in same {
+            let (r#ref, ty, key, client) = plain(text).unwrap_or_else(|| panic!("{text}"));
+            assert_eq!((r#ref, key, client), through_the_tree(text), "{text}");
+            assert_eq!(ty, known_type(&parse(text).ok().unwrap().1));
+        }
+        let left_to_the_tree = [
+            r#"{"type":"typing_start","data":{"sessionId":"s"}}"#,
+            r#"{"type":"create_session","session":{"name":"n"}}"#,
+            r#"{"type":"ping","ref":1}"#,
+            r#"{"type":"job:custom","x":1}"#,
+            r#"{"type":"send_message","type":"join_session","sessionId":"s","message":"m"}"#,
+            r#"{"type":"send_message","sessionId":"s","message":"m","idempotencyKey":"no spaces"}"#,
+            r#"{"type":"send_message","sessionId":"s","message":5}"#,
+            r#"["send_message","s","m"]"#,
+            r#"{"sessionId":"s"}"#,
+        ];
+        for text in left_to_the_tree {
+            assert!(plain(text).is_none(), "{text}");
+        }
     }
 
     #[test]

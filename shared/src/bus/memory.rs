@@ -2,7 +2,7 @@
 //! Streams keep unacknowledged entries only until read: in one process a crash loses
 //! the consumer and the entries together, so there is nothing to redeliver to.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use super::{Bus, BusError, BusMessage, LeaseOp, Payload, ReadFrom, StreamEntry, Subscription};
+use crate::hash::{Map, Set};
 use crate::protocol::Command;
 
 /// Entries a stream holds before XADD is refused (the Redis bus trims at the same size).
@@ -19,16 +20,16 @@ pub const STREAM_CAP: usize = 100_000;
 #[derive(Default)]
 struct State {
     /// Subscriber → (receiver, channels, dropped a message since it was last told).
-    subs: HashMap<u64, (mpsc::Sender<BusMessage>, HashSet<String>, bool)>,
+    subs: Map<u64, (mpsc::Sender<BusMessage>, Set<String>, bool)>,
     next_sub: u64,
-    streams: HashMap<String, Stream>,
+    streams: Map<String, Stream>,
     next_id: u64,
     /// Lease key → (owner, expiry).
-    leases: HashMap<String, (String, Instant)>,
+    leases: Map<String, (String, Instant)>,
     /// Window counters: key → (count, end of window).
-    counters: HashMap<String, (u64, Instant)>,
+    counters: Map<String, (u64, Instant)>,
     /// Registry → member → expiry.
-    members: HashMap<String, HashMap<String, Instant>>,
+    members: Map<String, Map<String, Instant>>,
 }
 
 /// A stream's entries, and the readers waiting for its next one: an entry wakes only the
@@ -164,7 +165,7 @@ impl Bus for MemoryBus {
         let mut s = self.state.lock().unwrap();
         s.next_sub += 1;
         let id = s.next_sub;
-        s.subs.insert(id, (tx, HashSet::new(), false));
+        s.subs.insert(id, (tx, Set::default(), false));
         Ok((
             Arc::new(MemorySubscription {
                 id,

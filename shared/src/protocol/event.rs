@@ -14,19 +14,22 @@ use crate::ErrorCode;
 /// the check is a byte search) take the tree, where the fields' own `type` replaces the
 /// frame's, as it always did.
 pub fn frame<T: Serialize>(ty: &str, fields: &T) -> Bytes {
-    let body = serde_json::to_vec(fields).expect("event serializes");
-    let has_type = body.windows(TYPE_KEY.len()).any(|w| w == TYPE_KEY);
-    if body.first() != Some(&b'{') || has_type {
-        return frame_through_value(ty, fields);
-    }
-    let mut out = Vec::with_capacity(body.len() + ty.len() + 12);
+    // The fields go straight after `{"type":<ty>,`; their own `{` is taken out afterwards.
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"type\":");
     serde_json::to_writer(&mut out, ty).expect("a string serializes");
-    if body.len() > 2 {
-        out.push(b',');
-        out.extend_from_slice(&body[1..]);
-    } else {
+    out.push(b',');
+    let start = out.len();
+    serde_json::to_writer(&mut out, fields).expect("event serializes");
+    let body = &out[start..];
+    if body.first() != Some(&b'{') || memchr::memmem::find(body, TYPE_KEY).is_some() {
+        return frame_through_value(ty, fields);
+    }
+    if body == b"{}" {
+        out.truncate(start - 1);
         out.push(b'}');
+    } else {
+        out.remove(start);
     }
     Bytes::from(out)
 }

@@ -6,9 +6,8 @@
 //! prefetch) and kept while the user is online. Who is online is committed, so the next
 //! owner of the partition drops the connections of dead gateways and announces them.
 
-use std::collections::HashMap;
-
 use crate::model::{ConnRef, ContactsChange, OnlineUser};
+use jam_shared::hash::Map;
 use jam_shared::protocol::event::frame;
 use jam_shared::protocol::{Action, Command, Envelope};
 use serde_json::json;
@@ -94,11 +93,11 @@ fn edit<T>(slice: &mut Box<[T]>, f: impl FnOnce(&mut Vec<T>)) {
 
 #[derive(Default)]
 pub struct People {
-    pub(super) online: HashMap<OnlineKey, Online>,
+    pub(super) online: Map<OnlineKey, Online>,
     /// Watchers loaded for this batch's online/offline commands.
-    watchers: HashMap<UserKey, Vec<String>>,
+    watchers: Map<UserKey, Vec<String>>,
     /// (tenant, typist, friend) → when the indicator clears (ms).
-    typing: HashMap<(String, String, String), i64>,
+    typing: Map<(String, String, String), i64>,
     /// Users the tick found offline (their gateway died), announced at the end of the next
     /// batch with watchers loaded fresh (a cached list may miss a newer contact).
     pending_offline: Vec<OnlineUser>,

@@ -1,12 +1,11 @@
 //! What applying commands produces: frames to publish after the commit, and the
 //! sessions and messages the commit must write.
 
-use std::collections::HashMap;
-
 use crate::model::{
     Attendance, ChatMessage, ContactsChange, DirectMessage, InboxChange, OnlineUser,
 };
 use bytes::Bytes;
+use jam_shared::hash::Map;
 use jam_shared::keys;
 use jam_shared::protocol::event;
 use jam_shared::protocol::{Command, Envelope};
@@ -18,13 +17,13 @@ pub type SessionKey = (String, String);
 pub struct Effects {
     pub publishes: Vec<(String, Bytes)>,
     /// Sessions to write: `true` = deleted.
-    pub dirty: HashMap<SessionKey, bool>,
+    pub dirty: Map<SessionKey, bool>,
     pub messages: Vec<ChatMessage>,
     pub direct: Vec<DirectMessage>,
     pub attendance: Vec<Attendance>,
     pub inbox: Vec<InboxChange>,
     /// Online users whose connections changed: each user's last state in the batch.
-    pub online: HashMap<(String, String), OnlineUser>,
+    pub online: Map<(String, String), OnlineUser>,
     pub contacts: Vec<ContactsChange>,
     /// Reads answered after the commit, off the engine's thread.
     pub queries: Vec<Query>,

@@ -3,11 +3,12 @@
 //! The set is also the tick's index of gateways: only a dead gateway's name sends the tick
 //! through the connections, and a name no connection holds any more is forgotten.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
+use jam_shared::hash::Set;
+
 #[derive(Default)]
-pub(super) struct Gateways(HashSet<Arc<str>>);
+pub(super) struct Gateways(Set<Arc<str>>);
 
 impl Gateways {
     /// The shared copy of `node`.

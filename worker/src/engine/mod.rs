@@ -23,8 +23,9 @@ mod sessions;
 mod tests;
 mod timers;
 
-use std::collections::HashMap;
 use std::time::Duration;
+
+use jam_shared::hash::Map;
 
 use crate::model::SessionRecord;
 use crate::store::{Batch, ParticipantChange, RowChange, Store, StoreError};
@@ -53,17 +54,17 @@ pub struct EngineConfig {
 
 pub struct Engine {
     cfg: EngineConfig,
-    sessions: HashMap<SessionKey, SessionRecord>,
+    sessions: Map<SessionKey, SessionRecord>,
     /// The last messages per session ([`Engine::kept_messages`]): a joiner's history
     /// without a query, and the window in which a retried message (same idempotency key)
     /// is recognised.
-    recent: HashMap<SessionKey, recent::Recent>,
+    recent: Map<SessionKey, recent::Recent>,
     /// The last room events per session, for members that rejoin with `sinceSeq`.
-    log: HashMap<SessionKey, EventLog>,
+    log: Map<SessionKey, EventLog>,
     /// Who is typing where, until when (ms). Ephemeral: never stored.
-    typing: HashMap<(SessionKey, String), i64>,
+    typing: Map<(SessionKey, String), i64>,
     /// Large rooms' presence changes since the last `presence_diff`: (joined, left).
-    presence: HashMap<SessionKey, (usize, usize)>,
+    presence: Map<SessionKey, (usize, usize)>,
     last_presence_flush: i64,
     /// Users' notification inboxes touched on this partition.
     inboxes: notifications::Inboxes,
@@ -79,11 +80,11 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
         Self {
             cfg,
-            sessions: HashMap::new(),
-            recent: HashMap::new(),
-            log: HashMap::new(),
-            typing: HashMap::new(),
-            presence: HashMap::new(),
+            sessions: Map::default(),
+            recent: Map::default(),
+            log: Map::default(),
+            typing: Map::default(),
+            presence: Map::default(),
             last_presence_flush: 0,
             inboxes: Default::default(),
             gateways: Default::default(),

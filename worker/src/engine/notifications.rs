@@ -4,7 +4,9 @@
 //! (`Partition` prefetches, so `apply` stays synchronous). Every change goes to all of the
 //! user's connections, on any gateway, through the user channel.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use jam_shared::hash::Map;
 
 use crate::model::{InboxChange, Notification};
 use jam_shared::clock::now_ms;
@@ -35,7 +37,7 @@ pub struct Inbox {
 
 #[derive(Default)]
 pub struct Inboxes {
-    map: HashMap<InboxKey, Inbox>,
+    map: Map<InboxKey, Inbox>,
     batch: u64,
 }
 

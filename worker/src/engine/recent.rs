@@ -3,9 +3,10 @@
 //! ids are indexed by hash, so a message costs O(1) to check rather than a scan of the
 //! window comparing ids (3 % of the standalone's CPU in the rooms benchmark).
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+
+use jam_shared::hash::{Map, State};
 
 use crate::model::ChatMessage;
 
@@ -13,19 +14,15 @@ use crate::model::ChatMessage;
 pub(super) struct Recent {
     msgs: VecDeque<ChatMessage>,
     /// Hash of an id → how many messages in the window have it (two ids may collide).
-    ids: HashMap<u64, u32>,
-}
-
-fn hash(id: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    id.hash(&mut h);
-    h.finish()
+    ids: Map<u64, u32>,
+    /// The ids' hasher (seeded: a client cannot pick ids that collide on purpose).
+    seed: State,
 }
 
 impl Recent {
     /// The message with this id, if it is in the window.
     pub fn find(&self, id: &str) -> Option<&ChatMessage> {
-        if !self.ids.contains_key(&hash(id)) {
+        if !self.ids.contains_key(&self.seed.hash_one(id)) {
             return None;
         }
         self.msgs.iter().rev().find(|m| m.id == id)
@@ -33,13 +30,13 @@ impl Recent {
 
     /// Append, dropping the oldest beyond `keep`.
     pub fn push(&mut self, msg: ChatMessage, keep: usize) {
-        *self.ids.entry(hash(&msg.id)).or_default() += 1;
+        *self.ids.entry(self.seed.hash_one(&msg.id)).or_default() += 1;
         self.msgs.push_back(msg);
         while self.msgs.len() > keep {
             let Some(old) = self.msgs.pop_front() else {
                 break;
             };
-            let h = hash(&old.id);
+            let h = self.seed.hash_one(&old.id);
             if let Some(n) = self.ids.get_mut(&h) {
                 *n -= 1;
                 if *n == 0 {

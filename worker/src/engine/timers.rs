@@ -2,8 +2,9 @@
 //! host grace, and connections of gateways that stopped heartbeating. Every deadline is
 //! derived from persisted fields, so a restarted worker re-arms them by loading.
 
-use std::collections::HashMap;
 use std::time::Instant;
+
+use jam_shared::hash::Map;
 
 use super::deadlines::Due;
 use super::{Effects, Engine, SessionKey};
@@ -103,9 +104,9 @@ impl Engine {
 pub struct GatewayLiveness {
     /// Since when the bus has been healthy; `None` while it is not.
     healthy_since: Option<Instant>,
-    last_seen: HashMap<String, Instant>,
+    last_seen: Map<String, Instant>,
     /// Instance → its latest boot's node id.
-    latest: HashMap<String, String>,
+    latest: Map<String, String>,
     dead_after: std::time::Duration,
 }
 
@@ -113,8 +114,8 @@ impl GatewayLiveness {
     pub fn new(dead_after: std::time::Duration) -> Self {
         Self {
             healthy_since: Some(Instant::now()),
-            last_seen: HashMap::new(),
-            latest: HashMap::new(),
+            last_seen: Map::default(),
+            latest: Map::default(),
             dead_after,
         }
     }

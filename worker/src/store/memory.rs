@@ -1,9 +1,10 @@
 //! The in-memory store (standalone mode): the same contract as PostgreSQL, in a mutex.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use jam_shared::hash::Map;
 
 use super::{Batch, Claim, ParticipantChange, RowChange, Store, StoreError};
 use crate::model::{
@@ -64,7 +65,7 @@ fn insert_bounded<T: Clone>(
 
 /// Drop the rows `keep` refuses, and the groups left empty; how many went.
 fn purge<K: Eq + std::hash::Hash, T>(
-    groups: &mut HashMap<K, Ordered<T>>,
+    groups: &mut Map<K, Ordered<T>>,
     keep: impl Fn(&T) -> bool,
 ) -> u64 {
     let mut n = 0u64;
@@ -83,26 +84,26 @@ struct State {
     /// would otherwise grow with every message until the retention purge.
     history_limit: Option<usize>,
     /// Session → (partition, record).
-    sessions: HashMap<Key, (i64, SessionRecord)>,
+    sessions: Map<Key, (i64, SessionRecord)>,
     /// Session → its participants' rows by user (a table of its own, as in PostgreSQL).
-    participants: HashMap<Key, BTreeMap<String, ParticipantRecord>>,
+    participants: Map<Key, BTreeMap<String, ParticipantRecord>>,
     /// Messages by session, ordered by (seq, id): messages outlive their session.
-    messages: HashMap<Key, Ordered<ChatMessage>>,
+    messages: Map<Key, Ordered<ChatMessage>>,
     /// Direct messages by conversation, ordered by (time, id) as PostgreSQL pages them:
     /// a message is found, stored once and paged without a scan of every other.
-    direct: HashMap<Conversation, Ordered<DirectMessage>>,
+    direct: Map<Conversation, Ordered<DirectMessage>>,
     /// Session → its attendance rows, first check-in first.
-    attendance: HashMap<Key, Vec<Attendance>>,
+    attendance: Map<Key, Vec<Attendance>>,
     /// (tenant, user) → notifications by id.
-    inbox: HashMap<Key, BTreeMap<i64, Notification>>,
+    inbox: Map<Key, BTreeMap<i64, Notification>>,
     /// (tenant, user) → (partition, the user's connections): who is online. The key holds
     /// the user's ids and watchers are looked up when loaded, so one entry per online user
     /// (every idle connection has one) holds no copy of either.
-    online: HashMap<Key, (i64, Vec<ConnRef>)>,
+    online: Map<Key, (i64, Vec<ConnRef>)>,
     /// (tenant, user, contact, source): `user` watches `contact`.
     contacts: BTreeSet<(String, String, String, &'static str)>,
     /// Partition → (fence, applied).
-    partitions: HashMap<u32, (i64, Option<String>)>,
+    partitions: Map<u32, (i64, Option<String>)>,
 }
 
 impl State {
@@ -466,7 +467,7 @@ impl Store for MemoryStore {
     }
 }
 
-fn apply_attendance(rows: &mut HashMap<Key, Vec<Attendance>>, a: &Attendance) {
+fn apply_attendance(rows: &mut Map<Key, Vec<Attendance>>, a: &Attendance) {
     let list = rows
         .entry((a.tenant.clone(), a.session_id.clone()))
         .or_default();
@@ -479,7 +480,7 @@ fn apply_attendance(rows: &mut HashMap<Key, Vec<Attendance>>, a: &Attendance) {
     }
 }
 
-fn apply_inbox(inbox: &mut HashMap<Key, BTreeMap<i64, Notification>>, change: &InboxChange) {
+fn apply_inbox(inbox: &mut Map<Key, BTreeMap<i64, Notification>>, change: &InboxChange) {
     match change {
         InboxChange::Insert(n) => {
             inbox
