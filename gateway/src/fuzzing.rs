@@ -10,16 +10,28 @@ use crate::http::{api, publish};
 use crate::ws::frames;
 use crate::ws::wire::Created;
 
-/// A client frame as the gateway reads it: parse, wire type, internal action, validation.
+/// A client frame as the gateway reads it: parse, wire type, internal action, validation;
+/// what the one-pass path reads, the tree reads the same.
 pub fn client_frame(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     let _ = frames::ref_of(text);
+    let one_pass = frames::plain(text);
     let Ok((r#ref, ty, v)) = frames::parse(text) else {
+        assert!(one_pass.is_none(), "read in one pass, refused by the tree");
         return;
     };
-    if let Ok(f) = frames::to_frame(&ty, v, &r#ref) {
+    let key = frames::idempotency_key(v.get("idempotencyKey"), &r#ref);
+    let tree = frames::to_frame(&ty, v, &r#ref);
+    if let Some((one_ref, _, one_key, one_frame)) = one_pass {
+        // The one-pass path reads only what the tree reads, and the same way.
+        let (Ok(key), Ok(frame)) = (&key, &tree) else {
+            panic!("read in one pass, refused by the tree");
+        };
+        assert_eq!((&one_ref, &one_key, &one_frame), (&r#ref, key, frame));
+    }
+    if let Ok(f) = tree {
         let _ = f.create_password();
         let action = f.into_action(Created {
             session_id: "FUZZ23".into(),

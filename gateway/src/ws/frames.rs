@@ -253,7 +253,9 @@ const NOT_PLAIN: &[&str] = &[
 /// `Value` tree (building and walking that tree was 8 % of the standalone's instructions in
 /// rooms, docs/benchmarks.md, 2026-12-07). `None` for anything else or anything wrong: the
 /// tree path then reads it and explains what is wrong, as it always did.
-fn plain(text: &str) -> Option<(Option<Value>, &'static str, Option<String>, ClientFrame)> {
+pub(crate) fn plain(
+    text: &str,
+) -> Option<(Option<Value>, &'static str, Option<String>, ClientFrame)> {
     #[derive(Deserialize)]
     struct Head<'a> {
         #[serde(rename = "type", borrow)]
@@ -400,7 +402,7 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 64;
 /// A frame's optional `idempotencyKey`: a retry with the same key (same user) is the same
 /// command, so a chat message resent after a lost acknowledgement is stored once and
 /// acknowledged again with its original `seq`.
-fn idempotency_key(
+pub(crate) fn idempotency_key(
     key: Option<&Value>,
     r#ref: &Option<Value>,
 ) -> Result<Option<String>, FrameError> {
