@@ -14,25 +14,39 @@ use crate::ErrorCode;
 /// the check is a byte search) take the tree, where the fields' own `type` replaces the
 /// frame's, as it always did.
 pub fn frame<T: Serialize>(ty: &str, fields: &T) -> Bytes {
-    // The fields go straight after `{"type":<ty>,`; their own `{` is taken out afterwards.
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"{\"type\":");
-    serde_json::to_writer(&mut out, ty).expect("a string serializes");
-    out.push(b',');
-    let start = out.len();
-    serde_json::to_writer(&mut out, fields).expect("event serializes");
-    let body = &out[start..];
-    if body.first() != Some(&b'{') || memchr::memmem::find(body, TYPE_KEY).is_some() {
-        return frame_through_value(ty, fields);
-    }
-    if body == b"{}" {
-        out.truncate(start - 1);
-        out.push(b'}');
-    } else {
-        out.remove(start);
-    }
-    Bytes::from(out)
+    FIELDS.with_borrow_mut(|body| {
+        body.clear();
+        serde_json::to_writer(&mut *body, fields).expect("event serializes");
+        let frame = if body.first() != Some(&b'{') || memchr::memmem::find(body, TYPE_KEY).is_some()
+        {
+            frame_through_value(ty, fields)
+        } else {
+            // Allocated at its size: a room's recent events are kept (`JAM_RECOVERY_EVENTS`).
+            let mut out = Vec::with_capacity(body.len() + ty.len() + 12);
+            out.extend_from_slice(b"{\"type\":");
+            serde_json::to_writer(&mut out, ty).expect("a string serializes");
+            if body.len() > 2 {
+                out.push(b',');
+                out.extend_from_slice(&body[1..]);
+            } else {
+                out.push(b'}');
+            }
+            Bytes::from(out)
+        };
+        if body.capacity() > FIELDS_KEPT {
+            *body = Vec::new();
+        }
+        frame
+    })
 }
+
+thread_local! {
+    /// The fields of the frame being made, serialized once and copied behind its type.
+    static FIELDS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most [`FIELDS`] keeps between frames (a large snapshot does not stay allocated).
+const FIELDS_KEPT: usize = 64 * 1024;
 
 /// A `"type"` key in serialized JSON (inside a string its quotes would be escaped).
 const TYPE_KEY: &[u8] = b"\"type\":";
