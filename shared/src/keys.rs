@@ -7,17 +7,17 @@ pub const DEFAULT_TENANT: &str = "_";
 /// The channel a room's events travel on. No `{hash tag}`: in a Redis Cluster each room's
 /// channel hashes to its own slot, so rooms spread over the shards (sharded pub/sub).
 pub fn room_channel(tenant: &str, session_id: &str) -> String {
-    format!("jam:{tenant}:room:{session_id}")
+    ["jam:", tenant, ":room:", session_id].concat()
 }
 
 /// The channel every connection of one user listens on.
 pub fn user_channel(tenant: &str, user_id: &str) -> String {
-    format!("jam:{tenant}:user:{user_id}")
+    ["jam:", tenant, ":user:", user_id].concat()
 }
 
 /// The inbox of one gateway node: replies and frames for one of its connections.
 pub fn gateway_inbox(node: &str) -> String {
-    format!("jam:gw:{node}")
+    ["jam:gw:", node].concat()
 }
 
 /// The lease a worker holds to own a partition.
@@ -55,7 +55,7 @@ pub fn room_of(channel: &str) -> Option<&str> {
 
 /// The command stream of one partition.
 pub fn command_stream(partition: u32) -> String {
-    format!("jam:cmd:{partition}")
+    ["jam:cmd:", itoa::Buffer::new().format(partition)].concat()
 }
 
 /// The consumer group the workers read commands with.
@@ -80,6 +80,18 @@ mod tests {
     fn names_carry_the_tenant() {
         assert_ne!(room_channel("a", "X"), room_channel("b", "X"));
         assert_ne!(user_channel("a", "u"), user_channel("b", "u"));
+    }
+
+    /// The names are shared with every running gateway and worker (and with Redis's
+    /// retained streams): a rolling upgrade must find them unchanged.
+    #[test]
+    fn names_are_spelled_as_deployed() {
+        assert_eq!(room_channel("t", "S1"), "jam:t:room:S1");
+        assert_eq!(user_channel("t", "u"), "jam:t:user:u");
+        assert_eq!(gateway_inbox("gw-1#7"), "jam:gw:gw-1#7");
+        assert_eq!(command_stream(0), "jam:cmd:0");
+        assert_eq!(command_stream(4_000_000_000), "jam:cmd:4000000000");
+        assert_eq!(room_of(&room_channel("t", "S1")), Some("S1"));
     }
 
     #[test]

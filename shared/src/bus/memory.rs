@@ -65,7 +65,7 @@ impl MemoryBus {
         q.entries.push_back((id, payload));
         // Readers register before they look (see `read_group`): none misses this.
         q.ready.notify_waiters();
-        Ok(format!("{id}-0"))
+        Ok(entry_id(id))
     }
 
     /// Up to `count` entries of `streams`, oldest first across them (as one consumer
@@ -88,12 +88,17 @@ impl MemoryBus {
             let (id, payload) = q.entries.pop_front().expect("just found");
             out.push(StreamEntry {
                 stream: st.clone(),
-                id: format!("{id}-0"),
+                id: entry_id(id),
                 payload,
             });
         }
         out
     }
+}
+
+/// A stream entry's id, as Redis writes one (`<n>-0`).
+fn entry_id(n: u64) -> String {
+    [itoa::Buffer::new().format(n), "-0"].concat()
 }
 
 struct MemorySubscription {
