@@ -22,16 +22,15 @@ pub fn client_frame(data: &[u8]) {
         assert!(one_pass.is_none(), "read in one pass, refused by the tree");
         return;
     };
-    let key = frames::idempotency_key(v.get("idempotencyKey"), &r#ref);
-    let tree = frames::to_frame(&ty, v, &r#ref);
+    let tree = frames::wire(&ty, v, &r#ref);
     if let Some((one_ref, _, one_key, one_frame)) = one_pass {
         // The one-pass path reads only what the tree reads, and the same way.
-        let (Ok(key), Ok(frame)) = (&key, &tree) else {
+        let Ok((key, frame)) = &tree else {
             panic!("read in one pass, refused by the tree");
         };
         assert_eq!((&one_ref, &one_key, &one_frame), (&r#ref, key, frame));
     }
-    if let Ok(f) = tree {
+    if let Ok((_, f)) = tree {
         let _ = f.create_password();
         let action = f.into_action(Created {
             session_id: "FUZZ23".into(),

@@ -1,7 +1,6 @@
 //! The routing table: which local connections sit in which channel (room or user), and
 //! the one bus subscription per channel that has local members.
 
-use jam_shared::hash::{Map, Set};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -9,6 +8,7 @@ use std::task::Poll;
 use futures_util::task::AtomicWaker;
 
 use jam_shared::bus::{BusError, Subscription};
+use jam_shared::hash::{Map, Set};
 use tokio::sync::{mpsc, Notify};
 
 use crate::ws::framing::OutFrame;
@@ -322,8 +322,7 @@ impl Members {
 }
 
 /// A channel's pending joins: usually none, so boxed when there are (a user channel, one
-/// per connection, never has any: 24 bytes fewer in every channel's slot).
-/// (8 bytes inline when empty, not the set's 40.)
+/// per connection, never has any): 8 bytes in every channel's slot, not the set's 40.
 #[derive(Default)]
 pub(crate) struct Pending(Option<Box<Set<Arc<str>>>>);
 

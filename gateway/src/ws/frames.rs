@@ -88,19 +88,21 @@ pub fn parse(text: &str) -> Result<(Option<Value>, String, Value), FrameError> {
     Ok((r#ref, ty, seed_envelope(v)))
 }
 
+/// Frame types whose fields a seed wraps, and the wrapper ([`seed_envelope`]).
+const WRAPPED: [(&str, &str); 4] = [
+    ("typing_start", "data"),
+    ("typing_stop", "data"),
+    ("message", "data"),
+    // jam-server-reference.md: `{"type": "create_session", "session": {"name": ...}}`.
+    ("create_session", "session"),
+];
+
 /// Seeds that wrap a frame's fields: ws-chat-server.md in `data` (`{"type":
 /// "typing_start", "data": {"friendId": ...}}`), the reference server's `create_session`
 /// in `session`. For those frame types the fields come out (what the frame has beside the
 /// wrapper wins; a client's `hostId` or `participants` in it are ignored like any unknown
 /// field).
 fn seed_envelope(mut v: Value) -> Value {
-    const WRAPPED: [(&str, &str); 4] = [
-        ("typing_start", "data"),
-        ("typing_stop", "data"),
-        ("message", "data"),
-        // jam-server-reference.md: `{"type": "create_session", "session": {"name": ...}}`.
-        ("create_session", "session"),
-    ];
     let ty = v.get("type").and_then(Value::as_str).unwrap_or_default();
     let Some((_, field)) = WRAPPED.iter().find(|(t, _)| *t == ty) else {
         return v;
@@ -231,26 +233,26 @@ async fn read(st: &AppState, who: &Identity, conn: &str, text: &str) -> Result<R
         }
         _ => {}
     }
-    let key = idempotency_key(v.get("idempotencyKey"), &r#ref)?;
-    let client = to_frame(&ty, v, &r#ref)?;
+    let (key, client) = wire(&ty, v, &r#ref)?;
     Ok(Read::Frame(r#ref, key, client))
 }
 
-/// Frame types [`plain`] leaves to the JSON tree: answered by the gateway, or wrapped.
-const NOT_PLAIN: &[&str] = &[
-    "ping",
-    "time_sync",
-    "authenticate",
-    "refresh_token",
-    "typing_start",
-    "typing_stop",
-    "message",
-    "create_session",
-];
+/// A parsed frame's idempotency key and wire type: the tree path's last step.
+pub(crate) fn wire(
+    ty: &str,
+    v: Value,
+    r#ref: &Option<Value>,
+) -> Result<(Option<String>, ClientFrame), FrameError> {
+    let key = idempotency_key(v.get("idempotencyKey"), r#ref)?;
+    Ok((key, to_frame(ty, v, r#ref)?))
+}
 
-/// The common frame (a known type that is none of [`NOT_PLAIN`]) straight into its wire
-/// type: one pass for its type, `ref` and idempotency key, one for its fields, and no
-/// `Value` tree (building and walking that tree was 8 % of the standalone's instructions in
+/// Frame types the gateway answers itself ([`read`]).
+const ANSWERED_HERE: [&str; 4] = ["ping", "time_sync", "authenticate", "refresh_token"];
+
+/// The common frame (a known type, neither [`ANSWERED_HERE`] nor [`WRAPPED`]) straight
+/// into its wire type: one pass for its type, `ref` and idempotency key, one for its
+/// fields, and no `Value` tree (building and walking that tree was 8 % of the standalone's instructions in
 /// rooms, docs/benchmarks.md, 2026-12-07). `None` for anything else or anything wrong: the
 /// tree path then reads it and explains what is wrong, as it always did.
 pub(crate) fn plain(
@@ -275,7 +277,7 @@ pub(crate) fn plain(
     }
     let head: Head = serde_json::from_str(text).ok()?;
     let ty = known_type(&head.ty);
-    if ty == "unknown" || NOT_PLAIN.contains(&ty) {
+    if ty == "unknown" || ANSWERED_HERE.contains(&ty) || WRAPPED.iter().any(|(t, _)| *t == ty) {
         return None;
     }
     let key = idempotency_key(head.key.as_ref(), &None).ok()?;
@@ -402,7 +404,7 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 64;
 /// A frame's optional `idempotencyKey`: a retry with the same key (same user) is the same
 /// command, so a chat message resent after a lost acknowledgement is stored once and
 /// acknowledged again with its original `seq`.
-pub(crate) fn idempotency_key(
+fn idempotency_key(
     key: Option<&Value>,
     r#ref: &Option<Value>,
 ) -> Result<Option<String>, FrameError> {
@@ -559,10 +561,7 @@ mod tests {
     /// The tree path, as `read` takes it for a frame `plain` does not.
     fn through_the_tree(text: &str) -> (Option<Value>, Option<String>, ClientFrame) {
         let (r#ref, ty, v) = parse(text).ok().unwrap();
-        let key = idempotency_key(v.get("idempotencyKey"), &r#ref)
-            .ok()
-            .unwrap();
-        let client = to_frame(&ty, v, &r#ref).ok().unwrap();
+        let (key, client) = wire(&ty, v, &r#ref).ok().unwrap();
         (r#ref, key, client)
     }
 
