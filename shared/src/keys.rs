@@ -32,6 +32,11 @@ pub const WORKER_REGISTRY: &str = "jam:workers";
 /// while one is.
 pub const WORKERS_APPLYING: &str = "jam:workers:applying";
 
+/// Workers say here when partitions change hands on purpose: a worker that starts, gives
+/// back its surplus or stops. Every worker balances at once instead of at its next round,
+/// so a planned hand-over takes the time of a partition's stop, not of a lease round.
+pub const WORKER_HANDOVER_CHANNEL: &str = "jam:workers:handover";
+
 /// The instance name of a node id (`<instance>#<boot>`).
 pub fn node_instance(node: &str) -> &str {
     node.rsplit_once('#').map_or(node, |(i, _)| i)

@@ -259,6 +259,10 @@ async fn bus_contract(bus: Arc<dyn Bus>) {
         2,
         "a reboot"
     );
+    bus.leave_member("R", "a").await.unwrap();
+    assert_eq!(bus.live_members("R").await.unwrap(), 1, "a left");
+    bus.leave_member("R", "nobody").await.unwrap();
+    assert_eq!(bus.register_member("R", "a", 10_000).await.unwrap(), 2);
     // Fixed-window counters, shared by every gateway.
     assert_eq!(bus.count_in_window("C", 200).await.unwrap(), 1);
     assert_eq!(bus.count_in_window("C", 200).await.unwrap(), 2);

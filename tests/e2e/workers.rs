@@ -136,6 +136,21 @@ async fn chat(senders: &mut [Sender], rounds: usize, tag: &str) {
     futures_util::future::join_all(futs).await;
 }
 
+/// Like [`chat`], but every sender goes on until `until`, 20 messages a second at most
+/// (below the default rate limit).
+async fn chat_until(senders: &mut [Sender], until: Instant, tag: &str) {
+    let futs = senders.iter_mut().enumerate().map(|(i, s)| async move {
+        let mut k = 0;
+        while Instant::now() < until {
+            let next = tokio::time::sleep(Duration::from_millis(50));
+            s.send(format!("{tag}-{i}-{k}")).await;
+            next.await;
+            k += 1;
+        }
+    });
+    futures_util::future::join_all(futs).await;
+}
+
 /// Every acknowledged message is stored exactly once, with the seq it was acknowledged
 /// with, and a session's seqs are strictly increasing with no duplicates.
 async fn audit(db: &TestDb, senders: &[Sender]) {
@@ -200,6 +215,37 @@ async fn a_killed_workers_partitions_are_taken_over_within_ten_seconds() {
     chat(&mut s, 5, "after").await;
     audit(&t.db, &s).await;
     drop(t.redis);
+}
+
+#[tokio::test]
+async fn a_stopped_workers_partitions_move_at_once() {
+    let mut t = two_workers().await;
+    let mut s = senders(&t.gw.ws_url(), 8).await;
+    chat(&mut s, 10, "before").await;
+    for x in s.iter_mut() {
+        x.longest_wait = Duration::ZERO;
+    }
+    // A rolling update: SIGTERM one worker while every sender is mid-stream. It leaves the
+    // registry, finishes what it applied, gives its leases back and says so; the other
+    // takes them at once instead of after its next round or the registration's expiry
+    // (the lease's lifetime, 5 s).
+    // Every sender keeps sending until well after the stopped worker has gone.
+    let sending = chat_until(&mut s, Instant::now() + Duration::from_secs(4), "during");
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        t.w1.signal("TERM");
+        assert!(t.w1.wait_exit(Duration::from_secs(3)).await);
+    };
+    tokio::join!(sending, stop);
+    let stall = s.iter().map(|x| x.longest_wait).max().unwrap();
+    eprintln!("longest wait for an acknowledgement: {stall:?}");
+    assert!(
+        stall < Duration::from_millis(2500),
+        "the longest wait for an acknowledgement was {stall:?}: the hand-over waited"
+    );
+    owns_all(&t.w2).await;
+    chat(&mut s, 5, "after").await;
+    audit(&t.db, &s).await;
 }
 
 #[tokio::test]

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use jam_shared::bus::{BusError, BusMessage, LeaseOp, Subscription};
 use jam_shared::keys;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +52,9 @@ pub struct Owner {
     sh: Shared,
     ttl: Duration,
     owned: HashMap<u32, Owned>,
+    /// Whether the others have been told this worker is here (after its first
+    /// registration), so that a worker holding more than its share gives it back now.
+    announced: bool,
 }
 
 impl Owner {
@@ -59,13 +63,22 @@ impl Owner {
             sh,
             ttl,
             owned: HashMap::new(),
+            announced: false,
         }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), crate::WorkerError> {
-        let (sub, heartbeats) = self.sh.bus.subscription(4096).await?;
-        sub.subscribe(keys::GATEWAY_HEARTBEAT_CHANNEL).await?;
-        let listener = tokio::spawn(listen_heartbeats(self.sh.clone(), sub.clone(), heartbeats));
+        let (sub, messages) = self.sh.bus.subscription(4096).await?;
+        for channel in LISTENED {
+            sub.subscribe(channel).await?;
+        }
+        let handover = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(
+            self.sh.clone(),
+            sub.clone(),
+            messages,
+            handover.clone(),
+        ));
         let mut every = tokio::time::interval(self.ttl / 4);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(node = %self.sh.node, partitions = self.sh.partitions, "worker started");
@@ -75,18 +88,25 @@ impl Owner {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = every.tick() => self.round().await,
+                // Another worker started, gave partitions back or stopped: balance now.
+                _ = handover.notified() => self.round().await,
             }
         }
         tracing::info!(
             owned = self.owned.len(),
             "worker stopping: handing partitions back"
         );
+        self.leave().await;
         let all: Vec<u32> = self.owned.keys().copied().collect();
+        let handed = !all.is_empty();
         futures::future::join_all(all.into_iter().map(|p| {
             let o = self.owned.remove(&p).expect("owned");
             stop_and_release(self.sh.clone(), p, o)
         }))
         .await;
+        if handed {
+            self.announce("stopped").await;
+        }
         listener.abort();
         drop(sub);
         Ok(())
@@ -94,25 +114,56 @@ impl Owner {
 
     /// One round: announce, renew, drop what was lost, take or give back to reach a fair share.
     async fn round(&mut self) {
-        self.balance().await;
+        let registered = self.balance().await;
         metrics::gauge!("jam_worker_partitions_owned").set(self.owned.len() as f64);
+        if registered && !self.announced {
+            self.announced = true;
+            self.announce("started").await;
+        }
+    }
+
+    /// Tell the other workers to balance now (`WORKER_HANDOVER_CHANNEL`). Lost, it only
+    /// leaves them to their next round.
+    async fn announce(&self, what: &'static str) {
+        let payload = Bytes::from(self.sh.node.clone());
+        let publish = self.sh.bus.publish(keys::WORKER_HANDOVER_CHANNEL, payload);
+        match self.bounded(publish).await {
+            Ok(()) => tracing::debug!(what, "told the other workers to balance"),
+            Err(e) => tracing::warn!(error = %e, what, "telling the other workers failed"),
+        }
+    }
+
+    /// Leave the registries before stopping: the others' fair share counts this worker
+    /// out at once, so they take what it gives back as soon as it is given.
+    async fn leave(&self) {
+        for set in [keys::WORKER_REGISTRY, keys::WORKERS_APPLYING] {
+            if let Err(e) = self
+                .bounded(self.sh.bus.leave_member(set, &self.sh.node))
+                .await
+            {
+                tracing::warn!(error = %e, set, "leaving the registry failed; it will expire");
+            }
+        }
     }
 
     /// One round: register, renew what is held, then give back the surplus or claim up to
-    /// a fair share (the partitions ÷ the live workers, rounded up).
-    async fn balance(&mut self) {
+    /// a fair share (the partitions ÷ the live workers, rounded up). Whether this worker
+    /// is registered.
+    async fn balance(&mut self) -> bool {
         let ttl_ms = self.ttl.as_millis() as u64;
         let Some(live) = self.register(ttl_ms).await else {
-            return;
+            return false;
         };
         self.renew_held(ttl_ms).await;
         let target = (self.sh.partitions as usize).div_ceil(live);
         metrics::gauge!("jam_workers_live").set(live as f64);
         if self.owned.len() > target {
             self.give_back_surplus(target).await;
-            return;
+            self.announce("gave partitions back").await;
+        } else {
+            self.claim_share(target, ttl_ms).await;
         }
-        self.claim_share(target, ttl_ms).await;
+        true
     }
 
     /// Say this worker is alive (and applying, while every partition held commits); how
@@ -268,18 +319,37 @@ async fn stop_and_release(sh: Shared, p: u32, o: Owned) {
     }
 }
 
-async fn listen_heartbeats(
+/// The channels the owner listens to.
+const LISTENED: [&str; 2] = [
+    keys::GATEWAY_HEARTBEAT_CHANNEL,
+    keys::WORKER_HANDOVER_CHANNEL,
+];
+
+/// Gateways' heartbeats (their liveness) and other workers' hand-overs (`handover`).
+async fn listen(
     sh: Shared,
     sub: Arc<dyn Subscription>,
     mut rx: mpsc::Receiver<BusMessage>,
+    handover: Arc<Notify>,
 ) {
     while let Some(m) = rx.recv().await {
         if &*m.channel == keys::BUS_RESET {
             // The subscription keeps no list of its own: listen again.
-            resubscribe(&*sub, keys::GATEWAY_HEARTBEAT_CHANNEL).await;
+            for channel in LISTENED {
+                resubscribe(&*sub, channel).await;
+            }
+        }
+        if &*m.channel == keys::WORKER_HANDOVER_CHANNEL {
+            // Our own notices need no round; several waiting make one.
+            if *m.payload != *sh.node.as_bytes() {
+                handover.notify_one();
+            }
+            continue;
         }
         let mut l = sh.liveness.lock().unwrap();
         if &*m.channel == keys::BUS_RESET || &*m.channel == keys::BUS_LAGGED {
+            // A hand-over may have been missed too: balance now.
+            handover.notify_one();
             // Heartbeats may have been missed: listen a full timeout before judging again.
             l.bus_unhealthy();
             l.bus_healthy();

@@ -299,6 +299,13 @@ impl Bus for MemoryBus {
             .map_or(0, |m| m.values().filter(|exp| **exp > now).count()))
     }
 
+    async fn leave_member(&self, set: &str, member: &str) -> Result<(), BusError> {
+        if let Some(m) = self.state.lock().unwrap().members.get_mut(set) {
+            m.remove(member);
+        }
+        Ok(())
+    }
+
     async fn count_in_window(&self, key: &str, window_ms: u64) -> Result<u64, BusError> {
         let mut s = self.state.lock().unwrap();
         let now = Instant::now();

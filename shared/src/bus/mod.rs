@@ -218,6 +218,10 @@ pub trait Bus: Send + Sync + 'static {
     /// How many members of the registry `set` are live (registered and not expired).
     async fn live_members(&self, set: &str) -> Result<usize, BusError>;
 
+    /// Take `member` out of the registry `set` now, before its registration expires (a
+    /// worker that stops: the others count it gone at once).
+    async fn leave_member(&self, set: &str, member: &str) -> Result<(), BusError>;
+
     /// Count one more event under `key` in a window of `window_ms` that starts with the
     /// first; returns the count so far (rate limits shared by every gateway).
     async fn count_in_window(&self, key: &str, window_ms: u64) -> Result<u64, BusError>;

@@ -606,6 +606,14 @@ impl Bus for RedisBus {
         Ok(n.max(0) as usize)
     }
 
+    async fn leave_member(&self, set: &str, member: &str) -> Result<(), BusError> {
+        self.client
+            .zrem::<i64, _, _>(set, member)
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
     async fn count_in_window(&self, key: &str, window_ms: u64) -> Result<u64, BusError> {
         let n: i64 = self
             .client
