@@ -98,13 +98,12 @@ impl Owner {
         );
         self.leave().await;
         let all: Vec<u32> = self.owned.keys().copied().collect();
-        let handed = !all.is_empty();
-        futures::future::join_all(all.into_iter().map(|p| {
+        let released = futures::future::join_all(all.into_iter().map(|p| {
             let o = self.owned.remove(&p).expect("owned");
             stop_and_release(self.sh.clone(), p, o)
         }))
         .await;
-        if handed {
+        if released.into_iter().any(|r| r) {
             self.announce("stopped").await;
         }
         listener.abort();
@@ -134,15 +133,15 @@ impl Owner {
     }
 
     /// Leave the registries before stopping: the others' fair share counts this worker
-    /// out at once, so they take what it gives back as soon as it is given.
+    /// out at once, so they take what it gives back as soon as it is given. Both at once,
+    /// within one bound: with Redis away the entries expire instead.
     async fn leave(&self) {
-        for set in [keys::WORKER_REGISTRY, keys::WORKERS_APPLYING] {
-            if let Err(e) = self
-                .bounded(self.sh.bus.leave_member(set, &self.sh.node))
-                .await
-            {
-                tracing::warn!(error = %e, set, "leaving the registry failed; it will expire");
-            }
+        let sets = [keys::WORKER_REGISTRY, keys::WORKERS_APPLYING];
+        let leave = futures::future::try_join_all(
+            sets.map(|set| self.sh.bus.leave_member(set, &self.sh.node)),
+        );
+        if let Err(e) = self.bounded(leave).await {
+            tracing::warn!(error = %e, "leaving the worker registries failed; they will expire");
         }
     }
 
@@ -159,7 +158,6 @@ impl Owner {
         metrics::gauge!("jam_workers_live").set(live as f64);
         if self.owned.len() > target {
             self.give_back_surplus(target).await;
-            self.announce("gave partitions back").await;
         } else {
             self.claim_share(target, ttl_ms).await;
         }
@@ -257,7 +255,10 @@ impl Owner {
                 stop_and_release(self.sh.clone(), p, o)
             })
             .collect();
-        futures::future::join_all(stops).await;
+        let released = futures::future::join_all(stops).await;
+        if released.into_iter().any(|r| r) {
+            self.announce("gave partitions back").await;
+        }
     }
 
     /// Claim free partitions up to `target`, starting from this worker's own place in the
@@ -305,17 +306,21 @@ impl Owner {
     }
 }
 
-/// Stop a partition (its committer finishes what was applied) and give its lease back.
-/// Giving it back only saves the next owner the lease's expiry, so a Redis that does not
-/// answer gets [`RELEASE_TIMEOUT`], not the command timeout.
-async fn stop_and_release(sh: Shared, p: u32, o: Owned) {
+/// Stop a partition (its committer finishes what was applied) and give its lease back;
+/// whether Redis took it. Giving it back only saves the next owner the lease's expiry, so
+/// a Redis that does not answer gets [`RELEASE_TIMEOUT`], not the command timeout.
+async fn stop_and_release(sh: Shared, p: u32, o: Owned) -> bool {
     o.stop.cancel();
     let _ = o.task.await;
     sh.health.release(p);
     let key = keys::partition_lease(p);
     let release = sh.bus.lease(&key, &sh.node, 0, LeaseOp::Release);
-    if let Err(e) = BusError::within(RELEASE_TIMEOUT, release).await {
-        tracing::warn!(partition = p, error = %e, "releasing a lease failed; it will expire");
+    match BusError::within(RELEASE_TIMEOUT, release).await {
+        Ok(released) => released,
+        Err(e) => {
+            tracing::warn!(partition = p, error = %e, "releasing a lease failed; it will expire");
+            false
+        }
     }
 }
 
