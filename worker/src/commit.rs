@@ -67,7 +67,7 @@ pub struct Lane {
 impl Lane {
     /// Queue an applied batch. Waits while `IN_FLIGHT` of this partition's batches are
     /// not done: a slow commit holds the partition's reader (back-pressure).
-    pub async fn send(&self, work: Work) -> Result<(), LaneClosed> {
+    pub async fn send(&self, work: Box<Work>) -> Result<(), LaneClosed> {
         let slot = tokio::select! {
             s = self.slots.clone().acquire_owned() => s.map_err(|_| LaneClosed::Stopped)?,
             _ = self.state.fenced.cancelled() => return Err(LaneClosed::Fenced),
@@ -119,7 +119,9 @@ impl Lane {
 
 struct Queued {
     partition: u32,
-    work: Work,
+    /// Boxed: a batch moves through a few futures and a channel on its way here, and
+    /// moving the pointer costs less than copying the batch each time.
+    work: Box<Work>,
     lane: Arc<LaneState>,
     /// Held until the batch is done (committed and acknowledged, or dropped).
     _slot: OwnedSemaphorePermit,
@@ -326,12 +328,12 @@ mod tests {
         let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         Queued {
             partition,
-            work: Work {
+            work: Box::new(Work {
                 batch: Batch::default(),
                 publishes: vec![(marker.to_string(), Bytes::new())],
                 queries: vec![],
                 acks: vec![],
-            },
+            }),
             lane: Arc::default(),
             _slot: slot,
         }

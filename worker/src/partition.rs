@@ -444,7 +444,7 @@ impl Partition {
         }
     }
 
-    fn work(&mut self, mut fx: Effects, acks: Vec<(String, String)>) -> Option<Work> {
+    fn work(&mut self, mut fx: Effects, acks: Vec<(String, String)>) -> Option<Box<Work>> {
         let mut batch = self.engine.batch(&mut fx);
         batch.fence = Some(Fence {
             partition: self.id,
@@ -456,12 +456,12 @@ impl Partition {
         }
         // Counted per batch handed to the committer: what settles an inbox.
         self.engine.settle_inboxes();
-        Some(Work {
+        Some(Box::new(Work {
             batch,
             publishes: std::mem::take(&mut fx.publishes),
             queries: std::mem::take(&mut fx.queries),
             acks,
-        })
+        }))
     }
 }
 
@@ -499,7 +499,7 @@ fn stage(name: &'static str, since: Instant) {
 /// that cannot finish: the store away). What `w` applied then stays pending in the stream
 /// and the next owner applies it again: none of it was committed, published or
 /// acknowledged. `false` when the partition's loop should end.
-async fn queue(lane: &Lane, w: Work, stop: &CancellationToken) -> bool {
+async fn queue(lane: &Lane, w: Box<Work>, stop: &CancellationToken) -> bool {
     matches!(unless_stopped(stop, lane.send(w)).await, Some(Ok(())))
 }
 
