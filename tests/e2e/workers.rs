@@ -190,23 +190,42 @@ async fn audit(db: &TestDb, senders: &[Sender]) {
     }
 }
 
-#[tokio::test]
-async fn a_killed_workers_partitions_are_taken_over_within_ten_seconds() {
-    let mut t = two_workers().await;
+/// Eight senders, one session each, with ten messages acknowledged before the test's
+/// disruption; the longest wait is counted from here on.
+async fn warmed_senders(t: &Two) -> Vec<Sender> {
     let mut s = senders(&t.gw.ws_url(), 8).await;
     chat(&mut s, 10, "before").await;
     for x in s.iter_mut() {
         x.longest_wait = Duration::ZERO;
     }
-    // Kill one worker while every sender is mid-stream.
-    let sending = chat(&mut s, 40, "during");
-    let kill = async {
+    s
+}
+
+/// Every sender chats for 4 s while `disrupt` runs 300 ms in (so the disruption lands
+/// mid-stream, not after it); the longest wait for an acknowledgement meanwhile.
+async fn chat_through(
+    s: &mut [Sender],
+    disrupt: impl std::future::Future<Output = ()>,
+) -> Duration {
+    let sending = chat_until(s, Instant::now() + Duration::from_secs(4), "during");
+    let disrupt = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        t.w1.signal("KILL");
+        disrupt.await;
     };
-    tokio::join!(sending, kill);
-    assert!(t.w1.wait_exit(Duration::from_secs(5)).await);
-    let stall = s.iter().map(|x| x.longest_wait).max().unwrap();
+    tokio::join!(sending, disrupt);
+    s.iter().map(|x| x.longest_wait).max().unwrap()
+}
+
+#[tokio::test]
+async fn a_killed_workers_partitions_are_taken_over_within_ten_seconds() {
+    let mut t = two_workers().await;
+    let mut s = warmed_senders(&t).await;
+    let stall = chat_through(&mut s, async {
+        t.w1.signal("KILL");
+        assert!(t.w1.wait_exit(Duration::from_secs(5)).await);
+    })
+    .await;
+    eprintln!("longest wait for an acknowledgement: {stall:?}");
     assert!(
         stall < Duration::from_secs(10),
         "the longest wait for an acknowledgement was {stall:?}"
@@ -220,24 +239,16 @@ async fn a_killed_workers_partitions_are_taken_over_within_ten_seconds() {
 #[tokio::test]
 async fn a_stopped_workers_partitions_move_at_once() {
     let mut t = two_workers().await;
-    let mut s = senders(&t.gw.ws_url(), 8).await;
-    chat(&mut s, 10, "before").await;
-    for x in s.iter_mut() {
-        x.longest_wait = Duration::ZERO;
-    }
+    let mut s = warmed_senders(&t).await;
     // A rolling update: SIGTERM one worker while every sender is mid-stream. It leaves the
     // registry, finishes what it applied, gives its leases back and says so; the other
     // takes them at once instead of after its next round or the registration's expiry
     // (the lease's lifetime, 5 s).
-    // Every sender keeps sending until well after the stopped worker has gone.
-    let sending = chat_until(&mut s, Instant::now() + Duration::from_secs(4), "during");
-    let stop = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let stall = chat_through(&mut s, async {
         t.w1.signal("TERM");
         assert!(t.w1.wait_exit(Duration::from_secs(3)).await);
-    };
-    tokio::join!(sending, stop);
-    let stall = s.iter().map(|x| x.longest_wait).max().unwrap();
+    })
+    .await;
     eprintln!("longest wait for an acknowledgement: {stall:?}");
     assert!(
         stall < Duration::from_millis(2500),
