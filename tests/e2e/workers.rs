@@ -13,7 +13,8 @@ use jam_tests::{token, Client};
 use serde_json::json;
 
 struct Two {
-    redis: PrivateRedis,
+    /// Kept for the test's length: its processes use it.
+    _redis: PrivateRedis,
     db: TestDb,
     w1: Proc,
     w2: Proc,
@@ -27,7 +28,7 @@ async fn two_workers() -> Two {
     let w2 = procs::worker_named(&redis.url(), &db.url, "worker-2", &[]).await;
     let gw = procs::gateway(&redis.url(), "gw-a", &[]).await;
     let t = Two {
-        redis,
+        _redis: redis,
         db,
         w1,
         w2,
@@ -190,73 +191,53 @@ async fn audit(db: &TestDb, senders: &[Sender]) {
     }
 }
 
-/// Eight senders, one session each, with ten messages acknowledged before the test's
-/// disruption; the longest wait is counted from here on.
-async fn warmed_senders(t: &Two) -> Vec<Sender> {
+/// Two workers and eight senders, one session each; `sig` goes to worker-1 300 ms into
+/// 4 s of chat from every sender (so it lands mid-stream), and worker-1 must exit within
+/// `exit_within`. Then worker-2 owns every partition and serves, and every acknowledged
+/// message is stored once, in order. Returns the longest wait for an acknowledgement
+/// during the chat.
+async fn worker_signalled_mid_stream(sig: &str, exit_within: Duration) -> Duration {
+    let mut t = two_workers().await;
     let mut s = senders(&t.gw.ws_url(), 8).await;
     chat(&mut s, 10, "before").await;
     for x in s.iter_mut() {
         x.longest_wait = Duration::ZERO;
     }
-    s
-}
-
-/// Every sender chats for 4 s while `disrupt` runs 300 ms in (so the disruption lands
-/// mid-stream, not after it); the longest wait for an acknowledgement meanwhile.
-async fn chat_through(
-    s: &mut [Sender],
-    disrupt: impl std::future::Future<Output = ()>,
-) -> Duration {
-    let sending = chat_until(s, Instant::now() + Duration::from_secs(4), "during");
-    let disrupt = async {
+    let sending = chat_until(&mut s, Instant::now() + Duration::from_secs(4), "during");
+    let signal = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        disrupt.await;
+        t.w1.signal(sig);
+        assert!(t.w1.wait_exit(exit_within).await, "worker-1 did not exit");
     };
-    tokio::join!(sending, disrupt);
-    s.iter().map(|x| x.longest_wait).max().unwrap()
+    tokio::join!(sending, signal);
+    let stall = s.iter().map(|x| x.longest_wait).max().unwrap();
+    eprintln!("longest wait for an acknowledgement: {stall:?}");
+    owns_all(&t.w2).await;
+    chat(&mut s, 5, "after").await;
+    audit(&t.db, &s).await;
+    stall
 }
 
 #[tokio::test]
 async fn a_killed_workers_partitions_are_taken_over_within_ten_seconds() {
-    let mut t = two_workers().await;
-    let mut s = warmed_senders(&t).await;
-    let stall = chat_through(&mut s, async {
-        t.w1.signal("KILL");
-        assert!(t.w1.wait_exit(Duration::from_secs(5)).await);
-    })
-    .await;
-    eprintln!("longest wait for an acknowledgement: {stall:?}");
+    let stall = worker_signalled_mid_stream("KILL", Duration::from_secs(5)).await;
     assert!(
         stall < Duration::from_secs(10),
         "the longest wait for an acknowledgement was {stall:?}"
     );
-    owns_all(&t.w2).await;
-    chat(&mut s, 5, "after").await;
-    audit(&t.db, &s).await;
-    drop(t.redis);
 }
 
+/// A rolling update: worker-1 gets SIGTERM mid-stream. It leaves the registry, finishes
+/// what it applied, gives its leases back and says so; worker-2 takes them at once
+/// instead of after its next round or the registration's expiry (the lease's lifetime,
+/// 5 s).
 #[tokio::test]
 async fn a_stopped_workers_partitions_move_at_once() {
-    let mut t = two_workers().await;
-    let mut s = warmed_senders(&t).await;
-    // A rolling update: SIGTERM one worker while every sender is mid-stream. It leaves the
-    // registry, finishes what it applied, gives its leases back and says so; the other
-    // takes them at once instead of after its next round or the registration's expiry
-    // (the lease's lifetime, 5 s).
-    let stall = chat_through(&mut s, async {
-        t.w1.signal("TERM");
-        assert!(t.w1.wait_exit(Duration::from_secs(3)).await);
-    })
-    .await;
-    eprintln!("longest wait for an acknowledgement: {stall:?}");
+    let stall = worker_signalled_mid_stream("TERM", Duration::from_secs(3)).await;
     assert!(
         stall < Duration::from_millis(2500),
         "the longest wait for an acknowledgement was {stall:?}: the hand-over waited"
     );
-    owns_all(&t.w2).await;
-    chat(&mut s, 5, "after").await;
-    audit(&t.db, &s).await;
 }
 
 #[tokio::test]
