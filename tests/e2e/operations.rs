@@ -86,24 +86,26 @@ async fn metrics_count_what_happened() {
 
     drop(alice);
     drop(bob);
+    // Both conditions, each from its own scrape's view: one render reads the counters before
+    // the gauges, so a connection that ends during it can show in the gauge and not yet in
+    // the counter (a series created meanwhile is missing from that render).
     let t = Instant::now();
     loop {
         let g2 = scrape(&gw.http("/metrics")).await;
-        if sum(&g2, "jam_connections_open", &[]) == 0.0 {
-            assert_eq!(
-                d(
-                    &g0,
-                    &g2,
-                    "jam_connections_closed_total",
-                    &[("reason", "client")]
-                ),
-                2.0
-            );
+        let closed = d(
+            &g0,
+            &g2,
+            "jam_connections_closed_total",
+            &[("reason", "client")],
+        );
+        if sum(&g2, "jam_connections_open", &[]) == 0.0 && closed >= 2.0 {
+            assert_eq!(closed, 2.0);
             break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(5),
-            "connections gauge never fell"
+            "connections never counted closed: open {}, closed by the client {closed}",
+            sum(&g2, "jam_connections_open", &[])
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
