@@ -98,14 +98,14 @@ async fn metrics_count_what_happened() {
             "jam_connections_closed_total",
             &[("reason", "client")],
         );
-        if sum(&g2, "jam_connections_open", &[]) == 0.0 && closed >= 2.0 {
+        let open = sum(&g2, "jam_connections_open", &[]);
+        if open == 0.0 && closed >= 2.0 {
             assert_eq!(closed, 2.0);
             break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(5),
-            "connections never counted closed: open {}, closed by the client {closed}",
-            sum(&g2, "jam_connections_open", &[])
+            "connections never counted closed: open {open}, closed by the client {closed}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
