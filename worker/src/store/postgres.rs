@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
@@ -281,46 +281,57 @@ pub struct PgStore {
     pool: Pool,
 }
 
+/// The pool of a store: its sessions' settings (time limits, keep-alives) and a queue
+/// that hands out the connection returned last.
+fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
+    let mut cfg = tokio_postgres::Config::from_str(url).map_err(db)?;
+    cfg.connect_timeout(Duration::from_secs(5));
+    // A worker paused or cut off inside a transaction must not hold its locks (the
+    // partition row above all) until it wakes: the server aborts such a transaction
+    // after a few idle seconds, so a new owner's claim waits that long at most.
+    let ours = format!(
+        "-c idle_in_transaction_session_timeout={} -c statement_timeout={}",
+        STALLED_TX.as_millis(),
+        STATEMENT_TIMEOUT.as_millis()
+    );
+    // Options given in the URL (`?options=-c%20statement_timeout%3D5000`) come after
+    // ours, so an operator's setting wins.
+    let options = match cfg.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
+        _ => ours,
+    };
+    cfg.options(options);
+    cfg.keepalives(true)
+        .keepalives_idle(DEAD_PEER / 3)
+        .keepalives_interval(DEAD_PEER / 6)
+        .keepalives_retries(4)
+        .tcp_user_timeout(DEAD_PEER);
+    let mgr = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(max_size)
+        // The connection returned last is handed out next: the committer, which takes
+        // one per group, keeps reusing one warm backend instead of waking each idle one
+        // in turn (deadpool's default is FIFO).
+        .queue_mode(QueueMode::Lifo)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| StoreError::Pool(e.to_string()))
+}
+
 impl PgStore {
     pub async fn connect(url: &str, max_size: usize) -> Result<Self, StoreError> {
-        let mut cfg = tokio_postgres::Config::from_str(url).map_err(db)?;
-        cfg.connect_timeout(Duration::from_secs(5));
-        // A worker paused or cut off inside a transaction must not hold its locks (the
-        // partition row above all) until it wakes: the server aborts such a transaction
-        // after a few idle seconds, so a new owner's claim waits that long at most.
-        let ours = format!(
-            "-c idle_in_transaction_session_timeout={} -c statement_timeout={}",
-            STALLED_TX.as_millis(),
-            STATEMENT_TIMEOUT.as_millis()
-        );
-        // Options given in the URL (`?options=-c%20statement_timeout%3D5000`) come after
-        // ours, so an operator's setting wins.
-        let options = match cfg.get_options() {
-            Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
-            _ => ours,
+        let store = Self {
+            pool: pool(url, max_size)?,
         };
-        cfg.options(options);
-        cfg.keepalives(true)
-            .keepalives_idle(DEAD_PEER / 3)
-            .keepalives_interval(DEAD_PEER / 6)
-            .keepalives_retries(4)
-            .tcp_user_timeout(DEAD_PEER);
-        let mgr = Manager::from_config(
-            cfg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(mgr)
-            .max_size(max_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .recycle_timeout(Some(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| StoreError::Pool(e.to_string()))?;
-        let store = Self { pool };
         store.migrate().await?;
         Ok(store)
     }
@@ -1245,4 +1256,35 @@ async fn online_and_contacts(
         };
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    async fn backend(c: &deadpool_postgres::Object) -> i32 {
+        let row = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap();
+        row.get(0)
+    }
+
+    /// The committer takes a connection per group: handed the one returned last, it keeps
+    /// one backend warm (with FIFO it would wake every idle backend of the pool in turn:
+    /// a fifth more of PostgreSQL's CPU in the cluster, docs/benchmarks.md 2026-12-07).
+    #[tokio::test]
+    async fn the_pool_hands_out_the_connection_returned_last() {
+        let url = std::env::var("JAM_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let pool = super::pool(&url, 4).unwrap();
+        let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+        let (first, second) = (backend(&a).await, backend(&b).await);
+        assert_ne!(first, second);
+        drop(a);
+        drop(b);
+        let c = pool.get().await.unwrap();
+        assert_eq!(backend(&c).await, second, "the last returned comes back first");
+        let d = pool.get().await.unwrap();
+        assert_eq!(backend(&d).await, first);
+        drop(c);
+        drop(d);
+        let e = pool.get().await.unwrap();
+        assert_eq!(backend(&e).await, first);
+    }
 }
