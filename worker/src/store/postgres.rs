@@ -1279,7 +1279,11 @@ mod tests {
         drop(a);
         drop(b);
         let c = pool.get().await.unwrap();
-        assert_eq!(backend(&c).await, second, "the last returned comes back first");
+        assert_eq!(
+            backend(&c).await,
+            second,
+            "the last returned comes back first"
+        );
         let d = pool.get().await.unwrap();
         assert_eq!(backend(&d).await, first);
         drop(c);
