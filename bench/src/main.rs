@@ -6,7 +6,8 @@
 //!   send → receive latency percentiles (same machine clock);
 //! - `--rooms K`: K rooms of `--members`, everyone chatting at `--member-rate` (a list makes
 //!   a ramp, one step per rate), lost deliveries counted; `--timeline-ms N` adds p50/p99
-//!   per N ms of send time, to see when a tail happens;
+//!   per N ms of send time, to see when a tail happens; `--count-named postgres` adds the
+//!   CPU of PostgreSQL's backends (every process of that name on the host);
 //! - `--idle N`: resident memory per idle connection of a gateway;
 //! - `--join-storm N`: N listeners join one session at once.
 //!
@@ -14,7 +15,8 @@
 //! jam-load --url ws://127.0.0.1:8081/ws --url ws://127.0.0.1:8082/ws --clients 500 \
 //!          --messages 2000 --rate 200 --secret local-cluster-secret --pid 1234 --pid 1235
 //! jam-load --url ws://127.0.0.1:8081/ws --url ws://127.0.0.1:8082/ws --rooms 200 \
-//!          --member-rate 2,5,10 --seconds 8 --secret local-cluster-secret --pid ...
+//!          --member-rate 2,5,10 --seconds 8 --secret local-cluster-secret --pid ... \
+//!          --count-named postgres
 //! ```
 
 use anyhow::Context;
@@ -49,6 +51,11 @@ pub struct Args {
     /// Server processes whose CPU time is measured (gateways, worker).
     #[arg(long)]
     pid: Vec<u32>,
+    /// With `--rooms`: also the CPU of every process on the host with this name
+    /// (`postgres`: its backends, which `--pid` cannot name ahead), reported apart from the
+    /// server CPU.
+    #[arg(long)]
+    count_named: Vec<String>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{connect, now_us, until, Ws};
 use crate::follow::{Follower, Next};
-use crate::procstat::{busy_between, cpu_of, host_jiffies};
+use crate::procstat::{busy_between, cpu_by_name, cpu_of, cpu_spent, host_jiffies};
 use crate::stats::Latencies;
 use crate::Args;
 
@@ -50,6 +50,8 @@ struct Step {
     /// Per `--timeline-ms` slice of send time: (slice start ms, its latencies).
     timeline: Vec<(u64, Latencies)>,
     server_cpu: f64,
+    /// `--count-named`: (name, CPU seconds, processes that spent any).
+    named: Vec<(String, f64, usize)>,
     host_busy: f64,
 }
 
@@ -95,6 +97,7 @@ async fn step(
     let deadline = t0 + Duration::from_secs_f64(a.seconds) + period + DRAIN;
     let members = k * p;
     let (cpu0, host0) = (cpu_of(&a.pid), host_jiffies());
+    let named0: Vec<_> = a.count_named.iter().map(|n| cpu_by_name(n)).collect();
     let mut tasks = Vec::with_capacity(members);
     for (room, (sid, conns)) in rooms.into_iter().enumerate() {
         for (index, (ws, seq)) in conns.into_iter().enumerate() {
@@ -142,6 +145,15 @@ async fn step(
         }
     }
     let server_cpu = cpu_of(&a.pid) - cpu0;
+    let named = a
+        .count_named
+        .iter()
+        .zip(&named0)
+        .map(|(n, before)| {
+            let (cpu, procs) = cpu_spent(before, &cpu_by_name(n));
+            (n.clone(), cpu, procs)
+        })
+        .collect();
     drop(open);
     Ok(Step {
         rate,
@@ -160,6 +172,7 @@ async fn step(
             .map(|(at, v)| (at, Latencies::new(v)))
             .collect(),
         server_cpu,
+        named,
         host_busy,
     })
 }
@@ -396,6 +409,7 @@ impl Step {
                 "p50_ms": l.pct(0.5), "p90_ms": l.pct(0.9), "p99_ms": l.pct(0.99), "max_ms": l.pct(1.0),
                 "server_cpu_s": self.server_cpu, "deliveries_per_cpu_s": per_cpu,
                 "host_busy": self.host_busy,
+                "named_cpu_s": self.named.iter().map(|(n, c, _)| (n.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
             });
             println!("{line}");
             return;
@@ -431,6 +445,12 @@ impl Step {
                 "  server CPU {:.2} s over {} process(es): {per_cpu:.0} deliveries per CPU-second",
                 self.server_cpu,
                 a.pid.len()
+            );
+        }
+        for (name, cpu, procs) in &self.named {
+            println!(
+                "  {name} CPU {cpu:.2} s over {procs} process(es): {:.0} µs a message",
+                cpu * 1e6 / self.sent.max(1) as f64
             );
         }
     }
