@@ -289,8 +289,13 @@ fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
     // A worker paused or cut off inside a transaction must not hold its locks (the
     // partition row above all) until it wakes: the server aborts such a transaction
     // after a few idle seconds, so a new owner's claim waits that long at most.
+    // Prepared statements keep one generic plan: with a group of one message, the chat
+    // commit's arrays make a custom plan look cheaper than the generic one, and PostgreSQL
+    // then planned it again at every commit (a quarter of its CPU at 500 msgs/s; decision
+    // 29). Every statement here is a key lookup, an insert or a join on unnested arrays,
+    // whose plan does not depend on the values; the retention purge asks for custom plans.
     let ours = format!(
-        "-c idle_in_transaction_session_timeout={} -c statement_timeout={}",
+        "-c idle_in_transaction_session_timeout={} -c statement_timeout={} -c plan_cache_mode=force_generic_plan",
         STALLED_TX.as_millis(),
         STATEMENT_TIMEOUT.as_millis()
     );
@@ -732,6 +737,11 @@ impl Store for PgStore {
         // The first purge after a long pause may delete many rows: not bound by the
         // statement timeout (nothing waits on it; it holds no lock the hot path needs).
         unbounded(&tx).await?;
+        // How many rows are older than `before` decides between the index and a scan:
+        // planned for the value, not generically (the session's default, see `pool`).
+        tx.batch_execute("SET LOCAL plan_cache_mode = auto")
+            .await
+            .map_err(db)?;
         let a = tx
             .execute("DELETE FROM jam_messages WHERE created_at < $1", &[&before])
             .await
@@ -1263,6 +1273,23 @@ mod tests {
     async fn backend(c: &deadpool_postgres::Object) -> i32 {
         let row = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap();
         row.get(0)
+    }
+
+    /// Every pooled session plans a prepared statement once (decision 29); an operator's
+    /// URL options still come after ours and win.
+    #[tokio::test]
+    async fn pooled_sessions_keep_generic_plans() {
+        let url = std::env::var("JAM_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mode = |c: deadpool_postgres::Object| async move {
+            let row = c.query_one("SHOW plan_cache_mode", &[]).await.unwrap();
+            row.get::<_, String>(0)
+        };
+        let pool = super::pool(&url, 1).unwrap();
+        assert_eq!(mode(pool.get().await.unwrap()).await, "force_generic_plan");
+        let theirs = format!("{url}?options=-c%20plan_cache_mode%3Dauto");
+        let pool = super::pool(&theirs, 1).unwrap();
+        assert_eq!(mode(pool.get().await.unwrap()).await, "auto");
     }
 
     /// The committer takes a connection per group: handed the one returned last, it keeps
