@@ -289,6 +289,7 @@ fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
     // A worker paused or cut off inside a transaction must not hold its locks (the
     // partition row above all) until it wakes: the server aborts such a transaction
     // after a few idle seconds, so a new owner's claim waits that long at most.
+    //
     // Prepared statements keep one generic plan: with a group of one message, the chat
     // commit's arrays make a custom plan look cheaper than the generic one, and PostgreSQL
     // then planned it again at every commit (a quarter of its CPU at 500 msgs/s; decision
@@ -1270,6 +1271,11 @@ async fn online_and_contacts(
 
 #[cfg(test)]
 mod tests {
+    fn admin_url() -> String {
+        std::env::var("JAM_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
     async fn backend(c: &deadpool_postgres::Object) -> i32 {
         let row = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap();
         row.get(0)
@@ -1279,8 +1285,7 @@ mod tests {
     /// URL options still come after ours and win.
     #[tokio::test]
     async fn pooled_sessions_keep_generic_plans() {
-        let url = std::env::var("JAM_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let url = admin_url();
         let mode = |c: deadpool_postgres::Object| async move {
             let row = c.query_one("SHOW plan_cache_mode", &[]).await.unwrap();
             row.get::<_, String>(0)
@@ -1297,8 +1302,7 @@ mod tests {
     /// a fifth more of PostgreSQL's CPU in the cluster, docs/benchmarks.md 2026-12-07).
     #[tokio::test]
     async fn the_pool_hands_out_the_connection_returned_last() {
-        let url = std::env::var("JAM_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let url = admin_url();
         let pool = super::pool(&url, 4).unwrap();
         let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
         let (first, second) = (backend(&a).await, backend(&b).await);
