@@ -50,7 +50,8 @@ pub const GATEWAY_HEARTBEAT_CHANNEL: &str = "jam:gateways";
 pub const BUS_RESET: &str = "jam:bus-reset";
 
 /// Not a Redis channel: a subscription reports on it that it dropped messages because its
-/// receiver fell behind; members of the rooms it carries must resynchronise.
+/// receiver fell behind. The payload names the channels that lost some, one per line; none
+/// when any channel may have ([`crate::bus::lag`]). Members of those rooms must resynchronise.
 pub const BUS_LAGGED: &str = "jam:bus-lagged";
 
 /// The session id of a room channel (see [`room_channel`]).

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use jam_shared::bus::lag::lagged_channels;
 use jam_shared::bus::memory::MemoryBus;
 use jam_shared::bus::redis::RedisBus;
 use jam_shared::bus::{Bus, LeaseOp, Payload, ReadFrom, StreamEntry};
+use jam_shared::keys;
 
 struct Redis(Child, u16);
 
@@ -371,10 +373,58 @@ async fn pending_contract(bus: Arc<dyn Bus>) {
         .is_empty());
 }
 
+/// A subscriber that falls behind loses messages (pub/sub is at-most-once) and is told, as
+/// soon as it has room, which channels lost some: before anything published after the loss.
+async fn lag_contract(bus: Arc<dyn Bus>) {
+    let (sub, mut rx) = bus.subscription(2).await.unwrap();
+    sub.subscribe("busy").await.unwrap();
+    sub.subscribe("quiet").await.unwrap();
+    bus.publish("quiet", Bytes::from_static(b"q0"))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        bus.publish("busy", Bytes::from(format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    // Nothing is read until every message has reached the subscriber or been dropped.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("the subscription is open")
+    };
+    let got: Vec<(String, Bytes)> = [next().await, next().await]
+        .into_iter()
+        .map(|m| (m.channel.to_string(), m.payload))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("quiet".to_string(), Bytes::from_static(b"q0")),
+            ("busy".to_string(), Bytes::from_static(b"b0"))
+        ]
+    );
+    let notice = next().await;
+    assert_eq!(&*notice.channel, keys::BUS_LAGGED);
+    assert_eq!(lagged_channels(&notice), Some(vec!["busy"]));
+    // Then messages flow again, and with nothing more lost nothing more is said.
+    bus.publish("quiet", Bytes::from_static(b"q1"))
+        .await
+        .unwrap();
+    let m = next().await;
+    assert_eq!((&*m.channel, &*m.payload), ("quiet", &b"q1"[..]));
+    assert!(tokio::time::timeout(Duration::from_millis(300), rx.recv())
+        .await
+        .is_err());
+}
+
 #[tokio::test]
 async fn memory_bus_meets_the_contract() {
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
     bus_contract(bus.clone()).await;
+    lag_contract(bus.clone()).await;
     command_contract(bus).await;
 }
 
@@ -386,6 +436,7 @@ async fn redis_bus_meets_the_contract() {
         .unwrap();
     let bus: Arc<dyn Bus> = Arc::new(bus);
     bus_contract(bus.clone()).await;
+    lag_contract(bus.clone()).await;
     command_contract(bus.clone()).await;
     pending_contract(bus).await;
 }

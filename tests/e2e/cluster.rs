@@ -30,6 +30,20 @@ async fn cluster_protocol_scenarios() {
     message_path_is_measured(&c).await;
 }
 
+/// The Redis bus's subscriber names the channels it dropped: only the lagging room resyncs.
+#[tokio::test]
+async fn cluster_lagging_subscription() {
+    let c = Cluster::start(
+        &[("JAM_RECOVERY_EVENTS", "10000")],
+        &[
+            ("JAM_BUS_BUFFER", "4"),
+            ("JAM_RATE_LIMIT_PER_SEC", "100000"),
+        ],
+    )
+    .await;
+    scenario::lagging_subscription(&c.a.ws_url()).await;
+}
+
 /// The histograms docs/operations.md follows a message by have seen it: the wait in the
 /// stream, each stage of a batch, the commit and the publish, the hand-off to the gateways,
 /// and the batched reads before apply (the contacts scenario reads watchers).

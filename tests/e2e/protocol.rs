@@ -1,8 +1,6 @@
 //! The protocol scenarios against the standalone binary (in-memory bus and store).
 
-use std::time::Duration;
-
-use jam_tests::scenario::{create, join, RoomView};
+use jam_tests::scenario::create;
 use jam_tests::{procs, scenario, token, Client};
 use serde_json::json;
 
@@ -37,62 +35,15 @@ async fn standalone_reconnect_recovery() {
     scenario::reconnect_recovery(&jam.ws_url(), &jam.ws_url()).await;
 }
 
-/// A gateway whose bus buffer overflows tells its rooms' members to resync; rejoining with
-/// the last seq they applied gives them every message, without a gap.
 #[tokio::test]
-async fn a_lagging_subscription_makes_members_resync() {
+async fn standalone_lagging_subscription() {
     let jam = procs::standalone(&[
         ("JAM_BUS_BUFFER", "4"),
         ("JAM_RATE_LIMIT_PER_SEC", "100000"),
         ("JAM_RECOVERY_EVENTS", "10000"),
     ])
     .await;
-    let url = jam.ws_url();
-    let mut alice = Client::connect(&url, &token("lag-alice", "Alice", None)).await;
-    let mut bob = Client::connect(&url, &token("lag-bob", "Bob", None)).await;
-    let sid = create(&mut alice, json!({"name": "lag"})).await;
-    let mut view = RoomView::default();
-    view.rejoined(&join(&mut bob, &sid, None).await);
-    // Bursts, not waiting for acknowledgements, until the gateway falls behind the bus.
-    let mut sent = 0;
-    let mut resync = None;
-    for _ in 0..20 {
-        for _ in 0..100 {
-            let text = format!("m{sent}");
-            alice
-                .send(json!({"type": "send_message", "sessionId": sid, "message": text}))
-                .await;
-            sent += 1;
-        }
-        resync = bob
-            .try_recv_where(Duration::from_secs(2), |f| f["type"] == "resync_required")
-            .await;
-        if resync.is_some() {
-            break;
-        }
-    }
-    let resync = resync.expect("a 4-message bus buffer overflows under bursts of 100");
-    assert_eq!(resync["sessionId"], sid.as_str());
-    // What arrived applies up to the first gap; the rest comes with the rejoin.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    while let Some(f) = bob
-        .try_recv_where(Duration::from_millis(200), |f| f["type"] == "new_message")
-        .await
-    {
-        if !view.try_apply(&f) {
-            break;
-        }
-    }
-    bob.clear();
-    let since = view.seq;
-    assert!((since as usize) < sent + 1, "something was dropped");
-    let r = bob
-        .request(json!({"type": "join_session", "sessionId": sid, "sinceSeq": since}))
-        .await;
-    assert_eq!(r["recovered"], true, "{r}");
-    view.rejoined(&r);
-    let want: Vec<String> = (0..sent).map(|i| format!("m{i}")).collect();
-    assert_eq!(view.texts, want);
+    scenario::lagging_subscription(&jam.ws_url()).await;
 }
 
 #[tokio::test]

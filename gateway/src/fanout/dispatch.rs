@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use jam_shared::bus::lag::lagged_channels;
 use jam_shared::bus::BusMessage;
 use jam_shared::protocol::envelope::{splice_ref, Envelope};
 use tokio::sync::mpsc;
@@ -32,7 +33,7 @@ pub async fn run(table: Arc<Table>, mut rx: mpsc::Receiver<BusMessage>) {
             continue;
         }
         if &*msg.channel == jam_shared::keys::BUS_LAGGED {
-            resync_all(&table);
+            resync(&table, lagged_channels(&msg).as_deref());
             continue;
         }
         deliver(&table, &msg);
@@ -40,23 +41,29 @@ pub async fn run(table: Arc<Table>, mut rx: mpsc::Receiver<BusMessage>) {
     tracing::info!("bus subscription closed; dispatcher stopped");
 }
 
-/// Room events were dropped on their way to this gateway: every member of every room
-/// here is told to rejoin with its last `seq` (and gets what it missed, or a snapshot).
-pub fn resync_all(table: &Table) {
+/// Room events were dropped on their way to this gateway: every member of each room that
+/// lost some (`lost`, the notice's channels; `None`: any room may have) is told to rejoin
+/// with its last `seq` (and gets what it missed, or a snapshot). Other rooms go on.
+pub fn resync(table: &Table, lost: Option<&[&str]>) {
     // The members are picked under the lock and told after it, as `deliver` does: a push
     // may write to the socket, and a gateway's rooms together hold every connection.
     let rooms: Vec<(String, Vec<ConnHandle>)> = {
         let st = table.state.lock().unwrap();
-        st.channels
-            .iter()
-            .filter_map(|(channel, ch)| {
-                let sid = jam_shared::keys::room_of(channel)?;
-                Some((sid.to_string(), ch.members.iter().cloned().collect()))
-            })
-            .collect()
+        let room = |(channel, ch): (&Arc<str>, &super::table::Channel)| {
+            let sid = jam_shared::keys::room_of(channel)?;
+            Some((sid.to_string(), ch.members.iter().cloned().collect()))
+        };
+        match lost {
+            None => st.channels.iter().filter_map(room).collect(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| st.channels.get_key_value(*n))
+                .filter_map(room)
+                .collect(),
+        }
     };
     let mut told = 0u64;
-    for (sid, members) in rooms {
+    for (sid, members) in &rooms {
         let f = jam_shared::protocol::event::frame(
             "resync_required",
             &serde_json::json!({"sessionId": sid, "reason": "events_dropped"}),
@@ -70,6 +77,7 @@ pub fn resync_all(table: &Table) {
     }
     metrics::counter!("jam_resync_required_total").increment(told);
     tracing::warn!(
+        rooms = rooms.len(),
         connections = told,
         "bus messages were dropped; members told to resync"
     );

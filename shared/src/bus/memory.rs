@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
+use super::lag::Dropped;
 use super::{Bus, BusError, BusMessage, LeaseOp, Payload, ReadFrom, StreamEntry, Subscription};
 use crate::hash::{Map, Set};
 use crate::protocol::Command;
@@ -19,8 +20,7 @@ pub const STREAM_CAP: usize = 100_000;
 
 #[derive(Default)]
 struct State {
-    /// Subscriber → (receiver, channels, dropped a message since it was last told).
-    subs: Map<u64, (mpsc::Sender<BusMessage>, Set<String>, bool)>,
+    subs: Map<u64, Sub>,
     next_sub: u64,
     streams: Map<String, Stream>,
     next_id: u64,
@@ -30,6 +30,45 @@ struct State {
     counters: Map<String, (u64, Instant)>,
     /// Registry → member → expiry.
     members: Map<String, Map<String, Instant>>,
+}
+
+/// A subscriber: its receiver, its channels, and what it lost since it was last told.
+struct Sub {
+    tx: mpsc::Sender<BusMessage>,
+    channels: Set<String>,
+    /// Not empty while a [`BUS_LAGGED`](crate::keys::BUS_LAGGED) notice waits for room in
+    /// `tx`: messages that come meanwhile are dropped too (and named in it), so that the
+    /// notice comes before anything published after the loss.
+    dropped: Dropped,
+}
+
+impl Sub {
+    /// Hand `msg` over, or drop it and have the owner told as soon as it has room.
+    fn offer(&mut self, id: u64, state: &Arc<Mutex<State>>, msg: BusMessage) {
+        if !self.dropped.is_empty() {
+            self.dropped.add(&msg.channel);
+            return;
+        }
+        let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(msg) else {
+            return;
+        };
+        self.dropped.add(&msg.channel);
+        let tx = self.tx.clone();
+        let state = Arc::downgrade(state);
+        tokio::spawn(async move {
+            // Ends when the receiver goes (the owner stopped) or the notice is sent.
+            let Ok(permit) = tx.reserve().await else {
+                return;
+            };
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            let mut s = state.lock().unwrap();
+            if let Some(sub) = s.subs.get_mut(&id) {
+                permit.send(sub.dropped.take_notice());
+            }
+        });
+    }
 }
 
 /// A stream's entries, and the readers waiting for its next one: an entry wakes only the
@@ -110,15 +149,15 @@ struct MemorySubscription {
 impl Subscription for MemorySubscription {
     async fn subscribe(&self, channel: &str) -> Result<(), BusError> {
         let mut s = self.state.lock().unwrap();
-        let entry = s.subs.get_mut(&self.id).ok_or(BusError::Closed)?;
-        entry.1.insert(channel.to_string());
+        let sub = s.subs.get_mut(&self.id).ok_or(BusError::Closed)?;
+        sub.channels.insert(channel.to_string());
         Ok(())
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BusError> {
         let mut s = self.state.lock().unwrap();
-        if let Some(entry) = s.subs.get_mut(&self.id) {
-            entry.1.remove(channel);
+        if let Some(sub) = s.subs.get_mut(&self.id) {
+            sub.channels.remove(channel);
         }
         Ok(())
     }
@@ -137,27 +176,16 @@ impl Bus for MemoryBus {
     async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BusError> {
         let mut s = self.state.lock().unwrap();
         let channel: Arc<str> = Arc::from(channel);
-        for (tx, chans, lagged) in s.subs.values_mut() {
-            if !chans.contains(&*channel) {
+        for (id, sub) in s.subs.iter_mut() {
+            if !sub.channels.contains(&*channel) {
                 continue;
-            }
-            // A subscriber that lost messages hears about it before the next one it gets.
-            if *lagged {
-                let marker = BusMessage {
-                    channel: Arc::from(crate::keys::BUS_LAGGED),
-                    payload: Bytes::new(),
-                };
-                *lagged = tx.try_send(marker).is_err();
             }
             // At-most-once, like Redis pub/sub: a subscriber that cannot keep up loses messages.
             let msg = BusMessage {
                 channel: channel.clone(),
                 payload: payload.clone(),
             };
-            if *lagged || tx.try_send(msg).is_err() {
-                *lagged = true;
-                metrics::counter!("jam_bus_dropped_total").increment(1);
-            }
+            sub.offer(*id, &self.state, msg);
         }
         Ok(())
     }
@@ -170,7 +198,14 @@ impl Bus for MemoryBus {
         let mut s = self.state.lock().unwrap();
         s.next_sub += 1;
         let id = s.next_sub;
-        s.subs.insert(id, (tx, Set::default(), false));
+        s.subs.insert(
+            id,
+            Sub {
+                tx,
+                channels: Set::default(),
+                dropped: Dropped::default(),
+            },
+        );
         Ok((
             Arc::new(MemorySubscription {
                 id,

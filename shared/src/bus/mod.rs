@@ -2,6 +2,7 @@
 //! acknowledged), events worker → gateways on pub/sub channels (at-most-once).
 //! [`redis::RedisBus`] is the real one; [`memory::MemoryBus`] runs standalone.
 
+pub mod lag;
 pub mod memory;
 pub mod redis;
 

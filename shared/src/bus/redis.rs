@@ -18,8 +18,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::streams::XCap;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{broadcast, mpsc};
 
+use super::lag::Dropped;
 use super::{Bus, BusError, BusMessage, LeaseOp, ReadFrom, StreamEntry, Subscription};
 
 /// Approximate bound of every command stream (XADD MAXLEN ~). Entries are deleted as they
@@ -225,6 +227,54 @@ async fn init(c: &Client) -> Result<(), BusError> {
     Ok(())
 }
 
+/// Move pub/sub messages from fred's broadcast channel to the owner's, never waiting for
+/// the owner: a message that finds the owner's channel full is dropped and its channel
+/// named in the [`BUS_LAGGED`](crate::keys::BUS_LAGGED) notice sent as soon as there is
+/// room again (messages that come meanwhile are dropped and named too, so that the notice
+/// comes before anything published after the loss). Waiting instead would let fred's
+/// buffer lap, and a lapped buffer cannot say whose messages it lost.
+async fn forward(mut rx: broadcast::Receiver<fred::types::Message>, tx: mpsc::Sender<BusMessage>) {
+    let mut dropped = Dropped::default();
+    loop {
+        let next = if dropped.is_empty() {
+            rx.recv().await
+        } else {
+            tokio::select! {
+                biased;
+                permit = tx.reserve() => {
+                    let Ok(permit) = permit else { return };
+                    permit.send(dropped.take_notice());
+                    continue;
+                }
+                next = rx.recv() => next,
+            }
+        };
+        match next {
+            Ok(m) => {
+                let channel: Arc<str> = Arc::from(&*m.channel);
+                let Some(payload) = m.value.into_bytes() else {
+                    continue;
+                };
+                if !dropped.is_empty() {
+                    dropped.add(&channel);
+                    continue;
+                }
+                match tx.try_send(BusMessage { channel, payload }) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(m)) => dropped.add(&m.channel),
+                    Err(TrySendError::Closed(_)) => return,
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                metrics::counter!("jam_bus_dropped_total").increment(n);
+                tracing::warn!(lost = n, "subscriber lagged behind redis");
+                dropped.mark_all();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 struct RedisSubscription {
     /// A plain client, not fred's `SubscriberClient`: that one keeps its own set of
     /// channel names (about 94 B per idle connection's user channel) to resubscribe after
@@ -355,7 +405,7 @@ impl Bus for RedisBus {
         builder.with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER);
         let client = builder.build().map_err(err)?;
         client.init().await.map_err(err)?;
-        let mut rx = client.message_rx();
+        let rx = client.message_rx();
         let (tx, out) = mpsc::channel(capacity);
         // Pub/sub is at-most-once: after a reconnect the receiver must assume it missed
         // messages and resynchronise.
@@ -372,33 +422,7 @@ impl Bus for RedisBus {
                 }
             }
         });
-        tokio::spawn(async move {
-            loop {
-                match rx.recv().await {
-                    Ok(m) => {
-                        let channel: Arc<str> = Arc::from(&*m.channel);
-                        let Some(payload) = m.value.into_bytes() else {
-                            continue;
-                        };
-                        if tx.send(BusMessage { channel, payload }).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        metrics::counter!("jam_bus_dropped_total").increment(n);
-                        tracing::warn!(lost = n, "subscriber lagged behind redis");
-                        let lagged = BusMessage {
-                            channel: Arc::from(crate::keys::BUS_LAGGED),
-                            payload: Bytes::new(),
-                        };
-                        if tx.send(lagged).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
+        tokio::spawn(forward(rx, tx));
         Ok((
             Arc::new(RedisSubscription {
                 client,
