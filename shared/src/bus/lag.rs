@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use super::BusMessage;
 use crate::hash::Set;
@@ -22,6 +23,25 @@ pub struct Dropped {
 }
 
 impl Dropped {
+    /// Hand `msg` to the owner's queue `tx` without waiting, or drop it and record its
+    /// channel: when the queue is full, and while a notice waits (messages after a loss
+    /// are dropped until the notice is out, so that it comes before them). False when the
+    /// owner is gone.
+    pub fn offer(&mut self, tx: &mpsc::Sender<BusMessage>, msg: BusMessage) -> bool {
+        if !self.is_empty() {
+            self.add(&msg.channel);
+            return true;
+        }
+        match tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                self.add(&msg.channel);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
     /// A message of `channel` was dropped.
     pub fn add(&mut self, channel: &Arc<str>) {
         metrics::counter!("jam_bus_dropped_total").increment(1);

@@ -45,14 +45,12 @@ struct Sub {
 impl Sub {
     /// Hand `msg` over, or drop it and have the owner told as soon as it has room.
     fn offer(&mut self, id: u64, state: &Arc<Mutex<State>>, msg: BusMessage) {
-        if !self.dropped.is_empty() {
-            self.dropped.add(&msg.channel);
+        let lagging = !self.dropped.is_empty();
+        self.dropped.offer(&self.tx, msg);
+        if lagging || self.dropped.is_empty() {
             return;
         }
-        let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(msg) else {
-            return;
-        };
-        self.dropped.add(&msg.channel);
+        // This drop began a loss: the notice goes out as soon as the owner has room.
         let tx = self.tx.clone();
         let state = Arc::downgrade(state);
         tokio::spawn(async move {

@@ -18,7 +18,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::streams::XCap;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{broadcast, mpsc};
 
 use super::lag::Dropped;
@@ -255,14 +254,8 @@ async fn forward(mut rx: broadcast::Receiver<fred::types::Message>, tx: mpsc::Se
                 let Some(payload) = m.value.into_bytes() else {
                     continue;
                 };
-                if !dropped.is_empty() {
-                    dropped.add(&channel);
-                    continue;
-                }
-                match tx.try_send(BusMessage { channel, payload }) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(m)) => dropped.add(&m.channel),
-                    Err(TrySendError::Closed(_)) => return,
+                if !dropped.offer(&tx, BusMessage { channel, payload }) {
+                    return;
                 }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
