@@ -107,7 +107,8 @@ impl Services {
         let id = match key {
             // Unique per user (and tenant: every store key carries it).
             Some(k) => format!("k:{}:{k}", who.user_id),
-            None => jam_shared::ids::unique(),
+            // Time-ordered: one connection's direct messages keep their order in history.
+            None => jam_shared::ids::ordered(),
         };
         let cmd = Command {
             id,

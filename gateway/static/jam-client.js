@@ -154,6 +154,17 @@ export class Jam {
     directMessage(receiverId, content) {
         return this.request({ type: "direct_message", receiverId, content });
     }
+    /** A page of the conversation with `withUser`, oldest first; the next older page starts
+     * from this page's first message (`before`: its `createdAt` and `id`). */
+    loadDirect(withUser, before, limit) {
+        return this.request({
+            type: "load_direct",
+            with: withUser,
+            before: before?.createdAt,
+            beforeId: before?.id,
+            limit,
+        });
+    }
     // --- Clock ---------------------------------------------------------------------------
     /** Sample the server clock `samples` times; keeps the smallest round trip's offset. */
     async timeSync(samples = 5) {

@@ -23,6 +23,14 @@ pub fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// A unique id that sorts after every id this process made before it (UUIDv7: the time in
+/// ms, then a counter and random bits; same length and alphabet as [`unique`]). Command ids:
+/// records keyed by them (direct messages) sort in the order one connection sent them, even
+/// within a millisecond. Its leading characters are the time: never shorten it.
+pub fn ordered() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
 /// Whether `s` can be a session id: not empty, short, only code characters.
 pub fn is_valid_session_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -45,6 +53,13 @@ mod tests {
     fn codes_differ() {
         let a: std::collections::HashSet<_> = (0..1000).map(|_| session_code(6)).collect();
         assert!(a.len() > 990);
+    }
+
+    #[test]
+    fn ordered_ids_sort_by_creation() {
+        let ids: Vec<String> = (0..10_000).map(|_| ordered()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(ids[0].len(), unique().len());
     }
 
     #[test]

@@ -51,12 +51,20 @@ pub const BUS_RESET: &str = "jam:bus-reset";
 
 /// Not a Redis channel: a subscription reports on it that it dropped messages because its
 /// receiver fell behind. The payload names the channels that lost some, one per line; none
-/// when any channel may have ([`crate::bus::lag`]). Members of those rooms must resynchronise.
+/// when any channel may have ([`crate::bus::lag`]). Members of those rooms, and the owners of
+/// those user channels, must resynchronise.
 pub const BUS_LAGGED: &str = "jam:bus-lagged";
 
 /// The session id of a room channel (see [`room_channel`]).
 pub fn room_of(channel: &str) -> Option<&str> {
     channel.rsplit_once(":room:").map(|(_, sid)| sid)
+}
+
+/// The user id of a user channel (see [`user_channel`]); `None` for any other channel.
+/// Tenants and user ids hold no `:`, so the name splits unambiguously.
+pub fn user_of(channel: &str) -> Option<&str> {
+    let (_tenant, rest) = channel.strip_prefix("jam:")?.split_once(':')?;
+    rest.strip_prefix("user:")
 }
 
 /// The command stream of one partition.
@@ -98,6 +106,9 @@ mod tests {
         assert_eq!(command_stream(0), "jam:cmd:0");
         assert_eq!(command_stream(4_000_000_000), "jam:cmd:4000000000");
         assert_eq!(room_of(&room_channel("t", "S1")), Some("S1"));
+        assert_eq!(user_of(&user_channel("t", "u")), Some("u"));
+        assert_eq!(user_of(&room_channel("t", "S1")), None);
+        assert_eq!(user_of(&gateway_inbox("gw-1#7")), None);
     }
 
     #[test]

@@ -38,6 +38,7 @@ async fn cluster_lagging_subscription() {
         &[
             ("JAM_BUS_BUFFER", "4"),
             ("JAM_RATE_LIMIT_PER_SEC", "100000"),
+            ("JAM_DM_RATE_PER_SEC", "100000"),
         ],
     )
     .await;

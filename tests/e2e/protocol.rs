@@ -40,6 +40,7 @@ async fn standalone_lagging_subscription() {
     let jam = procs::standalone(&[
         ("JAM_BUS_BUFFER", "4"),
         ("JAM_RATE_LIMIT_PER_SEC", "100000"),
+        ("JAM_DM_RATE_PER_SEC", "100000"),
         ("JAM_RECOVERY_EVENTS", "10000"),
     ])
     .await;

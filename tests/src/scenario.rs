@@ -917,14 +917,17 @@ pub async fn greeting_comes_first(url_a: &str, url_b: &str) {
 
 /// A gateway whose bus buffer overflows tells the members of the rooms that lost events to
 /// resync (and no one else); rejoining with the last seq they applied gives them every
-/// message, without a gap. Run against a gateway with `JAM_BUS_BUFFER=4`, a rate limit above 2,000 frames a
-/// second and `JAM_RECOVERY_EVENTS` of 10,000 or more.
+/// message, without a gap. A user whose own channel lost direct messages is told too
+/// (`"scope": "user"`), and finds them all in the conversation's history. Run against a gateway with `JAM_BUS_BUFFER=4`, a rate limit above 2,000 frames a
+/// second (direct messages too) and `JAM_RECOVERY_EVENTS` of 10,000 or more.
 pub async fn lagging_subscription(url: &str) {
     let mut alice = Client::connect(url, &token("lag-alice", "Alice", None)).await;
     let mut bob = Client::connect(url, &token("lag-bob", "Bob", None)).await;
     let sid = create(&mut alice, json!({"name": "lag"})).await;
     let mut carol = Client::connect(url, &token("lag-carol", "Carol", None)).await;
     create(&mut carol, json!({"name": "quiet"})).await;
+    // In no room: only direct messages reach dave.
+    let mut dave = Client::connect(url, &token("lag-dave", "Dave", None)).await;
     let mut view = RoomView::default();
     view.rejoined(&join(&mut bob, &sid, None).await);
     // Bursts, not waiting for acknowledgements, until the gateway falls behind the bus.
@@ -947,13 +950,6 @@ pub async fn lagging_subscription(url: &str) {
     }
     let resync = resync.expect("a 4-message bus buffer overflows under bursts of 100");
     assert_eq!(resync["sessionId"], sid.as_str());
-    // The quiet room lost nothing: its member is left alone.
-    let told = carol
-        .try_recv_where(Duration::from_millis(500), |f| {
-            f["type"] == "resync_required"
-        })
-        .await;
-    assert!(told.is_none(), "{told:?}");
     // What arrived applies up to the first gap; the rest comes with the rejoin.
     tokio::time::sleep(Duration::from_secs(1)).await;
     while let Some(f) = bob
@@ -974,4 +970,91 @@ pub async fn lagging_subscription(url: &str) {
     view.rejoined(&r);
     let want: Vec<String> = (0..sent).map(|i| format!("m{i}")).collect();
     assert_eq!(view.texts, want);
+    lagging_user_channel(&mut alice, &mut dave).await;
+    // The quiet room and the quiet user lost nothing: carol is left alone.
+    let told = carol
+        .try_recv_where(Duration::from_millis(500), |f| {
+            f["type"] == "resync_required"
+        })
+        .await;
+    assert!(told.is_none(), "{told:?}");
+}
+
+/// Bursts of direct messages from `alice` to `dave` (in no room) until dave's channel
+/// lags: dave is told `resync_required` for his own channel, and the conversation's history
+/// holds every message sent, in order, though fewer came live.
+async fn lagging_user_channel(alice: &mut Client, dave: &mut Client) {
+    let mut sent: usize = 0;
+    let mut notice = None;
+    for _ in 0..20 {
+        for _ in 0..100 {
+            let content = format!("d{sent}");
+            alice
+                .send(
+                    json!({"type": "direct_message", "receiverId": dave.user, "content": content}),
+                )
+                .await;
+            sent += 1;
+        }
+        notice = dave
+            .try_recv_where(Duration::from_secs(2), |f| f["type"] == "resync_required")
+            .await;
+        if notice.is_some() {
+            break;
+        }
+    }
+    let notice = notice.expect("a 4-message bus buffer overflows under bursts of 100");
+    assert_eq!(notice["scope"], "user", "{notice}");
+    assert!(notice.get("sessionId").is_none(), "{notice}");
+    // The newest page shows the last message once everything is committed.
+    let last = format!("d{}", sent - 1);
+    let mut page = Value::Null;
+    for _ in 0..50 {
+        page = dave
+            .request(json!({"type": "load_direct", "with": alice.user, "limit": 30}))
+            .await;
+        if page["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .map(|m| &m["content"])
+            == Some(&json!(last))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then page back (30 a page), each page from the first message of the one before (its createdAt
+    // and id): many messages share a millisecond, and a page boundary inside one loses none.
+    let mut texts: Vec<String> = Vec::new();
+    loop {
+        let msgs = page["messages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"));
+        let older: Vec<String> = msgs
+            .iter()
+            .filter_map(|m| m["content"].as_str().map(str::to_string))
+            .collect();
+        texts.splice(0..0, older);
+        if page["hasMore"] != true {
+            break;
+        }
+        let first = &msgs[0];
+        page = dave
+            .request(
+                json!({"type": "load_direct", "with": alice.user, "limit": 30,
+                "before": first["createdAt"], "beforeId": first["id"]}),
+            )
+            .await;
+    }
+    let want: Vec<String> = (0..sent).map(|i| format!("d{i}")).collect();
+    assert_eq!(texts, want, "every message once, in the order sent");
+    let live = dave
+        .take_pending()
+        .into_iter()
+        .filter(|f| f["type"] == "direct_message")
+        .count();
+    assert!(
+        live < sent,
+        "{live} of {sent} came live: something was dropped"
+    );
 }

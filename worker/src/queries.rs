@@ -34,7 +34,7 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             before,
             limit,
         } => {
-            let f = direct(store, &cmd, &with, before, limit).await;
+            let f = direct(store, &cmd, &with, before.as_ref(), limit).await;
             (cmd, f)
         }
         Query::Sessions { cmd } => {
@@ -103,9 +103,10 @@ async fn direct(
     store: &dyn Store,
     cmd: &Command,
     with: &str,
-    before: Option<i64>,
+    before: Option<&(i64, String)>,
     limit: usize,
 ) -> Bytes {
+    let before = before.map(|(at, id)| (*at, id.as_str()));
     let r = store
         .direct_history(&cmd.tenant, &cmd.user_id, with, before, limit + 1)
         .await;

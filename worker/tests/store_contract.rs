@@ -308,14 +308,28 @@ async fn direct_contract(store: &dyn Store) {
     );
     let newest = store.direct_history("td", "ann", "ben", None, 2).await;
     assert_eq!(ids(newest.unwrap()), ["x4", "x5"]);
-    let older = store.direct_history("td", "ann", "ben", Some(400), 2).await;
+    let older = store
+        .direct_history("td", "ann", "ben", Some((400, "")), 2)
+        .await;
     assert_eq!(ids(older.unwrap()), ["x2", "x3"]);
+    // A page boundary inside a millisecond: the cursor (time, id) of the page's first
+    // message leaves out what was shown and nothing else.
+    let one = store.direct_history("td", "ann", "ben", None, 1).await;
+    assert_eq!(ids(one.unwrap()), ["x5"]);
+    let next = store
+        .direct_history("td", "ann", "ben", Some((400, "x5")), 1)
+        .await;
+    assert_eq!(ids(next.unwrap()), ["x4"]);
+    let next = store
+        .direct_history("td", "ann", "ben", Some((400, "x4")), 1)
+        .await;
+    assert_eq!(ids(next.unwrap()), ["x3"]);
     let page = store.direct_history("td", "cy", "ann", None, 10).await;
     assert_eq!(ids(page.unwrap()), ["y1"]);
     let page = store.direct_history("te", "ben", "ann", None, 10).await;
     assert_eq!(ids(page.unwrap()), ["z1"]);
     let m = &store
-        .direct_history("td", "ann", "ben", Some(150), 1)
+        .direct_history("td", "ann", "ben", Some((150, "")), 1)
         .await
         .unwrap()[0];
     assert_eq!(

@@ -99,7 +99,11 @@ export interface Events {
   sync_status: { sessionId: string; drift: number | null; lastSync: number; quality: string; lagging: boolean };
   track_added: { sessionId: string; track: Track };
   track_removed: { sessionId: string; trackId: string };
-  resync_required: { sessionId: string; reason: string };
+  /** With `sessionId`: that room's events were dropped (the client rejoins by itself).
+   * With `scope: "user"` instead: direct messages, notifications or contacts' presence
+   * addressed to this user were; load them again (`loadDirect`, `notification:list`,
+   * `get_presence`). */
+  resync_required: { sessionId?: string; scope?: "user"; reason: string };
   token_expiring: { expiresAt: number };
   "notification:new": { notification: Record<string, unknown> };
   "notification:unread-count": { count: number };
@@ -294,6 +298,22 @@ export class Jam {
 
   directMessage(receiverId: string, content: string): Promise<Events["direct_message"]> {
     return this.request({ type: "direct_message", receiverId, content });
+  }
+
+  /** A page of the conversation with `withUser`, oldest first; the next older page starts
+   * from this page's first message (`before`: its `createdAt` and `id`). */
+  loadDirect(
+    withUser: string,
+    before?: { createdAt: number; id: string },
+    limit?: number,
+  ): Promise<Events["direct_history"]> {
+    return this.request({
+      type: "load_direct",
+      with: withUser,
+      before: before?.createdAt,
+      beforeId: before?.id,
+      limit,
+    });
   }
 
   // --- Clock ---------------------------------------------------------------------------

@@ -71,6 +71,26 @@ test("a dropped connection reconnects and recovers what it missed, once, in orde
   b.close();
 });
 
+test("a direct conversation pages back from each page's first message, losing none", async () => {
+  const a = new Jam({ url, token: token("dm-ana") });
+  const b = new Jam({ url, token: token("dm-bo") });
+  await a.connect();
+  await b.connect();
+  // Sent together: several share a millisecond, and so a page boundary.
+  const sent = Array.from({ length: 9 }, (_, i) => `d${i}`);
+  await Promise.all(sent.map((c) => a.directMessage("dm-bo", c)));
+  const got = [];
+  let page = await b.loadDirect("dm-ana", undefined, 2);
+  for (;;) {
+    got.unshift(...page.messages.map((m) => m.content));
+    if (!page.hasMore) break;
+    page = await b.loadDirect("dm-ana", page.messages[0], 2);
+  }
+  assert.deepEqual(got, sent);
+  a.close();
+  b.close();
+});
+
 test("1008 stops reconnecting and asks for a token", async () => {
   let good = true;
   const a = new Jam({ url, token: () => (good ? token("eve") : "not-a-token"), reconnectMinMs: 20, reconnectMaxMs: 50 });

@@ -41,46 +41,77 @@ pub async fn run(table: Arc<Table>, mut rx: mpsc::Receiver<BusMessage>) {
     tracing::info!("bus subscription closed; dispatcher stopped");
 }
 
-/// Room events were dropped on their way to this gateway: every member of each room that
-/// lost some (`lost`, the notice's channels; `None`: any room may have) is told to rejoin
-/// with its last `seq` (and gets what it missed, or a snapshot). Other rooms go on.
+/// Messages were dropped on their way to this gateway (`lost`, the notice's channels;
+/// `None`: any channel may have lost some). Each member of a room that lost some is told
+/// to rejoin with its last `seq` (it gets what it missed, or a snapshot); each connection of
+/// a user whose channel lost some is told that direct messages, notifications or contacts'
+/// presence may be missing (`"scope": "user"`), to load them again. Other rooms and users
+/// go on.
 pub fn resync(table: &Table, lost: Option<&[&str]>) {
     // The members are picked under the lock and told after it, as `deliver` does: a push
     // may write to the socket, and a gateway's rooms together hold every connection.
-    let rooms: Vec<(String, Vec<ConnHandle>)> = {
+    let told: Vec<(Notice, Vec<ConnHandle>)> = {
         let st = table.state.lock().unwrap();
-        let room = |(channel, ch): (&Arc<str>, &super::table::Channel)| {
-            let sid = jam_shared::keys::room_of(channel)?;
-            Some((sid.to_string(), ch.members.iter().cloned().collect()))
+        let pick = |(channel, ch): (&Arc<str>, &super::table::Channel)| {
+            let notice = Notice::of(channel)?;
+            Some((notice, ch.members.iter().cloned().collect()))
         };
         match lost {
-            None => st.channels.iter().filter_map(room).collect(),
+            None => st.channels.iter().filter_map(pick).collect(),
             Some(names) => names
                 .iter()
                 .filter_map(|n| st.channels.get_key_value(*n))
-                .filter_map(room)
+                .filter_map(pick)
                 .collect(),
         }
     };
-    let mut told = 0u64;
-    for (sid, members) in &rooms {
-        let f = jam_shared::protocol::event::frame(
-            "resync_required",
-            &serde_json::json!({"sessionId": sid, "reason": "events_dropped"}),
-        );
-        let f = OutFrame::text(&f);
+    let (mut rooms, mut users, mut connections) = (0usize, 0usize, 0u64);
+    for (notice, members) in &told {
+        match notice {
+            Notice::Room(_) => rooms += 1,
+            Notice::User => users += 1,
+        }
+        let f = OutFrame::text(&notice.frame());
         for h in members {
             if h.push(f.clone()) {
-                told += 1;
+                connections += 1;
             }
         }
     }
-    metrics::counter!("jam_resync_required_total").increment(told);
+    metrics::counter!("jam_resync_required_total").increment(connections);
     tracing::warn!(
-        rooms = rooms.len(),
-        connections = told,
+        rooms,
+        users,
+        connections,
         "bus messages were dropped; members told to resync"
     );
+}
+
+/// What the members of a channel that lost messages are told; `None` for channels whose
+/// losses nobody can act on (the gateway's inbox: a request left unanswered is sent again
+/// after its timeout, docs/protocol.md).
+enum Notice {
+    /// A room's members: rejoin with `sinceSeq`.
+    Room(String),
+    /// A user's connections: load direct messages, notifications and presence again.
+    User,
+}
+
+impl Notice {
+    fn of(channel: &str) -> Option<Self> {
+        if let Some(sid) = jam_shared::keys::room_of(channel) {
+            return Some(Notice::Room(sid.to_string()));
+        }
+        jam_shared::keys::user_of(channel).map(|_| Notice::User)
+    }
+
+    fn frame(&self) -> bytes::Bytes {
+        let body = match self {
+            Notice::Room(sid) => serde_json::json!({"sessionId": sid, "reason": "events_dropped"}),
+            Notice::User => serde_json::json!({"scope": "user", "reason": "events_dropped"}),
+        };
+        jam_shared::protocol::event::frame("resync_required", &body)
+    }
 }
 
 pub fn deliver(table: &Arc<Table>, msg: &BusMessage) {

@@ -189,6 +189,8 @@ pub struct DirectPage {
     #[serde(default)]
     before: Option<i64>,
     #[serde(default)]
+    before_id: Option<String>,
+    #[serde(default)]
     limit: Option<u32>,
 }
 
@@ -204,6 +206,7 @@ pub async fn direct_messages(
         ClientFrame::LoadDirect {
             with: p.with,
             before: p.before,
+            before_id: p.before_id,
             limit: p.limit,
         },
     )

@@ -96,6 +96,8 @@ pub enum ClientFrame {
         #[serde(default)]
         before: Option<i64>,
         #[serde(default)]
+        before_id: Option<String>,
+        #[serde(default)]
         limit: Option<u32>,
     },
     /// Host only: where the host's player is.
@@ -360,10 +362,12 @@ impl ClientFrame {
             ClientFrame::LoadDirect {
                 with,
                 before,
+                before_id,
                 limit,
             } => Action::LoadDirect {
                 with,
                 before,
+                before_id,
                 limit,
             },
             ClientFrame::PlaybackState {

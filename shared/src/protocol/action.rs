@@ -20,6 +20,8 @@ pub const MAX_PASSWORD_CHARS: usize = 128;
 pub const MAX_PARTICIPANTS_LIMIT: u32 = 10_000;
 pub const DEFAULT_MAX_PARTICIPANTS: u32 = 50;
 pub const MAX_HISTORY_PAGE: u32 = 100;
+/// The longest message id a page cursor may name (`beforeId`).
+pub const MAX_CURSOR_ID: usize = 256;
 pub const DEFAULT_HISTORY_PAGE: u32 = 50;
 pub const MAX_OFFSET_MS: f64 = 3_600_000.0;
 /// Positions beyond ten days are not a track.
@@ -136,8 +138,13 @@ pub enum Action {
     #[serde(rename_all = "camelCase")]
     LoadDirect {
         with: String,
+        /// Older than this `createdAt` (ms)...
         #[serde(default)]
         before: Option<i64>,
+        /// ...or, with it, than the message of this `createdAt` and id: the first message
+        /// of the previous page, so that a page boundary inside a millisecond loses nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before_id: Option<String>,
         #[serde(default)]
         limit: Option<u32>,
     },
@@ -480,6 +487,14 @@ impl Action {
             {
                 bad("notificationId must be a positive number")
             }
+            Action::LoadDirect {
+                before, before_id, ..
+            } if before_id
+                .as_ref()
+                .is_some_and(|id| before.is_none() || id.len() > MAX_CURSOR_ID) =>
+            {
+                bad("beforeId: at most 256 characters, and only with before")
+            }
             Action::LoadNotifications { limit, .. }
             | Action::LoadHistory { limit, .. }
             | Action::LoadDirect { limit, .. } => {
@@ -550,5 +565,16 @@ mod tests {
         };
         assert!(create(Some(0)).validate().is_err());
         assert!(create(Some(10)).validate().is_ok());
+        let direct = |before: Option<i64>, id: Option<String>| Action::LoadDirect {
+            with: "bob".into(),
+            before,
+            before_id: id,
+            limit: None,
+        };
+        assert!(direct(Some(5), Some("x".into())).validate().is_ok());
+        assert!(direct(Some(5), None).validate().is_ok());
+        assert!(direct(None, Some("x".into())).validate().is_err());
+        let long = Some("x".repeat(MAX_CURSOR_ID + 1));
+        assert!(direct(Some(5), long).validate().is_err());
     }
 }

@@ -43,7 +43,8 @@ pub enum Query {
     Direct {
         cmd: Command,
         with: String,
-        before: Option<i64>,
+        /// Older than this `(createdAt, id)`; an empty id: than the millisecond.
+        before: Option<(i64, String)>,
         limit: usize,
     },
     /// The public sessions of the caller's tenant, across every partition.

@@ -226,11 +226,12 @@ impl Engine {
             Action::LoadDirect {
                 with,
                 before,
+                before_id,
                 limit,
             } => fx.queries.push(Query::Direct {
                 cmd: cmd.clone(),
                 with: with.clone(),
-                before: *before,
+                before: before.map(|at| (at, before_id.clone().unwrap_or_default())),
                 limit: page(*limit),
             }),
             Action::PlaybackState {

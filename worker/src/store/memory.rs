@@ -24,15 +24,16 @@ fn conversation(tenant: &str, a: &str, b: &str) -> Conversation {
 /// Rows ordered by (seq or time, id), as chat and direct messages are kept.
 type Ordered<T> = BTreeMap<(i64, String), T>;
 
-/// The newest `limit` rows below `upper` that `keep` accepts, oldest first: a page.
+/// The newest `limit` rows below `upper` (a key; with an empty id, below its seq or time)
+/// that `keep` accepts, oldest first: a page.
 fn newest_below<T: Clone>(
     rows: &Ordered<T>,
-    upper: i64,
+    (upper, id): (i64, &str),
     limit: usize,
     keep: impl Fn(&T) -> bool,
 ) -> Vec<T> {
     let mut out: Vec<T> = rows
-        .range(..(upper, String::new()))
+        .range(..(upper, id.to_string()))
         .rev()
         .map(|(_, m)| m)
         .filter(|m| keep(m))
@@ -433,7 +434,9 @@ impl Store for MemoryStore {
             return Ok(Vec::new());
         };
         let upper = before.unwrap_or(i64::MAX);
-        Ok(newest_below(msgs, upper, limit, |m| m.created_at >= since))
+        Ok(newest_below(msgs, (upper, ""), limit, |m| {
+            m.created_at >= since
+        }))
     }
 
     async fn direct_history(
@@ -441,19 +444,15 @@ impl Store for MemoryStore {
         tenant: &str,
         a: &str,
         b: &str,
-        before: Option<i64>,
+        before: Option<(i64, &str)>,
         limit: usize,
     ) -> Result<Vec<DirectMessage>, StoreError> {
         let s = self.state.lock().unwrap();
         let Some(msgs) = s.direct.get(&conversation(tenant, a, b)) else {
             return Ok(Vec::new());
         };
-        Ok(newest_below(
-            msgs,
-            before.unwrap_or(i64::MAX),
-            limit,
-            |_| true,
-        ))
+        let (at, id) = before.unwrap_or((i64::MAX, ""));
+        Ok(newest_below(msgs, (at, id), limit, |_| true))
     }
 
     async fn purge_messages(&self, before: i64) -> Result<u64, StoreError> {

@@ -141,14 +141,15 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError>;
 
-    /// Direct messages between `a` and `b` created before `before` (ms; all when `None`),
-    /// newest `limit`, oldest first.
+    /// Direct messages between `a` and `b` that sort before `before` (`(createdAt, id)`, ids
+    /// compared bytewise; an empty id: every message of that millisecond and later is left
+    /// out; all when `None`), newest `limit`, oldest first, in `(createdAt, id)` order.
     async fn direct_history(
         &self,
         tenant: &str,
         a: &str,
         b: &str,
-        before: Option<i64>,
+        before: Option<(i64, &str)>,
         limit: usize,
     ) -> Result<Vec<DirectMessage>, StoreError>;
 

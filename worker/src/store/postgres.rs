@@ -253,8 +253,8 @@ const NOTIFICATIONS_SQL: &str =
      ORDER BY id DESC LIMIT $4";
 const DIRECT_HISTORY_SQL: &str = "SELECT id, sender_id, sender_name, receiver_id, content, created_at FROM jam_direct_messages
      WHERE tenant = $1 AND ((sender_id = $2 AND receiver_id = $3) OR (sender_id = $3 AND receiver_id = $2))
-       AND created_at < $4
-     ORDER BY created_at DESC, id DESC LIMIT $5";
+       AND (created_at, id COLLATE \"C\") < ($4, $6::text COLLATE \"C\")
+     ORDER BY created_at DESC, id COLLATE \"C\" DESC LIMIT $5";
 /// The watchers of many users at once: row `i` (from 1) answers the `i`-th user asked.
 const WATCHERS_SQL: &str = "SELECT u.i, w.user_id
      FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u(tenant, user_id, i)
@@ -589,14 +589,14 @@ impl Store for PgStore {
         tenant: &str,
         a: &str,
         b: &str,
-        before: Option<i64>,
+        before: Option<(i64, &str)>,
         limit: usize,
     ) -> Result<Vec<DirectMessage>, StoreError> {
         let t = Instant::now();
         let c = self.conn().await?;
-        let before = before.unwrap_or(i64::MAX);
+        let (at, id) = before.unwrap_or((i64::MAX, ""));
         let limit = limit as i64;
-        let rows = read(&c, DIRECT_HISTORY_SQL, &[&tenant, &a, &b, &before, &limit]).await?;
+        let rows = read(&c, DIRECT_HISTORY_SQL, &[&tenant, &a, &b, &at, &limit, &id]).await?;
         observe("direct_history", t);
         let mut out: Vec<DirectMessage> = rows
             .into_iter()
