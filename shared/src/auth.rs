@@ -42,15 +42,15 @@ impl AuthError {
     }
 }
 
-/// The identity a verified token names: `sub` (≤ 128 bytes, no `:` or newline), the display
-/// name (`name`, else `sub`, ≤ 64 chars) and the tenant (`[A-Za-z0-9_-]{1,64}`, else the
+/// The identity a verified token names: `sub` (≤ 128 bytes, no `:`, newline or U+0000), the
+/// display name (`name`, else `sub`, ≤ 64 chars, no U+0000) and the tenant (`[A-Za-z0-9_-]{1,64}`, else the
 /// default tenant).
 pub fn identity(
     sub: String,
     name: Option<String>,
     tenant: Option<String>,
 ) -> Result<Identity, AuthError> {
-    if sub.is_empty() || sub.len() > 128 || sub.contains(['\n', ':']) {
+    if sub.is_empty() || sub.len() > 128 || sub.contains(['\n', ':', '\0']) {
         return Err(AuthError::Invalid("bad sub claim".into()));
     }
     let tenant = match tenant {
@@ -66,6 +66,9 @@ pub fn identity(
         }
         _ => DEFAULT_TENANT.to_string(),
     };
+    if name.as_ref().is_some_and(|n| n.contains('\0')) {
+        return Err(AuthError::Invalid("bad name claim".into()));
+    }
     let name = name
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| sub.clone());
@@ -164,6 +167,21 @@ mod tests {
             Err(AuthError::Invalid(_))
         ));
         assert!(v.verify("garbage").is_err());
+    }
+
+    #[test]
+    fn rejects_nul_in_sub_and_name() {
+        let v = JwtVerifier::new("s");
+        let nul_sub = claims_for("a\0b", "A", None, 60);
+        assert!(matches!(
+            v.verify(&v.sign(&nul_sub)),
+            Err(AuthError::Invalid(_))
+        ));
+        let nul_name = claims_for("a", "A\0", None, 60);
+        assert!(matches!(
+            v.verify(&v.sign(&nul_name)),
+            Err(AuthError::Invalid(_))
+        ));
     }
 
     #[test]

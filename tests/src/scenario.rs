@@ -227,6 +227,7 @@ pub async fn bad_input(url: &str) {
     assert_eq!(e["code"], "BAD_REQUEST");
     assert!(e["message"].as_str().unwrap().contains("too large"));
     alive(&mut c).await;
+    nul_characters(&mut c).await;
 
     // Tokens: expired, wrong key, garbage, none within the deadline.
     let jwt = jam_shared::auth::JwtVerifier::new(crate::SECRET);
@@ -252,6 +253,31 @@ pub async fn bad_input(url: &str) {
         .await;
     assert_eq!(c.recv().await["code"], "UNAUTHORIZED");
     assert_eq!(c.closed(Duration::from_secs(5)).await, Some(1008));
+}
+
+/// U+0000 in any text a client sends is refused with its error and stores nothing
+/// (PostgreSQL's text and jsonb cannot hold it: a commit carrying one would fail on every
+/// retry), while the six characters `\u0000` typed as text are kept as they are.
+async fn nul_characters(c: &mut Client) {
+    let sid = create(c, json!({"name": "nul"})).await;
+    let before = say(c, &sid, "before").await["seq"].as_i64().unwrap();
+    let refused = [
+        json!({"type": "send_message", "sessionId": sid, "message": "a\u{0}b"}),
+        json!({"type": "direct_message", "receiverId": "nobody", "content": "\u{0}"}),
+        json!({"type": "create_session", "name": "x\u{0}"}),
+        json!({"type": "add_track", "sessionId": sid, "track": {"uri": "spotify:track:1", "name": "t\u{0}"}}),
+    ];
+    for f in refused {
+        let e = c.request(f.clone()).await;
+        assert_eq!(e["code"], "BAD_REQUEST", "{f} -> {e}");
+        assert!(e["message"].as_str().unwrap().contains("U+0000"), "{e}");
+    }
+    // The session's next event is this message: nothing above was stored, and its
+    // partition commits on.
+    let typed = "\\u0000 is how JSON writes it";
+    let r = say(c, &sid, typed).await;
+    let got = (r["seq"].as_i64(), r["message"].as_str());
+    assert_eq!(got, (Some(before + 1), Some(typed)), "{r}");
 }
 
 /// Tenants never see each other's sessions.
@@ -613,6 +639,14 @@ pub async fn notifications(url_a: &str, url_b: &str, http_a: &str) {
             .await,
         "only the addressed users"
     );
+    // U+0000 anywhere (here a key of `data`, kept as jsonb) is refused; nothing is stored:
+    // the next notification is still number 2.
+    let r = notify(json!({"userId": "nbob", "type": "nul", "title": "t", "data": {"k\u{0}": 1}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e = r.json::<Value>().await.unwrap();
+    assert!(e.to_string().contains("U+0000"), "{e}");
     notify(json!({"userId": "nbob", "type": "job_started", "title": "Job 5 started"}))
         .await
         .unwrap();

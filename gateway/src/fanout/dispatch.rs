@@ -87,9 +87,7 @@ pub fn resync(table: &Table, lost: Option<&[&str]>) {
     );
 }
 
-/// What the members of a channel that lost messages are told; `None` for channels whose
-/// losses nobody can act on (the gateway's inbox: a request left unanswered is sent again
-/// after its timeout, docs/protocol.md).
+/// What the members of a channel that lost messages are told.
 enum Notice {
     /// A room's members: rejoin with `sinceSeq`.
     Room(String),
@@ -98,6 +96,8 @@ enum Notice {
 }
 
 impl Notice {
+    /// `None` for a channel whose losses nobody can act on: the gateway's inbox (a request
+    /// left unanswered is sent again after its timeout, docs/protocol.md).
     fn of(channel: &str) -> Option<Self> {
         if let Some(sid) = jam_shared::keys::room_of(channel) {
             return Some(Notice::Room(sid.to_string()));

@@ -64,6 +64,11 @@ fn recipients(b: &CreateBody) -> Result<Vec<String>, ApiError> {
     if users.iter().any(|u| u.is_empty() || u.len() > 256) {
         return Err(ApiError::new(ErrorCode::BadRequest, "bad userId"));
     }
+    // Checked for every user before any is notified (`rpc_action` checks each call).
+    if users.iter().any(|u| u.contains('\0')) {
+        let refused = jam_shared::protocol::nul::REFUSED;
+        return Err(ApiError::new(ErrorCode::BadRequest, refused));
+    }
     Ok(users)
 }
 

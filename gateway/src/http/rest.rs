@@ -109,6 +109,15 @@ pub async fn rpc_action(
     action: jam_shared::protocol::Action,
 ) -> Result<Value, ApiError> {
     action.validate().map_err(|(c, m)| ApiError::new(c, m))?;
+    // Bodies, paths and queries alike: whatever reached the action, or the identity (a
+    // token's is checked when verified; the backend names users in bodies and paths).
+    let json = serde_json::to_vec(&action)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let named = [&who.user_id, &who.user_name, &who.tenant];
+    if jam_shared::protocol::nul::in_json(&json) || named.iter().any(|s| s.contains('\0')) {
+        let refused = jam_shared::protocol::nul::REFUSED;
+        return Err(ApiError::new(ErrorCode::BadRequest, refused));
+    }
     let conn = format!("rest-{}", jam_shared::ids::unique());
     let (tx, mut rx) = mpsc::channel(8);
     let handle = ConnHandle::new(&conn, &who.user_id, tx);

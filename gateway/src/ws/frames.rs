@@ -157,6 +157,14 @@ pub async fn handle(
             None,
         ));
     }
+    if jam_shared::protocol::nul::in_json(text.as_bytes()) {
+        let refused = jam_shared::protocol::nul::REFUSED;
+        return Err(FrameError::new(
+            ErrorCode::BadRequest,
+            refused,
+            ref_of(text),
+        ));
+    }
     let (r#ref, key, client) = match read(st, who, conn, text).await? {
         Read::Done(outcome) => return Ok(outcome),
         Read::Frame(r#ref, key, client) => (r#ref, key, client),

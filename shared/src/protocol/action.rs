@@ -491,7 +491,7 @@ impl Action {
                 before, before_id, ..
             } if before_id
                 .as_ref()
-                .is_some_and(|id| before.is_none() || id.len() > MAX_CURSOR_ID) =>
+                .is_some_and(|id| before.is_none() || id.chars().count() > MAX_CURSOR_ID) =>
             {
                 bad("beforeId: at most 256 characters, and only with before")
             }

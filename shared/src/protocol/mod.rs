@@ -5,6 +5,7 @@ pub mod action;
 pub mod command;
 pub mod envelope;
 pub mod event;
+pub mod nul;
 pub mod sync;
 
 pub use action::Action;
