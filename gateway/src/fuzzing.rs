@@ -11,7 +11,8 @@ use crate::ws::frames;
 use crate::ws::wire::Created;
 
 /// A client frame as the gateway reads it: parse, wire type, internal action, validation;
-/// what the one-pass path reads, the tree reads the same.
+/// what the one-pass path reads, the tree reads the same; an action from a frame that passed
+/// the U+0000 check holds none.
 pub fn client_frame(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -36,7 +37,26 @@ pub fn client_frame(data: &[u8]) {
             session_id: "FUZZ23".into(),
             password_hash: None,
         });
-        let _ = action.validate();
+        // What the frame's U+0000 check lets through holds none (decision 32): PostgreSQL
+        // could not store it, and a commit carrying it would fail on every retry.
+        if action.validate().is_ok() && !jam_shared::protocol::nul::in_json(data) {
+            let v = serde_json::to_value(&action).expect("an action serializes");
+            assert!(
+                !holds_nul(&v),
+                "U+0000 got past the frame's check: {text:?}"
+            );
+        }
+    }
+}
+
+/// Whether a string or key anywhere in `v` holds U+0000.
+fn holds_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(holds_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
