@@ -232,7 +232,13 @@ impl Committer {
                 Err(e) => {
                     metrics::counter!("jam_commit_errors_total", "retryable" => e.retryable().to_string())
                         .increment(1);
-                    tracing::warn!(error = %e, batches = group.len(), retry_in_ms = delay.as_millis() as u64, "commit failed; retrying");
+                    if e.retryable() {
+                        tracing::warn!(error = %e, batches = group.len(), retry_in_ms = delay.as_millis() as u64, "commit failed; retrying");
+                    } else {
+                        // Nothing can be dropped (the commands are in the engine's state and
+                        // unacknowledged): the partitions wait, loudly (docs/operations.md).
+                        tracing::error!(error = %e, batches = group.len(), retry_in_ms = delay.as_millis() as u64, "commit refused for its data; retrying cannot help");
+                    }
                     for q in group.iter() {
                         self.health.store_ok(q.partition, false);
                     }

@@ -669,12 +669,41 @@ async fn postgres_store_meets_the_contract() {
         let store = PgStore::connect(&url, 4).await.unwrap();
         // Migrations are idempotent.
         PgStore::connect(&url, 4).await.unwrap();
+        refused_data(&store).await;
         store_contract(Arc::new(store)).await;
     }
     statements_are_bounded(&url).await;
     let _ = client
         .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .await;
+}
+
+/// Data PostgreSQL cannot hold (U+0000 in text; the gateways refuse it, decision 32) is a
+/// refusal, which no retry can help, not an outage; and the group is not committed.
+async fn refused_data(store: &PgStore) {
+    let part = 29;
+    let token = store.claim_partition(part).await.unwrap().token;
+    let mut bad = msg("tz", "NUL01", 1);
+    bad.message = "a\0b".into();
+    let batch = Batch {
+        messages: vec![bad],
+        fence: Some(Fence {
+            partition: part,
+            token,
+            applied: Some("9-0".into()),
+        }),
+        ..Default::default()
+    };
+    let e = store.commit(&batch).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Refused { code, .. } if code.starts_with("22")),
+        "{e}"
+    );
+    assert!(!e.retryable(), "{e}");
+    let h = store.history("tz", "NUL01", 0, None, 10).await.unwrap();
+    assert!(h.is_empty());
+    let mark = store.claim_partition(part).await.unwrap().applied;
+    assert_eq!(mark, None, "the refused batch moved no mark");
 }
 
 /// A statement stuck behind a lock fails after the statement timeout instead of waiting

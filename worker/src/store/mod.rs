@@ -16,6 +16,11 @@ use crate::model::{
 pub enum StoreError {
     #[error("database: {0}")]
     Db(String),
+    /// PostgreSQL refused the statement for what it carries (SQLSTATE classes 22, data
+    /// exception, and 23, integrity constraint violation): the same statement will fail
+    /// again however long one waits.
+    #[error("database refused the data ({code}): {message}")]
+    Refused { code: String, message: String },
     #[error("pool: {0}")]
     Pool(String),
     #[error("corrupt row: {0}")]

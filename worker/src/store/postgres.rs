@@ -170,6 +170,16 @@ async fn unbounded(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreE
 
 fn db(e: tokio_postgres::Error) -> StoreError {
     metrics::counter!("jam_pg_errors_total").increment(1);
+    let code = e.code().map(|c| c.code()).unwrap_or_default();
+    if code.starts_with("22") || code.starts_with("23") {
+        let message = e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_string());
+        return StoreError::Refused {
+            code: code.to_string(),
+            message,
+        };
+    }
     StoreError::Db(e.to_string())
 }
 
