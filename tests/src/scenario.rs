@@ -297,6 +297,52 @@ pub async fn tenants(url_a: &str, url_b: &str) {
         .request(json!({"type":"send_message","sessionId": sid, "message":"hi"}))
         .await;
     assert_eq!(r["code"], "SESSION_NOT_FOUND");
+    lobby_pages(url_a, url_b).await;
+}
+
+/// A tenant's lobby in pages: public, active sessions only, newest first; each page from
+/// the last session of the one before (its createdAt and id), every session once.
+async fn lobby_pages(url_a: &str, url_b: &str) {
+    let mut host = Client::connect(url_a, &token("lobby-host", "Host", Some("lobby"))).await;
+    let mut guest = Client::connect(url_b, &token("lobby-guest", "Guest", Some("lobby"))).await;
+    let mut made = Vec::new();
+    for i in 0..5 {
+        made.push(create(&mut host, json!({"name": format!("open {i}")})).await);
+    }
+    let private = create(&mut host, json!({"name": "closed", "isPrivate": true})).await;
+    let (mut seen, mut times): (Vec<String>, Vec<i64>) = (Vec::new(), Vec::new());
+    let mut page = guest
+        .request(json!({"type": "get_sessions", "limit": 2}))
+        .await;
+    loop {
+        let list = page["sessions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"));
+        assert!(list.len() <= 2, "{page}");
+        seen.extend(list.iter().map(|s| s["id"].as_str().unwrap().to_string()));
+        times.extend(list.iter().map(|s| s["createdAt"].as_i64().unwrap()));
+        if page["hasMore"] != true {
+            break;
+        }
+        let last = list.last().unwrap();
+        page = guest
+            .request(json!({"type": "get_sessions", "limit": 2,
+                "before": last["createdAt"], "beforeId": last["id"]}))
+            .await;
+    }
+    assert!(!seen.contains(&private), "{seen:?}");
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    made.sort();
+    let mut got = seen.clone();
+    got.sort();
+    assert_eq!(got, made, "every public session once: {seen:?}");
+    let e = guest
+        .request(json!({"type": "get_sessions", "limit": 101}))
+        .await;
+    assert_eq!(e["code"], "BAD_REQUEST", "{e}");
 }
 
 async fn alive(c: &mut Client) {

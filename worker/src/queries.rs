@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::model::{SessionStatus, SessionSummary};
+use crate::model::SessionSummary;
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use jam_shared::bus::Bus;
@@ -37,8 +37,8 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             let f = direct(store, &cmd, &with, before.as_ref(), limit).await;
             (cmd, f)
         }
-        Query::Sessions { cmd } => {
-            let f = sessions(store, &cmd).await;
+        Query::Sessions { cmd, before, limit } => {
+            let f = sessions(store, &cmd, before.as_ref(), limit).await;
             (cmd, f)
         }
         Query::Notifications {
@@ -118,20 +118,30 @@ async fn direct(
     })
 }
 
-/// Public, active sessions, newest first.
-async fn sessions(store: &dyn Store, cmd: &Command) -> Bytes {
-    match store.list_sessions(&cmd.tenant).await {
-        Ok(all) => {
-            let mut list: Vec<_> = all
+/// A page of the public, active sessions, newest first.
+async fn sessions(
+    store: &dyn Store,
+    cmd: &Command,
+    before: Option<&(i64, String)>,
+    limit: usize,
+) -> Bytes {
+    let before = before.map(|(at, id)| (*at, id.as_str()));
+    let r = store.list_sessions(&cmd.tenant, before, limit + 1).await;
+    match r {
+        Ok(mut rows) => {
+            let has_more = rows.len() > limit;
+            rows.truncate(limit);
+            let list: Vec<SessionSummary> = rows
                 .iter()
-                .filter(|(s, _)| !s.is_private && s.status == SessionStatus::Active)
                 .map(|(s, n)| SessionSummary {
                     participant_count: *n,
                     ..s.summary()
                 })
                 .collect();
-            list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-            frame("sessions_list", &json!({ "sessions": list }))
+            frame(
+                "sessions_list",
+                &json!({ "sessions": list, "hasMore": has_more }),
+            )
         }
         Err(e) => unavailable("sessions", &e),
     }

@@ -113,7 +113,7 @@ async fn store_contract(store: Arc<dyn Store>) {
     assert_eq!(loaded[0].last_seq, 7);
     assert_eq!(loaded[1].last_seq, 3);
     assert!(store.load_sessions(4).await.unwrap().is_empty());
-    assert_eq!(store.list_sessions("t1").await.unwrap().len(), 1);
+    assert_eq!(store.list_sessions("t1", None, 10).await.unwrap().len(), 1);
 
     // History: newest page first, returned oldest first; tenants apart; `since` cuts.
     let page = store.history("t1", "AAAA", 0, None, 3).await.unwrap();
@@ -220,12 +220,57 @@ async fn store_contract(store: Arc<dyn Store>) {
     participants_contract(&*store).await;
     direct_contract(&*store).await;
     reused_id_contract(&*store).await;
+    listing_contract(&*store).await;
     store.ping().await.unwrap();
 }
 
 /// A session made again under the id of one that ended (a code drawn again while the old
 /// one's messages are kept): its messages start again at seq 1, are kept beside the old
 /// ones, and each session's history and seq are its own.
+/// Listings: a tenant's public, active sessions only, newest first by (createdAt, id),
+/// paged from a cursor inside a millisecond without a gap.
+async fn listing_contract(store: &dyn Store) {
+    let part = 31;
+    let token = store.claim_partition(part).await.unwrap().token;
+    let at = |id: &str, tenant: &str, created: i64| SessionRecord {
+        created_at: created,
+        ..record(id, tenant)
+    };
+    let private = SessionRecord {
+        is_private: true,
+        ..at("P1", "tl", 30)
+    };
+    let ended = SessionRecord {
+        status: SessionStatus::Ended,
+        ..at("E1", "tl", 40)
+    };
+    let batch = Batch {
+        upserts: vec![
+            at("L1", "tl", 10),
+            at("L2", "tl", 20),
+            at("L3", "tl", 20),
+            private,
+            ended,
+            at("X1", "tx", 50),
+        ],
+        ..fenced(part, token)
+    };
+    store.commit(&batch).await.unwrap();
+    let ids =
+        |page: Vec<(SessionRecord, usize)>| page.into_iter().map(|(s, _)| s.id).collect::<Vec<_>>();
+    let all = store.list_sessions("tl", None, 10).await.unwrap();
+    assert_eq!(ids(all), ["L3", "L2", "L1"]);
+    let first = store.list_sessions("tl", None, 2).await.unwrap();
+    assert_eq!(ids(first), ["L3", "L2"]);
+    let next = store
+        .list_sessions("tl", Some((20, "L2")), 2)
+        .await
+        .unwrap();
+    assert_eq!(ids(next), ["L1"]);
+    let older = store.list_sessions("tl", Some((20, "")), 5).await.unwrap();
+    assert_eq!(ids(older), ["L1"]);
+}
+
 async fn reused_id_contract(store: &dyn Store) {
     let part = 24;
     let token = store.claim_partition(part).await.unwrap().token;
@@ -399,7 +444,7 @@ async fn participants_contract(store: &dyn Store) {
         loaded().await,
         named(&[("h", 0.0), ("bob", 0.0), ("carol", 0.0)])
     );
-    let listed = store.list_sessions("tp").await.unwrap();
+    let listed = store.list_sessions("tp", None, 10).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].1, 3, "the listing counts participants");
 
@@ -720,12 +765,15 @@ async fn statements_are_bounded(url: &str) {
         .batch_execute("BEGIN; LOCK TABLE jam_sessions IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let read = tokio::time::timeout(std::time::Duration::from_secs(10), store.list_sessions("t"))
-        .await
-        .expect("the server ends the statement; the call does not hang");
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        store.list_sessions("t", None, 10),
+    )
+    .await
+    .expect("the server ends the statement; the call does not hang");
     assert!(read.is_err(), "a statement past its timeout is an error");
     locker.batch_execute("ROLLBACK").await.unwrap();
-    store.list_sessions("t").await.unwrap();
+    store.list_sessions("t", None, 10).await.unwrap();
 }
 
 fn note(tenant: &str, id: i64) -> InboxChange {

@@ -109,7 +109,7 @@ export interface Events {
   "notification:unread-count": { count: number };
   error: { code: string; message: string };
   left_session: { sessionId: string };
-  sessions_list: { sessions: Pick<Session, "id" | "name" | "description" | "hostId" | "isPrivate" | "maxParticipants" | "participantCount" | "createdAt">[] };
+  sessions_list: { sessions: Pick<Session, "id" | "name" | "description" | "hostId" | "isPrivate" | "maxParticipants" | "participantCount" | "createdAt">[]; hasMore: boolean };
   presence_diff: { sessionId: string; joined: number; left: number; count: number; participantCount: number; seq: number };
   direct_history: { with: string; messages: Events["direct_message"][]; hasMore: boolean };
   offset_updated: { sessionId: string; offsetMs: number; updatedAt: number };

@@ -40,12 +40,34 @@ pub async fn version() -> Json<Value> {
     Json(json!({"name": "jam", "version": env!("CARGO_PKG_VERSION"), "protocol": 1}))
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionsPage {
+    #[serde(default)]
+    before: Option<i64>,
+    #[serde(default)]
+    before_id: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// `GET /api/sessions?before=&beforeId=&limit=`: a page of the tenant's public, active
+/// sessions, newest first.
 pub async fn list_sessions(
     State(st): State<AppState>,
     Caller(who): Caller,
+    q: Result<Query<SessionsPage>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let v = rpc(&st, &who, ClientFrame::GetSessions {}).await?;
-    Ok(Json(json!({"sessions": v["sessions"]})))
+    let Query(p) = q?;
+    let frame = ClientFrame::GetSessions {
+        before: p.before,
+        before_id: p.before_id,
+        limit: p.limit,
+    };
+    let v = rpc(&st, &who, frame).await?;
+    Ok(Json(
+        json!({"sessions": v["sessions"], "hasMore": v["hasMore"]}),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -36,14 +36,18 @@ pub enum ClientFrame {
         since_seq: Option<i64>,
     },
     #[serde(rename_all = "camelCase")]
-    LeaveSession {
-        session_id: String,
-    },
-    GetSessions {},
+    LeaveSession { session_id: String },
     #[serde(rename_all = "camelCase")]
-    EndSession {
-        session_id: String,
+    GetSessions {
+        #[serde(default)]
+        before: Option<i64>,
+        #[serde(default)]
+        before_id: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
     },
+    #[serde(rename_all = "camelCase")]
+    EndSession { session_id: String },
     #[serde(rename_all = "camelCase")]
     SendMessage {
         #[serde(alias = "show_id", deserialize_with = "id_or_number")]
@@ -131,9 +135,7 @@ pub enum ClientFrame {
         position: Option<f64>,
     },
     #[serde(rename_all = "camelCase")]
-    RequestSync {
-        session_id: String,
-    },
+    RequestSync { session_id: String },
     /// jam-server-reference.md's relay: a member asks the host (and gets jam's own
     /// `sync_command` as `request_sync` would); the other fields go along.
     #[serde(rename_all = "camelCase")]
@@ -152,10 +154,7 @@ pub enum ClientFrame {
         data: serde_json::Map<String, serde_json::Value>,
     },
     #[serde(rename_all = "camelCase")]
-    SetOffset {
-        session_id: String,
-        offset_ms: f64,
-    },
+    SetOffset { session_id: String, offset_ms: f64 },
     #[serde(rename_all = "camelCase")]
     AddTrack {
         session_id: String,
@@ -168,18 +167,12 @@ pub enum ClientFrame {
     },
     /// The sync view of a session (REST `GET /api/sessions/{id}/state`).
     #[serde(rename_all = "camelCase")]
-    GetState {
-        session_id: String,
-    },
+    GetState { session_id: String },
     /// ws-chat-server.md: typing in a direct conversation with `friendId`.
     #[serde(rename_all = "camelCase")]
-    TypingStart {
-        friend_id: String,
-    },
+    TypingStart { friend_id: String },
     #[serde(rename_all = "camelCase")]
-    TypingStop {
-        friend_id: String,
-    },
+    TypingStop { friend_id: String },
     /// ws-chat-server.md's `message`: a direct message (`messageType` is ignored).
     #[serde(rename = "message", rename_all = "camelCase")]
     ChatMessage {
@@ -188,20 +181,14 @@ pub enum ClientFrame {
     },
     /// Whether some of your contacts are online.
     #[serde(rename_all = "camelCase")]
-    GetPresence {
-        user_ids: Vec<String>,
-    },
+    GetPresence { user_ids: Vec<String> },
     /// dj-system-socketio.md's inbox.
     #[serde(rename = "notification:read", rename_all = "camelCase")]
-    NotificationRead {
-        notification_id: i64,
-    },
+    NotificationRead { notification_id: i64 },
     #[serde(rename = "notification:read-all")]
     NotificationReadAll {},
     #[serde(rename = "notification:delete", rename_all = "camelCase")]
-    NotificationDelete {
-        notification_id: i64,
-    },
+    NotificationDelete { notification_id: i64 },
     /// A page of the inbox (REST `GET /api/notifications`).
     #[serde(rename = "notification:list")]
     LoadNotifications {
@@ -318,7 +305,15 @@ impl ClientFrame {
                 unread,
             },
             ClientFrame::LeaveSession { session_id } => Action::LeaveSession { session_id },
-            ClientFrame::GetSessions {} => Action::GetSessions {},
+            ClientFrame::GetSessions {
+                before,
+                before_id,
+                limit,
+            } => Action::GetSessions {
+                before,
+                before_id,
+                limit,
+            },
             ClientFrame::EndSession { session_id } => Action::EndSession { session_id },
             ClientFrame::SendMessage {
                 session_id,
@@ -503,7 +498,11 @@ mod tests {
         assert!(matches!(a, ClientFrame::JoinSession { capabilities: Some(c), .. } if c.rate));
         assert!(matches!(
             parse(json!({"type":"get_sessions"})).unwrap(),
-            ClientFrame::GetSessions {}
+            ClientFrame::GetSessions {
+                before: None,
+                before_id: None,
+                limit: None
+            }
         ));
     }
 

@@ -97,7 +97,17 @@ pub enum Action {
     LeaveSession {
         session_id: String,
     },
-    GetSessions {},
+    /// A page of the tenant's public, active sessions, newest first.
+    #[serde(rename_all = "camelCase")]
+    GetSessions {
+        /// Older than this `createdAt` (ms), or with `before_id` than that session.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     #[serde(rename_all = "camelCase")]
     EndSession {
         session_id: String,
@@ -319,7 +329,7 @@ impl Action {
             | Action::Disconnect { session_id }
             | Action::RegisterSession { session_id, .. }
             | Action::GetAttendance { session_id, .. } => Some(session_id),
-            Action::GetSessions {}
+            Action::GetSessions { .. }
             | Action::DirectMessage { .. }
             | Action::LoadDirect { .. }
             | Action::Notify { .. }
@@ -489,6 +499,9 @@ impl Action {
             }
             Action::LoadDirect {
                 before, before_id, ..
+            }
+            | Action::GetSessions {
+                before, before_id, ..
             } if before_id
                 .as_ref()
                 .is_some_and(|id| before.is_none() || id.chars().count() > MAX_CURSOR_ID) =>
@@ -497,7 +510,8 @@ impl Action {
             }
             Action::LoadNotifications { limit, .. }
             | Action::LoadHistory { limit, .. }
-            | Action::LoadDirect { limit, .. } => {
+            | Action::LoadDirect { limit, .. }
+            | Action::GetSessions { limit, .. } => {
                 if limit.is_some_and(|l| l == 0 || l > MAX_HISTORY_PAGE) {
                     return bad("limit must be 1 to 100");
                 }

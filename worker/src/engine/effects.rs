@@ -48,7 +48,12 @@ pub enum Query {
         limit: usize,
     },
     /// The public sessions of the caller's tenant, across every partition.
-    Sessions { cmd: Command },
+    Sessions {
+        cmd: Command,
+        /// Older than this `(createdAt, id)`; an empty id: than the millisecond.
+        before: Option<(i64, String)>,
+        limit: usize,
+    },
     /// A page of the caller's notifications; `unread_count` as the engine keeps it.
     Notifications {
         cmd: Command,

@@ -199,7 +199,15 @@ impl Engine {
                 self.join_session(cmd, session_id, None, can_rate, fx)
             }
             Action::LeaveSession { session_id } => self.leave_session(cmd, session_id, fx),
-            Action::GetSessions {} => fx.queries.push(Query::Sessions { cmd: cmd.clone() }),
+            Action::GetSessions {
+                before,
+                before_id,
+                limit,
+            } => fx.queries.push(Query::Sessions {
+                cmd: cmd.clone(),
+                before: before.map(|at| (at, before_id.clone().unwrap_or_default())),
+                limit: page(*limit),
+            }),
             Action::EndSession { session_id } => self.end_session(cmd, session_id, fx),
             Action::SendMessage {
                 session_id,
@@ -381,7 +389,7 @@ pub fn action_name(a: &Action) -> &'static str {
         Action::CreateSession { .. } => "create_session",
         Action::JoinSession { .. } => "join_session",
         Action::LeaveSession { .. } => "leave_session",
-        Action::GetSessions {} => "get_sessions",
+        Action::GetSessions { .. } => "get_sessions",
         Action::EndSession { .. } => "end_session",
         Action::SendMessage { .. } => "send_message",
         Action::GetActiveUsers { .. } => "get_active_users",

@@ -9,7 +9,7 @@ use jam_shared::hash::Map;
 use super::{Batch, Claim, ParticipantChange, RowChange, Store, StoreError};
 use crate::model::{
     Attendance, ChatMessage, ConnRef, ContactsChange, DirectMessage, InboxChange, Notification,
-    OnlineUser, ParticipantRecord, SessionRecord,
+    OnlineUser, ParticipantRecord, SessionRecord, SessionStatus,
 };
 
 type Key = (String, String);
@@ -296,11 +296,30 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn list_sessions(&self, tenant: &str) -> Result<Vec<(SessionRecord, usize)>, StoreError> {
+    async fn list_sessions(
+        &self,
+        tenant: &str,
+        before: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(SessionRecord, usize)>, StoreError> {
         let s = self.state.lock().unwrap();
-        Ok(s.sessions
+        let (at, id) = before.unwrap_or((i64::MAX, ""));
+        let mut listed: Vec<_> = s
+            .sessions
             .iter()
-            .filter(|(_, (_, r))| r.tenant == tenant)
+            .filter(|(_, (_, r))| {
+                r.tenant == tenant
+                    && !r.is_private
+                    && r.status == SessionStatus::Active
+                    && (r.created_at, r.id.as_str()) < (at, id)
+            })
+            .collect();
+        listed.sort_by(|(_, (_, a)), (_, (_, b))| {
+            (b.created_at, b.id.as_str()).cmp(&(a.created_at, a.id.as_str()))
+        });
+        Ok(listed
+            .into_iter()
+            .take(limit)
             .map(|(key, (_, r))| {
                 let n = s.participants.get(key).map_or(0, BTreeMap::len);
                 (r.clone(), n)

@@ -119,9 +119,15 @@ pub trait Store: Send + Sync + 'static {
     /// sessions stored before partitions were recorded: callers filter by partition.
     async fn load_sessions(&self, partition: u32) -> Result<Vec<SessionRecord>, StoreError>;
 
-    /// Sessions of a tenant, every partition (listings): each row (no participants) and
-    /// how many participants it has.
-    async fn list_sessions(&self, tenant: &str) -> Result<Vec<(SessionRecord, usize)>, StoreError>;
+    /// A tenant's public, active sessions, every partition (listings): the newest `limit`
+    /// that sort before `before` (`(createdAt, id)`, as [`Store::direct_history`]), newest
+    /// first, each row (no participants) with how many participants it has.
+    async fn list_sessions(
+        &self,
+        tenant: &str,
+        before: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(SessionRecord, usize)>, StoreError>;
 
     /// Commit a batch atomically; with a fence, only while that fence is current.
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {

@@ -147,6 +147,16 @@ BEGIN
     RAISE EXCEPTION 'partition % is fenced', part USING ERRCODE = 'JAMFN', DETAIL = part::text;
 END $$;
 "#,
+    // Listings read a page of a tenant's public, active sessions from an index instead of
+    // every row of the tenant (`LIST_SESSIONS_SQL`).
+    r#"
+ALTER TABLE jam_sessions
+    ADD COLUMN listed boolean GENERATED ALWAYS AS
+        (state->>'status' = 'active' AND (state->>'is_private') = 'false') STORED,
+    ADD COLUMN created_at bigint GENERATED ALWAYS AS ((state->>'created_at')::bigint) STORED;
+CREATE INDEX jam_sessions_listed ON jam_sessions (tenant, created_at DESC, id COLLATE "C" DESC)
+    WHERE listed;
+"#,
 ];
 
 /// How long a transaction may sit idle (its client paused or gone) before the server ends it.
@@ -261,6 +271,12 @@ const NOTIFICATIONS_SQL: &str =
     "SELECT id, type, priority, title, message, data, created_at, read_at FROM jam_notifications
      WHERE tenant = $1 AND user_id = $2 AND id < $3 AND (NOT $5 OR read_at IS NULL)
      ORDER BY id DESC LIMIT $4";
+/// A page of a tenant's listed sessions (the partial index `jam_sessions_listed`), newest first.
+const LIST_SESSIONS_SQL: &str = "SELECT s.state, (SELECT count(*) FROM jam_participants p
+                              WHERE p.tenant = s.tenant AND p.session_id = s.id)
+     FROM jam_sessions s
+     WHERE s.tenant = $1 AND s.listed AND (s.created_at, s.id COLLATE \"C\") < ($2, $3::text COLLATE \"C\")
+     ORDER BY s.created_at DESC, s.id COLLATE \"C\" DESC LIMIT $4";
 const DIRECT_HISTORY_SQL: &str = "SELECT id, sender_id, sender_name, receiver_id, content, created_at FROM jam_direct_messages
      WHERE tenant = $1 AND ((sender_id = $2 AND receiver_id = $3) OR (sender_id = $3 AND receiver_id = $2))
        AND (created_at, id COLLATE \"C\") < ($4, $6::text COLLATE \"C\")
@@ -495,17 +511,17 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn list_sessions(&self, tenant: &str) -> Result<Vec<(SessionRecord, usize)>, StoreError> {
+    async fn list_sessions(
+        &self,
+        tenant: &str,
+        before: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(SessionRecord, usize)>, StoreError> {
         let t = Instant::now();
         let c = self.conn().await?;
-        let rows = read(
-            &c,
-            "SELECT s.state, (SELECT count(*) FROM jam_participants p
-                                  WHERE p.tenant = s.tenant AND p.session_id = s.id)
-                 FROM jam_sessions s WHERE s.tenant = $1",
-            &[&tenant],
-        )
-        .await?;
+        let (at, id) = before.unwrap_or((i64::MAX, ""));
+        let limit = limit as i64;
+        let rows = read(&c, LIST_SESSIONS_SQL, &[&tenant, &at, &id, &limit]).await?;
         observe("list_sessions", t);
         rows.into_iter()
             .map(|r| {
