@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(ok, "[2, 3] true");
         let failed = page::<i32>(
             "direct messages",
-            Err(StoreError::Db("gone".into())),
+            Err(StoreError::Corrupt("gone".into())),
             2,
             |_, _| Bytes::new(),
         );

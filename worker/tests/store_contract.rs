@@ -745,6 +745,9 @@ async fn refused_data(store: &PgStore) {
         "{e}"
     );
     assert!(!e.retryable(), "{e}");
+    // PostgreSQL's error is kept as the source, and its message shows in the log line.
+    assert!(std::error::Error::source(&e).is_some(), "{e}");
+    assert!(e.to_string().contains("0x00"), "{e}");
     let h = store.history("tz", "NUL01", 0, None, 10).await.unwrap();
     assert!(h.is_empty());
     let mark = store.claim_partition(part).await.unwrap().applied;

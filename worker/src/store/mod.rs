@@ -14,20 +14,37 @@ use crate::model::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
-    Db(String),
+    #[error("database: {}", chain(.0))]
+    Db(#[source] tokio_postgres::Error),
     /// PostgreSQL refused the statement for what it carries (SQLSTATE classes 22, data
     /// exception, and 23, integrity constraint violation): the same statement will fail
     /// again however long one waits.
-    #[error("database refused the data ({code}): {message}")]
-    Refused { code: String, message: String },
-    #[error("pool: {0}")]
-    Pool(String),
+    #[error("database refused the data ({code}): {}", chain(.source))]
+    Refused {
+        code: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("pool: {}", chain(.0.as_ref()))]
+    Pool(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("corrupt row: {0}")]
     Corrupt(String),
     /// Another worker claimed the partition since this one did: it must stop writing.
     #[error("partition {0} was claimed by another worker")]
     Fenced(u32),
+}
+
+/// An error and its sources in one line: tokio-postgres shows "db error" and keeps
+/// PostgreSQL's own message in its source, which logs must show.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
 }
 
 impl StoreError {

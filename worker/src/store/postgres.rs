@@ -180,17 +180,11 @@ async fn unbounded(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreE
 
 fn db(e: tokio_postgres::Error) -> StoreError {
     metrics::counter!("jam_pg_errors_total").increment(1);
-    let code = e.code().map(|c| c.code()).unwrap_or_default();
+    let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
     if code.starts_with("22") || code.starts_with("23") {
-        let message = e
-            .as_db_error()
-            .map_or_else(|| e.to_string(), |d| d.message().to_string());
-        return StoreError::Refused {
-            code: code.to_string(),
-            message,
-        };
+        return StoreError::Refused { code, source: e };
     }
-    StoreError::Db(e.to_string())
+    StoreError::Db(e)
 }
 
 /// The fences first in meaning: they lock the partitions' rows, so a claim cannot slip in
@@ -356,7 +350,7 @@ fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
         .create_timeout(Some(Duration::from_secs(5)))
         .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
-        .map_err(|e| StoreError::Pool(e.to_string()))
+        .map_err(|e| StoreError::Pool(Box::new(e)))
 }
 
 impl PgStore {
@@ -401,7 +395,7 @@ impl PgStore {
             .pool
             .get()
             .await
-            .map_err(|e| StoreError::Pool(e.to_string()));
+            .map_err(|e| StoreError::Pool(Box::new(e)));
         let waited = t.elapsed().as_secs_f64();
         jam_shared::telemetry::observe("jam_pg_pool_wait_seconds", None, waited);
         c
