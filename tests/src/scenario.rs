@@ -608,6 +608,32 @@ pub async fn shows_and_attendance(url_a: &str, url_b: &str, http_a: &str) {
         404,
         "another tenant has no show 123"
     );
+    // In pages of one, each from the page's last row: the same three, in check-in order.
+    let base = format!("{http_a}/api/sessions/123/attendance?tenant=venue&limit=1");
+    let (mut url, mut paged) = (base.clone(), Vec::new());
+    loop {
+        let r = http.get(&url).header("x-api-key", SHOW_API_KEY).send();
+        let v: Value = r.await.unwrap().json().await.unwrap();
+        let page = v["attendance"].as_array().unwrap_or_else(|| panic!("{v}"));
+        assert_eq!(page.len(), 1, "{v}");
+        paged.push(page[0].clone());
+        if v["hasMore"] != true {
+            break;
+        }
+        let (at, user) = (&page[0]["checkedInAt"], page[0]["userId"].as_str().unwrap());
+        url = format!("{base}&after={at}&afterUserId={user}");
+    }
+    let order: Vec<(i64, &str)> = paged
+        .iter()
+        .map(|r| {
+            (
+                r["checkedInAt"].as_i64().unwrap(),
+                r["userId"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(order.len(), 3, "{order:?}");
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
 
     // An ordinary session's attendance: its host reads it, and it outlives the session.
     let mut host = Client::connect(url_a, &fan("hana")).await;

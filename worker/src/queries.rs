@@ -13,7 +13,7 @@ use jam_shared::ErrorCode;
 use serde_json::json;
 
 use crate::engine::effects::reply_to;
-use crate::engine::Query;
+use crate::engine::{Page, Query};
 
 pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
     let store = &*store;
@@ -60,8 +60,14 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             session_id,
             require_host,
             live,
+            page,
         } => {
-            let f = attendance(store, &cmd, &session_id, require_host.as_deref(), live).await;
+            let asked = Asked {
+                session_id: &session_id,
+                require_host: require_host.as_deref(),
+                live,
+            };
+            let f = attendance(store, &cmd, asked, &page).await;
             (cmd, f)
         }
     };
@@ -188,29 +194,42 @@ async fn presence(store: &dyn Store, cmd: &Command, user_ids: &[String]) -> Byte
     }
 }
 
-/// Who attended a session; `require_host`: only for the session's host.
-async fn attendance(
-    store: &dyn Store,
-    cmd: &Command,
-    session_id: &str,
-    require_host: Option<&str>,
+/// Whose attendance list, for whom.
+struct Asked<'a> {
+    session_id: &'a str,
+    /// Only for the session's host (who checked in as host).
+    require_host: Option<&'a str>,
+    /// The session is live: no rows is an answer, not "not found".
     live: bool,
-) -> Bytes {
-    match store.attendance(&cmd.tenant, session_id).await {
-        Ok(rows) if rows.is_empty() && !live => {
-            error(ErrorCode::SessionNotFound, "Session not found")
-        }
-        Ok(rows)
-            if require_host.is_some_and(|u| !rows.iter().any(|r| r.user_id == u && r.host)) =>
-        {
-            error(ErrorCode::Forbidden, "only the host can see who attended")
-        }
-        Ok(rows) => frame(
-            "attendance",
-            &json!({"sessionId": session_id, "attendance": rows}),
-        ),
-        Err(e) => unavailable("attendance", &e),
+}
+
+/// A page of who attended a session, first check-in first.
+async fn attendance(store: &dyn Store, cmd: &Command, asked: Asked<'_>, page: &Page) -> Bytes {
+    let sid = asked.session_id;
+    let after = page.after.as_ref().map(|(at, u)| (*at, u.as_str()));
+    let mut rows = match store
+        .attendance(&cmd.tenant, sid, after, page.limit + 1)
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return unavailable("attendance", &e),
+    };
+    if rows.is_empty() && !asked.live && after.is_none() {
+        return error(ErrorCode::SessionNotFound, "Session not found");
     }
+    if let Some(user) = asked.require_host {
+        match store.hosted(&cmd.tenant, sid, user).await {
+            Ok(true) => {}
+            Ok(false) => return error(ErrorCode::Forbidden, "only the host can see who attended"),
+            Err(e) => return unavailable("attendance", &e),
+        }
+    }
+    let has_more = rows.len() > page.limit;
+    rows.truncate(page.limit);
+    frame(
+        "attendance",
+        &json!({"sessionId": sid, "attendance": rows, "hasMore": has_more}),
+    )
 }
 
 /// A page of `limit` from a query that asked for `limit + 1` rows (oldest first): the

@@ -619,7 +619,7 @@ async fn attendance_contract(store: &dyn Store) {
         .commit(&commit(vec![seen("t2", "x", 5, None)]))
         .await
         .unwrap();
-    let rows = store.attendance("t1", "SHOW1").await.unwrap();
+    let rows = store.attendance("t1", "SHOW1", None, 10).await.unwrap();
     let got: Vec<(&str, i64, Option<i64>, bool)> = rows
         .iter()
         .map(|r| {
@@ -639,8 +639,40 @@ async fn attendance_contract(store: &dyn Store) {
             ("b", 31, Some(32), false)
         ]
     );
-    assert_eq!(store.attendance("t2", "SHOW1").await.unwrap().len(), 1);
-    assert!(store.attendance("t3", "SHOW1").await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .attendance("t2", "SHOW1", None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(store
+        .attendance("t3", "SHOW1", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.hosted("t1", "SHOW1", "h").await.unwrap());
+    assert!(!store.hosted("t1", "SHOW1", "a").await.unwrap());
+    assert!(!store.hosted("t2", "SHOW1", "h").await.unwrap());
+
+    // Pages in check-in order, a cursor inside a millisecond leaving no one out.
+    store
+        .commit(&commit(vec![
+            seen("t4", "p", 50, None),
+            seen("t4", "q", 50, None),
+            seen("t4", "o", 50, None),
+            seen("t4", "n", 40, None),
+        ]))
+        .await
+        .unwrap();
+    let users = |rows: Vec<Attendance>| rows.into_iter().map(|r| r.user_id).collect::<Vec<_>>();
+    let first = store.attendance("t4", "SHOW1", None, 2).await.unwrap();
+    assert_eq!(users(first), ["n", "o"]);
+    let next = store.attendance("t4", "SHOW1", Some((50, "o")), 2).await;
+    assert_eq!(users(next.unwrap()), ["p", "q"]);
+    let later = store.attendance("t4", "SHOW1", Some((50, "")), 10).await;
+    assert_eq!(users(later.unwrap()), ["o", "p", "q"]);
 }
 
 #[tokio::test]

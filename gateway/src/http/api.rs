@@ -323,9 +323,17 @@ pub async fn register_session(
 }
 
 #[derive(Deserialize)]
-pub struct TenantQuery {
+#[serde(rename_all = "camelCase")]
+pub struct AttendancePage {
+    /// With the API key: the tenant.
     #[serde(default)]
     tenant: Option<String>,
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    after_user_id: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
 }
 
 /// `GET /api/sessions/{id}/attendance`: who checked in and out, for the host (Bearer) or
@@ -338,9 +346,9 @@ pub async fn attendance(
     use axum::extract::FromRequestParts;
     let (mut parts, _) = req.into_parts();
     let backend = parts.headers.contains_key("x-api-key");
+    let Query(q) = Query::<AttendancePage>::try_from_uri(&parts.uri)?;
     let who = if backend {
         super::publish::backend_key(&st, &parts.headers)?;
-        let Query(q) = Query::<TenantQuery>::try_from_uri(&parts.uri)?;
         super::publish::backend_identity(super::publish::backend_tenant(q.tenant)?)
     } else {
         Caller::from_request_parts(&mut parts, &st).await?.0
@@ -348,10 +356,13 @@ pub async fn attendance(
     let action = jam_shared::protocol::Action::GetAttendance {
         session_id: id,
         backend,
+        after: q.after,
+        after_user_id: q.after_user_id,
+        limit: q.limit,
     };
     let v = rpc_action(&st, &who, action).await?;
     Ok(Json(
-        json!({"sessionId": v["sessionId"], "attendance": v["attendance"]}),
+        json!({"sessionId": v["sessionId"], "attendance": v["attendance"], "hasMore": v["hasMore"]}),
     ))
 }
 

@@ -22,6 +22,8 @@ pub const DEFAULT_MAX_PARTICIPANTS: u32 = 50;
 pub const MAX_HISTORY_PAGE: u32 = 100;
 /// The longest message id a page cursor may name (`beforeId`).
 pub const MAX_CURSOR_ID: usize = 256;
+/// The largest page of an attendance list (and its default).
+pub const MAX_ATTENDANCE_PAGE: u32 = 1000;
 pub const DEFAULT_HISTORY_PAGE: u32 = 50;
 pub const MAX_OFFSET_MS: f64 = 3_600_000.0;
 /// Positions beyond ten days are not a track.
@@ -302,6 +304,13 @@ pub enum Action {
         /// Set by the gateway for a call with the API key, never by a client.
         #[serde(default)]
         backend: bool,
+        /// Checked in after this time (ms), or with `after_user_id` after that row.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_user_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
     },
 }
 
@@ -507,6 +516,23 @@ impl Action {
                 .is_some_and(|id| before.is_none() || id.chars().count() > MAX_CURSOR_ID) =>
             {
                 bad("beforeId: at most 256 characters, and only with before")
+            }
+            Action::GetAttendance {
+                after,
+                after_user_id,
+                limit,
+                ..
+            } => {
+                if limit.is_some_and(|l| l == 0 || l > MAX_ATTENDANCE_PAGE) {
+                    return bad("limit must be 1 to 1000");
+                }
+                if after_user_id
+                    .as_ref()
+                    .is_some_and(|u| after.is_none() || u.chars().count() > MAX_CURSOR_ID)
+                {
+                    return bad("afterUserId: at most 256 characters, and only with after");
+                }
+                Ok(())
             }
             Action::LoadNotifications { limit, .. }
             | Action::LoadHistory { limit, .. }

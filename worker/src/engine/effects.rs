@@ -71,7 +71,16 @@ pub enum Query {
         require_host: Option<String>,
         /// The session is live (an empty list is then an answer, not "not found").
         live: bool,
+        page: Page,
     },
+}
+
+/// A page of a list read in `(time, id)` order: after this cursor (an empty id: after
+/// the millisecond), at most `limit` rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub after: Option<(i64, String)>,
+    pub limit: usize,
 }
 
 /// The envelope for frames to the one connection that sent `cmd`, the first carrying its `ref`.

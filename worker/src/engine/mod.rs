@@ -33,7 +33,7 @@ use bytes::Bytes;
 use jam_shared::protocol::event::frame;
 use jam_shared::protocol::{Action, Command};
 
-pub use effects::{Effects, Query, SessionKey};
+pub use effects::{Effects, Page, Query, SessionKey};
 use recovery::EventLog;
 pub use timers::GatewayLiveness;
 
@@ -314,7 +314,17 @@ impl Engine {
             Action::GetAttendance {
                 session_id,
                 backend,
-            } => self.get_attendance(cmd, session_id, *backend, fx),
+                after,
+                after_user_id,
+                limit,
+            } => {
+                let page = Page {
+                    after: after.map(|at| (at, after_user_id.clone().unwrap_or_default())),
+                    limit: limit.unwrap_or(jam_shared::protocol::action::MAX_ATTENDANCE_PAGE)
+                        as usize,
+                };
+                self.get_attendance(cmd, session_id, *backend, page, fx)
+            }
         }
     }
 

@@ -10,7 +10,7 @@ use jam_shared::protocol::{Action, Command};
 use jam_shared::ErrorCode;
 use serde_json::json;
 
-use super::{Effects, Engine, EventLog, Query, SessionKey};
+use super::{Effects, Engine, EventLog, Page, Query, SessionKey};
 use jam_shared::protocol::action::DEFAULT_MAX_PARTICIPANTS;
 
 impl Engine {
@@ -76,6 +76,7 @@ impl Engine {
         cmd: &Command,
         sid: &str,
         backend: bool,
+        page: Page,
         fx: &mut Effects,
     ) {
         let key = (cmd.tenant.clone(), sid.to_string());
@@ -97,6 +98,7 @@ impl Engine {
             session_id: sid.to_string(),
             require_host,
             live: self.sessions.contains_key(&key),
+            page,
         });
     }
 }

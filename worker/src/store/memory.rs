@@ -429,12 +429,36 @@ impl Store for MemoryStore {
         &self,
         tenant: &str,
         session_id: &str,
+        after: Option<(i64, &str)>,
+        limit: usize,
     ) -> Result<Vec<Attendance>, StoreError> {
         let s = self.state.lock().unwrap();
+        let key = (tenant.to_string(), session_id.to_string());
+        let Some(rows) = s.attendance.get(&key) else {
+            return Ok(Vec::new());
+        };
+        let (at, user) = after.unwrap_or((i64::MIN, ""));
+        let mut page: Vec<&Attendance> = rows
+            .iter()
+            .filter(|r| (r.checked_in_at, r.user_id.as_str()) > (at, user))
+            .collect();
+        page.sort_by(|a, b| {
+            (a.checked_in_at, a.user_id.as_str()).cmp(&(b.checked_in_at, b.user_id.as_str()))
+        });
+        Ok(page.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn hosted(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        user_id: &str,
+    ) -> Result<bool, StoreError> {
+        let s = self.state.lock().unwrap();
+        let key = (tenant.to_string(), session_id.to_string());
         Ok(s.attendance
-            .get(&(tenant.to_string(), session_id.to_string()))
-            .cloned()
-            .unwrap_or_default())
+            .get(&key)
+            .is_some_and(|rows| rows.iter().any(|r| r.user_id == user_id && r.host)))
     }
 
     async fn history(

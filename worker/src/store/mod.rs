@@ -181,12 +181,24 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DirectMessage>, StoreError>;
 
-    /// Who attended a session (live or ended), first check-in first.
+    /// Who attended a session (live or ended), first check-in first (`(checkedInAt,
+    /// userId)`, ids compared bytewise): the first `limit` after `after` (an empty user id:
+    /// after that millisecond).
     async fn attendance(
         &self,
         tenant: &str,
         session_id: &str,
+        after: Option<(i64, &str)>,
+        limit: usize,
     ) -> Result<Vec<Attendance>, StoreError>;
+
+    /// Whether `user_id` checked into the session as its host.
+    async fn hosted(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        user_id: &str,
+    ) -> Result<bool, StoreError>;
 
     /// Every notification id of each user (tenant, user) and whether it was read, in the
     /// order asked: the engine's inbox state, loaded when a user's first inbox command of

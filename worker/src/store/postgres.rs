@@ -157,6 +157,11 @@ ALTER TABLE jam_sessions
 CREATE INDEX jam_sessions_listed ON jam_sessions (tenant, created_at DESC, id COLLATE "C" DESC)
     WHERE listed;
 "#,
+    // Attendance lists are read in pages, in check-in order (`ATTENDANCE_PAGE_SQL`).
+    r#"
+CREATE INDEX jam_attendance_order
+    ON jam_attendance (tenant, session_id, checked_in_at, user_id COLLATE "C");
+"#,
 ];
 
 /// How long a transaction may sit idle (its client paused or gone) before the server ends it.
@@ -265,6 +270,11 @@ const NOTIFICATIONS_SQL: &str =
     "SELECT id, type, priority, title, message, data, created_at, read_at FROM jam_notifications
      WHERE tenant = $1 AND user_id = $2 AND id < $3 AND (NOT $5 OR read_at IS NULL)
      ORDER BY id DESC LIMIT $4";
+/// A page of a session's attendance, first check-in first (`jam_attendance_order`). The
+/// first page starts after (i64::MIN, ''), which every row sorts after.
+const ATTENDANCE_PAGE_SQL: &str = "SELECT user_id, user_name, host, checked_in_at, checked_out_at FROM jam_attendance
+     WHERE tenant = $1 AND session_id = $2 AND (checked_in_at, user_id COLLATE \"C\") > ($3, $4::text COLLATE \"C\")
+     ORDER BY checked_in_at, user_id COLLATE \"C\" LIMIT $5";
 /// A page of a tenant's listed sessions (the partial index `jam_sessions_listed`), newest first.
 const LIST_SESSIONS_SQL: &str = "SELECT s.state, (SELECT count(*) FROM jam_participants p
                               WHERE p.tenant = s.tenant AND p.session_id = s.id)
@@ -634,18 +644,37 @@ impl Store for PgStore {
         Ok(out)
     }
 
+    async fn hosted(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        user_id: &str,
+    ) -> Result<bool, StoreError> {
+        let c = self.conn().await?;
+        let rows = read(
+            &c,
+            "SELECT host FROM jam_attendance WHERE tenant = $1 AND session_id = $2 AND user_id = $3",
+            &[&tenant, &session_id, &user_id],
+        )
+        .await?;
+        Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
+    }
+
     async fn attendance(
         &self,
         tenant: &str,
         session_id: &str,
+        after: Option<(i64, &str)>,
+        limit: usize,
     ) -> Result<Vec<Attendance>, StoreError> {
         let t = Instant::now();
         let c = self.conn().await?;
+        let (at, user) = after.unwrap_or((i64::MIN, ""));
+        let limit = limit as i64;
         let rows = read(
             &c,
-            "SELECT user_id, user_name, host, checked_in_at, checked_out_at FROM jam_attendance
-                 WHERE tenant = $1 AND session_id = $2 ORDER BY checked_in_at, user_id",
-            &[&tenant, &session_id],
+            ATTENDANCE_PAGE_SQL,
+            &[&tenant, &session_id, &at, &user, &limit],
         )
         .await?;
         observe("attendance", t);
