@@ -321,6 +321,7 @@ async fn lobby_pages(url_a: &str, url_b: &str) {
         assert!(list.len() <= 2, "{page}");
         seen.extend(list.iter().map(|s| s["id"].as_str().unwrap().to_string()));
         times.extend(list.iter().map(|s| s["createdAt"].as_i64().unwrap()));
+        assert!(seen.len() <= made.len(), "the pages do not end: {seen:?}");
         if page["hasMore"] != true {
             break;
         }
@@ -617,6 +618,7 @@ pub async fn shows_and_attendance(url_a: &str, url_b: &str, http_a: &str) {
         let page = v["attendance"].as_array().unwrap_or_else(|| panic!("{v}"));
         assert_eq!(page.len(), 1, "{v}");
         paged.push(page[0].clone());
+        assert!(paged.len() <= 3, "the pages do not end: {paged:?}");
         if v["hasMore"] != true {
             break;
         }
@@ -1141,6 +1143,7 @@ async fn lagging_user_channel(alice: &mut Client, dave: &mut Client) {
             .filter_map(|m| m["content"].as_str().map(str::to_string))
             .collect();
         texts.splice(0..0, older);
+        assert!(texts.len() <= sent, "the pages do not end");
         if page["hasMore"] != true {
             break;
         }

@@ -28,17 +28,12 @@ pub async fn answer(store: Arc<dyn Store>, bus: Arc<dyn Bus>, q: Query) {
             let f = history(store, &cmd, &session_id, since, before, limit).await;
             (cmd, f)
         }
-        Query::Direct {
-            cmd,
-            with,
-            before,
-            limit,
-        } => {
-            let f = direct(store, &cmd, &with, before.as_ref(), limit).await;
+        Query::Direct { cmd, with, page } => {
+            let f = direct(store, &cmd, &with, &page).await;
             (cmd, f)
         }
-        Query::Sessions { cmd, before, limit } => {
-            let f = sessions(store, &cmd, before.as_ref(), limit).await;
+        Query::Sessions { cmd, page } => {
+            let f = sessions(store, &cmd, &page).await;
             (cmd, f)
         }
         Query::Notifications {
@@ -105,18 +100,11 @@ async fn history(
     })
 }
 
-async fn direct(
-    store: &dyn Store,
-    cmd: &Command,
-    with: &str,
-    before: Option<&(i64, String)>,
-    limit: usize,
-) -> Bytes {
-    let before = before.map(|(at, id)| (*at, id.as_str()));
+async fn direct(store: &dyn Store, cmd: &Command, with: &str, p: &Page) -> Bytes {
     let r = store
-        .direct_history(&cmd.tenant, &cmd.user_id, with, before, limit + 1)
+        .direct_history(&cmd.tenant, &cmd.user_id, with, p.cursor(), p.limit + 1)
         .await;
-    page("direct messages", r, limit, |msgs, more| {
+    page("direct messages", r, p.limit, |msgs, more| {
         frame(
             "direct_history",
             &json!({"with": with, "messages": msgs, "hasMore": more}),
@@ -125,32 +113,26 @@ async fn direct(
 }
 
 /// A page of the public, active sessions, newest first.
-async fn sessions(
-    store: &dyn Store,
-    cmd: &Command,
-    before: Option<&(i64, String)>,
-    limit: usize,
-) -> Bytes {
-    let before = before.map(|(at, id)| (*at, id.as_str()));
-    let r = store.list_sessions(&cmd.tenant, before, limit + 1).await;
-    match r {
-        Ok(mut rows) => {
-            let has_more = rows.len() > limit;
-            rows.truncate(limit);
-            let list: Vec<SessionSummary> = rows
-                .iter()
-                .map(|(s, n)| SessionSummary {
-                    participant_count: *n,
-                    ..s.summary()
-                })
-                .collect();
-            frame(
-                "sessions_list",
-                &json!({ "sessions": list, "hasMore": has_more }),
-            )
-        }
-        Err(e) => unavailable("sessions", &e),
-    }
+async fn sessions(store: &dyn Store, cmd: &Command, p: &Page) -> Bytes {
+    let mut rows = match store
+        .list_sessions(&cmd.tenant, p.cursor(), p.limit + 1)
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return unavailable("sessions", &e),
+    };
+    let more = drop_extra(&mut rows, p.limit, Extra::Last);
+    let list: Vec<SessionSummary> = rows
+        .iter()
+        .map(|(s, n)| SessionSummary {
+            participant_count: *n,
+            ..s.summary()
+        })
+        .collect();
+    frame(
+        "sessions_list",
+        &json!({ "sessions": list, "hasMore": more }),
+    )
 }
 
 async fn notifications(
@@ -206,7 +188,7 @@ struct Asked<'a> {
 /// A page of who attended a session, first check-in first.
 async fn attendance(store: &dyn Store, cmd: &Command, asked: Asked<'_>, page: &Page) -> Bytes {
     let sid = asked.session_id;
-    let after = page.after.as_ref().map(|(at, u)| (*at, u.as_str()));
+    let after = page.cursor();
     let mut rows = match store
         .attendance(&cmd.tenant, sid, after, page.limit + 1)
         .await
@@ -224,8 +206,7 @@ async fn attendance(store: &dyn Store, cmd: &Command, asked: Asked<'_>, page: &P
             Err(e) => return unavailable("attendance", &e),
         }
     }
-    let has_more = rows.len() > page.limit;
-    rows.truncate(page.limit);
+    let has_more = drop_extra(&mut rows, page.limit, Extra::Last);
     frame(
         "attendance",
         &json!({"sessionId": sid, "attendance": rows, "hasMore": has_more}),
@@ -242,14 +223,30 @@ fn page<T>(
 ) -> Bytes {
     match rows {
         Ok(mut rows) => {
-            let has_more = rows.len() > limit;
-            if has_more {
-                rows.remove(0);
-            }
+            let has_more = drop_extra(&mut rows, limit, Extra::First);
             build(rows, has_more)
         }
         Err(e) => unavailable(what, &e),
     }
+}
+
+/// Where a query that asked for `limit + 1` rows finds the extra one: first in a page read
+/// backwards and returned oldest first, last in a page read forwards.
+enum Extra {
+    First,
+    Last,
+}
+
+/// Take the extra row off `rows`; whether there was one (another page exists).
+fn drop_extra<T>(rows: &mut Vec<T>, limit: usize, at: Extra) -> bool {
+    if rows.len() <= limit {
+        return false;
+    }
+    match at {
+        Extra::First => drop(rows.remove(0)),
+        Extra::Last => rows.truncate(limit),
+    }
+    true
 }
 
 #[cfg(test)]

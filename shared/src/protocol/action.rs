@@ -511,10 +511,7 @@ impl Action {
             }
             | Action::GetSessions {
                 before, before_id, ..
-            } if before_id
-                .as_ref()
-                .is_some_and(|id| before.is_none() || id.chars().count() > MAX_CURSOR_ID) =>
-            {
+            } if bad_cursor(before, before_id) => {
                 bad("beforeId: at most 256 characters, and only with before")
             }
             Action::GetAttendance {
@@ -526,10 +523,7 @@ impl Action {
                 if limit.is_some_and(|l| l == 0 || l > MAX_ATTENDANCE_PAGE) {
                     return bad("limit must be 1 to 1000");
                 }
-                if after_user_id
-                    .as_ref()
-                    .is_some_and(|u| after.is_none() || u.chars().count() > MAX_CURSOR_ID)
-                {
+                if bad_cursor(after, after_user_id) {
                     return bad("afterUserId: at most 256 characters, and only with after");
                 }
                 Ok(())
@@ -555,6 +549,12 @@ impl Action {
             _ => Ok(()),
         }
     }
+}
+
+/// A page cursor's id given without its time, or too long to be an id.
+fn bad_cursor(at: &Option<i64>, id: &Option<String>) -> bool {
+    id.as_ref()
+        .is_some_and(|id| at.is_none() || id.chars().count() > MAX_CURSOR_ID)
 }
 
 #[cfg(test)]

@@ -43,16 +43,14 @@ pub enum Query {
     Direct {
         cmd: Command,
         with: String,
-        /// Older than this `(createdAt, id)`; an empty id: than the millisecond.
-        before: Option<(i64, String)>,
-        limit: usize,
+        /// Older than the cursor.
+        page: Page,
     },
     /// The public sessions of the caller's tenant, across every partition.
     Sessions {
         cmd: Command,
-        /// Older than this `(createdAt, id)`; an empty id: than the millisecond.
-        before: Option<(i64, String)>,
-        limit: usize,
+        /// Older than the cursor.
+        page: Page,
     },
     /// A page of the caller's notifications; `unread_count` as the engine keeps it.
     Notifications {
@@ -71,16 +69,30 @@ pub enum Query {
         require_host: Option<String>,
         /// The session is live (an empty list is then an answer, not "not found").
         live: bool,
+        /// Checked in after the cursor.
         page: Page,
     },
 }
 
-/// A page of a list read in `(time, id)` order: after this cursor (an empty id: after
-/// the millisecond), at most `limit` rows.
+/// A page of a list kept in `(time, id)` order: at most `limit` rows past `cursor` in the
+/// list's direction (an empty id: past the whole millisecond); from the start without one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
-    pub after: Option<(i64, String)>,
+    pub cursor: Option<(i64, String)>,
     pub limit: usize,
+}
+
+impl Page {
+    /// The page a request names: its cursor's time and id (the id only with a time).
+    pub fn new(at: Option<i64>, id: &Option<String>, limit: usize) -> Self {
+        let cursor = at.map(|at| (at, id.clone().unwrap_or_default()));
+        Page { cursor, limit }
+    }
+
+    /// The cursor as the store takes it.
+    pub fn cursor(&self) -> Option<(i64, &str)> {
+        self.cursor.as_ref().map(|(at, id)| (*at, id.as_str()))
+    }
 }
 
 /// The envelope for frames to the one connection that sent `cmd`, the first carrying its `ref`.

@@ -205,8 +205,7 @@ impl Engine {
                 limit,
             } => fx.queries.push(Query::Sessions {
                 cmd: cmd.clone(),
-                before: before.map(|at| (at, before_id.clone().unwrap_or_default())),
-                limit: page(*limit),
+                page: Page::new(*before, before_id, page(*limit)),
             }),
             Action::EndSession { session_id } => self.end_session(cmd, session_id, fx),
             Action::SendMessage {
@@ -239,8 +238,7 @@ impl Engine {
             } => fx.queries.push(Query::Direct {
                 cmd: cmd.clone(),
                 with: with.clone(),
-                before: before.map(|at| (at, before_id.clone().unwrap_or_default())),
-                limit: page(*limit),
+                page: Page::new(*before, before_id, page(*limit)),
             }),
             Action::PlaybackState {
                 session_id,
@@ -318,11 +316,8 @@ impl Engine {
                 after_user_id,
                 limit,
             } => {
-                let page = Page {
-                    after: after.map(|at| (at, after_user_id.clone().unwrap_or_default())),
-                    limit: limit.unwrap_or(jam_shared::protocol::action::MAX_ATTENDANCE_PAGE)
-                        as usize,
-                };
+                let most = jam_shared::protocol::action::MAX_ATTENDANCE_PAGE;
+                let page = Page::new(*after, after_user_id, limit.unwrap_or(most) as usize);
                 self.get_attendance(cmd, session_id, *backend, page, fx)
             }
         }
