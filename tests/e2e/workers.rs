@@ -310,3 +310,93 @@ async fn password_hashes_come_from_the_server_and_checks_never_block_other_rooms
     assert_eq!(wrong["code"], "INVALID_PASSWORD");
     audit(&t.db, &s).await;
 }
+
+/// The database refuses one message's data (here a CHECK constraint, SQLSTATE 23514; in
+/// the field a constraint an operator added, or a value a gateway check let through). The
+/// refused batch is dropped and its partition starts again from the store, applying that
+/// batch's entries one at a time: the culprit gets an error and is never stored, every
+/// other message of the burst and of the other sessions is acknowledged and stored once,
+/// in order, and the partition serves on (decision 35). Before, the worker retried the
+/// refused group for ever, and every partition it owned stopped with it.
+#[tokio::test]
+async fn a_command_the_store_refuses_is_answered_and_holds_up_no_one() {
+    const BURST: usize = 30;
+    const POISONED: usize = 12;
+    let t = two_workers().await;
+    let mut s = senders(&t.gw.ws_url(), 6).await;
+    chat(&mut s, 2, "before").await;
+    let (db, conn) = tokio_postgres::connect(&t.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    db.batch_execute(
+        "ALTER TABLE jam_messages ADD CONSTRAINT jam_test_refused CHECK (message NOT LIKE 'poison%')",
+    )
+    .await
+    .unwrap();
+
+    let (first, others) = s.split_at_mut(1);
+    let x = &mut first[0];
+    let texts: Vec<String> = (0..BURST)
+        .map(|k| match k {
+            POISONED => format!("poison-{k}"),
+            _ => format!("burst-{k}"),
+        })
+        .collect();
+    // Back to back, so that the poisoned one shares its batch (and its group) with others.
+    let burst = async {
+        for text in &texts {
+            x.client
+                .send(json!({"type": "send_message", "sessionId": x.sid, "message": text, "ref": format!("r-{text}")}))
+                .await;
+        }
+        let mut answers = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while answers.len() < BURST {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let m = x
+                .client
+                .try_recv_where(left, |v| {
+                    v["ref"].as_str().is_some_and(|r| r.starts_with("r-"))
+                })
+                .await
+                .unwrap_or_else(|| panic!("only {} of {BURST} answered", answers.len()));
+            answers.insert(m["ref"].as_str().unwrap()[2..].to_string(), m);
+        }
+        answers
+    };
+    let (answers, ()) = tokio::join!(burst, chat(others, 10, "during"));
+    for text in &texts {
+        let m = &answers[text];
+        if text.starts_with("poison") {
+            assert_eq!(m["type"], "error", "{m}");
+            assert_eq!(m["code"], "BAD_REQUEST", "{m}");
+        } else {
+            assert_eq!(m["type"], "new_message", "{text}: {m}");
+            x.acked.push((text.clone(), m["seq"].as_i64().unwrap()));
+        }
+    }
+    assert!(
+        x.acked.windows(2).all(|w| w[0].1 < w[1].1),
+        "the burst keeps its order: {:?}",
+        x.acked
+    );
+    let metrics = [
+        scrape(&t.w1.http("/metrics")).await,
+        scrape(&t.w2.http("/metrics")).await,
+    ];
+    let total = |name: &str| metrics.iter().map(|m| sum(m, name, &[])).sum::<f64>();
+    assert_eq!(
+        total("jam_commands_refused_total"),
+        1.0,
+        "one command refused"
+    );
+    // The batch that held it and, if that held others, the batch of it alone: no other
+    // partition's batch of a refused group (isolated and committed on its own).
+    let batches = total("jam_commits_refused_total");
+    assert!((1.0..=2.0).contains(&batches), "{batches} batches refused");
+    // The partition serves on, and the audit finds every acknowledged message once, in
+    // order, and nothing else (the poisoned one is not stored).
+    chat(&mut s, 3, "after").await;
+    audit(&t.db, &s).await;
+}

@@ -7,7 +7,7 @@
 //! partitions already read and apply their next batches.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::store::{Batch, Store, StoreError};
@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Query;
+use crate::partition::EntryId;
 use crate::Health;
 
 /// What one applied batch left to do.
@@ -38,10 +39,14 @@ const PUBLISH_ATTEMPTS: u32 = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Why a partition's lane no longer takes work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LaneClosed {
     /// Another worker claimed the partition: nothing of this owner may be written.
     Fenced,
+    /// The store refused a batch for its data: the batch and what was applied after it
+    /// are dropped, unacknowledged, and the partition starts again from the store. The
+    /// stream entries the refused batch applied (docs/decisions/0035).
+    Refused(Vec<EntryId>),
     /// The committer has stopped.
     Stopped,
 }
@@ -54,6 +59,10 @@ struct LaneState {
     abort: CancellationToken,
     /// A commit found the partition's fence stale.
     fenced: CancellationToken,
+    /// The store refused one of the partition's batches for its data.
+    refused: CancellationToken,
+    /// The stream entries of the refused batch.
+    refused_entries: Mutex<Vec<EntryId>>,
 }
 
 /// A partition's way into the committer.
@@ -71,6 +80,7 @@ impl Lane {
         let slot = tokio::select! {
             s = self.slots.clone().acquire_owned() => s.map_err(|_| LaneClosed::Stopped)?,
             _ = self.state.fenced.cancelled() => return Err(LaneClosed::Fenced),
+            _ = self.state.refused.cancelled() => return Err(self.closed().unwrap_or(LaneClosed::Stopped)),
         };
         let q = Queued {
             partition: self.partition,
@@ -85,6 +95,9 @@ impl Lane {
     pub fn closed(&self) -> Option<LaneClosed> {
         if self.state.fenced.is_cancelled() {
             Some(LaneClosed::Fenced)
+        } else if self.state.refused.is_cancelled() {
+            let entries = self.state.refused_entries.lock().unwrap().clone();
+            Some(LaneClosed::Refused(entries))
         } else if self.tx.is_closed() {
             Some(LaneClosed::Stopped)
         } else {
@@ -129,8 +142,31 @@ struct Queued {
 
 impl Queued {
     fn dropped(&self) -> bool {
-        self.lane.abort.is_cancelled() || self.lane.fenced.is_cancelled()
+        let l = &self.lane;
+        l.abort.is_cancelled() || l.fenced.is_cancelled() || l.refused.is_cancelled()
     }
+
+    /// The store refused this batch: it is dropped, and so is whatever the partition
+    /// applied after it (its lane closes).
+    fn refuse(self) {
+        let entries = self
+            .work
+            .acks
+            .iter()
+            .filter_map(|(_, id)| EntryId::parse(id));
+        *self.lane.refused_entries.lock().unwrap() = entries.collect();
+        self.lane.refused.cancel();
+    }
+}
+
+/// How a group's commit ended.
+enum Committed {
+    /// Everything left in the group is committed.
+    Yes,
+    /// Nothing was left to commit (dropped: fenced or aborted).
+    Nothing,
+    /// The store refused the group for its data.
+    Refused,
 }
 
 /// Where partitions get their lanes. The committer runs until every handle is gone, or
@@ -173,10 +209,11 @@ impl Committer {
         }
     }
 
-    async fn finish_group(&self, mut group: Vec<Queued>) {
-        let Some(()) = self.commit(&mut group).await else {
+    async fn finish_group(&self, group: Vec<Queued>) {
+        let mut group = self.commit_or_isolate(group).await;
+        if group.is_empty() {
             return;
-        };
+        }
         let publishes: Vec<_> = group
             .iter_mut()
             .flat_map(|q| std::mem::take(&mut q.work.publishes))
@@ -203,15 +240,50 @@ impl Committer {
         }
     }
 
+    /// Commit the group; what was committed. A group the store refuses for its data is
+    /// committed again one batch at a time, so that one partition's bad batch holds up no
+    /// other: the batches refused on their own close their lanes (decision 35).
+    async fn commit_or_isolate(&self, mut group: Vec<Queued>) -> Vec<Queued> {
+        match self.commit(&mut group).await {
+            Committed::Yes => return group,
+            Committed::Nothing => return Vec::new(),
+            Committed::Refused if group.len() == 1 => {
+                self.refused(group.pop().expect("one"));
+                return Vec::new();
+            }
+            Committed::Refused => {}
+        }
+        let mut kept = Vec::with_capacity(group.len());
+        for q in group {
+            let mut one = vec![q];
+            match self.commit(&mut one).await {
+                Committed::Yes => kept.append(&mut one),
+                Committed::Nothing => {}
+                Committed::Refused => self.refused(one.pop().expect("one")),
+            }
+        }
+        kept
+    }
+
+    fn refused(&self, q: Queued) {
+        metrics::counter!("jam_commits_refused_total").increment(1);
+        tracing::error!(
+            partition = q.partition,
+            entries = q.work.acks.len(),
+            "the store refused a batch for its data: dropped, the partition starts again from the store"
+        );
+        q.refuse();
+    }
+
     /// Commit the group, retrying an outage with back-off for as long as it lasts
     /// (readiness false meanwhile). A stale fence closes that partition's lane and the
-    /// rest commit without it. `None` when nothing is left to commit.
-    async fn commit(&self, group: &mut Vec<Queued>) -> Option<()> {
+    /// rest commit without it. Data the store refuses is not retried.
+    async fn commit(&self, group: &mut Vec<Queued>) -> Committed {
         let mut delay = Duration::from_millis(50);
         loop {
             group.retain(|q| !q.dropped());
             if group.is_empty() {
-                return None;
+                return Committed::Nothing;
             }
             let batches: Vec<&Batch> = group.iter().map(|q| &q.work.batch).collect();
             let t = Instant::now();
@@ -222,7 +294,7 @@ impl Committer {
                     for q in group.iter() {
                         self.health.store_ok(q.partition, true);
                     }
-                    return Some(());
+                    return Committed::Yes;
                 }
                 Err(StoreError::Fenced(p)) => {
                     for q in group.iter().filter(|q| q.partition == p) {
@@ -232,13 +304,11 @@ impl Committer {
                 Err(e) => {
                     metrics::counter!("jam_commit_errors_total", "retryable" => e.retryable().to_string())
                         .increment(1);
-                    if e.retryable() {
-                        tracing::warn!(error = %e, batches = group.len(), retry_in_ms = delay.as_millis() as u64, "commit failed; retrying");
-                    } else {
-                        // Nothing can be dropped (the commands are in the engine's state and
-                        // unacknowledged): the partitions wait, loudly (docs/operations.md).
-                        tracing::error!(error = %e, batches = group.len(), retry_in_ms = delay.as_millis() as u64, "commit refused for its data; retrying cannot help");
+                    if !e.retryable() {
+                        tracing::warn!(error = %e, batches = group.len(), "commit refused for its data; retrying cannot help");
+                        return Committed::Refused;
                     }
+                    tracing::warn!(error = %e, batches = group.len(), retry_in_ms = delay.as_millis() as u64, "commit failed; retrying");
                     for q in group.iter() {
                         self.health.store_ok(q.partition, false);
                     }

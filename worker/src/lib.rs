@@ -8,6 +8,7 @@ pub mod model;
 pub mod owner;
 pub mod partition;
 pub mod passwords;
+pub mod quarantine;
 pub mod queries;
 pub mod store;
 pub mod sync;

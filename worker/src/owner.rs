@@ -15,8 +15,11 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::partition::{Partition, Shared};
+use crate::partition::{Ended, Partition, Shared};
+use crate::quarantine::Quarantine;
 
+/// Longest pause before a partition starts again after a refused batch.
+const MAX_RESTART_PAUSE: Duration = Duration::from_secs(5);
 /// How long a stopping partition waits for Redis to take its lease back.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -298,8 +301,21 @@ impl Owner {
         let (sh, s, l) = (self.sh.clone(), stop.clone(), lease.clone());
         self.sh.health.claimed(p);
         let task = tokio::spawn(async move {
-            if let Some(part) = Partition::claim(p, sh, &s).await {
-                part.run(s, l).await;
+            // Started again, lease kept, after a batch the store refused (decision 35),
+            // with a growing pause: a refusal that names no command recurs.
+            let mut quarantine = Quarantine::default();
+            let mut pause = Duration::from_millis(50);
+            while let Some(part) = Partition::claim(p, sh.clone(), &s, quarantine).await {
+                match part.run(s.clone(), l.clone()).await {
+                    Ended::Released => break,
+                    Ended::Refused(q) => quarantine = q,
+                }
+                tokio::select! {
+                    _ = s.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(MAX_RESTART_PAUSE);
+                sh.health.claimed(p);
             }
         });
         self.owned.insert(p, Owned { stop, task, lease });

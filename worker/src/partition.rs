@@ -18,6 +18,7 @@ use crate::commit::{Lane, LaneClosed, Lanes, Work};
 use crate::engine::{Effects, Engine, EngineConfig, GatewayLiveness};
 use crate::owner::LeaseClock;
 use crate::passwords::{Verified, Verifier};
+use crate::quarantine::Quarantine;
 use crate::Health;
 
 const BATCH: usize = 256;
@@ -76,17 +77,37 @@ pub struct Partition {
     applied: EntryId,
     verifier: Verifier,
     verified: mpsc::Receiver<Verified>,
+    /// Entries of batches the store refused (decision 35).
+    quarantine: Quarantine,
+}
+
+/// How a partition's run ended.
+pub enum Ended {
+    /// Told to stop, fenced, or the committer stopped: the partition is given up.
+    Released,
+    /// The store refused a batch: start again from the store, with what was learned.
+    Refused(Quarantine),
 }
 
 impl Partition {
     /// Claim and load; retried with back-off while the store is away (or until `stop`).
-    pub async fn claim(id: u32, sh: Shared, stop: &CancellationToken) -> Option<Self> {
+    /// `quarantine`: what an earlier run of this partition learned from refused commits.
+    pub async fn claim(
+        id: u32,
+        sh: Shared,
+        stop: &CancellationToken,
+        quarantine: Quarantine,
+    ) -> Option<Self> {
         let mut delay = Duration::from_millis(100);
         loop {
             // Abandoned at a stop: a fence bumped without the answer only means the next
             // owner's claim bumps it again.
             match unless_stopped(stop, Self::try_claim(id, sh.clone())).await? {
-                Ok(p) => return Some(p),
+                Ok(mut p) => {
+                    p.quarantine = quarantine;
+                    p.quarantine.passed(p.applied);
+                    return Some(p);
+                }
                 Err(e) => {
                     tracing::warn!(partition = id, error = %e, "claiming partition failed; retrying");
                     sh.health.store_ok(id, false);
@@ -124,11 +145,13 @@ impl Partition {
             sh,
             verifier,
             verified,
+            quarantine: Quarantine::default(),
         })
     }
 
-    /// Run until `stop` (a clean hand-over) or until the partition is lost (fenced).
-    pub async fn run(mut self, stop: CancellationToken, lease: LeaseClock) {
+    /// Run until `stop` (a clean hand-over), until the partition is lost (fenced), or
+    /// until the store refuses one of its batches.
+    pub async fn run(mut self, stop: CancellationToken, lease: LeaseClock) -> Ended {
         let lane = self.sh.lanes.lane(self.id);
         let mut taken_over = false;
         let mut ls = LoopState::new();
@@ -179,7 +202,21 @@ impl Partition {
                 stage("queue", t);
             }
         }
+        let mut ended = Ended::Released;
         match lane.finish(STOP_GRACE).await {
+            Some(LaneClosed::Refused(entries)) => {
+                let mut entries = entries;
+                entries.sort_unstable();
+                tracing::warn!(
+                    partition = self.id,
+                    entries = entries.len(),
+                    first = ?entries.first().map(|e| e.to_string()),
+                    last = ?entries.last().map(|e| e.to_string()),
+                    "a batch was refused; starting again from the store, its entries one at a time"
+                );
+                self.quarantine.batch_refused(&entries);
+                ended = Ended::Refused(self.quarantine);
+            }
             Some(LaneClosed::Fenced) => {
                 metrics::counter!("jam_partitions_fenced_total").increment(1);
                 tracing::warn!(
@@ -194,6 +231,7 @@ impl Partition {
         }
         self.sh.health.release(self.id);
         tracing::info!(partition = self.id, "partition released");
+        ended
     }
 
     /// Between batches: results of password checks, the periodic sweep for entries another
@@ -245,7 +283,7 @@ impl Partition {
             std::slice::from_ref(&self.stream),
             WORKER_GROUP,
             &self.sh.node,
-            BATCH,
+            self.quarantine.read_size(self.applied, BATCH),
             BLOCK_MS,
             from,
         );
@@ -354,6 +392,7 @@ impl Partition {
                 jam_shared::telemetry::observe("jam_command_lag_seconds", None, lag);
             }
             match e.into_command() {
+                Ok(c) if self.quarantine.is_refused(id) => refuse(&c, id, fx),
                 Ok(c) => cmds.push(c),
                 Err(err) => {
                     metrics::counter!("jam_command_errors_total", "code" => "MALFORMED")
@@ -494,6 +533,18 @@ fn stage(name: &'static str, since: Instant) {
     let secs = since.elapsed().as_secs_f64();
     jam_shared::telemetry::observe("jam_partition_stage_seconds", Some(("stage", name)), secs);
 }
+
+/// A command the store refused on its own (decision 35): answered with an error and
+/// acknowledged, never applied.
+fn refuse(cmd: &Command, id: EntryId, fx: &mut Effects) {
+    metrics::counter!("jam_commands_refused_total").increment(1);
+    tracing::error!(entry = %id, tenant = %cmd.tenant, user = %cmd.user_id, session = ?cmd.action.session_id(), "the store refused this command's data: answered with an error, not applied");
+    fx.error(cmd, ErrorCode::BadRequest, REFUSED_BY_STORE);
+}
+
+/// The answer to a command whose data the store refused.
+pub const REFUSED_BY_STORE: &str =
+    "The server could not store this request's data; it was not applied";
 
 /// Hand `w` to the committer, unless the partition stops while it waits for room (a commit
 /// that cannot finish: the store away). What `w` applied then stays pending in the stream

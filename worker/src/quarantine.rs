@@ -1,0 +1,121 @@
+//! What a partition learned from commits the store refused for their data (SQLSTATE
+//! classes 22 and 23: retrying the same commit cannot help). The committer drops a refused
+//! batch and the partition starts again from the store, knowing which entries were in
+//! it: it applies those one per batch, so the next refusal names one entry, and that
+//! entry is then answered with an error and acknowledged without being applied. Pure: no
+//! I/O, no clocks (docs/decisions/0035-a-refused-commit-names-its-command.md).
+
+use std::collections::BTreeSet;
+
+use crate::partition::EntryId;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    /// Entries up to here were in a refused batch of several: applied one per batch.
+    suspect_through: Option<EntryId>,
+    /// Entries refused on their own: answered with an error, never applied.
+    refused: BTreeSet<EntryId>,
+}
+
+impl Quarantine {
+    /// A batch holding the commands of `entries` was refused. One entry is the culprit;
+    /// of several, any may be. A batch without entries (only timers' effects) names no
+    /// command: the partition starts again from the store, which is all it can do.
+    pub fn batch_refused(&mut self, entries: &[EntryId]) {
+        match entries {
+            [] => {}
+            [one] => {
+                self.refused.insert(*one);
+            }
+            many => {
+                let last = many.iter().max().copied();
+                self.suspect_through = self.suspect_through.max(last);
+            }
+        }
+    }
+
+    /// How many entries the next read takes, `applied` being the last one applied: one
+    /// while suspects are ahead, `normal` otherwise.
+    pub fn read_size(&self, applied: EntryId, normal: usize) -> usize {
+        match self.suspect_through {
+            Some(s) if s > applied => 1,
+            _ => normal,
+        }
+    }
+
+    /// Whether `entry` was refused on its own (skip it, answer with an error).
+    pub fn is_refused(&self, entry: EntryId) -> bool {
+        self.refused.contains(&entry)
+    }
+
+    /// Forget what lies at or below `applied`: it is committed (or skipped) now.
+    pub fn passed(&mut self, applied: EntryId) {
+        self.refused.retain(|e| *e > applied);
+        if self.suspect_through.is_some_and(|s| s <= applied) {
+            self.suspect_through = None;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.suspect_through.is_none() && self.refused.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> EntryId {
+        EntryId::parse(&format!("{n}-0")).unwrap()
+    }
+
+    #[test]
+    fn a_refused_batch_of_several_is_read_again_one_entry_at_a_time() {
+        let mut q = Quarantine::default();
+        assert_eq!(q.read_size(id(0), 256), 256);
+        q.batch_refused(&[id(3), id(5), id(4)]);
+        assert_eq!(q.read_size(id(2), 256), 1);
+        assert_eq!(q.read_size(id(4), 256), 1);
+        // Past the last suspect, batches are whole again.
+        assert_eq!(q.read_size(id(5), 256), 256);
+        assert!(!q.is_refused(id(3)) && !q.is_refused(id(5)));
+    }
+
+    #[test]
+    fn a_refused_batch_of_one_names_its_entry_until_it_is_passed() {
+        let mut q = Quarantine::default();
+        q.batch_refused(&[id(3), id(5)]);
+        q.batch_refused(&[id(4)]);
+        assert!(q.is_refused(id(4)));
+        assert!(!q.is_refused(id(3)));
+        // Entry 3 committed on its own: 4 is still ahead, and so is suspect 5.
+        q.passed(id(3));
+        assert!(q.is_refused(id(4)));
+        assert_eq!(q.read_size(id(3), 256), 1);
+        q.passed(id(5));
+        assert!(!q.is_refused(id(4)));
+        assert!(q.is_empty());
+        assert_eq!(q.read_size(id(5), 256), 256);
+    }
+
+    #[test]
+    fn a_batch_without_entries_names_nothing() {
+        let mut q = Quarantine::default();
+        q.batch_refused(&[]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_later_refusal_extends_the_suspects() {
+        let mut q = Quarantine::default();
+        q.batch_refused(&[id(1), id(2)]);
+        q.batch_refused(&[id(7), id(9)]);
+        assert_eq!(q.read_size(id(8), 256), 1);
+        q.batch_refused(&[id(1), id(2)]);
+        assert_eq!(
+            q.read_size(id(8), 256),
+            1,
+            "an earlier batch does not shorten it"
+        );
+    }
+}
