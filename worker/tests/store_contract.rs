@@ -736,12 +736,15 @@ async fn postgres_store_meets_the_contract() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let name = format!("jam_contract_{}", &jam_shared::ids::unique()[..10]);
+    let db = ScratchDb {
+        name: format!("jam_contract_{}", &jam_shared::ids::unique()[..10]),
+        admin: admin.clone(),
+    };
     client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .batch_execute(&format!("CREATE DATABASE {}", db.name))
         .await
         .unwrap();
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let url = format!("{}/{}", admin.rsplit_once('/').unwrap().0, db.name);
     {
         let store = PgStore::connect(&url, 4).await.unwrap();
         // Migrations are idempotent.
@@ -750,9 +753,23 @@ async fn postgres_store_meets_the_contract() {
         store_contract(Arc::new(store)).await;
     }
     statements_are_bounded(&url).await;
-    let _ = client
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await;
+}
+
+/// The contract's database, dropped however the test ends (a failed assertion included).
+struct ScratchDb {
+    name: String,
+    admin: String,
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = std::process::Command::new("psql")
+            .args([&self.admin, "-q", "-c", &drop])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 /// Data PostgreSQL cannot hold (U+0000 in text; the gateways refuse it, decision 32) is a
