@@ -447,6 +447,86 @@ mod tests {
         assert!(gather(&mut backlog, &mut rx).await.is_none());
     }
 
+    /// A batch of `partition` under `token` with one chat message, applied from `entry`.
+    fn chat(partition: u32, token: i64, text: &str, entry: &str) -> Box<Work> {
+        let message = crate::model::ChatMessage {
+            id: text.into(),
+            tenant: "t".into(),
+            session_id: format!("s{partition}"),
+            user_id: "u".into(),
+            user_name: "U".into(),
+            message: text.into(),
+            created_at: 1,
+            seq: 1,
+        };
+        Box::new(Work {
+            batch: Batch {
+                fence: Some(crate::store::Fence {
+                    partition,
+                    token,
+                    applied: Some(entry.into()),
+                }),
+                messages: vec![message],
+                ..Batch::default()
+            },
+            publishes: vec![],
+            queries: vec![],
+            acks: vec![(format!("cmd:{partition}"), entry.into())],
+        })
+    }
+
+    /// One group holds a batch the store refuses and another partition's batch: the other
+    /// commits, the refused one closes its lane with its entries, and what its partition
+    /// queued after it is dropped (decision 35).
+    #[tokio::test]
+    async fn a_refused_batch_closes_its_lane_and_the_rest_of_its_group_commits() {
+        let store = Arc::new(crate::store::memory::MemoryStore::refusing("poison"));
+        let committer = Committer {
+            bus: Arc::new(jam_shared::bus::memory::MemoryBus::new()),
+            store: store.clone(),
+            health: Arc::default(),
+            queries: Arc::new(Semaphore::new(4)),
+        };
+        let (t1, t2) = (
+            store.claim_partition(1).await.unwrap().token,
+            store.claim_partition(2).await.unwrap().token,
+        );
+        let (lanes, task) = committer.spawn(4);
+        let (one, two) = (lanes.lane(1), lanes.lane(2));
+        // All three queued before the committer runs: one group of the first two.
+        one.send(chat(1, t1, "poison", "5-0")).await.unwrap();
+        two.send(chat(2, t2, "fine", "6-0")).await.unwrap();
+        one.send(chat(1, t1, "after", "7-0")).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(c) = one.closed() {
+                    return c;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the refused lane closes");
+        let refused = vec![EntryId::parse("5-0").unwrap()];
+        assert_eq!(closed, LaneClosed::Refused(refused));
+        assert_eq!(one.finish(Duration::from_secs(1)).await, Some(closed));
+        assert_eq!(two.finish(Duration::from_secs(1)).await, None);
+        let stored = |sid: &'static str| {
+            let store = store.clone();
+            async move { store.history("t", sid, 0, None, 10).await.unwrap() }
+        };
+        let fine = stored("s2").await;
+        assert_eq!(fine.len(), 1, "the other partition's batch committed");
+        assert!(
+            stored("s1").await.is_empty(),
+            "neither the refused batch nor the next"
+        );
+        let applied = store.claim_partition(1).await.unwrap().applied;
+        assert_eq!(applied, None, "the refused partition's mark did not move");
+        drop(lanes);
+        task.await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_full_group_leaves_the_rest_in_order() {
         let (tx, mut rx) = mpsc::channel(MAX_GROUP + 4);

@@ -81,6 +81,10 @@ fn purge<K: Eq + std::hash::Hash, T>(
 
 #[derive(Default)]
 struct State {
+    /// Unit tests only: a group holding a chat message with this text is refused for its
+    /// data, as PostgreSQL refuses a constraint's violation.
+    #[cfg(test)]
+    refuse_text: Option<String>,
     /// Messages kept per session and per conversation: memory, unlike PostgreSQL's disk,
     /// would otherwise grow with every message until the retention purge.
     history_limit: Option<usize>,
@@ -262,6 +266,18 @@ impl MemoryStore {
             state: Arc::new(Mutex::new(state)),
         }
     }
+
+    /// Unit tests only: a store that refuses any group holding a chat message with `text`.
+    #[cfg(test)]
+    pub(crate) fn refusing(text: &str) -> Self {
+        let state = State {
+            refuse_text: Some(text.to_string()),
+            ..State::default()
+        };
+        Self {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
 }
 
 #[async_trait]
@@ -329,6 +345,15 @@ impl Store for MemoryStore {
 
     async fn commit_group(&self, batches: &[&Batch]) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
+        #[cfg(test)]
+        if let Some(t) = &s.refuse_text {
+            if batches
+                .iter()
+                .any(|b| b.messages.iter().any(|m| &m.message == t))
+            {
+                return Err(StoreError::Corrupt(format!("refused for the test: {t}")));
+            }
+        }
         // Check every fence before changing anything: the group commits whole or not at all.
         for f in batches.iter().filter_map(|b| b.fence.as_ref()) {
             let token = s.partitions.get(&f.partition).map_or(0, |p| p.0);
