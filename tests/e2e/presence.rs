@@ -327,6 +327,25 @@ async fn direct_messages_reach_every_connection_and_persist() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["messages"].as_array().unwrap().len(), 1);
     assert_eq!(v["messages"][0]["content"], "psst");
+    // The cursor's two halves as protocol.md names them (`before`, `beforeId`): without
+    // `before`, `beforeId` is an error; with it, it moves the bound within that
+    // millisecond (an empty id leaves the whole millisecond out; "~" sorts after every id).
+    let page = |q: String| {
+        http.get(c.b.http(&format!("/api/messages/direct?with=alice{q}")))
+            .header("authorization", bearer("bob", "Bob"))
+            .send()
+    };
+    let r = page("&beforeId=x".into()).await.unwrap();
+    assert_eq!(r.status(), 400, "beforeId is read");
+    let at = v["messages"][0]["createdAt"].as_i64().unwrap();
+    let count = |r: reqwest::Response| async move {
+        let v: Value = r.json().await.unwrap();
+        v["messages"].as_array().map(Vec::len)
+    };
+    let r = page(format!("&before={at}")).await.unwrap();
+    assert_eq!(count(r).await, Some(0));
+    let r = page(format!("&before={at}&beforeId=~")).await.unwrap();
+    assert_eq!(count(r).await, Some(1), "beforeId moves the bound");
     // A query string that does not parse is the caller's error, with the reason.
     let r = http
         .get(c.b.http("/api/messages/direct?with=alice&limit=many"))

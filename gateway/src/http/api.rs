@@ -206,6 +206,7 @@ pub async fn session_messages(
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DirectPage {
     with: String,
     #[serde(default)]
