@@ -190,6 +190,15 @@ impl Partition {
                 ls.from_pending = true;
                 continue;
             }
+            if self.quarantine.read_size(self.applied, BATCH) == 1 {
+                // Suspects ahead: the timers' effects commit on their own, so that a
+                // refused batch of one entry names that entry alone (decision 35).
+                if let Some(w) = self.work(std::mem::take(&mut fx), Vec::new()) {
+                    if !queue(&lane, w, &stop).await {
+                        break;
+                    }
+                }
+            }
             let acks = self.read_and_apply(&mut ls, &mut fx, &stop).await;
             self.engine
                 .flush_presence(jam_shared::clock::now_ms(), &mut fx);

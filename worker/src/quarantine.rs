@@ -1,8 +1,9 @@
 //! What a partition learned from commits the store refused for their data (SQLSTATE
 //! classes 22 and 23: retrying the same commit cannot help). The committer drops a refused
 //! batch and the partition starts again from the store, knowing which entries were in
-//! it: it applies those one per batch, so the next refusal names one entry, and that
-//! entry is then answered with an error and acknowledged without being applied. Pure: no
+//! it: it applies those one per batch, with the timers' effects apart, so the next
+//! refusal names one entry, and that entry is then answered with an error and
+//! acknowledged without being applied. Pure: no
 //! I/O, no clocks (docs/decisions/0035-a-refused-commit-names-its-command.md).
 
 use std::collections::BTreeSet;
@@ -18,19 +19,20 @@ pub struct Quarantine {
 }
 
 impl Quarantine {
-    /// A batch holding the commands of `entries` was refused. One entry is the culprit;
-    /// of several, any may be. A batch without entries (only timers' effects) names no
-    /// command: the partition starts again from the store, which is all it can do.
+    /// A batch holding the commands of `entries` was refused. Its entries become suspects
+    /// (read again one per batch, the timers' effects committed apart), unless it was one
+    /// suspect alone: that entry is the culprit. A batch without entries (only timers'
+    /// effects) names no command: the partition starts again from the store, which is all
+    /// it can do.
     pub fn batch_refused(&mut self, entries: &[EntryId]) {
+        let Some(last) = entries.iter().max().copied() else {
+            return;
+        };
         match entries {
-            [] => {}
-            [one] => {
+            [one] if self.suspect_through.is_some_and(|s| *one <= s) => {
                 self.refused.insert(*one);
             }
-            many => {
-                let last = many.iter().max().copied();
-                self.suspect_through = self.suspect_through.max(last);
-            }
+            _ => self.suspect_through = self.suspect_through.max(Some(last)),
         }
     }
 
@@ -82,7 +84,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_batch_of_one_names_its_entry_until_it_is_passed() {
+    fn a_suspect_refused_alone_is_named_until_it_is_passed() {
         let mut q = Quarantine::default();
         q.batch_refused(&[id(3), id(5)]);
         q.batch_refused(&[id(4)]);
@@ -96,6 +98,21 @@ mod tests {
         assert!(!q.is_refused(id(4)));
         assert!(q.is_empty());
         assert_eq!(q.read_size(id(5), 256), 256);
+    }
+
+    #[test]
+    fn a_batch_of_one_that_was_no_suspect_becomes_one_first() {
+        // Its batch also held the timers' effects of that round: read it again alone.
+        let mut q = Quarantine::default();
+        q.batch_refused(&[id(8)]);
+        assert!(!q.is_refused(id(8)));
+        assert_eq!(q.read_size(id(7), 256), 1);
+        q.batch_refused(&[id(8)]);
+        assert!(q.is_refused(id(8)));
+        // One past the suspects is a suspect first, too.
+        q.batch_refused(&[id(9)]);
+        assert!(!q.is_refused(id(9)));
+        assert_eq!(q.read_size(id(8), 256), 1);
     }
 
     #[test]
