@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::partition::{Ended, Partition, Shared};
 use crate::quarantine::Quarantine;
 
-/// Longest pause before a partition starts again after a refused batch.
+/// Pauses before a partition starts again after a refused batch: the first, the longest.
+const FIRST_RESTART_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RESTART_PAUSE: Duration = Duration::from_secs(5);
 /// How long a stopping partition waits for Redis to take its lease back.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -302,13 +303,18 @@ impl Owner {
         self.sh.health.claimed(p);
         let task = tokio::spawn(async move {
             // Started again, lease kept, after a batch the store refused (decision 35),
-            // with a growing pause: a refusal that names no command recurs.
+            // with a pause that grows while refusals follow each other (one that names no
+            // command recurs) and starts small again after a quiet run.
             let mut quarantine = Quarantine::default();
-            let mut pause = Duration::from_millis(50);
+            let mut pause = FIRST_RESTART_PAUSE;
             while let Some(part) = Partition::claim(p, sh.clone(), &s, quarantine).await {
+                let started = Instant::now();
                 match part.run(s.clone(), l.clone()).await {
                     Ended::Released => break,
                     Ended::Refused(q) => quarantine = q,
+                }
+                if started.elapsed() > MAX_RESTART_PAUSE * 2 {
+                    pause = FIRST_RESTART_PAUSE;
                 }
                 tokio::select! {
                     _ = s.cancelled() => break,
