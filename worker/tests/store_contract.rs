@@ -749,7 +749,7 @@ async fn postgres_store_meets_the_contract() {
         let store = PgStore::connect(&url, 4).await.unwrap();
         // Migrations are idempotent.
         PgStore::connect(&url, 4).await.unwrap();
-        refused_data(&store).await;
+        refused_data(&store, &url).await;
         store_contract(Arc::new(store)).await;
     }
     statements_are_bounded(&url).await;
@@ -774,7 +774,7 @@ impl Drop for ScratchDb {
 
 /// Data PostgreSQL cannot hold (U+0000 in text; the gateways refuse it, decision 32) is a
 /// refusal, which no retry can help, not an outage; and the group is not committed.
-async fn refused_data(store: &PgStore) {
+async fn refused_data(store: &PgStore, url: &str) {
     let part = 29;
     let token = store.claim_partition(part).await.unwrap().token;
     let mut bad = msg("tz", "NUL01", 1);
@@ -801,6 +801,36 @@ async fn refused_data(store: &PgStore) {
     assert!(h.is_empty());
     let mark = store.claim_partition(part).await.unwrap().applied;
     assert_eq!(mark, None, "the refused batch moved no mark");
+
+    // A constraint's refusal names the constraint, not the row: PostgreSQL's DETAIL
+    // ("Failing row contains (...)") would put users' text in the worker's log.
+    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute("ALTER TABLE jam_messages ADD CONSTRAINT jam_contract_no_secrets CHECK (message <> 'secret words')")
+        .await
+        .unwrap();
+    let token = store.claim_partition(part).await.unwrap().token;
+    let mut secret = msg("tz", "SECRET", 1);
+    secret.message = "secret words".into();
+    let batch = Batch {
+        messages: vec![secret],
+        ..fenced(part, token)
+    };
+    let e = store.commit(&batch).await.unwrap_err();
+    let shown = e.to_string();
+    assert!(
+        matches!(&e, StoreError::Refused { code, .. } if code == "23514"),
+        "{e}"
+    );
+    assert!(shown.contains("jam_contract_no_secrets"), "{shown}");
+    assert!(!shown.contains("secret words"), "{shown}");
+    admin
+        .batch_execute("ALTER TABLE jam_messages DROP CONSTRAINT jam_contract_no_secrets")
+        .await
+        .unwrap();
 }
 
 /// A statement stuck behind a lock fails after the statement timeout instead of waiting

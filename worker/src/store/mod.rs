@@ -19,7 +19,7 @@ pub enum StoreError {
     /// PostgreSQL refused the statement for what it carries (SQLSTATE classes 22, data
     /// exception, and 23, integrity constraint violation): the same statement will fail
     /// again however long one waits.
-    #[error("database refused the data ({code}): {}", chain(.source))]
+    #[error("database refused the data ({code}): {}", refusal(.source))]
     Refused {
         code: String,
         #[source]
@@ -43,6 +43,26 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         out.push_str(": ");
         out.push_str(&s.to_string());
         next = s.source();
+    }
+    out
+}
+
+/// PostgreSQL's message for a refusal and what it names (table, column, constraint),
+/// without its `DETAIL`, which shows the refused row: users' text stays out of the log.
+fn refusal(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        return chain(e);
+    };
+    let mut out = db.message().to_string();
+    let named = [
+        ("table", db.table()),
+        ("column", db.column()),
+        ("constraint", db.constraint()),
+    ];
+    for (what, name) in named {
+        if let Some(name) = name {
+            out.push_str(&format!(", {what} {name}"));
+        }
     }
     out
 }
