@@ -214,13 +214,11 @@ impl Partition {
         let mut ended = Ended::Released;
         match lane.finish(STOP_GRACE).await {
             Some(LaneClosed::Refused(entries)) => {
-                let mut entries = entries;
-                entries.sort_unstable();
                 tracing::warn!(
                     partition = self.id,
                     entries = entries.len(),
-                    first = ?entries.first().map(|e| e.to_string()),
-                    last = ?entries.last().map(|e| e.to_string()),
+                    first = ?entries.iter().min().map(|e| e.to_string()),
+                    last = ?entries.iter().max().map(|e| e.to_string()),
                     "a batch was refused; starting again from the store, its entries one at a time"
                 );
                 self.quarantine.batch_refused(&entries);

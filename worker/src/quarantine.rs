@@ -57,10 +57,6 @@ impl Quarantine {
             self.suspect_through = None;
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.suspect_through.is_none() && self.refused.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -96,7 +92,7 @@ mod tests {
         assert_eq!(q.read_size(id(3), 256), 1);
         q.passed(id(5));
         assert!(!q.is_refused(id(4)));
-        assert!(q.is_empty());
+        assert_eq!(q, Quarantine::default());
         assert_eq!(q.read_size(id(5), 256), 256);
     }
 
@@ -119,7 +115,7 @@ mod tests {
     fn a_batch_without_entries_names_nothing() {
         let mut q = Quarantine::default();
         q.batch_refused(&[]);
-        assert!(q.is_empty());
+        assert_eq!(q, Quarantine::default());
     }
 
     #[test]

@@ -258,22 +258,22 @@ impl MemoryStore {
     /// A store that keeps the newest `limit` messages of each session and of each
     /// conversation (`JAM_MEMORY_HISTORY`; `None`: all of them).
     pub fn with_history_limit(limit: Option<usize>) -> Self {
-        let state = State {
+        Self::of(State {
             history_limit: limit,
             ..State::default()
-        };
-        Self {
-            state: Arc::new(Mutex::new(state)),
-        }
+        })
     }
 
     /// Unit tests only: a store that refuses any group holding a chat message with `text`.
     #[cfg(test)]
     pub(crate) fn refusing(text: &str) -> Self {
-        let state = State {
+        Self::of(State {
             refuse_text: Some(text.to_string()),
             ..State::default()
-        };
+        })
+    }
+
+    fn of(state: State) -> Self {
         Self {
             state: Arc::new(Mutex::new(state)),
         }

@@ -650,6 +650,7 @@ impl Store for PgStore {
         session_id: &str,
         user_id: &str,
     ) -> Result<bool, StoreError> {
+        let t = Instant::now();
         let c = self.conn().await?;
         let rows = read(
             &c,
@@ -657,6 +658,7 @@ impl Store for PgStore {
             &[&tenant, &session_id, &user_id],
         )
         .await?;
+        observe("hosted", t);
         Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
     }
 
