@@ -86,6 +86,7 @@ pub fn rest_bodies(data: &[u8]) {
 fn serde_urlencoded_like(q: &str) -> Option<()> {
     let uri: axum::http::Uri = format!("/x?{q}").parse().ok()?;
     let _ = axum::extract::Query::<api::Page>::try_from_uri(&uri);
-    let _ = axum::extract::Query::<api::DirectPage>::try_from_uri(&uri);
+    let _ = axum::extract::Query::<api::Cursor>::try_from_uri(&uri);
+    let _ = axum::extract::Query::<api::With>::try_from_uri(&uri);
     Some(())
 }

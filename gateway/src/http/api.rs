@@ -40,9 +40,13 @@ pub async fn version() -> Json<Value> {
     Json(json!({"name": "jam", "version": env!("CARGO_PKG_VERSION"), "protocol": 1}))
 }
 
+/// `?before=&beforeId=&limit=`: a page older than (`before`, `beforeId`), the first item of
+/// the page before it, so that items sharing a millisecond are neither lost nor repeated.
+/// One type for every query paged by time and id, so that a field spelled for one is
+/// spelled for all.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SessionsPage {
+pub struct Cursor {
     #[serde(default)]
     before: Option<i64>,
     #[serde(default)]
@@ -56,7 +60,7 @@ pub struct SessionsPage {
 pub async fn list_sessions(
     State(st): State<AppState>,
     Caller(who): Caller,
-    q: Result<Query<SessionsPage>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<Cursor>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(p) = q?;
     let frame = ClientFrame::GetSessions {
@@ -205,29 +209,27 @@ pub async fn session_messages(
     ))
 }
 
+/// `?with=`: the other user of a direct conversation.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DirectPage {
+pub struct With {
     with: String,
-    #[serde(default)]
-    before: Option<i64>,
-    #[serde(default)]
-    before_id: Option<String>,
-    #[serde(default)]
-    limit: Option<u32>,
 }
 
+/// `GET /api/messages/direct?with=&before=&beforeId=&limit=`: a page of the conversation
+/// with one user, oldest first.
 pub async fn direct_messages(
     State(st): State<AppState>,
     Caller(who): Caller,
-    q: Result<Query<DirectPage>, axum::extract::rejection::QueryRejection>,
+    w: Result<Query<With>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<Cursor>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(w) = w?;
     let Query(p) = q?;
     let v = rpc(
         &st,
         &who,
         ClientFrame::LoadDirect {
-            with: p.with,
+            with: w.with,
             before: p.before,
             before_id: p.before_id,
             limit: p.limit,
@@ -379,7 +381,35 @@ pub async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static
 
 #[cfg(test)]
 mod tests {
-    use super::OPENAPI;
+    use super::{Cursor, With, OPENAPI};
+    use axum::extract::Query;
+
+    fn query<T: serde::de::DeserializeOwned>(q: &str) -> Option<T> {
+        let uri: axum::http::Uri = format!("/x?{q}").parse().unwrap();
+        Query::<T>::try_from_uri(&uri).ok().map(|Query(t)| t)
+    }
+
+    /// The cursor's fields as docs/protocol.md spells them, numbers read as numbers, for
+    /// the session list and a direct conversation alike (`with` beside it).
+    #[test]
+    fn a_cursor_is_read_from_the_query_string() {
+        let c: Cursor = query("before=1700000000000&beforeId=m-1&limit=3&with=bob").unwrap();
+        assert_eq!(c.before, Some(1_700_000_000_000));
+        assert_eq!(c.before_id.as_deref(), Some("m-1"));
+        assert_eq!(c.limit, Some(3));
+        let w: With = query("before=1&with=bob").unwrap();
+        assert_eq!(w.with, "bob");
+        let empty: Cursor = query("").unwrap();
+        assert!(empty.before.is_none() && empty.before_id.is_none() && empty.limit.is_none());
+        assert!(
+            query::<Cursor>("before=soon").is_none(),
+            "a bad number is refused"
+        );
+        assert!(
+            query::<With>("before=1").is_none(),
+            "a conversation needs `with`"
+        );
+    }
 
     /// Every route the router serves is documented, with its method, and vice versa.
     #[test]
