@@ -211,8 +211,14 @@ impl Partition {
                 stage("queue", t);
             }
         }
+        let closed = lane.finish(STOP_GRACE).await;
+        self.end(closed)
+    }
+
+    /// After the loop: say why the partition stops, and release it.
+    fn end(mut self, closed: Option<LaneClosed>) -> Ended {
         let mut ended = Ended::Released;
-        match lane.finish(STOP_GRACE).await {
+        match closed {
             Some(LaneClosed::Refused(entries)) => {
                 tracing::warn!(
                     partition = self.id,
