@@ -732,10 +732,7 @@ async fn memory_store_keeps_the_newest_messages_within_its_bound() {
 async fn postgres_store_meets_the_contract() {
     let admin = std::env::var("JAM_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = sql(&admin).await;
     let db = ScratchDb {
         name: format!("jam_contract_{}", &jam_shared::ids::unique()[..10]),
         admin: admin.clone(),
@@ -753,6 +750,15 @@ async fn postgres_store_meets_the_contract() {
         store_contract(Arc::new(store)).await;
     }
     statements_are_bounded(&url).await;
+}
+
+/// A plain connection to `url` for the test's own statements (its driver spawned).
+async fn sql(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
 }
 
 /// The contract's database, dropped however the test ends (a failed assertion included).
@@ -804,10 +810,7 @@ async fn refused_data(store: &PgStore, url: &str) {
 
     // A constraint's refusal names the constraint, not the row: PostgreSQL's DETAIL
     // ("Failing row contains (...)") would put users' text in the worker's log.
-    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let admin = sql(url).await;
     admin
         .batch_execute("ALTER TABLE jam_messages ADD CONSTRAINT jam_contract_no_secrets CHECK (message <> 'secret words')")
         .await
@@ -839,10 +842,7 @@ async fn statements_are_bounded(url: &str) {
     let store = PgStore::connect(&format!("{url}?options=-c%20statement_timeout%3D300"), 2)
         .await
         .unwrap();
-    let (locker, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let locker = sql(url).await;
     locker
         .batch_execute("BEGIN; LOCK TABLE jam_sessions IN ACCESS EXCLUSIVE MODE")
         .await
