@@ -399,6 +399,21 @@ impl State {
     }
 }
 
+/// A REST call's reply slot in the table, taken out when this is dropped: also when the
+/// call's future is (its HTTP client hung up before the worker answered), so no slot
+/// outlives its call.
+#[must_use = "the slot leaves the table when this is dropped"]
+pub struct Direct {
+    table: Arc<Table>,
+    id: Arc<str>,
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        self.table.unregister(&self.id);
+    }
+}
+
 pub struct Table {
     pub(crate) state: Mutex<State>,
     /// This gateway's node id and the inbox channel replies to its connections come on.
@@ -457,8 +472,10 @@ impl Table {
         &self.node
     }
 
-    /// Add a connection that only gets frames addressed to it (a REST call's reply slot).
-    pub fn register_direct(&self, handle: ConnHandle) {
+    /// Add a connection that only gets frames addressed to it (a REST call's reply slot),
+    /// held while the returned [`Direct`] lives.
+    pub fn register_direct(self: &Arc<Self>, handle: ConnHandle) -> Direct {
+        let id = handle.id.clone();
         let mut s = self.state.lock().unwrap();
         s.close_if_closing(&handle);
         s.conns.insert(
@@ -468,6 +485,10 @@ impl Table {
                 channels: Vec::new(),
             },
         );
+        Direct {
+            table: self.clone(),
+            id,
+        }
     }
 
     /// Add a connection and make it a member of its user channel.
@@ -715,7 +736,7 @@ mod tests {
         // Greeted before the drain, in the table after its sweep: closed as it is added.
         let late = ConnHandle::new("late", "v", mpsc::channel(1).0);
         table.register(late.clone(), "user:v".into()).await.unwrap();
-        table.register_direct(direct.clone());
+        let _slot = table.register_direct(direct.clone());
         for c in [&late, &direct] {
             assert_eq!(code(c), 1012, "{}", c.id);
             assert!(c.kill.is_cancelled(), "{}", c.id);

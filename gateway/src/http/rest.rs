@@ -122,33 +122,87 @@ pub async fn rpc_action(
     let (tx, mut rx) = mpsc::channel(8);
     let handle = ConnHandle::new(&conn, &who.user_id, tx);
     let unavailable = |_| ApiError::new(ErrorCode::Unavailable, "bus unavailable, try again");
-    // Only the reply to this call reaches it (through this gateway's inbox).
-    st.table.register_direct(handle);
-    let result = async {
-        st.send_rest_command(who, &conn, action)
-            .await
-            .map_err(unavailable)?;
-        let frame = tokio::time::timeout(st.cfg.reply_timeout, rx.recv())
-            .await
-            .map_err(|_| {
-                ApiError::new(ErrorCode::Unavailable, "the worker did not answer in time")
-            })?
-            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "reply channel closed"))?;
-        let mut v: Value = serde_json::from_slice(frame.payload())
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-        if v["type"] == "error" {
-            let code = serde_json::from_value(v["code"].clone()).unwrap_or(ErrorCode::Internal);
-            return Err(ApiError::new(
-                code,
-                v["message"].as_str().unwrap_or("error"),
-            ));
-        }
-        if let Some(o) = v.as_object_mut() {
-            o.remove("ref");
-        }
-        Ok(v)
+    // Only the reply to this call reaches it (through this gateway's inbox); the slot
+    // leaves the table with `_slot`, however this future ends.
+    let _slot = st.table.register_direct(handle);
+    st.send_rest_command(who, &conn, action)
+        .await
+        .map_err(unavailable)?;
+    let frame = tokio::time::timeout(st.cfg.reply_timeout, rx.recv())
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the worker did not answer in time"))?
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "reply channel closed"))?;
+    let mut v: Value = serde_json::from_slice(frame.payload())
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    if v["type"] == "error" {
+        let code = serde_json::from_value(v["code"].clone()).unwrap_or(ErrorCode::Internal);
+        return Err(ApiError::new(
+            code,
+            v["message"].as_str().unwrap_or("error"),
+        ));
     }
-    .await;
-    st.table.unregister(&conn);
-    result
+    if let Some(o) = v.as_object_mut() {
+        o.remove("ref");
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use jam_shared::bus::{memory::MemoryBus, Bus, BusMessage};
+    use jam_shared::config::Config;
+    use jam_shared::protocol::Action;
+
+    use super::*;
+    use crate::state::Services;
+
+    /// A gateway's state over an in-memory bus that no worker reads: no call is answered.
+    async fn unanswered() -> (AppState, mpsc::Receiver<BusMessage>) {
+        let cfg = Config::from_map(&HashMap::new()).unwrap();
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+        let (sub, events) = bus.subscription(8).await.unwrap();
+        let st = AppState::new(Services {
+            auth: Arc::new(crate::auth::Authenticator::new(&cfg, Some("secret")).unwrap()),
+            limits: Arc::new(crate::limits::Limiter::new(&cfg.limits, bus.clone())),
+            rpc: Arc::new(crate::rpc::Rpc::new(cfg.rpc.clone())),
+            table: crate::fanout::Table::new(sub, "gw-test".into())
+                .await
+                .unwrap(),
+            bus,
+            draining: Default::default(),
+            tracker: Default::default(),
+            conn_limit: Arc::new(tokio::sync::Semaphore::new(1)),
+            cfg: Arc::new(cfg),
+        });
+        (st, events)
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_client_hung_up_leaves_no_reply_slot() {
+        let (st, _events) = unanswered().await;
+        let who = Identity {
+            user_id: "u1".into(),
+            user_name: "U1".into(),
+            tenant: "acme".into(),
+        };
+        let inbox = Action::LoadNotifications {
+            before: None,
+            limit: None,
+            unread: None,
+        };
+        let mut call = Box::pin(rpc_action(&st, &who, inbox));
+        let waited = tokio::time::timeout(Duration::from_millis(50), call.as_mut()).await;
+        assert!(waited.is_err(), "nothing answers: the call still waits");
+        assert_eq!(st.table.connections().len(), 1, "its reply slot");
+        // What hyper does with a handler whose HTTP client went away.
+        drop(call);
+        assert!(
+            st.table.connections().is_empty(),
+            "the slot left with the call"
+        );
+    }
 }
