@@ -123,6 +123,7 @@ async fn connect(st: AppState, s: SocketRef) {
     let id = format!("sio-{}", jam_shared::ids::unique());
     let (tx, rx) = mpsc::channel::<OutFrame>(st.cfg.outbound_queue);
     let handle = ConnHandle::new(&id, &who.user_id, tx);
+    watch_disconnect(&s, &handle);
     let user_channel = keys::user_channel(&who.tenant, &who.user_id);
     if st
         .table
@@ -145,7 +146,7 @@ async fn connect(st: AppState, s: SocketRef) {
     });
     crate::ws::connection::report_connect(&st, &who, &id).await;
     greet(&s, &who, &id, verified.expires_at);
-    let in_rx = route_events(&s, &conn);
+    let in_rx = route_events(&s);
     let reader = conn.clone();
     let expires_at = verified.expires_at;
     st.tracker
@@ -193,9 +194,8 @@ fn greet(s: &SocketRef, who: &Identity, id: &str, expires_at: Option<i64>) {
     let _ = s.emit("connected", &connected);
 }
 
-/// The connection's events into one bounded queue (a full one answers `RATE_LIMITED`), and
-/// its end into the connection's kill switch.
-fn route_events(s: &SocketRef, conn: &Arc<Conn>) -> mpsc::Receiver<Incoming> {
+/// The connection's events into one bounded queue (a full one answers `RATE_LIMITED`).
+fn route_events(s: &SocketRef) -> mpsc::Receiver<Incoming> {
     // socketioxide calls a handler in arrival order and spawns the future it returns: the
     // event is queued before that, so one task handles a connection's events in order.
     let (in_tx, in_rx) = mpsc::channel::<Incoming>(INBOUND);
@@ -212,12 +212,22 @@ fn route_events(s: &SocketRef, conn: &Arc<Conn>) -> mpsc::Receiver<Incoming> {
             std::future::ready(())
         },
     );
-    let c = conn.clone();
-    s.on_disconnect(move || {
-        let c = c.clone();
-        async move { c.handle.kill.cancel() }
-    });
     in_rx
+}
+
+/// The socket's end cancels the connection's kill switch, which ends its tasks and gives
+/// its slots back. Watched before the connect handler's first await: socketioxide calls
+/// no disconnect handler set after the socket closed (a client that hangs up while it is
+/// registered), so a socket found closed once the handler is set is ended here.
+fn watch_disconnect(s: &SocketRef, handle: &ConnHandle) {
+    let h = handle.clone();
+    s.on_disconnect(move || {
+        let h = h.clone();
+        async move { h.kill.cancel() }
+    });
+    if !s.connected() {
+        handle.kill.cancel();
+    }
 }
 
 fn refuse(s: &SocketRef, code: &str, message: &str) {

@@ -227,6 +227,35 @@ test("connections per IP count Socket.IO and WebSocket connections together", as
   }
 });
 
+test("a client that hangs up while it is being registered gives its slot back", async () => {
+  const limited = await startJam({ JAM_JWT_SECRET: SECRET, JAM_MAX_CONNECTIONS_PER_USER: "1" });
+  try {
+    const dial = () => io(limited.base, { reconnection: false, timeout: WAIT, transports: ["websocket"], auth: { token: token("flap") } });
+    // Each transport closes as soon as it opens: the server's connect handler is still
+    // registering the connection when the close arrives (a flaky mobile network).
+    for (let i = 0; i < 50; i++) {
+      const s = dial();
+      await new Promise((resolve) => {
+        s.io.on("open", () => setTimeout(() => s.io.engine.close(), i % 3));
+        s.io.on("close", resolve);
+      });
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    // One place per user: it is free again once every one of them has gone.
+    const last = dial();
+    const outcome = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`nothing within ${WAIT} ms`)), WAIT);
+      const settle = (v) => { clearTimeout(timer); resolve(v); };
+      last.on("connected", (c) => settle(c.userId));
+      last.on("error", (e) => settle(`error ${JSON.stringify(e)}`));
+    });
+    assert.equal(outcome, "flap");
+    last.close();
+  } finally {
+    limited.proc.kill();
+  }
+});
+
 test("a token's end: token_expiring, refresh_token with an ack, then the end of an unrefreshed one", async () => {
   const socket = connect({ auth: { token: token("exp1", undefined, 3) } });
   // Listening before the connection: the warning may come in the same packet batch.
