@@ -9,6 +9,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod limits;
 pub mod rpc;
+pub mod serve;
 pub mod sio;
 pub mod state;
 pub mod web;
@@ -17,7 +18,6 @@ pub mod ws;
 use std::sync::Arc;
 
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
 use jam_shared::bus::{Bus, BusError};
 use jam_shared::config::Config;
@@ -130,27 +130,17 @@ pub async fn run(
     let heartbeat = tokio::spawn(heartbeat(st.clone(), shutdown.clone()));
 
     let server_stop = CancellationToken::new();
-    let stop = server_stop.clone();
-    // Small frames go out at once: no Nagle delay waiting for the peer's delayed ACK.
-    let send_buffer = st.cfg.socket_send_buffer;
-    let listener = listener.tap_io(move |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY failed");
-        }
-        if send_buffer > 0 {
-            if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
-                tracing::debug!(error = %e, "SO_SNDBUF failed");
-            }
-        }
-    });
-    let server = tokio::spawn(
-        axum::serve(
-            listener,
-            app(st.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .into_future(),
-    );
+    let opts = serve::Options {
+        head_timeout: st.cfg.http_head_timeout,
+        send_buffer: st.cfg.socket_send_buffer,
+        grace: std::time::Duration::from_secs(2),
+    };
+    let server = tokio::spawn(serve::serve(
+        listener,
+        app(st.clone()),
+        opts,
+        server_stop.clone(),
+    ));
 
     shutdown.cancelled().await;
     let grace = st.cfg.drain_grace;
@@ -178,8 +168,6 @@ pub async fn run(
     tracing::info!("gateway stopped");
     Ok(())
 }
-
-use std::future::IntoFuture;
 
 /// Tell the workers this gateway is alive; silence means its connections are gone.
 async fn heartbeat(st: AppState, shutdown: CancellationToken) {

@@ -222,6 +222,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "frames a connection may send per second, sustained (bursts of twice that)",
     ),
     (
+        "JAM_HTTP_HEAD_TIMEOUT_MS",
+        "30000",
+        "time an HTTP request head has to arrive in full (from a connection's start, and between requests on a kept-alive one) before the connection is closed",
+    ),
+    (
         "JAM_REPLY_TIMEOUT_MS",
         "5000",
         "time a REST call waits for the worker's answer",
@@ -317,6 +322,8 @@ pub struct Config {
     pub drain_linger: Duration,
     pub rate_limit_per_sec: f64,
     pub reply_timeout: Duration,
+    /// Time an HTTP request head has to arrive (slowloris).
+    pub http_head_timeout: Duration,
     pub heartbeat: Duration,
     pub gateway_dead_after: Duration,
     pub session_timeout: Duration,
@@ -550,6 +557,7 @@ impl Config {
             drain_linger: ms("JAM_DRAIN_LINGER_MS")?,
             rate_limit_per_sec: s.num("JAM_RATE_LIMIT_PER_SEC")?,
             reply_timeout: ms("JAM_REPLY_TIMEOUT_MS")?,
+            http_head_timeout: ms("JAM_HTTP_HEAD_TIMEOUT_MS")?.max(Duration::from_millis(100)),
             heartbeat: ms("JAM_HEARTBEAT_MS")?,
             gateway_dead_after: ms("JAM_GATEWAY_DEAD_AFTER_MS")?,
             session_timeout: Duration::from_secs_f64(hours * 3600.0),

@@ -328,3 +328,66 @@ async fn connections_per_peer_ip_when_configured() {
     }
     assert_eq!(status, 101);
 }
+
+/// Read until the server closes the connection; false when it stayed open until `deadline`.
+async fn closed_by(s: &mut tokio::net::TcpStream, deadline: tokio::time::Instant) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {} // a response, read past
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_head_that_never_comes_closes_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    use tokio::time::Instant;
+    let jam = procs::standalone(&[("JAM_HTTP_HEAD_TIMEOUT_MS", "500")]).await;
+    let addr = jam.http("").trim_start_matches("http://").to_string();
+    let opened = Instant::now();
+    // Slowloris: nothing at all; half a head; a whole request, then nothing more on the
+    // kept-alive connection.
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    let mut half = TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: jam\r\n")
+        .await
+        .unwrap();
+    let mut kept = TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: jam\r\n\r\n")
+        .await
+        .unwrap();
+    // A WebSocket as idle as they are stays open: it left HTTP at its upgrade.
+    let mut ws = Client::connect(&jam.ws_url(), &token("idle", "Idle", None)).await;
+    // Still open well before the deadline, closed well after it.
+    let early = opened + Duration::from_millis(250);
+    let late = opened + Duration::from_secs(10);
+    for (what, s) in [
+        ("no bytes", &mut silent),
+        ("half a head", &mut half),
+        ("idle after a response", &mut kept),
+    ] {
+        assert!(
+            !closed_by(s, early).await,
+            "{what}: closed before its deadline"
+        );
+    }
+    for (what, s) in [
+        ("no bytes", &mut silent),
+        ("half a head", &mut half),
+        ("idle after a response", &mut kept),
+    ] {
+        assert!(closed_by(s, late).await, "{what}: still open after 10 s");
+    }
+    // The WebSocket, idle for more than twice the deadline, still answers.
+    tokio::time::sleep_until(opened + Duration::from_millis(1200)).await;
+    let pong = ws.request(json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong", "{pong}");
+    // And a new request is served as before.
+    let health = reqwest::get(jam.http("/health")).await.unwrap();
+    assert!(health.status().is_success());
+}

@@ -96,10 +96,9 @@ impl Upgrade {
                 }
             };
             // The TCP socket itself, so that frames can be written without a task
-            // (`try_write_vectored`); axum serves TcpStreams, wrapped by hyper-util.
-            let parts = match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(
-                upgraded,
-            ) {
+            // (`try_write_vectored`); `serve.rs` hands hyper TcpStreams in hyper-util's
+            // wrapper.
+            let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(p) => p,
                 Err(_) => {
                     tracing::error!("upgraded connection is not a TCP stream");
