@@ -78,6 +78,11 @@ pub fn app(st: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             st.cfg.limits.body_bytes,
         ))
+        // A body sent a byte at a time holds its connection no longer than this.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            st.cfg.http_request_timeout,
+        ))
         .layer(http::cors(&st.cfg.auth.allowed_origins));
     let router = Router::new()
         .route("/ws", get(ws::handler))

@@ -227,6 +227,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "time an HTTP request head has to arrive in full (from a connection's start, and between requests on a kept-alive one) before the connection is closed",
     ),
     (
+        "JAM_HTTP_REQUEST_TIMEOUT_MS",
+        "30000",
+        "time a REST request may take once its head has arrived (its body and the answer) before it is answered 408",
+    ),
+    (
         "JAM_REPLY_TIMEOUT_MS",
         "5000",
         "time a REST call waits for the worker's answer",
@@ -324,6 +329,8 @@ pub struct Config {
     pub reply_timeout: Duration,
     /// Time an HTTP request head has to arrive (slowloris).
     pub http_head_timeout: Duration,
+    /// Time a REST request may take after its head (a body sent slowly, above all).
+    pub http_request_timeout: Duration,
     pub heartbeat: Duration,
     pub gateway_dead_after: Duration,
     pub session_timeout: Duration,
@@ -558,6 +565,8 @@ impl Config {
             rate_limit_per_sec: s.num("JAM_RATE_LIMIT_PER_SEC")?,
             reply_timeout: ms("JAM_REPLY_TIMEOUT_MS")?,
             http_head_timeout: ms("JAM_HTTP_HEAD_TIMEOUT_MS")?.max(Duration::from_millis(100)),
+            http_request_timeout: ms("JAM_HTTP_REQUEST_TIMEOUT_MS")?
+                .max(Duration::from_millis(100)),
             heartbeat: ms("JAM_HEARTBEAT_MS")?,
             gateway_dead_after: ms("JAM_GATEWAY_DEAD_AFTER_MS")?,
             session_timeout: Duration::from_secs_f64(hours * 3600.0),

@@ -391,3 +391,41 @@ async fn a_request_head_that_never_comes_closes_its_connection() {
     let health = reqwest::get(jam.http("/health")).await.unwrap();
     assert!(health.status().is_success());
 }
+
+#[tokio::test]
+async fn a_request_body_sent_too_slowly_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::time::Instant;
+    let jam = procs::standalone(&[
+        ("JAM_HTTP_REQUEST_TIMEOUT_MS", "500"),
+        ("JAM_API_KEY", "backend-key"),
+    ])
+    .await;
+    let addr = jam.http("").trim_start_matches("http://").to_string();
+    let sent = Instant::now();
+    // The head in full, then a tenth of the body it announced.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    let head = "POST /api/publish HTTP/1.1\r\nHost: jam\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\n\r\n{\"target\":";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no answer within 10 s");
+    let took = sent.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(400),
+        "answered early ({took:?})"
+    );
+    // A request that sends its body in time is served as before.
+    let ok = reqwest::Client::new()
+        .post(jam.http("/api/publish"))
+        .header("x-api-key", "backend-key")
+        .json(&json!({"target": {"userId": "nobody"}, "event": "ping", "data": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+}
