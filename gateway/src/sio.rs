@@ -58,6 +58,10 @@ pub fn layer(st: AppState) -> SocketIoLayer {
 #[derive(Clone)]
 struct Authenticated(Arc<crate::auth::Verified>);
 
+/// The queue of a connecting socket's events, from the middleware to the handler.
+#[derive(Clone)]
+struct Events(Arc<Mutex<Option<mpsc::Receiver<Incoming>>>>);
+
 async fn authenticate(st: &AppState, s: &SocketRef, auth: Option<Value>) -> Result<(), String> {
     if st.draining.is_cancelled() {
         return Err("UNAVAILABLE: draining".into());
@@ -68,6 +72,13 @@ async fn authenticate(st: &AppState, s: &SocketRef, auth: Option<Value>) -> Resu
         format!("UNAUTHORIZED: {e}")
     })?;
     s.extensions.insert(Authenticated(Arc::new(verified)));
+    // Here, before socketioxide tells the client it is connected: a client that emits at
+    // once (`on("connect", () => emit(...))`) finds its events queued, where a handler set
+    // in the connect handler (a task of its own, which then registers the connection)
+    // would come too late for them.
+    let events = route_events(s);
+    s.extensions
+        .insert(Events(Arc::new(Mutex::new(Some(events)))));
     Ok(())
 }
 
@@ -108,8 +119,14 @@ fn token_of(st: &AppState, s: &SocketRef, auth: Option<&Value>) -> Option<String
 }
 
 async fn connect(st: AppState, s: SocketRef) {
-    let Some(Authenticated(verified)) = s.extensions.get::<Authenticated>() else {
+    let (Some(Authenticated(verified)), Some(Events(events))) = (
+        s.extensions.get::<Authenticated>(),
+        s.extensions.get::<Events>(),
+    ) else {
         refuse(&s, "UNAUTHORIZED", "Unauthorized");
+        return;
+    };
+    let Some(in_rx) = events.lock().unwrap().take() else {
         return;
     };
     let slots = match admit(&st, &s, &verified.identity) {
@@ -146,7 +163,6 @@ async fn connect(st: AppState, s: SocketRef) {
     });
     crate::ws::connection::report_connect(&st, &who, &id).await;
     greet(&s, &who, &id, verified.expires_at);
-    let in_rx = route_events(&s);
     let reader = conn.clone();
     let expires_at = verified.expires_at;
     st.tracker
@@ -194,7 +210,8 @@ fn greet(s: &SocketRef, who: &Identity, id: &str, expires_at: Option<i64>) {
     let _ = s.emit("connected", &connected);
 }
 
-/// The connection's events into one bounded queue (a full one answers `RATE_LIMITED`).
+/// The connection's events into one bounded queue (a full one answers `RATE_LIMITED`),
+/// read once the connection is registered (set up by the middleware: see `authenticate`).
 fn route_events(s: &SocketRef) -> mpsc::Receiver<Incoming> {
     // socketioxide calls a handler in arrival order and spawns the future it returns: the
     // event is queued before that, so one task handles a connection's events in order.

@@ -27,6 +27,7 @@ async fn cluster_protocol_scenarios() {
     scenario::notifications(&a.ws_url(), &b.ws_url(), &a.http("")).await;
     scenario::contacts_presence(&a.ws_url(), &b.ws_url(), &a.http("")).await;
     scenario::greeting_comes_first(&a.ws_url(), &b.ws_url()).await;
+    scenario::socketio_emits_at_connect(&b.http("")).await;
     message_path_is_measured(&c).await;
 }
 

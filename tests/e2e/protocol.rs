@@ -23,6 +23,12 @@ async fn standalone_tenants() {
 }
 
 #[tokio::test]
+async fn standalone_socketio_emits_at_connect() {
+    let jam = procs::standalone(&[]).await;
+    scenario::socketio_emits_at_connect(&jam.http("")).await;
+}
+
+#[tokio::test]
 async fn standalone_greeting_comes_first() {
     let jam = procs::standalone(&[("JAM_RATE_LIMIT_PER_SEC", "1000")]).await;
     scenario::greeting_comes_first(&jam.ws_url(), &jam.ws_url()).await;

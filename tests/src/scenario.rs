@@ -1167,3 +1167,51 @@ async fn lagging_user_channel(alice: &mut Client, dave: &mut Client) {
         "{live} of {sent} came live: something was dropped"
     );
 }
+
+/// A Socket.IO client that emits the moment it is connected (`socket.on("connect", () =>
+/// socket.emit(...))`, as most do) gets every acknowledgement: socketioxide tells the client
+/// it is connected before the gateway has registered the connection (on the cluster, a
+/// Redis round trip or two), and what the client emits meanwhile waits for it. Spoken
+/// raw (Engine.IO 4 over a WebSocket) so that the event leaves the moment the server's
+/// CONNECT arrives; `http` is the gateway's base URL.
+pub async fn socketio_emits_at_connect(http: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        http.replacen("http", "ws", 1)
+    );
+    for i in 0..30 {
+        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let (mut tx, mut rx) = ws.split();
+        let mut next = async |what: &str| loop {
+            let m = tokio::time::timeout(Duration::from_secs(5), rx.next()).await;
+            let m = m.unwrap_or_else(|_| panic!("connection {i}: no {what} within 5 s"));
+            match m.expect("open").unwrap() {
+                Message::Text(t) => break t.to_string(),
+                _ => continue,
+            }
+        };
+        assert!(
+            next("open").await.starts_with('0'),
+            "Engine.IO's open packet"
+        );
+        let t = token(&format!("sioe{i}"), "SIOE", None);
+        tx.send(Message::text(format!("40{}", json!({ "token": t }))))
+            .await
+            .unwrap();
+        // The server's CONNECT, then at once an event asking for an acknowledgement.
+        while !next("CONNECT").await.starts_with("40") {}
+        tx.send(Message::text(r#"421["ping",{}]"#)).await.unwrap();
+        let ack = loop {
+            let p = next("acknowledgement").await;
+            if p.starts_with("431") {
+                break p;
+            }
+        };
+        assert!(ack.contains("serverTime"), "the pong: {ack}");
+        let _ = tx.close().await;
+    }
+}
