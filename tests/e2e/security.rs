@@ -348,7 +348,7 @@ async fn a_request_head_that_never_comes_closes_its_connection() {
     use tokio::net::TcpStream;
     use tokio::time::Instant;
     let jam = procs::standalone(&[("JAM_HTTP_HEAD_TIMEOUT_MS", "500")]).await;
-    let addr = jam.http("").trim_start_matches("http://").to_string();
+    let addr = jam.addr.clone();
     let opened = Instant::now();
     // Slowloris: nothing at all; half a head; a whole request, then nothing more on the
     // kept-alive connection.
@@ -402,7 +402,7 @@ async fn a_request_body_sent_too_slowly_is_answered_408() {
         ("JAM_API_KEY", "backend-key"),
     ])
     .await;
-    let addr = jam.http("").trim_start_matches("http://").to_string();
+    let addr = jam.addr.clone();
     let sent = Instant::now();
     // The head in full, then a tenth of the body it announced.
     let mut slow = TcpStream::connect(&addr).await.unwrap();
